@@ -1,0 +1,105 @@
+"""Checkpoints: state dicts plus JSON, written atomically, loaded with ``weights_only=True``.
+
+A run folder holds ``config.json`` (the :class:`TrainConfig`), ``checkpoint.pt`` (the
+latest epoch: model, optimiser, stage, epoch, RNG states), ``stage1.pt`` (the model at
+the end of stage 1, for two-stage runs) and ``metrics.jsonl``. Nothing is pickled code;
+nothing is ever left half-written (temp file in the same folder, then ``os.replace``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+CHECKPOINT = "checkpoint.pt"
+STAGE1 = "stage1.pt"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A missing, damaged or incompatible checkpoint; the message names the file and the fix."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so ``path`` is whole or absent."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Save a dict of tensors, state dicts and plain values atomically."""
+    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **payload}, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train first with `balanced-vae train --out {path.parent}`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise CheckpointError(
+            f"{path}: cannot be read as a balanced-vae checkpoint ({type(e).__name__}: {e}); "
+            "the file is damaged or was not written by this library: delete it and retrain or resume "
+            "from an intact copy") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a balanced-vae checkpoint of format {FORMAT_VERSION}")
+    return ckpt
+
+
+@dataclass
+class LoadedRun:
+    """A trained run read back from its folder: ``config``, ``model`` (eval mode), ``stage``."""
+
+    path: Path
+    config: TrainConfig
+    model: torch.nn.Module
+    stage: int
+    checkpoint: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, *, which: str = CHECKPOINT) -> LoadedRun:
+    """Rebuild the model of a run folder from ``config.json`` and a checkpoint file in it."""
+    from .methods import build_model
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder")
+    config = TrainConfig.load(run_dir / CONFIG)
+    ckpt = load_checkpoint(run_dir / which)
+    model = build_model(config, tuple(ckpt["shape"]))
+    if ckpt["stage"] == 2:
+        model.with_pixel_variance(float(ckpt["sigma2_star"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{run_dir / which}: weights do not fit the model of {run_dir / CONFIG} ({e}); "
+            "the config was edited after training or the checkpoint belongs to another run") from None
+    model.eval()
+    return LoadedRun(run_dir, config, model, int(ckpt["stage"]), ckpt)

@@ -1,0 +1,69 @@
+"""Run configuration as data: a frozen dataclass saved as JSON beside every run (house style 6)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; ``None`` fields are resolved from the data.
+
+    ``epochs`` is the maximum per stage; a stage also ends when the test ELBO's relative
+    change over ``window`` epochs falls below ``tol`` (after at least ``min_epochs``).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    method: str = "learned"
+    sigma2: float = 0.5
+    sigma2_mode: str = "closed_form"
+    stages: int = 2
+    pixel_floor: float | None = None
+    latent_dim: int | None = None
+    width: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    epochs: int = 30
+    min_epochs: int = 3
+    tol: float = 1e-3
+    window: int = 3
+    seed: int = 0
+    n_train: int | None = None
+    n_test: int | None = None
+    precision: str = "fp32"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self, shape: tuple[int, int, int]) -> "TrainConfig":
+        """Fill ``latent_dim`` and ``width`` from the image shape (C, H, W)."""
+        from .nets import default_width
+
+        latent = self.latent_dim or (8 if shape[1] <= 16 else 16)
+        width = self.width or default_width(shape)
+        return dataclasses.replace(self, latent_dim=latent, width=width)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by `balanced-vae train`?") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
+        return cls.from_dict(d, source=str(path))

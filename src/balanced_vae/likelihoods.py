@@ -1,0 +1,150 @@
+"""Decoder noise models p(x|z) = N(x; g(z), diag sigma^2) behind one interface (paper Section 3).
+
+Every likelihood answers ``logvar(z, mean, x=None)``: the log-variance of the Gaussian
+decoder, broadcastable to ``mean`` (B, C, H, W). One parameterisation (log-variance)
+is used everywhere.
+
+* :class:`FixedVariance` -- sigma^2 constant (0.5 = plain VAE, 1 = the paper's beta-VAE).
+* :class:`GlobalVariance` -- one sigma^2 learned for all pixels (Eq. 9-10), either in
+  closed form or by gradient on log sigma^2.
+* :class:`PixelVariance` -- a head predicting log sigma^2_psi(z)_d per data dimension
+  (Eq. 11) above a floor, by default the stage-1 sigma*^2 (Algorithm 1, stage 2).
+
+How the closed form is learned (``GlobalVariance(mode="closed_form")``)
+-----------------------------------------------------------------------
+Eq. 10 says that for a fixed encoder and decoder the ELBO is maximised by
+``sigma*^2 = 1/(N D) sum_n E_q ||x_n - g(z)||^2``. During training the networks move
+every step, so the library uses:
+
+1. in each training step, the maximiser of *that batch's* ELBO: the batch's mean squared
+   residual (one z ~ q(z|x) per image), detached, as sigma^2;
+2. meanwhile it accumulates the sum of squared residuals and the number of residuals
+   over the whole epoch; at the end of the epoch, ``sigma*^2 = sum / count`` (Eq. 10 with
+   one Monte-Carlo sample per image, over the epoch's training images). In data-parallel
+   training both sums are all-reduced before the division, so every process holds the
+   same sigma*^2.
+
+The epoch value is what evaluation (test ELBO), checkpoints and stage 2 use.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+ReduceFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+class Likelihood(nn.Module):
+    """Interface of a Gaussian decoder noise model."""
+
+    def logvar(self, z: torch.Tensor, mean: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-variance broadcastable to ``mean`` (B, C, H, W); ``x`` only in training."""
+        raise NotImplementedError
+
+    @property
+    def sigma2(self) -> float:
+        """The global sigma^2 (or the floor, for a per-pixel head)."""
+        raise NotImplementedError
+
+    def end_epoch(self, reduce: ReduceFn = _identity) -> None:
+        """Hook called by the trainer after each training epoch (closed-form update)."""
+
+    def describe(self) -> dict:
+        """JSON-able description, saved with checkpoints."""
+        return {"kind": type(self).__name__, "sigma2": self.sigma2}
+
+
+class FixedVariance(Likelihood):
+    """sigma^2 held at a constant (Eq. 9 with sigma^2 fixed)."""
+
+    def __init__(self, sigma2: float) -> None:
+        super().__init__()
+        if not sigma2 > 0:
+            raise ValueError(f"sigma2 must be > 0, got {sigma2}")
+        self.register_buffer("log_sigma2", torch.tensor(math.log(sigma2)))
+
+    def logvar(self, z, mean, x=None):
+        return self.log_sigma2.expand(1, 1, 1, 1)  # (1, 1, 1, 1)
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.log_sigma2.exp())
+
+
+class GlobalVariance(Likelihood):
+    """One learned sigma^2 for every data dimension (Eq. 9, Eq. 10).
+
+    ``mode="closed_form"`` follows Eq. 10 as described in the module docstring;
+    ``mode="gradient"`` learns ``log_sigma2`` with the networks' optimiser.
+    """
+
+    def __init__(self, mode: str = "closed_form", init_sigma2: float = 1.0) -> None:
+        super().__init__()
+        if mode not in ("closed_form", "gradient"):
+            raise ValueError(f"mode must be 'closed_form' or 'gradient', got {mode!r}")
+        self.mode = mode
+        init = torch.tensor(math.log(init_sigma2))
+        if mode == "gradient":
+            self.log_sigma2 = nn.Parameter(init)
+        else:
+            self.register_buffer("log_sigma2", init)
+            self.register_buffer("sse", torch.zeros((), dtype=torch.float64))
+            self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def logvar(self, z, mean, x=None):
+        if self.mode == "closed_form" and self.training and x is not None:
+            r2 = (x - mean.detach()).pow(2)                      # (B, C, H, W)
+            self.sse += r2.sum().double()
+            self.count += r2.numel()
+            return r2.mean().clamp_min(1e-12).log().expand(1, 1, 1, 1)
+        return self.log_sigma2.expand(1, 1, 1, 1)               # (1, 1, 1, 1)
+
+    def end_epoch(self, reduce: ReduceFn = _identity) -> None:
+        if self.mode != "closed_form" or self.count.item() == 0:
+            return
+        sse, count = reduce(self.sse.clone()), reduce(self.count.clone())
+        self.log_sigma2.fill_(math.log(max(float(sse / count), 1e-12)))
+        self.sse.zero_()
+        self.count.zero_()
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.log_sigma2.detach().exp())
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mode": self.mode}
+
+
+class PixelVariance(Likelihood):
+    """Per-dimension variance sigma^2_psi(z)_d = floor + exp(head(z)_d) (Eq. 11).
+
+    ``head`` maps z (B, L) to raw log-variances (B, C, H, W). The floor (stage-1 sigma*^2
+    by default; 0 allowed) is added in log space: ``logvar = logaddexp(raw, log floor)``.
+    The raw output is clamped below at ``min_logvar`` so a floor of 0 stays finite.
+    """
+
+    def __init__(self, head: nn.Module, floor: float, min_logvar: float = -16.0) -> None:
+        super().__init__()
+        if floor < 0:
+            raise ValueError(f"variance floor must be >= 0, got {floor}")
+        self.head = head
+        self.min_logvar = min_logvar
+        self.register_buffer("log_floor", torch.tensor(math.log(floor) if floor > 0 else -math.inf))
+
+    def logvar(self, z, mean, x=None):
+        raw = self.head(z).float().clamp_min(self.min_logvar)  # (B, C, H, W)
+        return torch.logaddexp(raw, self.log_floor)
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.log_floor.exp())
+
+    def describe(self) -> dict:
+        return {"kind": "PixelVariance", "floor": self.sigma2}

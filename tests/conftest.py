@@ -15,7 +15,8 @@ def data_dir() -> Path:
     ``BALANCED_VAE_DATA`` if set, else ``../shared/data`` beside the repository.
     """
     env = os.environ.get("BALANCED_VAE_DATA")
-    path = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    repo_default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(env).expanduser() if env else repo_default
     if not (path / "mnist").is_dir():
         pytest.skip(
             f"real MNIST data not found at {path / 'mnist'}; set BALANCED_VAE_DATA to a "

@@ -1,0 +1,362 @@
+"""Evaluate a trained run: the paper's metrics with their protocol (Section 5, Tables 1-3, Figures 1 and 3).
+
+:func:`evaluate_run` is the function behind ``balanced-vae evaluate RUN --metrics ...``.
+It computes any of
+
+* ``elbo`` -- the test ELBO (Eq. 9 / Eq. 11) and its two terms, over the whole test split;
+* ``iwae`` -- the IWAE bound on log p(x) (k = 20 on 500 test images, Table 3), with the
+  prior and, when ``sampler`` is not the prior, with that sampler as p(z); each also on
+  dequantised data, with bits per dimension;
+* ``fid`` -- FID of ``n_fid`` decoded samples from ``sampler`` against the first ``n_fid``
+  test images, TF-Inception features (:mod:`balanced_vae.fid`);
+* ``kl`` -- Monte-Carlo KL(q(z) || p(z)) and KL(q(z) || q_GMM(z)) from the aggregate
+  posterior q(z) of the training codes (Eq. 12, 13; Table 1);
+* ``calibration`` -- Spearman correlation of predicted per-pixel sigma^2 with the squared
+  error, and test NLL with the predicted variance versus the global sigma*^2 (Figure 3);
+
+and writes them to ``RUN/results.json``: one entry per metric, each with its numbers,
+its protocol (data set, split, counts, k, seeds, sampler and K, Inception
+implementation and preprocessing) and its provenance (package version, git commit,
+checkpoint digest, time). Entries of metrics not recomputed are kept.
+
+:func:`reconstruct_run` writes Figure 3's picture, :func:`real_data_fid` the sanity
+figure FID(train, test) of a data set's real images.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from . import __version__
+from .checkpoint import CHECKPOINT, load_run, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+METRICS = ("elbo", "iwae", "fid", "kl", "calibration")
+RESULTS = "results.json"
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def git_commit() -> str:
+    """The git commit of the source tree this package is imported from, or ``"unknown"``."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else "unknown"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
+    """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
+    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(),
+           "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if checkpoint is not None:
+        out["checkpoint"] = checkpoint.name
+        out["checkpoint_sha256"] = _sha256(checkpoint)
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_metrics(spec: str | Iterable[str]) -> tuple[str, ...]:
+    """``"elbo,iwae"`` or a list -> validated tuple of metric names, in the given order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise ValueError(f"unknown or no metrics {bad or names}; choose from {','.join(METRICS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _dataset_label(config) -> str:
+    return config.dataset + (f"@{config.image_size}" if config.image_size else "")
+
+
+def _summary(v: torch.Tensor) -> dict[str, float]:
+    """Mean and standard error of the mean of per-image values (N,)."""
+    v = v.double()
+    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "sem": sem}
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s: not valid JSON; replacing it", path)
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+# --------------------------------------------------------------------------- metrics on a run
+
+
+def _metric_elbo(run, x_test: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, Any]:
+    from .metrics import elbo
+
+    g = torch.Generator().manual_seed(seed)
+    terms = {"elbo": [], "rec": [], "kl": []}
+    for i in range(0, len(x_test), batch_size):
+        t = elbo(run.model, x_test[i:i + batch_size], generator=g)
+        for key in terms:
+            terms[key].append(t[key])
+    values = {key: _summary(torch.cat(v)) for key, v in terms.items()}
+    return {"values": values,
+            "protocol": {"split": "test", "n": len(x_test), "z_per_image": 1, "kl": "closed form",
+                         "seed": seed, "equation": "Eq. 11" if run.stage == 2 else "Eq. 9",
+                         "likelihood": run.model.likelihood.describe(), "units": "nats per image"}}
+
+
+def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: int) -> dict[str, Any]:
+    from .metrics import dequantised_log_likelihood, iwae_log_likelihood
+
+    values = {}
+    for name, prior in priors.items():
+        t0 = time.perf_counter()
+        ll = iwae_log_likelihood(run.model, x, k, prior=prior, generator=torch.Generator().manual_seed(seed))
+        deq = dequantised_log_likelihood(run.model, x, k, prior=prior,
+                                         generator=torch.Generator().manual_seed(seed))
+        values[name] = {"log_likelihood": _summary(ll),
+                        "dequantised_log_likelihood": _summary(deq["log_likelihood"]),
+                        "bits_per_dim": _summary(deq["bits_per_dim"]),
+                        "seconds": round(time.perf_counter() - t0, 2)}
+    d = int(math.prod(x.shape[1:]))
+    return {"values": values,
+            "protocol": {"split": "test", "n": len(x), "images": f"first {len(x)}", "k": k, "seed": seed,
+                         "bound": "IWAE (Burda et al. 2016): E[logsumexp_k log w_k - log k]",
+                         "dequantisation": "x + u, u ~ U(0, 1/256) per pixel, drawn before z",
+                         "bits_per_dim": f"-(ll - D log 256) / (D log 2), D = {d}",
+                         "priors": list(priors), "units": "nats per image"}}
+
+
+def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, dataset: str, batch_size: int,
+                cache_dir, data_dir, device, progress: bool) -> dict[str, Any]:
+    from .fid import inception_features, inception_protocol, real_statistics
+    from .metrics import frechet_distance, gaussian_statistics
+
+    t0 = time.perf_counter()
+    mu_r, cov_r, real = real_statistics(dataset, x_test, split="test", n=n, data_dir=data_dir, cache_dir=cache_dir,
+                                        batch_size=batch_size, device=device, progress=progress)
+    z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))      # (n, L)
+    with torch.no_grad():
+        x_gen = torch.cat([run.model.decode_mean(z[i:i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
+    feats = inception_features(x_gen, batch_size=batch_size, device=device, progress=progress,
+                               desc="generated features")
+    mu_g, cov_g = gaussian_statistics(feats)
+    fid = frechet_distance(mu_g, cov_g, mu_r, cov_r)
+    return {"values": {"fid": fid, "seconds": round(time.perf_counter() - t0, 1)},
+            "protocol": {"generated": {"n": n, "seed": seed, "images": "decoder means g(z), z from the sampler"},
+                         "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit")},
+                         "inception": inception_protocol()}}
+
+
+def _metric_kl(q, priors: dict[str, Any], *, n: int, runs: int, seed: int, progress: bool) -> dict[str, Any]:
+    from .samplers import kl_monte_carlo
+
+    values = {name: kl_monte_carlo(q, p, n=n, runs=runs, seed=seed, progress=progress) for name, p in priors.items()}
+    return {"values": values,
+            "protocol": {"q": "aggregate posterior of the training codes (Eq. 12)", "n": n, "runs": runs,
+                         "seed": seed, "estimator": "mean of log q(z) - log p(z), z ~ q, per run",
+                         "units": "nats"}}
+
+
+def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) -> dict[str, Any]:
+    from .metrics import calibration
+
+    means, logvars = [], []
+    with torch.no_grad():
+        for i in range(0, len(x_test), batch_size):
+            mu, _ = run.model.encode(x_test[i:i + batch_size])
+            mean, logvar = run.model.decode(mu)                                # (b, C, H, W), broadcastable
+            means.append(mean)
+            logvars.append(torch.broadcast_to(logvar, mean.shape))
+    sigma2_star = float(run.checkpoint.get("sigma2_star") or run.model.likelihood.sigma2)
+    values = calibration(x_test, torch.cat(means), torch.cat(logvars), sigma2_global=sigma2_star)
+    return {"values": values,
+            "protocol": {"split": "test", "n": len(x_test), "z": "posterior mean mu(x)",
+                         "predicted": "per-pixel sigma^2 (Eq. 11)" if run.stage == 2 else "global sigma^2 (Eq. 9)",
+                         "global": "sigma*^2 of the checkpoint (Eq. 10, end of stage 1)",
+                         "spearman": "over all test pixels, predicted sigma^2 vs (x - g(mu))^2"}}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
+                 components: int | None = 32, which: str = CHECKPOINT, n_iwae: int = 500, k: int = 20,
+                 n_fid: int = 10_000, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
+                 seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 device: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
+
+    ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
+    second p(z) of the IWAE bound; the GMM is fitted on the run's training codes and
+    cached beside the checkpoint. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
+    loading; test metrics use the data set's whole test split (the first ``n_iwae`` /
+    ``n_fid`` images where a count is given). Returns the results dictionary written.
+    """
+    names = parse_metrics(metrics)
+    run = load_run(run_dir, which=which)
+    c = run.config
+    if data is None:
+        from .data import load_dataset
+
+        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
+    if tuple(data.shape) != tuple(run.checkpoint["shape"]):
+        raise ValueError(f"{run.path}: the run was trained on images of shape {tuple(run.checkpoint['shape'])} "
+                         f"but the data are {tuple(data.shape)}; pass the run's dataset ({c.dataset})")
+    x_test = data.x_test
+    for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid)):
+        if (name[2:] in names) and not 1 <= n <= len(x_test):
+            raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "
+                             f"choose 1 <= {name} <= {len(x_test)}")
+
+    samplers: dict[str, Any] = {}
+
+    def get_sampler(kind: str):
+        if kind not in samplers:
+            from .samplers import make_sampler
+
+            log.info("building the %s sampler", kind)
+            samplers[kind] = make_sampler(kind, run, components=components, data=data, data_dir=data_dir)
+        return samplers[kind]
+
+    def sampler_label(kind: str) -> str:
+        return f"gmm_K{samplers[kind].n_components}" if kind == "gmm" else kind
+
+    prov = provenance(run.path / which)
+    dataset = _dataset_label(c)
+    results: dict[str, Any] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        log.info("evaluating %s", name)
+        if name == "elbo":
+            entry = _metric_elbo(run, x_test, seed=seed)
+        elif name == "iwae":
+            kinds = ["prior"] + ([sampler] if sampler != "prior" else [])
+            priors = {}
+            for kd in kinds:
+                p_z = get_sampler(kd)
+                priors[sampler_label(kd)] = p_z
+            entry = _metric_iwae(run, x_test[:n_iwae], priors, k=k, seed=seed)
+        elif name == "fid":
+            entry = _metric_fid(run, get_sampler(sampler), x_test, n=n_fid, seed=seed, dataset=dataset,
+                                batch_size=fid_batch_size, cache_dir=cache_dir, data_dir=data_dir or c.data_dir,
+                                device=device, progress=progress)
+            entry["protocol"]["sampler"] = sampler_label(sampler)
+        elif name == "kl":
+            q = get_sampler("aggregate")
+            gmm = get_sampler("gmm")
+            targets = {"prior": get_sampler("prior"), sampler_label("gmm"): gmm}
+            entry = _metric_kl(q, targets, n=n_kl, runs=kl_runs, seed=seed, progress=progress)
+        else:
+            entry = _metric_calibration(run, x_test)
+        entry["protocol"] = {"dataset": c.dataset, **entry["protocol"]}
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["provenance"] = prov
+        results[name] = entry
+    if "gmm" in samplers:
+        g = samplers["gmm"]
+        for entry in results.values():
+            entry["protocol"].setdefault("gmm", {"K": g.n_components, "fit_on": g.fit_on,
+                                                 "covariance_type": g.covariance_type,
+                                                 "random_state": g.random_state, "n_fit": g.n_fit_})
+
+    path = Path(out).expanduser() if out is not None else run.path / RESULTS
+    old = _load_results(path)
+    doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
+           "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc)
+    log.info("results written to %s", path)
+    return doc
+
+
+def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, which: str = CHECKPOINT,
+                    split: str = "test", data=None, data_dir: str | Path | None = None,
+                    error: bool = False) -> Path:
+    """Figure 3: rows of ground truth, reconstruction g(mu(x)) and predicted per-pixel sigma.
+
+    The first ``n`` images of ``split`` are encoded to their posterior means and decoded.
+    With ``error`` a fourth row shows |x - g(mu(x))| with its own colour bar, to set
+    beside sigma. Writes ``OUT/reconstructions.png`` and returns it.
+    """
+    from .plots import save_rows
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}; choose 'train' or 'test'")
+    run = load_run(run_dir, which=which)
+    c = run.config
+    if data is None:
+        from .data import load_dataset
+
+        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
+    x_all = data.x_train if split == "train" else data.x_test
+    if not 1 <= n <= len(x_all):
+        raise ValueError(f"--n {n}: the {split} split has {len(x_all)} images; choose 1 <= n <= {len(x_all)}")
+    x = x_all[:n]
+    mean, sigma = run.model.reconstruct(x)                                     # (n, C, H, W) each
+    rows = [("data", x), ("reconstruction", mean), ("sigma", sigma)]
+    cmaps = [None, None, "viridis"]
+    if error:
+        rows.append(("|error|", (x - mean).abs()))
+        cmaps.append("viridis")
+    kind = "per-pixel sigma (Eq. 11)" if run.stage == 2 else f"global sigma^2 = {run.model.likelihood.sigma2:.4g}"
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_rows(rows, out_dir / "reconstructions.png", cmaps=cmaps,
+                     title=f"{c.dataset} {split}: reconstructions and {kind}")
+
+
+def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
+                  cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
+                  progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
+
+    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000. Both
+    statistics go through the on-disk cache. Writes the result to ``out`` when given.
+    """
+    from .data import load_dataset
+    from .fid import inception_protocol, real_statistics
+    from .metrics import frechet_distance
+
+    t0 = time.perf_counter()
+    data = load_dataset(dataset, data_dir=data_dir)
+    stats = {}
+    for split, x in (("train", data.x_train), ("test", data.x_test)):
+        stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
+                                       batch_size=batch_size, device=device, progress=progress)
+    fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
+    doc = {"fid_train_vs_test": fid, "dataset": dataset, "n_train": n, "n_test": n,
+           "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
+           "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
+           "inception": inception_protocol(), "provenance": provenance()}
+    if out is not None:
+        out = Path(out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, doc)
+    return doc

@@ -1,0 +1,159 @@
+"""Algorithm 1 end to end: real MNIST, resume, checkpoints and the errors users meet."""
+import json
+
+import pytest
+import torch
+
+from balanced_vae.checkpoint import CheckpointError, load_checkpoint, load_run
+from balanced_vae.cli import main
+from balanced_vae.config import TrainConfig
+from balanced_vae.data import load_dataset
+from balanced_vae.plots import read_metrics
+from balanced_vae.train import RunExistsError, evaluate_elbo, train
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    return load_dataset("mnist", data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def mnist_run(mnist, tmp_path_factory):
+    """A short two-stage run on 6,000 real MNIST images."""
+    config = TrainConfig(dataset="mnist", n_train=6000, n_test=1000, epochs=4, min_epochs=4, stages=2,
+                         batch_size=64, width=16, seed=0)
+    return train(config, tmp_path_factory.mktemp("mnist") / "run", data=mnist, progress=False)
+
+
+def test_mnist_stage1_elbo_rises_and_sigma2_falls(mnist_run):
+    m = [r for r in read_metrics(mnist_run / "metrics.jsonl") if r["stage"] == 1]
+    assert len(m) == 4
+    assert m[-1]["test_elbo"] > m[0]["test_elbo"] + 100     # nats per image
+    assert m[-1]["sigma2"] < 0.1                            # well below the plain VAE's 0.5
+    assert all(a["sigma2"] > b["sigma2"] for a, b in zip(m, m[1:]))
+
+
+def test_mnist_stage2_beats_stage1(mnist_run, mnist):
+    x = mnist.x_test[:1000]
+    s1 = evaluate_elbo(load_run(mnist_run, which="stage1.pt").model, x, seed=1)["elbo"]
+    s2 = evaluate_elbo(load_run(mnist_run).model, x, seed=1)["elbo"]
+    assert s2 > s1 + 50
+    run = load_run(mnist_run)
+    assert run.stage == 2
+    # the per-pixel variance never falls under the stage-1 sigma*^2 floor
+    _, sigma = run.model.reconstruct(x[:32])
+    assert float(sigma.pow(2).min()) >= run.checkpoint["sigma2_star"] * (1 - 1e-5)
+    final = json.loads((mnist_run / "final.json").read_text())
+    assert final["test"]["elbo"] == pytest.approx(evaluate_elbo(run.model, mnist.x_test[:1000], seed=1)["elbo"])
+
+
+@pytest.mark.parametrize("method", ["learned", "fixed"])
+def test_resume_equals_uninterrupted(method, digits, tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume, 1 epoch (bit-identical parameters)."""
+    config = TrainConfig(method=method, epochs=1, stages=2, n_train=300, n_test=100, batch_size=32,
+                         seed=3) if method == "learned" else \
+        TrainConfig(method="fixed", sigma2=0.1, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32)
+    straight = train(config, tmp_path / "a", data=digits, progress=False)
+    part = train(config, tmp_path / "b", data=digits, progress=False, stop_after=1)
+    assert not (part / "final.json").exists()
+    train(config, part, data=digits, progress=False, resume=True)
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    assert a["stage"] == b["stage"] and a["done"] and b["done"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert read_metrics(straight / "metrics.jsonl")[-1]["test_elbo"] == \
+        read_metrics(part / "metrics.jsonl")[-1]["test_elbo"]
+    assert len(read_metrics(part / "metrics.jsonl")) == 2
+
+
+def test_resume_drops_log_lines_written_after_the_checkpoint(digits, tmp_path):
+    config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=200, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
+    with open(run / "metrics.jsonl", "a") as f:   # a crash between the log line and the checkpoint
+        f.write(json.dumps({"stage": 1, "epoch": 2, "test_elbo": 0.0}) + "\n")
+    train(config, run, data=digits, progress=False, resume=True)
+    assert [m["epoch"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_pixel_floor_zero_trains(digits, tmp_path):
+    config = TrainConfig(epochs=1, stages=2, pixel_floor=0.0, n_train=200, n_test=50)
+    run = load_run(train(config, tmp_path / "r", data=digits, progress=False))
+    _, sigma = run.model.reconstruct(digits.x_test[:8])
+    assert torch.isfinite(sigma).all() and run.model.likelihood.sigma2 == 0.0
+
+
+def test_existing_run_is_not_overwritten(digits, tmp_path):
+    config = TrainConfig(method="vae", epochs=1, n_train=100, n_test=50)
+    train(config, tmp_path / "r", data=digits, progress=False)
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(config, tmp_path / "r", data=digits, progress=False)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_with_another_config_is_refused(digits, tmp_path):
+    config = TrainConfig(method="vae", epochs=1, n_train=100, n_test=50)
+    train(config, tmp_path / "r", data=digits, progress=False)
+    with pytest.raises(CheckpointError, match="another config"):
+        train(TrainConfig(method="vae", epochs=1, n_train=100, n_test=50, lr=0.1), tmp_path / "r",
+              data=digits, progress=False, resume=True)
+
+
+def test_damaged_and_incompatible_checkpoints(digits, tmp_path):
+    config = TrainConfig(method="vae", epochs=1, n_train=100, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False)
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checkpoint.pt.*damaged"):
+        load_run(run)
+    run2 = train(config, tmp_path / "r2", data=digits, progress=False)
+    cfg = json.loads((run2 / "config.json").read_text())
+    cfg["latent_dim"] = 3
+    (run2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_run(run2)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_run(tmp_path / "r2", which="nope.pt")
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        load_run(tmp_path / "missing")
+
+
+def test_cli_bad_dataset_leaves_no_run_folder(tmp_path, capsys):
+    assert main(["train", "--dataset", "imagenet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "imagenet" in err and "digits" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_dry_run_prints_resolved_config(capsys):
+    assert main(["train", "--dataset", "digits", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["latent_dim"] == 8 and cfg["width"] == 256 and cfg["image_shape"] == [1, 8, 8]
+    assert cfg["method"] == "learned" and cfg["stages"] == 2
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--variance", "fixed", "--sigma2", "0.5", "--epochs", "1", "--n-train", "100",
+            "--n-test", "50", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out)]) == 0       # finished: nothing more to do
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert main(["train", "--variance", "fixed", "--method", "learned", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_demo_report(tmp_path):
+    from balanced_vae.demo import DEMO_CONFIG, run_demo
+    import dataclasses
+
+    summary = run_demo(tmp_path / "demo", config=dataclasses.replace(DEMO_CONFIG, epochs=3, min_epochs=3),
+                       progress=False)
+    for name in ("reconstructions.png", "prior_samples.png", "curves.png", "summary.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    assert summary["stage1_epochs"] == 3 and summary["stage2_epochs"] == 3

@@ -97,6 +97,15 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
     write_text_atomic(out / CONFIG, config.to_json() + "\n")
 
 
+def _tensorboard(out: Path):
+    """A SummaryWriter into ``out/tensorboard`` when TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
     """Drop log lines written after the checkpoint being resumed from."""
     if not path.exists():
@@ -120,6 +129,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     config = config.resolved(data.shape)
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
+    objective = build_objective(config)   # validates hyperparameters before any file is written
     rank, world = _dist()
     if rank == 0:
         _prepare_run_dir(out, config, resume)
@@ -128,7 +138,6 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
 
     torch.manual_seed(config.seed)
     model = build_model(config, data.shape)
-    objective = build_objective(config)
     shuffle = torch.Generator().manual_seed(config.seed)
     stage, epoch, history, sigma2_star = 1, 0, [], None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -151,6 +160,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
             return out
 
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if config.precision == "bf16" else nullcontext
+    writer = _tensorboard(out) if rank == 0 else None
     done, epochs_this_call = False, 0
     while not done and (stop_after is None or epochs_this_call < stop_after):
         epochs_this_call += 1
@@ -198,12 +208,20 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         if rank == 0:
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if writer is not None:
+                step = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
+                for k, v in row.items():
+                    if k not in ("stage", "epoch"):
+                        writer.add_scalar(k, v, step)
+                writer.flush()
             save_checkpoint(out / CHECKPOINT, {
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "stage": stage, "epoch": epoch, "history": history, "done": done,
                 "sigma2_star": sigma2_star if sigma2_star is not None else model.likelihood.sigma2,
                 "shape": list(data.shape), "shuffle_rng": shuffle.get_state(),
                 "torch_rng": torch.get_rng_state()})
+    if writer is not None:
+        writer.close()
     if rank == 0 and done:
         write_json_atomic(out / "final.json", {"test": evaluate_elbo(model, x_test, seed=config.seed + 1),
                                                "stage": stage, "sigma2_star": sigma2_star})

@@ -1,0 +1,111 @@
+"""The paper's tables and figures as functions over the public API (paper Section 5).
+
+Every experiment runs under a :class:`Budget` (``smoke`` for tests, ``cpu`` for two CPU
+cores in a few hours, ``full`` for the paper's protocol on a GPU). Runs live in
+``OUT/<dataset>-<budget>/runs/<name>``: a finished run is reused, an interrupted one
+resumed, a missing one trained. Each table is written as CSV, Markdown and JSON (the
+JSON carries the protocol), each figure as PNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .train import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Settings of one budget; printed and recorded with every result."""
+
+    name: str
+    n_train: int | None          # training images (None: all)
+    n_test: int | None           # test images used for the per-epoch test ELBO (None: all)
+    epochs: int                  # maximum epochs per stage
+    min_epochs: int
+    width: int | None            # network width (None: the default for the shape)
+    batch_size: int
+    n_fid: int                   # generated and real images per FID
+    n_kl: int                    # Monte-Carlo samples per KL estimate
+    kl_runs: int                 # repetitions of the KL estimate
+    n_iwae: int                  # test images for IWAE
+    k_iwae: int                  # importance samples
+    components: tuple[int, ...]  # K values of Table 4
+    fixed_sigma2: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1, 0.05, 0.01)   # Figure 1
+    seed: int = 0
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", n_train=2000, n_test=500, epochs=2, min_epochs=2, width=8, batch_size=128,
+                    n_fid=64, n_kl=1000, kl_runs=3, n_iwae=100, k_iwae=5, components=(4, 8),
+                    fixed_sigma2=(1.0, 0.5, 0.01)),
+    "cpu": Budget("cpu", n_train=None, n_test=2000, epochs=5, min_epochs=5, width=16, batch_size=128,
+                  n_fid=1000, n_kl=10_000, kl_runs=10, n_iwae=500, k_iwae=20, components=(8, 32, 128, 500)),
+    "full": Budget("full", n_train=None, n_test=None, epochs=100, min_epochs=10, width=None, batch_size=128,
+                   n_fid=10_000, n_kl=10_000, kl_runs=10, n_iwae=500, k_iwae=20,
+                   components=(8, 32, 128, 500, 1000)),
+}
+
+TABLE2_METHODS = ("learned", "vae", "beta-vae", "dip-vae-i", "wae-mmd")
+
+
+def get_budget(name: str) -> Budget:
+    try:
+        return BUDGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown budget {name!r}; choose one of {sorted(BUDGETS)}") from None
+
+
+def _base(dataset: str, budget: Budget, **kw) -> TrainConfig:
+    return TrainConfig(dataset=dataset, n_train=budget.n_train, n_test=budget.n_test, epochs=budget.epochs,
+                       min_epochs=budget.min_epochs, width=budget.width, batch_size=budget.batch_size,
+                       seed=budget.seed, **kw)
+
+
+def run_specs(dataset: str, budget: Budget) -> dict[str, TrainConfig]:
+    """Every run the experiments of ``dataset`` need, by name (16-d latents unless ``z2-``)."""
+    specs = {m: _base(dataset, budget, method=m, latent_dim=16) for m in TABLE2_METHODS}
+    for s2 in budget.fixed_sigma2:
+        if s2 not in (1.0, 0.5):   # sigma^2 = 1 and 0.5 are the beta-VAE and VAE runs
+            specs[f"fixed-{s2:g}"] = _base(dataset, budget, method="fixed", sigma2=s2, latent_dim=16)
+    # Table 1: 2-D latents at sigma^2 = 1, 0.5, learned (global, stage 1 only), 0.01
+    for s2 in (1.0, 0.5, 0.01):
+        specs[f"z2-fixed-{s2:g}"] = _base(dataset, budget, method="fixed", sigma2=s2, latent_dim=2)
+    specs["z2-learned"] = _base(dataset, budget, method="learned", stages=1, latent_dim=2)
+    return specs
+
+
+def fixed_run_name(sigma2: float) -> str:
+    """Run name of the 16-d fixed-variance model with this sigma^2 (Figure 1)."""
+    return {1.0: "beta-vae", 0.5: "vae"}.get(sigma2, f"fixed-{sigma2:g}")
+
+
+def run_dir(out: str | Path, dataset: str, budget: Budget, name: str) -> Path:
+    return Path(out) / f"{dataset}-{budget.name}" / "runs" / name
+
+
+def ensure_run(out: str | Path, dataset: str, budget: Budget, name: str, *, data: Dataset | None = None,
+               progress: bool = True) -> Path:
+    """Reuse, resume or train the run ``name``; returns its folder."""
+    config = run_specs(dataset, budget)[name]
+    path = run_dir(out, dataset, budget, name)
+    if (path / "final.json").exists():
+        saved = TrainConfig.load(path / CONFIG)
+        if saved == config.resolved(tuple(load_checkpoint(path / CHECKPOINT)["shape"])):
+            return path
+        raise ValueError(f"{path} holds a run with another config; delete it or use another --out")
+    data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)
+    log.info("training %s (%s)", path, "resume" if (path / CHECKPOINT).exists() else "new")
+    return train(config, path, data=data, progress=progress, resume=(path / CHECKPOINT).exists())
+
+
+def resolved_budget(budget: Budget) -> dict:
+    """The budget as a JSON-able dict, for protocols."""
+    return dataclasses.asdict(budget)

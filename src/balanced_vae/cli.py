@@ -97,6 +97,9 @@ def _run_train(args) -> int:
         latent_dim=args.latent_dim, width=args.width, batch_size=args.batch_size, lr=args.lr,
         epochs=args.epochs, min_epochs=args.min_epochs, tol=args.tol, window=args.window, seed=args.seed,
         n_train=args.n_train, n_test=args.n_test, precision=args.precision, hparams=_parse_hparams(args.hparam))
+    from .methods import resolve_hparams
+
+    resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
     if args.dry_run:
         from .data import load_dataset
 
@@ -128,9 +131,270 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    from .evaluate import METRICS
+
+    p = sub.add_parser(
+        "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration) into RUN/results.json",
+        description="Compute the paper's metrics for a trained run and write every number with its protocol "
+                    "(data split, counts, k, seeds, sampler, Inception implementation, version, git commit) to "
+                    "RUN/results.json. FID needs `pip install balanced-vae[fid]`; on a CPU the Inception network "
+                    "runs at a few images per second, so lower --n-fid for a quick look.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
+    p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="prior",
+                   help="p(z) for FID samples and the second p(z) of the IWAE bound")
+    p.add_argument("--components", type=int, default=32, help="K of the Gaussian mixture (Eq. 13)")
+    p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
+                   help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
+                        "per image where the GMM is a density: IWAE p(z), KL)")
+    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--n-iwae", type=int, default=500, help="test images for the IWAE bound")
+    p.add_argument("--k", type=int, default=20, help="importance samples of the IWAE bound")
+    p.add_argument("--n-fid", type=int, default=10_000, help="generated and real test images for FID")
+    p.add_argument("--fid-batch-size", type=int, default=50)
+    p.add_argument("--n-kl", type=int, default=10_000, help="Monte-Carlo samples per KL estimate")
+    p.add_argument("--kl-runs", type=int, default=10, help="independent KL estimates (mean and std reported)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--fid-cache", default=None, help="folder for cached real-image FID statistics "
+                   "(default: DATA_DIR/fid-stats)")
+    p.add_argument("--device", default=None, help="device for the Inception network (default: cuda if available)")
+    p.add_argument("--out", default=None, help="results file (default: RUN/results.json)")
+
+
+def _run_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
+                       gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k, n_fid=args.n_fid,
+                       fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
+                       data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
+    out = args.out or str(Path(args.run) / "results.json")
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
+    print(f"results written to {out}")
+    return 0
+
+
+def _add_reconstruct(sub) -> None:
+    p = sub.add_parser("reconstruct", help="picture of test images, reconstructions and per-pixel sigma (Figure 3)",
+                       description="Write OUT/reconstructions.png: rows of ground truth, reconstruction g(mu(x)) "
+                                   "and the predicted per-pixel sigma of the first N test images.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--error", action="store_true", help="add a row with the absolute error |x - g(mu(x))|")
+    p.add_argument("--data-dir", default=None)
+
+
+def _run_reconstruct(args) -> int:
+    from .evaluate import reconstruct_run
+
+    path = reconstruct_run(args.run, args.out, n=args.n, which=args.checkpoint, split=args.split,
+                           data_dir=args.data_dir, error=args.error)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_fid_real(sub) -> None:
+    p = sub.add_parser("fid-real", help="sanity FID between a data set's real training and test images",
+                       description="FID between the first N training and the first N test images (the paper "
+                                   "reports 1.9 for MNIST and 0.7 for Fashion-MNIST at N = 10,000). Statistics "
+                                   "are cached; needs `pip install balanced-vae[fid]`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", help="mnist, fashion-mnist, ...")
+    p.add_argument("--n", type=int, default=10_000, help="images per split")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+
+
+def _run_fid_real(args) -> int:
+    from .evaluate import real_data_fid
+
+    doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
+                        batch_size=args.batch_size, device=args.device, out=args.out)
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from the prior, the GMM or the aggregate posterior (Fig. 2, 4)",
+                       description="Decode N samples of the run's latent space and write OUT/KIND_means.png, the "
+                                   "per-pixel sigma grid OUT/KIND_sigma.png when the run has a variance head "
+                                   "(stage 2; otherwise the global sigma is reported), the raw arrays "
+                                   "(KIND_z.npy, KIND_means.npy, KIND_sigma.npy) and KIND_samples.json. The GMM "
+                                   "(Eq. 13) is fitted on the run's training codes once and kept in RUN/gmm_K<K>/.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="gmm",
+                   help="p(z) to sample: N(0, I), the GMM of Eq. 13 or the exact aggregate posterior of Eq. 12")
+    p.add_argument("--components", type=int, default=None,
+                   help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
+    p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
+                   help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator that draws the codes")
+    p.add_argument("--compare", action="store_true",
+                   help="also write OUT/compare_prior_gmm.png: prior and GMM samples side by side (Figure 2)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _run_sample(args) -> int:
+    from .latent import write_samples
+
+    s = write_samples(args.run, args.out, sampler=args.sampler, components=args.components, n=args.n,
+                      seed=args.seed, compare=args.compare, data_dir=args.data_dir, fit_on=args.fit_on)
+    note = (f"per-pixel sigma, mean {s['sigma_mean']:.4g}" if s["per_pixel_sigma"]
+            else f"global sigma {s['sigma2_global'] ** 0.5:.4g} (no per-pixel head: no sigma grid)")
+    print(f"{s['n']} samples from {s['name']} ({note}) in {args.out}/: {', '.join(s['files'])}")
+    return 0
+
+
+def _add_kl(sub) -> None:
+    p = sub.add_parser("kl", help="KL gap of Table 1: KL(q_GMM || p) and KL(q_agg || p) by Monte Carlo",
+                       description="Estimate KL(q_GMM || p) (log q from the GMM of Eq. 13) and KL(q_agg || p) "
+                                   "(the exact aggregate posterior of Eq. 12) for p = N(0, I): N samples per "
+                                   "run, RUNS runs, mean and standard deviation over runs. Prints and writes "
+                                   "the numbers with their protocol as JSON. With --ablation K [K ...] it instead "
+                                   "fits the GMM for each K on the training codes and reports the held-out "
+                                   "(test-code) log-likelihood and fitting time (Table 4).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--components", type=int, default=None,
+                   help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
+    p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
+                   help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
+    p.add_argument("--n", type=int, default=10_000, help="Monte-Carlo samples per run")
+    p.add_argument("--runs", type=int, default=10, help="independent estimates (mean and std reported)")
+    p.add_argument("--seed", type=int, default=0, help="run r uses a generator seeded SEED + r")
+    p.add_argument("--no-aggregate", action="store_true", help="skip KL(q_agg || p) (the slower estimate)")
+    p.add_argument("--ablation", type=int, nargs="+", default=None, metavar="K",
+                   help="Table 4: fit the GMM for each K and report held-out log-likelihood and time")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--out", default=None, help="JSON file (default: RUN/kl.json, or RUN/gmm_ablation.json)")
+
+
+def _run_kl(args) -> int:
+    from .checkpoint import write_json_atomic
+    from .latent import gmm_ablation_for_run, kl_gap
+
+    if args.ablation:
+        out = args.out or str(Path(args.run) / "gmm_ablation.json")
+        doc = gmm_ablation_for_run(args.run, args.ablation, fit_on=args.fit_on, data_dir=args.data_dir, out=out)
+        print(f"{'K':>6} {'held-out ll':>12} {'train ll':>10} {'fit s':>8} {'iters':>6}")
+        for r in doc["rows"]:
+            print(f"{r['K']:>6} {r['heldout_ll']:>12.4f} {r['train_ll']:>10.4f} {r['fit_seconds']:>8.2f} "
+                  f"{r['n_iter']:>6}{'' if r['converged'] else '  (not converged)'}")
+    else:
+        out = args.out or str(Path(args.run) / "kl.json")
+        doc = kl_gap(args.run, components=args.components, n=args.n, runs=args.runs, seed=args.seed,
+                     aggregate=not args.no_aggregate, data_dir=args.data_dir, fit_on=args.fit_on, progress=True)
+        write_json_atomic(out, doc)
+        pr = doc["protocol"]
+        print(f"protocol: n={pr['n']} samples x runs={pr['runs']}, seed={pr['seed']}, K={pr['K']} "
+              f"(fit on {pr['fit_on']}), {pr['n_train_codes']} training codes, p = N(0, I)")
+        for key, name in (("kl_gmm", "KL(q_GMM || p)"), ("kl_aggregate", "KL(q_agg || p)")):
+            if key in doc:
+                std = doc[key]["std"]
+                print(f"{name}: {doc[key]['mean']:.4f}" + (f" +- {std:.4f} (std over runs)" if std is not None else ""))
+    print(f"written to {out}")
+    return 0
+
+
+def _add_latent_plot(sub) -> None:
+    p = sub.add_parser("latent-plot", help="2-D latent log-densities: prior, aggregate posterior, GMM (one PNG)",
+                       description="For a run with 2-D latents, draw log-density heat maps of the prior N(0, I), "
+                                   "the exact aggregate posterior (Eq. 12) and its GMM approximation (Eq. 13) "
+                                   "side by side on the same grid and colour scale.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train --latent-dim 2`")
+    p.add_argument("--components", type=int, default=None,
+                   help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
+    p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
+                   help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
+    p.add_argument("--resolution", type=int, default=200, help="grid points per axis")
+    p.add_argument("--lim", type=float, default=None,
+                   help="grid spans [-LIM, LIM]^2 (default: max(4, 1.1 x 99.9th percentile of |mu|))")
+    p.add_argument("--span", type=float, default=15.0, help="colour scale covers the top SPAN nats")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_density.png)")
+
+
+def _run_latent_plot(args) -> int:
+    from .latent import latent_plot_for_run
+
+    path = latent_plot_for_run(args.run, args.out, components=args.components, resolution=args.resolution,
+                               lim=args.lim, span=args.span, data_dir=args.data_dir, fit_on=args.fit_on)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    from .experiments import BUDGETS, EXPERIMENTS
+
+    p = sub.add_parser(
+        "reproduce", help="reproduce a table or figure of the paper (trains what is missing)",
+        description="Train what is missing (reusing finished runs in --out, resuming interrupted ones), evaluate, "
+                    "and write each table as CSV/Markdown/JSON and each figure as PNG under "
+                    "OUT/<dataset>-<budget>/. Budgets: " + "; ".join(
+                        f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}"
+                        for b in BUDGETS.values()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "celeba"])
+    p.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
+    p.add_argument("--out", default="results", help="results folder")
+    p.add_argument("--dry-run", action="store_true", help="print the budget and the runs it needs, then exit")
+
+
+def _run_reproduce(args) -> int:
+    from .experiments import get_budget, resolved_budget, run_specs
+    from .reproduce import reproduce
+
+    budget = get_budget(args.budget)
+    print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
+    if args.dry_run:
+        for name, cfg in run_specs(args.dataset, budget).items():
+            print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
+        return 0
+    for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_results_page(sub) -> None:
+    p = sub.add_parser("results-page", help="generate docs/RESULTS.md from the reproduce result files")
+    p.add_argument("results", nargs="?", default="results", help="results folder written by reproduce")
+    p.add_argument("--out", default="docs/RESULTS.md")
+
+
+def _run_results_page(args) -> int:
+    from .results_page import build_page
+
+    print(f"wrote {build_page(args.results, args.out)}")
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train),
+    "sample": (_add_sample, _run_sample),
+    "kl": (_add_kl, _run_kl),
+    "latent-plot": (_add_latent_plot, _run_latent_plot),
     "demo": (_add_demo, _run_demo),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "reconstruct": (_add_reconstruct, _run_reconstruct),
+    "fid-real": (_add_fid_real, _run_fid_real),
+    "reproduce": (_add_reproduce, _run_reproduce),
+    "results-page": (_add_results_page, _run_results_page),
 }
 
 

@@ -10,7 +10,8 @@ It computes any of
 * ``fid`` -- FID of ``n_fid`` decoded samples from ``sampler`` against the first ``n_fid``
   test images, TF-Inception features (:mod:`balanced_vae.fid`);
 * ``kl`` -- Monte-Carlo KL(q(z) || p(z)) and KL(q(z) || q_GMM(z)) from the aggregate
-  posterior q(z) of the training codes (Eq. 12, 13; Table 1);
+  posterior q(z) of the training codes (Eq. 12, 13; Table 1), the GMM fitted on samples
+  of q(z) unless ``gmm_fit_on`` says otherwise;
 * ``calibration`` -- Spearman correlation of predicted per-pixel sigma^2 with the squared
   error, and test NLL with the predicted variance versus the global sigma*^2 (Figure 3);
 
@@ -97,7 +98,7 @@ def _dataset_label(config) -> str:
 def _summary(v: torch.Tensor) -> dict[str, float]:
     """Mean and standard error of the mean of per-image values (N,)."""
     v = v.double()
-    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else None
     return {"mean": float(v.mean()), "sem": sem}
 
 
@@ -149,6 +150,7 @@ def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: 
             "protocol": {"split": "test", "n": len(x), "images": f"first {len(x)}", "k": k, "seed": seed,
                          "bound": "IWAE (Burda et al. 2016): E[logsumexp_k log w_k - log k]",
                          "dequantisation": "x + u, u ~ U(0, 1/256) per pixel, drawn before z",
+                         "levels": "256 (8-bit data assumed)",
                          "bits_per_dim": f"-(ll - D log 256) / (D log 2), D = {d}",
                          "priors": list(priors), "units": "nats per image"}}
 
@@ -210,16 +212,29 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
                  components: int | None = 32, which: str = CHECKPOINT, n_iwae: int = 500, k: int = 20,
                  n_fid: int = 10_000, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 device: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                 gmm_fit_on: str | None = None, device: str | None = None, out: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
 
     ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
     second p(z) of the IWAE bound; the GMM is fitted on the run's training codes and
-    cached beside the checkpoint. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
+    cached beside the checkpoint. ``gmm_fit_on`` chooses those codes: by default the
+    posterior means for sampling (FID, the paper's practice) and one z ~ q(z|x) per image
+    where the GMM serves as a density (IWAE's p(z), KL), because a fit on means squeezes
+    unused latent dimensions to a near-zero variance and inflates every log-density
+    ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
     loading; test metrics use the data set's whole test split (the first ``n_iwae`` /
     ``n_fid`` images where a count is given). Returns the results dictionary written.
     """
     names = parse_metrics(metrics)
+    if sampler not in ("prior", "gmm", "aggregate"):
+        raise ValueError(f"sampler={sampler!r}; choose prior, gmm or aggregate")
+    if gmm_fit_on not in (None, "mean", "sample"):
+        raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
+    if "fid" in names:
+        from .fid import inception_path
+
+        inception_path()  # fail before any work when the network is not installed
     run = load_run(run_dir, which=which)
     c = run.config
     if data is None:
@@ -235,56 +250,72 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
             raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "
                              f"choose 1 <= {name} <= {len(x_test)}")
 
-    samplers: dict[str, Any] = {}
+    samplers: dict[tuple[str, str], Any] = {}
 
-    def get_sampler(kind: str):
-        if kind not in samplers:
-            from .samplers import make_sampler
+    def get_sampler(kind: str, fit_on: str = "mean"):
+        """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
+        key = (kind, fit_on if kind == "gmm" else "")
+        if key not in samplers:
+            from .samplers import GaussianMixtureSampler, encode_dataset, make_sampler, run_images
 
             log.info("building the %s sampler", kind)
-            samplers[kind] = make_sampler(kind, run, components=components, data=data, data_dir=data_dir)
-        return samplers[kind]
+            if kind == "gmm" and which != CHECKPOINT:
+                # the GMM cache beside the run is keyed to checkpoint.pt: fit other checkpoints in memory
+                mu, logvar = encode_dataset(run.model, run_images(run, data=data, split="train"))
+                samplers[key] = GaussianMixtureSampler(components or 32, fit_on=fit_on).fit(mu, logvar)
+            else:
+                samplers[key] = make_sampler(kind, run, components=components, data=data, data_dir=data_dir,
+                                             fit_on=fit_on)
+        return samplers[key]
 
-    def sampler_label(kind: str) -> str:
-        return f"gmm_K{samplers[kind].n_components}" if kind == "gmm" else kind
+    def label(kind: str, fit_on: str = "mean") -> str:
+        return f"gmm_K{get_sampler(kind, fit_on).n_components}" if kind == "gmm" else kind
 
+    def gmm_protocol(fit_on: str) -> dict[str, Any]:
+        g = get_sampler("gmm", fit_on)
+        return {"K": g.n_components, "fit_on": g.fit_on, "covariance_type": g.covariance_type,
+                "random_state": g.random_state, "n_fit": g.n_fit_, "converged": g.converged_,
+                "codes": f"{'posterior means' if g.fit_on == 'mean' else 'one z ~ q(z|x) per image'} "
+                         f"of the training images"}
+
+    # sampling follows the paper (GMM on posterior means); a density of q(z) is fitted on samples
+    # of q(z), since a fit on means squeezes unused latent dimensions to reg_covar (see samplers)
+    fit_sampling = gmm_fit_on or "mean"
+    fit_density = gmm_fit_on or "sample"
     prov = provenance(run.path / which)
     dataset = _dataset_label(c)
     results: dict[str, Any] = {}
     for name in names:
         t0 = time.perf_counter()
         log.info("evaluating %s", name)
+        extra: dict[str, Any] = {}
         if name == "elbo":
             entry = _metric_elbo(run, x_test, seed=seed)
         elif name == "iwae":
-            kinds = ["prior"] + ([sampler] if sampler != "prior" else [])
-            priors = {}
-            for kd in kinds:
-                p_z = get_sampler(kd)
-                priors[sampler_label(kd)] = p_z
+            priors = {"prior": get_sampler("prior")}
+            if sampler != "prior":
+                priors[label(sampler, fit_density)] = get_sampler(sampler, fit_density)
+                if sampler == "gmm":
+                    extra["gmm"] = gmm_protocol(fit_density)
             entry = _metric_iwae(run, x_test[:n_iwae], priors, k=k, seed=seed)
         elif name == "fid":
-            entry = _metric_fid(run, get_sampler(sampler), x_test, n=n_fid, seed=seed, dataset=dataset,
-                                batch_size=fid_batch_size, cache_dir=cache_dir, data_dir=data_dir or c.data_dir,
-                                device=device, progress=progress)
-            entry["protocol"]["sampler"] = sampler_label(sampler)
+            entry = _metric_fid(run, get_sampler(sampler, fit_sampling), x_test, n=n_fid, seed=seed,
+                                dataset=dataset, batch_size=fid_batch_size, cache_dir=cache_dir,
+                                data_dir=data_dir or c.data_dir, device=device, progress=progress)
+            extra["sampler"] = label(sampler, fit_sampling)
+            if sampler == "gmm":
+                extra["gmm"] = gmm_protocol(fit_sampling)
         elif name == "kl":
-            q = get_sampler("aggregate")
-            gmm = get_sampler("gmm")
-            targets = {"prior": get_sampler("prior"), sampler_label("gmm"): gmm}
-            entry = _metric_kl(q, targets, n=n_kl, runs=kl_runs, seed=seed, progress=progress)
+            targets = {"prior": get_sampler("prior"), label("gmm", fit_density): get_sampler("gmm", fit_density)}
+            entry = _metric_kl(get_sampler("aggregate"), targets, n=n_kl, runs=kl_runs, seed=seed,
+                               progress=progress)
+            extra["gmm"] = gmm_protocol(fit_density)
         else:
             entry = _metric_calibration(run, x_test)
-        entry["protocol"] = {"dataset": c.dataset, **entry["protocol"]}
+        entry["protocol"] = {"dataset": c.dataset, **entry["protocol"], **extra}
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["provenance"] = prov
         results[name] = entry
-    if "gmm" in samplers:
-        g = samplers["gmm"]
-        for entry in results.values():
-            entry["protocol"].setdefault("gmm", {"K": g.n_components, "fit_on": g.fit_on,
-                                                 "covariance_type": g.covariance_type,
-                                                 "random_state": g.random_state, "n_fit": g.n_fit_})
 
     path = Path(out).expanduser() if out is not None else run.path / RESULTS
     old = _load_results(path)
@@ -341,9 +372,10 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
     statistics go through the on-disk cache. Writes the result to ``out`` when given.
     """
     from .data import load_dataset
-    from .fid import inception_protocol, real_statistics
+    from .fid import inception_path, inception_protocol, real_statistics
     from .metrics import frechet_distance
 
+    inception_path()  # fail before any work when the network is not installed
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir=data_dir)
     stats = {}

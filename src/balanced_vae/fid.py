@@ -15,7 +15,8 @@ defaults ``resample_mode="nv_bilinear_float"``, ``quant=True``, input range
 ``INPUT_RANGE_TF``), so features agree with it exactly:
 
 1. images (N, C, H, W) in [0, 1] are clamped and quantised to 8 bits,
-   ``round(255 x) / 255`` (what saving a PNG does to generated images);
+   ``round(255 x) / 255`` (what saving a PNG does to generated images; the package
+   skips this step for images that are already 299 x 299, this module does not);
 2. resized to 299 x 299 by bilinear interpolation with TensorFlow 1's pixel
    alignment (the "nv_bilinear" resampler of StyleGAN2-ADA's metrics: ``grid_sample``
    with align_corners=False, shifted by half a source minus half a target pixel);
@@ -34,6 +35,7 @@ import importlib.util
 import json
 import logging
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -112,7 +114,9 @@ def _file_digest(path: str) -> str:
 @lru_cache(maxsize=4)
 def _load(path: str, device: str) -> torch.jit.ScriptModule:
     try:
-        net = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():  # recent torch deprecates TorchScript; this file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # torch raises several types for a damaged archive
         raise InceptionNotFoundError(f"{path}: cannot be loaded as TorchScript ({type(e).__name__}: {e}); "
                                      f"the file is damaged: `pip install --force-reinstall balanced-vae[fid]`") from None

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, atomic_write, load_run, write_json_atomic
+from .checkpoint import atomic_write, load_run, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class AggregatePosteriorSampler:
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z) of Eq. 12 by a chunked logsumexp over the N components: (n, L) -> (n,)."""
         z = _check_z(z, self.latent_dim, "AggregatePosteriorSampler")
-        rows = max(1, (1 << 21) // self.chunk_size)             # z rows per block: <= 16 MiB of float64
+        rows = max(1, (1 << 21) // min(self.chunk_size, self.n_components))  # block <= 16 MiB of float64
         out = torch.empty(len(z), dtype=torch.float64)
         for i in range(0, len(z), rows):
             zi = z[i:i + rows]                                                    # (b, L)
@@ -196,11 +196,17 @@ class GaussianMixtureSampler:
       encoder. Decoded samples are what Figure 2 shows.
     * ``"sample"`` -- one z_n ~ q(z|x_n) per image, a sample of the aggregate posterior of
       Eq. 12 itself, so EM then maximises a Monte-Carlo estimate of E_q(z)[log q_GMM(z)]: the
-      faithful choice when the GMM stands in for q(z) in a density (KL) calculation. Latent
+      faithful choice when the GMM stands in for q(z) in a density (KL, IWAE prior). Latent
       dimensions the encoder does not use (mu ~ 0, logvar ~ 0) keep their unit variance here,
       whereas a fit on means squeezes them to ``reg_covar``, which leaves the decoded
       images unchanged but inflates KL(q_GMM || p) by about 1/2 log(1/reg_covar) nats per
       unused dimension.
+
+    Measured (MNIST, 10,000 training images, 5 + 5 epochs, K = 32; KL by :func:`kl_monte_carlo`,
+    10 x 10,000 samples): with L = 16, KL(q_agg || q_GMM) is 21.2 nats for a fit on means and
+    14.5 for a fit on samples (KL(q_GMM || q_agg) 75.4 vs 75.2); with L = 2 both give 0.03.
+    So ``"mean"`` stays the default for generation, as in the paper, and density uses should
+    pass ``fit_on="sample"``.
 
     Args:
         n_components: K (32 for 28x28 data in the paper, 500 for CelebA).
@@ -366,7 +372,8 @@ class GaussianMixtureSampler:
                 "covariance_type": self.covariance_type, "fit_on": self.fit_on,
                 "random_state": self.random_state, "max_iter": self.max_iter, "tol": self.tol,
                 "reg_covar": self.reg_covar, "n_init": self.n_init, "converged": self.converged_,
-                "n_iter": self.n_iter_, "lower_bound": self.lower_bound_, "n_fit": self.n_fit_,
+                "n_iter": self.n_iter_,
+                "lower_bound": self.lower_bound_ if math.isfinite(self.lower_bound_) else None, "n_fit": self.n_fit_,
                 "fit_seconds": getattr(self, "fit_seconds_", None)}
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -420,7 +427,8 @@ class GaussianMixtureSampler:
             raise ValueError(f"{arr_path}: arrays hold K={s.n_components}, L={s.n_features_in_} but {meta_path} "
                              f"says K={meta['n_components']}, L={meta['latent_dim']}; delete {directory} and refit")
         s.converged_, s.n_iter_ = bool(meta["converged"]), int(meta["n_iter"])
-        s.lower_bound_, s.n_fit_ = float(meta["lower_bound"]), int(meta["n_fit"])
+        s.lower_bound_ = float(meta["lower_bound"]) if meta["lower_bound"] is not None else float("nan")
+        s.n_fit_ = int(meta["n_fit"])
         if meta.get("fit_seconds") is not None:
             s.fit_seconds_ = float(meta["fit_seconds"])
         s.source = meta.get("source", {})
@@ -435,7 +443,8 @@ class GaussianMixtureSampler:
 # ---------------------------------------------------------------------- estimators
 
 
-def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, progress: bool = False) -> dict:
+def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, progress: bool = False,
+                   desc: str = "KL runs") -> dict:
     """KL(q || p) = E_q[log q(z) - log p(z)] by Monte Carlo (Table 1's protocol).
 
     Run r draws ``n`` samples from ``q`` with a generator seeded ``seed + r`` and averages
@@ -445,13 +454,13 @@ def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, prog
     """
     n, runs = _check_n(n), _check_n(runs)
     estimates = []
-    for r in tqdm(range(runs), desc="KL runs", disable=not progress, leave=False):
+    for r in tqdm(range(runs), desc=desc, disable=not progress, leave=False):
         g = torch.Generator().manual_seed(seed + r)
         z = q.sample(n, generator=g)                                        # (n, L)
         estimates.append(float((q.log_prob(z).double() - p.log_prob(z).double()).mean()))
     est = np.asarray(estimates)
-    std = float(est.std(ddof=1)) if runs > 1 else float("nan")
-    return {"mean": float(est.mean()), "std": std, "sem": std / math.sqrt(runs) if runs > 1 else float("nan"),
+    std = float(est.std(ddof=1)) if runs > 1 else None                    # None, not NaN: stays valid JSON
+    return {"mean": float(est.mean()), "std": std, "sem": std / math.sqrt(runs) if runs > 1 else None,
             "n": n, "runs": runs, "seed": seed, "estimates": estimates}
 
 
@@ -513,11 +522,12 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     return x_train if split == "train" else x_test
 
 
-def _file_sha256(path: Path) -> str:
+def model_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights (state dict, keys sorted): which encoder a fit's codes came from."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for key, t in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -531,16 +541,17 @@ def fit_gmm_for_run(run_dir, n_components: int | None = 32, *, data=None, refit:
                     covariance_type: str = "full") -> GaussianMixtureSampler:
     """The GMM of Eq. 13 for a run, fitted on its training codes and cached beside its checkpoint.
 
-    The fit lives in :func:`gmm_dir` (``RUN/gmm_K32/``) with the SHA-256 of ``checkpoint.pt``;
-    it is reloaded when present and made from the same checkpoint and settings, and refitted
-    (and overwritten) when ``refit`` is true or the checkpoint has changed since.
+    ``run_dir`` is a run folder (its ``checkpoint.pt``) or a loaded run (any checkpoint). The fit
+    lives in :func:`gmm_dir` (``RUN/gmm_K32/``) with the SHA-256 of the model's weights; it is
+    reloaded when present and made from the same weights and settings, and refitted (and
+    overwritten) when ``refit`` is true or the weights differ (e.g. training went on since).
     ``n_components=None`` takes the paper's K for the run's image shape.
     """
     run = _as_run(run_dir)
     run_dir = run.path
     k = n_components if n_components is not None else default_components(tuple(run.checkpoint["shape"]))
     folder = gmm_dir(run_dir, k, fit_on)
-    ckpt_sha = _file_sha256(run_dir / CHECKPOINT)
+    weights_sha = model_sha256(run.model)
     settings = {"fit_on": fit_on, "random_state": random_state, "covariance_type": covariance_type}
     if not refit and (folder / GMM_META).is_file():
         try:
@@ -549,15 +560,15 @@ def fit_gmm_for_run(run_dir, n_components: int | None = 32, *, data=None, refit:
             log.warning("%s: cannot reuse the saved GMM (%s); refitting", folder, e)
         else:
             saved = {"fit_on": s.fit_on, "random_state": s.random_state, "covariance_type": s.covariance_type}
-            if s.source.get("checkpoint_sha256") == ckpt_sha and saved == settings and s.n_components == k:
+            if s.source.get("model_sha256") == weights_sha and saved == settings and s.n_components == k:
                 log.info("%s: reusing the saved GMM", folder)
                 return s
-            log.warning("%s: saved GMM is from another checkpoint or settings; refitting", folder)
+            log.warning("%s: saved GMM is from other weights or settings; refitting", folder)
     x = run_images(run, data=data, data_dir=data_dir)
     mu, logvar = encode_dataset(run.model, x)                                 # (N, L)
     s = GaussianMixtureSampler(k, covariance_type=covariance_type, fit_on=fit_on, random_state=random_state)
     s.fit(mu, logvar)
-    s.save(folder, extra={"checkpoint": CHECKPOINT, "checkpoint_sha256": ckpt_sha, "stage": run.stage,
+    s.save(folder, extra={"model_sha256": weights_sha, "stage": run.stage, "epoch": run.checkpoint.get("epoch"),
                           "dataset": run.config.dataset, "n_codes": len(mu)})
     s.source = json.loads((folder / GMM_META).read_text())["source"]
     return s

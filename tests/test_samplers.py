@@ -1,0 +1,342 @@
+"""Samplers (Eq. 12-13), Monte-Carlo KL gaps, latent density plots and the K ablation (Section 3.5)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from balanced_vae.cli import main
+from balanced_vae.latent import gmm_ablation, latent_density_grid, plot_latent_densities, write_samples
+from balanced_vae.samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, encode_dataset,
+                                   fit_gmm_for_run, gmm_dir, kl_monte_carlo, make_sampler, model_sha256)
+
+TRUE_WEIGHTS = np.array([0.5, 0.3, 0.2])
+TRUE_MEANS = np.array([[-4.0, 0.0], [3.0, 3.0], [3.0, -3.0]])
+TRUE_COVS = np.array([[[1.0, 0.3], [0.3, 0.5]], [[0.4, 0.0], [0.0, 0.4]], [[0.6, -0.2], [-0.2, 0.3]]])
+
+
+def _three_blobs(n: int, seed: int) -> np.ndarray:
+    """n draws from the known 3-component mixture above."""
+    rng = np.random.default_rng(seed)
+    k = rng.choice(3, size=n, p=TRUE_WEIGHTS)
+    chol = np.linalg.cholesky(TRUE_COVS)
+    return TRUE_MEANS[k] + np.einsum("nij,nj->ni", chol[k], rng.standard_normal((n, 2)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are small: one intra-op thread avoids spin-waiting on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def blobs() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(_three_blobs(3000, 0)), torch.tensor(_three_blobs(1000, 1))
+
+
+@pytest.fixture(scope="module")
+def gmm3(blobs) -> GaussianMixtureSampler:
+    return GaussianMixtureSampler(3, random_state=0).fit(blobs[0])
+
+
+# ---------------------------------------------------------------------- prior and aggregate posterior
+
+
+def test_prior_log_prob_matches_torch_distributions():
+    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    ref = Independent(Normal(torch.zeros(4), torch.ones(4)), 1).log_prob(z)
+    torch.testing.assert_close(PriorSampler(4).log_prob(z), ref)
+    assert PriorSampler(4).sample(7, generator=torch.Generator().manual_seed(0)).shape == (7, 4)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 4096])
+def test_aggregate_log_prob_equals_direct_logsumexp(chunk_size):
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(60, 3, generator=g) * 2, torch.randn(60, 3, generator=g) - 1.0
+    z = torch.randn(40, 3, generator=g) * 2
+    comps = Independent(Normal(mu.double(), (0.5 * logvar.double()).exp()), 1)
+    direct = torch.logsumexp(comps.log_prob(z.double()[:, None, :]), dim=1) - math.log(60)   # (40,)
+    got = AggregatePosteriorSampler(mu, logvar, chunk_size=chunk_size).log_prob(z)
+    assert got.shape == (40,) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), direct, rtol=1e-6, atol=1e-5)
+
+
+def test_aggregate_samples_have_the_mixture_moments():
+    g = torch.Generator().manual_seed(2)
+    mu, logvar = torch.randn(5, 2, generator=g) * 3, torch.randn(5, 2, generator=g)
+    z = AggregatePosteriorSampler(mu, logvar).sample(200_000, generator=torch.Generator().manual_seed(0))
+    mean = mu.mean(0)                                                    # law of total expectation
+    var = logvar.exp().mean(0) + mu.pow(2).mean(0) - mean.pow(2)         # law of total variance
+    torch.testing.assert_close(z.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(z.var(0), var, rtol=0.02, atol=0.02)
+
+
+# ---------------------------------------------------------------------- Gaussian mixture
+
+
+def test_gmm_recovers_known_three_component_mixture(gmm3):
+    order = np.argsort(gmm3.means_[:, 0].numpy() + 0.1 * gmm3.means_[:, 1].numpy())
+    true_order = np.argsort(TRUE_MEANS[:, 0] + 0.1 * TRUE_MEANS[:, 1])
+    means, weights = gmm3.means_.numpy()[order], gmm3.weights_.numpy()[order]
+    np.testing.assert_allclose(means, TRUE_MEANS[true_order], atol=0.1)
+    np.testing.assert_allclose(weights, TRUE_WEIGHTS[true_order], atol=0.03)
+    np.testing.assert_allclose(gmm3.covariances_.numpy()[order], TRUE_COVS[true_order], atol=0.1)
+    assert gmm3.converged_ and gmm3.n_features_in_ == 2 and gmm3.n_fit_ == 3000
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "tied", "spherical"])
+def test_gmm_log_prob_agrees_with_sklearn_score_samples(blobs, covariance_type):
+    x, x_new = blobs
+    s = GaussianMixtureSampler(4, covariance_type=covariance_type, random_state=0).fit(x)
+    ref = GaussianMixture(4, covariance_type=covariance_type, random_state=0, max_iter=s.max_iter,
+                          tol=s.tol, reg_covar=s.reg_covar).fit(x.numpy())
+    np.testing.assert_allclose(s.log_prob(x_new).numpy(), ref.score_samples(x_new.numpy()), rtol=1e-5, atol=1e-5)
+    assert s.score(x_new) == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
+
+
+def test_gmm_sampling_uses_the_callers_generator(gmm3):
+    state = torch.get_rng_state()
+    a = gmm3.sample(500, generator=torch.Generator().manual_seed(3))
+    b = gmm3.sample(500, generator=torch.Generator().manual_seed(3))
+    c = gmm3.sample(500, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.get_rng_state(), state), "sampling with a generator must not touch the global RNG"
+    assert a.shape == (500, 2) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    z = gmm3.sample(100_000, generator=torch.Generator().manual_seed(5)).double()
+    w, m, cov = gmm3.weights_, gmm3.means_, gmm3.covariances_
+    mean = (w[:, None] * m).sum(0)
+    second = (w[:, None, None] * (cov + m[:, :, None] * m[:, None, :])).sum(0)
+    torch.testing.assert_close(z.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(z.T), second - torch.outer(mean, mean), atol=0.1, rtol=0.02)
+
+
+def test_fixed_generator_gives_identical_samples_for_every_sampler():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(30, 3, generator=g), torch.randn(30, 3, generator=g)
+    for s in (PriorSampler(3), AggregatePosteriorSampler(mu, logvar),
+              GaussianMixtureSampler(2, random_state=0).fit(mu)):
+        a = s.sample(64, generator=torch.Generator().manual_seed(9))
+        b = s.sample(64, generator=torch.Generator().manual_seed(9))
+        assert torch.equal(a, b) and a.shape == (64, 3)
+        assert s.log_prob(a).shape == (64,) and torch.isfinite(s.log_prob(a)).all()
+
+
+def test_save_and_reload_gives_identical_log_prob_and_samples(gmm3, blobs, tmp_path):
+    folder = gmm3.save(tmp_path / "gmm", extra={"note": "test"})
+    with np.load(folder / "gmm.npz", allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == ["covariances", "means", "weights"]
+    meta = json.loads((folder / "gmm.json").read_text())
+    assert meta["n_components"] == 3 and meta["fit_on"] == "mean" and meta["source"] == {"note": "test"}
+    back = GaussianMixtureSampler.load(folder)
+    z = blobs[1]
+    assert torch.equal(back.log_prob(z), gmm3.log_prob(z))
+    assert torch.equal(back.sample(100, generator=torch.Generator().manual_seed(0)),
+                       gmm3.sample(100, generator=torch.Generator().manual_seed(0)))
+    assert (back.converged_, back.n_iter_, back.n_fit_) == (gmm3.converged_, gmm3.n_iter_, gmm3.n_fit_)
+
+
+def test_load_rejects_missing_and_mismatched_files(gmm3, tmp_path):
+    with pytest.raises(FileNotFoundError, match="gmm.json"):
+        GaussianMixtureSampler.load(tmp_path / "nothing")
+    folder = gmm3.save(tmp_path / "a")
+    GaussianMixtureSampler(2).fit(torch.randn(50, 2)).save(tmp_path / "b")
+    (folder / "gmm.npz").write_bytes((tmp_path / "b" / "gmm.npz").read_bytes())
+    with pytest.raises(ValueError, match="checksum"):
+        GaussianMixtureSampler.load(folder)
+
+
+def test_gmm_errors_name_the_shape_and_the_fix(gmm3):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="fit"):
+        GaussianMixtureSampler(3).sample(4)
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        gmm3.log_prob(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="at least K"):
+        GaussianMixtureSampler(10).fit(torch.randn(5, 2))
+    with pytest.raises(ValueError, match="needs logvar"):
+        GaussianMixtureSampler(2, fit_on="sample").fit(torch.randn(50, 2))
+    with pytest.raises(ValueError, match="fit_on"):
+        GaussianMixtureSampler(2, fit_on="codes").fit(torch.randn(50, 2))
+
+
+def test_fit_on_sample_keeps_unused_dimensions_at_unit_variance():
+    """An unused latent dimension (mu = 0, logvar = 0) is N(0, 1) under q(z); a fit on means squeezes it."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.stack([torch.randn(4000, generator=g) * 2, torch.zeros(4000)], 1)     # dim 2 unused
+    logvar = torch.stack([torch.full((4000,), -4.0), torch.zeros(4000)], 1)
+    on_samples = GaussianMixtureSampler(1, fit_on="sample").fit(mu, logvar, generator=torch.Generator().manual_seed(1))
+    on_means = GaussianMixtureSampler(1, fit_on="mean").fit(mu, logvar)
+    assert on_samples.covariances_[0, 1, 1] == pytest.approx(1.0, abs=0.06)
+    assert on_means.covariances_[0, 1, 1] < 1e-5
+    again = GaussianMixtureSampler(1, fit_on="sample").fit(mu, logvar, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.means_, on_samples.means_)
+
+
+# ---------------------------------------------------------------------- Monte-Carlo KL
+
+
+def test_kl_monte_carlo_matches_closed_form_for_a_diagonal_gaussian():
+    mu, logvar = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[-1.0, 0.5, 0.0]])
+    q = AggregatePosteriorSampler(mu, logvar)                      # one component: a single Gaussian
+    exact = float(kl_divergence(Independent(Normal(mu[0], (0.5 * logvar[0]).exp()), 1),
+                                Independent(Normal(torch.zeros(3), torch.ones(3)), 1)))
+    r = kl_monte_carlo(q, PriorSampler(3), n=10_000, runs=10, seed=0)
+    assert (r["n"], r["runs"], r["seed"], len(r["estimates"])) == (10_000, 10, 0, 10)
+    assert r["sem"] == pytest.approx(r["std"] / math.sqrt(10))
+    assert abs(r["mean"] - exact) < 3 * r["sem"], (r, exact)
+    assert r["std"] > 0
+
+
+def test_kl_monte_carlo_matches_closed_form_for_a_full_covariance_gaussian():
+    cov = torch.tensor([[1.5, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    mean = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    q = GaussianMixtureSampler.from_params(np.ones(1), mean[None].numpy(), cov[None].numpy())
+    exact = float(kl_divergence(MultivariateNormal(mean, cov), MultivariateNormal(torch.zeros(2), torch.eye(2).double())))
+    r = kl_monte_carlo(q, PriorSampler(2), n=10_000, runs=10, seed=3)
+    assert abs(r["mean"] - exact) < 3 * r["sem"], (r, exact)
+
+
+# ---------------------------------------------------------------------- density grid and ablation
+
+
+def test_latent_density_grid_is_normalised_and_the_plot_is_written(gmm3, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    agg = AggregatePosteriorSampler(torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g) * 0.3 - 1)
+    samplers = {"prior": PriorSampler(2), "aggregate": agg, "gmm": gmm3}
+    axis, dens = latent_density_grid(samplers, lim=9.0, resolution=201)
+    cell = (axis[1] - axis[0]) ** 2
+    for name, d in dens.items():
+        assert d.shape == (201, 201)
+        assert np.exp(d).sum() * cell == pytest.approx(1.0, abs=0.01), name
+    i, j = 100 + 30, 100 - 60                       # row = z2, column = z1
+    z = torch.tensor([[axis[j], axis[i]]], dtype=torch.float32)
+    assert dens["gmm"][i, j] == pytest.approx(float(gmm3.log_prob(z)), abs=1e-4)
+    path = plot_latent_densities(samplers, tmp_path / "lat.png", lim=9.0, resolution=60)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="latent-dim 2"):
+        latent_density_grid({"prior": PriorSampler(3)})
+
+
+def test_gmm_ablation_scores_held_out_codes_like_sklearn(blobs):
+    x, x_new = blobs
+    rows = gmm_ablation(x, x_new, [1, 3, 5], random_state=0)
+    assert [r["K"] for r in rows] == [1, 3, 5]
+    for r in rows:
+        ref = GaussianMixture(r["K"], random_state=0, max_iter=200).fit(x.numpy())
+        assert r["heldout_ll"] == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
+        assert r["fit_seconds"] >= 0 and r["n_iter"] >= 1
+    assert rows[1]["heldout_ll"] > rows[0]["heldout_ll"] + 0.5       # the data have 3 components
+
+
+# ---------------------------------------------------------------------- a short real MNIST run
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    from balanced_vae.data import load_dataset
+
+    return data_dir, load_dataset("mnist", data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(mnist, tmp_path_factory):
+    """Two stages of one epoch on 600 MNIST images with 2-D latents (a few seconds)."""
+    from balanced_vae.config import TrainConfig
+    from balanced_vae.train import train
+
+    root, data = mnist
+    config = TrainConfig(dataset="mnist", data_dir=str(root), n_train=600, n_test=100, epochs=1, min_epochs=1,
+                         stages=2, latent_dim=2, width=8, batch_size=100, seed=0)
+    return train(config, tmp_path_factory.mktemp("run") / "mnist", data=data, progress=False)
+
+
+def test_gmm_for_run_is_cached_beside_the_checkpoint(mnist, mnist_run, monkeypatch):
+    data = mnist[1]
+    s = fit_gmm_for_run(mnist_run, 8, data=data)
+    folder = gmm_dir(mnist_run, 8)
+    assert folder == mnist_run / "gmm_K8" and (folder / "gmm.npz").is_file()
+    assert s.n_fit_ == 600 and s.latent_dim == 2 and s.source["n_codes"] == 600
+
+    def no_refit(*a, **k):
+        raise AssertionError("a cached GMM must be reloaded, not refitted")
+
+    with monkeypatch.context() as m:
+        m.setattr(GaussianMixtureSampler, "fit", no_refit)
+        again = make_sampler("gmm", mnist_run, components=8, data=data)
+    z = s.sample(50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.log_prob(z), s.log_prob(z))
+    refit = fit_gmm_for_run(mnist_run, 8, data=data, refit=True)
+    assert torch.allclose(refit.log_prob(z), s.log_prob(z), atol=1e-5)     # seeded EM: the same fit
+
+
+def test_decoded_gmm_samples_have_the_datas_shape_and_range(mnist, mnist_run, tmp_path):
+    data = mnist[1]
+    s = write_samples(mnist_run, tmp_path, sampler="gmm", components=8, n=16, seed=0, compare=True, data=data)
+    means = np.load(tmp_path / "gmm_means.npy", allow_pickle=False)
+    sigma = np.load(tmp_path / "gmm_sigma.npy", allow_pickle=False)
+    z = np.load(tmp_path / "gmm_z.npy", allow_pickle=False)
+    assert means.shape == (16, *data.shape) == sigma.shape and z.shape == (16, 2)
+    assert means.min() >= 0 and means.max() <= 1 and means.std() > 0
+    assert np.isfinite(sigma).all() and sigma.min() > 0
+    assert s["per_pixel_sigma"] and s["stage"] == 2 and s["components"] == 8
+    for f in ("gmm_means.png", "gmm_sigma.png", "compare_prior_gmm.png", "gmm_samples.json"):
+        assert (tmp_path / f).is_file(), f
+    # the written codes are the GMM's samples under the same seed, decoded by the run's model
+    gmm = GaussianMixtureSampler.load(gmm_dir(mnist_run, 8))
+    np.testing.assert_array_equal(z, gmm.sample(16, generator=torch.Generator().manual_seed(0)).numpy())
+
+
+def test_stage1_run_reports_its_global_sigma_and_gets_its_own_gmm(mnist, mnist_run, tmp_path):
+    from balanced_vae.checkpoint import load_run
+
+    data = mnist[1]
+    stage1 = load_run(mnist_run, which="stage1.pt")
+    s = write_samples(stage1, tmp_path, sampler="gmm", components=4, n=9, data=data)
+    assert not s["per_pixel_sigma"] and s["stage"] == 1
+    assert s["sigma2_global"] == pytest.approx(stage1.checkpoint["sigma2_star"])
+    assert not (tmp_path / "gmm_sigma.png").exists() and not (tmp_path / "gmm_sigma.npy").exists()
+    assert GaussianMixtureSampler.load(gmm_dir(mnist_run, 4)).source["model_sha256"] == model_sha256(stage1.model)
+    final = fit_gmm_for_run(mnist_run, 4, data=data)           # other weights: refitted, not reused
+    assert final.source["stage"] == 2 and final.source["model_sha256"] != model_sha256(stage1.model)
+
+
+def test_encode_dataset_matches_the_encoder(mnist, mnist_run):
+    from balanced_vae.checkpoint import load_run
+
+    run = load_run(mnist_run)
+    x = mnist[1].x_train[:250]
+    mu, logvar = encode_dataset(run.model, x, batch_size=100)
+    ref_mu, ref_logvar = run.model.encode(x)
+    torch.testing.assert_close(mu, ref_mu.detach())
+    torch.testing.assert_close(logvar, ref_logvar.detach())
+
+
+def test_cli_sample_kl_and_latent_plot(mnist, mnist_run, tmp_path, capsys):
+    root = str(mnist[0])
+    assert main(["sample", str(mnist_run), "--sampler", "prior", "--n", "9", "--out", str(tmp_path / "s"),
+                 "--data-dir", root]) == 0
+    assert np.load(tmp_path / "s" / "prior_means.npy").shape == (9, 1, 28, 28)
+    assert main(["kl", str(mnist_run), "--components", "8", "--n", "500", "--runs", "3",
+                 "--out", str(tmp_path / "kl.json"), "--data-dir", root]) == 0
+    doc = json.loads((tmp_path / "kl.json").read_text())
+    assert doc["protocol"]["n"] == 500 and doc["protocol"]["runs"] == 3 and doc["protocol"]["K"] == 8
+    assert doc["protocol"]["seed"] == 0 and len(doc["kl_aggregate"]["estimates"]) == 3
+    assert doc["kl_gmm"]["mean"] > 0 and doc["kl_aggregate"]["mean"] > 0
+    assert "KL(q_GMM || p)" in capsys.readouterr().out
+    assert main(["latent-plot", str(mnist_run), "--components", "8", "--resolution", "40",
+                 "--out", str(tmp_path / "lat.png"), "--data-dir", root]) == 0
+    assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["kl", str(mnist_run), "--ablation", "1", "4", "--out", str(tmp_path / "abl.json"),
+                 "--data-dir", root]) == 0
+    rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
+    assert [r["K"] for r in rows] == [1, 4] and all(math.isfinite(r["heldout_ll"]) for r in rows)
+    assert main(["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2

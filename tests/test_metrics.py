@@ -349,6 +349,7 @@ def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
     doc = evaluate_run(run_dir, metrics="elbo,iwae,kl,calibration", sampler="gmm", components=3, n_iwae=50,
                        k=5, n_kl=200, kl_runs=2, data=data, progress=False)
     saved = json.loads((run_dir / "results.json").read_text())
+    assert doc.pop("path") == str(run_dir / "results.json")
     assert saved == json.loads(json.dumps(doc))
     m = saved["metrics"]
     assert set(m) == {"elbo", "iwae", "kl", "calibration"}
@@ -369,9 +370,11 @@ def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
     assert m["kl"]["values"]["prior"]["runs"] == 2 and m["kl"]["protocol"]["gmm"]["fit_on"] == "sample"
     assert m["calibration"]["values"]["spearman"] is not None      # a two-stage run has a variance head
     # a second call adds metrics without dropping the first ones
-    evaluate_run(run_dir, metrics=["elbo"], which="stage1.pt", data=data, progress=False,
-                 out=run_dir / "stage1_results.json")
-    assert set(json.loads((run_dir / "stage1_results.json").read_text())["metrics"]) == {"elbo"}
+    s1 = evaluate_run(run_dir, metrics=["elbo", "calibration"], which="stage1.pt", data=data, progress=False)
+    assert s1["path"] == str(run_dir / "results_stage1.json") and s1["stage"] == 1
+    assert set(json.loads((run_dir / "results_stage1.json").read_text())["metrics"]) == {"elbo", "calibration"}
+    assert s1["metrics"]["calibration"]["values"]["spearman"] is None             # stage 1: one global sigma^2
+    assert s1["metrics"]["elbo"]["values"]["elbo"]["mean"] != m["elbo"]["values"]["elbo"]["mean"]
     evaluate_run(run_dir, metrics="elbo", seed=1, data=data, progress=False)
     again = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert set(again) == set(m) and again["elbo"]["protocol"]["seed"] == 1

@@ -157,3 +157,16 @@ def test_demo_report(tmp_path):
     for name in ("reconstructions.png", "prior_samples.png", "curves.png", "summary.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert summary["stage1_epochs"] == 3 and summary["stage2_epochs"] == 3
+
+
+def test_a_run_being_trained_is_not_trained_twice(digits, tmp_path):
+    import os
+
+    config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=100, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
+    (run / ".lock").write_text(str(os.getppid()))           # a live process holds the run
+    with pytest.raises(RunExistsError, match="being trained by process"):
+        train(config, run, data=digits, progress=False, resume=True)
+    (run / ".lock").write_text("999999999")                 # a dead one: the lock is stale
+    train(config, run, data=digits, progress=False, resume=True)
+    assert not (run / ".lock").exists() and (run / "final.json").exists()

@@ -161,7 +161,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fid-cache", default=None, help="folder for cached real-image FID statistics "
                    "(default: DATA_DIR/fid-stats)")
     p.add_argument("--device", default=None, help="device for the Inception network (default: cuda if available)")
-    p.add_argument("--out", default=None, help="results file (default: RUN/results.json)")
+    p.add_argument("--out", default=None, help="results file (default: RUN/results.json; "
+                   "RUN/results_NAME.json for --checkpoint NAME.pt)")
 
 
 def _run_evaluate(args) -> int:
@@ -171,10 +172,9 @@ def _run_evaluate(args) -> int:
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k, n_fid=args.n_fid,
                        fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
                        data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
-    out = args.out or str(Path(args.run) / "results.json")
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
-    print(f"results written to {out}")
+    print(f"results written to {doc['path']}")
     return 0
 
 

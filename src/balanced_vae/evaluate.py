@@ -222,9 +222,11 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     posterior means for sampling (FID, the paper's practice) and one z ~ q(z|x) per image
     where the GMM serves as a density (IWAE's p(z), KL), because a fit on means squeezes
     unused latent dimensions to a near-zero variance and inflates every log-density
-    ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
-    loading; test metrics use the data set's whole test split (the first ``n_iwae`` /
-    ``n_fid`` images where a count is given). Returns the results dictionary written.
+    ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a
+    :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
+    whole test split (the first ``n_iwae`` / ``n_fid`` images where a count is given).
+    Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
+    Returns the results dictionary written.
     """
     names = parse_metrics(metrics)
     if sampler not in ("prior", "gmm", "aggregate"):
@@ -256,13 +258,15 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
         key = (kind, fit_on if kind == "gmm" else "")
         if key not in samplers:
-            from .samplers import GaussianMixtureSampler, encode_dataset, make_sampler, run_images
+            from .samplers import (GaussianMixtureSampler, default_components, encode_dataset, make_sampler,
+                                   run_images)
 
             log.info("building the %s sampler", kind)
             if kind == "gmm" and which != CHECKPOINT:
                 # the GMM cache beside the run is keyed to checkpoint.pt: fit other checkpoints in memory
                 mu, logvar = encode_dataset(run.model, run_images(run, data=data, split="train"))
-                samplers[key] = GaussianMixtureSampler(components or 32, fit_on=fit_on).fit(mu, logvar)
+                k_gmm = components or default_components(tuple(run.checkpoint["shape"]))
+                samplers[key] = GaussianMixtureSampler(k_gmm, fit_on=fit_on).fit(mu, logvar)
             else:
                 samplers[key] = make_sampler(kind, run, components=components, data=data, data_dir=data_dir,
                                              fit_on=fit_on)
@@ -317,14 +321,20 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         entry["provenance"] = prov
         results[name] = entry
 
-    path = Path(out).expanduser() if out is not None else run.path / RESULTS
+    if out is not None:
+        path = Path(out).expanduser()
+    else:
+        path = run.path / (RESULTS if which == CHECKPOINT else f"results_{Path(which).stem}.json")
     old = _load_results(path)
+    if old and old.get("checkpoint") != which:
+        log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), which)
+        old = {}
     doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
            "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, doc)
     log.info("results written to %s", path)
-    return doc
+    return {**doc, "path": str(path)}
 
 
 def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, which: str = CHECKPOINT,

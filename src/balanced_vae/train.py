@@ -16,7 +16,8 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -106,6 +107,29 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+@contextmanager
+def _run_lock(out: Path):
+    """Hold ``out/.lock`` (our pid) while training, so two processes never train one run folder."""
+    lock = out / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):   # stale lock of a process that died
+            lock.unlink(missing_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        else:
+            raise RunExistsError(f"{out} is being trained by process {pid}; wait for it or stop it") from None
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
     """Drop log lines written after the checkpoint being resumed from."""
     if not path.exists():
@@ -133,6 +157,14 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     rank, world = _dist()
     if rank == 0:
         _prepare_run_dir(out, config, resume)
+    if rank != 0:
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world)
+    with _run_lock(out):
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world)
+
+
+def _train(config, out, resume, data, objective, progress, stop_after, rank, world) -> Path:
+    """The loop of :func:`train`, run while holding the run folder's lock."""
     x_train, x_test = _subset(data, config)
     stages = n_stages(config)
 

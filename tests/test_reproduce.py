@@ -1,0 +1,96 @@
+"""The paper's tables and figures at the smoke budget, on real MNIST, and the generated results page."""
+import csv
+import json
+import os
+
+import pytest
+
+from balanced_vae.experiments import EXPERIMENTS, get_budget, run_dir, run_specs
+from balanced_vae.reproduce import reproduce
+from balanced_vae.results_page import build_page
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir):
+    import torch
+
+    from balanced_vae.data import load_dataset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # FID's Inception and the small nets run faster without thread contention
+    os.environ.setdefault("BALANCED_VAE_DATA", str(data_dir))
+    out = tmp_path_factory.mktemp("results")
+    data = load_dataset("mnist", data_dir=data_dir)
+    try:
+        records = reproduce("all", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out, records, data
+
+
+def test_every_table_and_figure_is_written(smoke):
+    out, records, _ = smoke
+    folder = out / "mnist-smoke"
+    assert sorted(p.stem for p in records) == sorted(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        rec = json.loads((folder / f"{name}.json").read_text())
+        assert rec["protocol"]["budget"]["name"] == "smoke" and rec["protocol"]["dataset"] == "mnist"
+        for fig in rec.get("figures", []):
+            assert (folder / fig).stat().st_size > 1000, fig
+        if name.startswith("table"):
+            rows = list(csv.DictReader(open(folder / f"{name}.csv")))
+            assert rows and len(rows) == len(rec["rows"])
+            assert (folder / f"{name}.md").read_text().startswith("### Table")
+    assert (folder / "fig1.png").exists()
+
+
+def test_tables_hold_finite_numbers_with_their_paper_values(smoke):
+    out, _, _ = smoke
+    folder = out / "mnist-smoke"
+    t2 = json.loads((folder / "table2.json").read_text())
+    assert {r["method"] for r in t2["rows"]} >= {"learned", "vae", "beta-vae", "dip-vae-i", "wae-mmd"}
+    assert all(r["fid"] > 0 for r in t2["rows"])
+    assert any(r["paper_fid"] == 8.9 for r in t2["rows"])
+    t3 = json.loads((folder / "table3.json").read_text())
+    rows = {r["model"]: r for r in t3["rows"]}
+    assert set(rows) == {"learned-global", "learned-pixel", "vae", "beta-vae", "dip-vae-i"}
+    for r in rows.values():
+        assert r["bpd_prior"] > 0 and r["iwae_prior"] == r["iwae_prior"]
+    assert t3["protocol"]["iwae"]["k"] == get_budget("smoke").k_iwae
+    t1 = json.loads((folder / "table1.json").read_text())
+    assert [r["sigma2"] for r in t1["rows"]] == ["1", "0.5", "learned", "0.01"]
+    assert all(r["kl_gmm_mean"] > 0 for r in t1["rows"])
+    t4 = json.loads((folder / "table4.json").read_text())
+    assert [r["K"] for r in t4["rows"]] == list(get_budget("smoke").components)
+
+
+def test_finished_runs_are_reused_not_retrained(smoke):
+    out, _, data = smoke
+    budget = get_budget("smoke")
+    ckpt = run_dir(out, "mnist", budget, "learned") / "checkpoint.pt"
+    before = ckpt.stat().st_mtime_ns
+    reproduce("table3", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
+    assert ckpt.stat().st_mtime_ns == before
+    assert set(p.name for p in (out / "mnist-smoke" / "runs").iterdir()) == set(run_specs("mnist", budget))
+
+
+def test_results_page_lists_every_table(smoke, tmp_path):
+    out, _, _ = smoke
+    page = build_page(out, tmp_path / "RESULTS.md").read_text()
+    for n in ("Table 1", "Table 2", "Table 3", "Table 4", "Figure 1", "Figure 2", "Figure 3", "Figure 4"):
+        assert n in page
+    assert "Protocol: budget `smoke`" in page
+    assert "Agrees" in page or "Differs" in page
+
+
+def test_bad_requests_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment"):
+        reproduce("table9", out=tmp_path)
+    with pytest.raises(ValueError, match="MNIST"):
+        reproduce("table1", dataset="fashion-mnist", budget="smoke", out=tmp_path)
+    with pytest.raises(ValueError, match="unknown budget"):
+        reproduce("table2", budget="huge", out=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no results"):
+        build_page(tmp_path / "none", tmp_path / "R.md")

@@ -65,6 +65,7 @@ def test_preprocess_shape_range_and_grey_to_rgb():
 
 
 @needs_fid
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the package itself uses torch.jit.script
 @pytest.mark.parametrize("channels,size", [(1, 28), (1, 64), (3, 17)])
 def test_preprocess_equals_the_packages_own_pipeline(channels, size):
     """The package's FidHelper.update_*_stat: quantise, nv_bilinear_float resize, scale to INPUT_RANGE_TF."""
@@ -122,6 +123,7 @@ def test_network_is_found_and_loaded_without_importing_the_package():
 
 
 @needs_fid
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.load, called directly below
 def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
     from balanced_vae.data import load_dataset
 

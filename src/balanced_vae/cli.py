@@ -169,7 +169,8 @@ def _run_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
-                       gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k, n_fid=args.n_fid,
+                       gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
+                       n_fid=args.n_fid,
                        fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
                        data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]

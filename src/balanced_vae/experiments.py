@@ -47,7 +47,7 @@ BUDGETS = {
                     n_fid=16, n_kl=1000, kl_runs=3, n_iwae=100, k_iwae=5, components=(4, 8),
                     fixed_sigma2=(1.0, 0.5, 0.01)),
     "cpu": Budget("cpu", n_train=None, n_test=2000, epochs=5, min_epochs=5, width=16, batch_size=128,
-                  n_fid=500, n_kl=10_000, kl_runs=10, n_iwae=500, k_iwae=20, components=(8, 32, 128),
+                  n_fid=250, n_kl=10_000, kl_runs=10, n_iwae=500, k_iwae=20, components=(8, 32, 128),
                   fixed_sigma2=(1.0, 0.5, 0.1, 0.01)),
     "full": Budget("full", n_train=None, n_test=None, epochs=100, min_epochs=10, width=None, batch_size=128,
                    n_fid=10_000, n_kl=10_000, kl_runs=10, n_iwae=500, k_iwae=20,

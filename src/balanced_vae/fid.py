@@ -119,7 +119,8 @@ def _load(path: str, device: str) -> torch.jit.ScriptModule:
             net = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # torch raises several types for a damaged archive
         raise InceptionNotFoundError(f"{path}: cannot be loaded as TorchScript ({type(e).__name__}: {e}); "
-                                     f"the file is damaged: `pip install --force-reinstall balanced-vae[fid]`") from None
+                                     "the file is damaged: `pip install --force-reinstall balanced-vae[fid]`"
+                                     ) from None
     return net.eval().to(device)
 
 

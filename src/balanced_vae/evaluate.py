@@ -26,7 +26,6 @@ figure FID(train, test) of a data set's real images.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from typing import Any, Iterable
 import torch
 
 from . import __version__
-from .checkpoint import CHECKPOINT, load_run, write_json_atomic
+from .checkpoint import CHECKPOINT, file_digest, load_run, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,13 @@ def git_commit() -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
     """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
     out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(),
            "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if checkpoint is not None:
         out["checkpoint"] = checkpoint.name
-        out["checkpoint_sha256"] = _sha256(checkpoint)
+        out["checkpoint_sha256"] = file_digest(checkpoint)
     return out
 
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,7 @@ def inception_path() -> Path:
 
 @lru_cache(maxsize=None)
 def _file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha1")
 
 
 @lru_cache(maxsize=4)

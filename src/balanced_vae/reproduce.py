@@ -28,7 +28,7 @@ from . import __version__  # noqa: E402
 from .checkpoint import load_run, write_json_atomic, write_text_atomic  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name,  # noqa: E402
-                          get_budget, resolved_budget, run_dir)
+                          get_budget, resolved_budget)
 from .plots import _save_fig  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -94,3 +94,15 @@ def test_bad_requests_are_refused(tmp_path):
         reproduce("table2", budget="huge", out=tmp_path)
     with pytest.raises(FileNotFoundError, match="no results"):
         build_page(tmp_path / "none", tmp_path / "R.md")
+
+
+def test_cli_reproduce_dry_run_and_results_page(smoke, tmp_path, capsys):
+    from balanced_vae.cli import main
+
+    assert main(["reproduce", "all", "--budget", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "budget smoke" in out and "run z2-learned" in out and "run wae-mmd" in out
+    results, _, _ = smoke
+    assert main(["results-page", str(results), "--out", str(tmp_path / "R.md")]) == 0
+    assert (tmp_path / "R.md").read_text().startswith("# Results")
+    assert main(["results-page", str(tmp_path / "nothing"), "--out", str(tmp_path / "X.md")]) == 2

@@ -106,3 +106,30 @@ def test_cli_reproduce_dry_run_and_results_page(smoke, tmp_path, capsys):
     assert main(["results-page", str(results), "--out", str(tmp_path / "R.md")]) == 0
     assert (tmp_path / "R.md").read_text().startswith("# Results")
     assert main(["results-page", str(tmp_path / "nothing"), "--out", str(tmp_path / "X.md")]) == 2
+
+
+def test_cached_evaluations_are_tied_to_the_weights(smoke):
+    out, _, data = smoke
+    run = run_dir(out, "mnist", get_budget("smoke"), "vae")
+    cache = next((run / "eval").glob("iwae_*.json"))
+    doc = json.loads(cache.read_text())
+    doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] = "0" * 64     # as if other weights made it
+    doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0
+    cache.write_text(json.dumps(doc))
+    reproduce("table3", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
+    rows = {r["model"]: r for r in json.loads((out / "mnist-smoke" / "table3.json").read_text())["rows"]}
+    assert rows["vae"]["iwae_prior"] != 12345.0
+
+
+def test_finished_run_without_weights_is_reported(smoke, tmp_path):
+    import shutil
+
+    from balanced_vae.experiments import ensure_run
+
+    out, _, data = smoke
+    budget = get_budget("smoke")
+    src = run_dir(out, "mnist", budget, "vae")
+    dst = run_dir(tmp_path, "mnist", budget, "vae")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt"))
+    with pytest.raises(ValueError, match="not its weights"):
+        ensure_run(tmp_path, "mnist", budget, "vae", data=data, progress=False)

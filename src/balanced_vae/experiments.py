@@ -98,6 +98,9 @@ def ensure_run(out: str | Path, dataset: str, budget: Budget, name: str, *, data
     config = run_specs(dataset, budget)[name]
     path = run_dir(out, dataset, budget, name)
     if (path / "final.json").exists():
+        if not (path / CHECKPOINT).exists():
+            raise ValueError(f"{path} holds the records of a finished run but not its weights (checkpoints are not "
+                             f"committed with results); delete {path} to re-train it, or copy its checkpoint.pt back")
         saved = TrainConfig.load(path / CONFIG)
         if saved == config.resolved(tuple(load_checkpoint(path / CHECKPOINT)["shape"])):
             return path

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .checkpoint import load_run, write_json_atomic, write_text_atomic  # noqa: E402
+from .checkpoint import file_digest, load_run, write_json_atomic, write_text_atomic  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name,  # noqa: E402
                           get_budget, resolved_budget)
@@ -59,8 +59,11 @@ class Context:
               {"fid": f"_n{b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
               ("" if which == "checkpoint.pt" else f"_{Path(which).stem}")
         cache = path / "eval" / f"{key}.json"
-        if cache.exists():
-            return json.loads(cache.read_text())["metrics"][metric]
+        if cache.exists():   # valid only for the weights it was computed from
+            entry = json.loads(cache.read_text())["metrics"][metric]
+            if entry.get("provenance", {}).get("checkpoint_sha256") == file_digest(path / which):
+                return entry
+            log.info("%s: computed from other weights; recomputing", cache)
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
                            n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,

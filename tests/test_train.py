@@ -33,7 +33,7 @@ def mnist_run(mnist, tmp_path_factory):
 def test_mnist_stage1_elbo_rises_and_sigma2_falls(mnist_run):
     m = [r for r in read_metrics(mnist_run / "metrics.jsonl") if r["stage"] == 1]
     assert len(m) == 4
-    assert m[-1]["test_elbo"] > m[0]["test_elbo"] + 100     # nats per image
+    assert m[-1]["val_elbo"] > m[0]["val_elbo"] + 100     # nats per image
     assert m[-1]["sigma2"] < 0.1                            # well below the plain VAE's 0.5
     assert all(a["sigma2"] > b["sigma2"] for a, b in zip(m, m[1:]))
 
@@ -66,8 +66,8 @@ def test_resume_equals_uninterrupted(method, digits, tmp_path):
     assert a["stage"] == b["stage"] and a["done"] and b["done"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert read_metrics(straight / "metrics.jsonl")[-1]["test_elbo"] == \
-        read_metrics(part / "metrics.jsonl")[-1]["test_elbo"]
+    assert read_metrics(straight / "metrics.jsonl")[-1]["val_elbo"] == \
+        read_metrics(part / "metrics.jsonl")[-1]["val_elbo"]
     assert len(read_metrics(part / "metrics.jsonl")) == 2
 
 
@@ -75,7 +75,7 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=200, n_test=50)
     run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
     with open(run / "metrics.jsonl", "a") as f:   # a crash between the log line and the checkpoint
-        f.write(json.dumps({"stage": 1, "epoch": 2, "test_elbo": 0.0}) + "\n")
+        f.write(json.dumps({"stage": 1, "epoch": 2, "val_elbo": 0.0}) + "\n")
     train(config, run, data=digits, progress=False, resume=True)
     assert [m["epoch"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2]
 
@@ -170,3 +170,137 @@ def test_a_run_being_trained_is_not_trained_twice(digits, tmp_path):
     (run / ".lock").write_text("999999999")                 # a dead one: the lock is stale
     train(config, run, data=digits, progress=False, resume=True)
     assert not (run / ".lock").exists() and (run / "final.json").exists()
+
+
+# ------------------------------------------------------------------ issue 15: quantities as the paper defines them
+
+
+def test_one_stage_learned_run_reports_its_final_sigma2(digits, tmp_path):
+    """final.json and the checkpoint hold the last epoch's sigma*^2, not the first epoch's."""
+    config = TrainConfig(method="learned", stages=1, epochs=4, min_epochs=4, n_train=400, n_test=100, seed=1)
+    run = train(config, tmp_path / "r", data=digits, progress=False)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert rows[0]["sigma2"] != pytest.approx(rows[-1]["sigma2"], rel=1e-3)   # sigma^2 moved
+    final = json.loads((run / "final.json").read_text())
+    assert final["sigma2_star"] == pytest.approx(rows[-1]["sigma2"], rel=1e-12)
+    assert load_checkpoint(run / "checkpoint.pt")["sigma2_star"] == pytest.approx(rows[-1]["sigma2"], rel=1e-12)
+
+
+def test_sigma2_star_is_eq10_on_the_final_networks(digits, tmp_path):
+    """The stage-1 sigma*^2 equals the mean squared residual of the final networks over the training
+    images (brute force, one z per image), not the average over an epoch in which they moved."""
+    from balanced_vae.model import VAE
+    from balanced_vae.train import split_train
+
+    config = TrainConfig(method="learned", stages=1, epochs=2, min_epochs=2, n_train=400, n_test=100, seed=2)
+    run = load_run(train(config, tmp_path / "r", data=digits, progress=False))
+    x_fit, _ = split_train(digits, run.config)
+    g = torch.Generator().manual_seed(run.config.seed + 2)
+    with torch.no_grad():
+        mu, logvar = run.model.encode(x_fit)
+        mean = run.model.decode_mean(VAE.reparameterise(mu, logvar, g))
+    brute = float((x_fit - mean).pow(2).double().mean())
+    assert run.model.likelihood.sigma2 == pytest.approx(brute, rel=1e-6)
+
+
+def test_training_never_reads_the_test_split(digits, tmp_path):
+    """Stopping and checkpoints depend on the validation split only: replacing every test image
+    changes nothing that training writes, except final.json's test numbers."""
+    import dataclasses
+
+    noisy = dataclasses.replace(digits, x_test=torch.rand_like(digits.x_test))
+    config = TrainConfig(method="vae", epochs=6, min_epochs=2, tol=1e-2, n_train=400, seed=0)
+    a = train(config, tmp_path / "a", data=digits, progress=False)
+    b = train(config, tmp_path / "b", data=noisy, progress=False)
+    assert (a / "metrics.jsonl").read_text().count("\n") == (b / "metrics.jsonl").read_text().count("\n")
+    ma, mb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in ma] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in mb]
+    assert not any(k.startswith("test_") for r in ma for k in r)
+    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert json.loads((a / "final.json").read_text())["test"] != json.loads((b / "final.json").read_text())["test"]
+
+
+def test_convergence_rule_is_absolute_in_nats_per_dimension():
+    from balanced_vae.train import _converged
+
+    config = TrainConfig(min_epochs=1, window=3, tol=1e-3)
+    dims = 784
+    # near -480 nats: 0.5 nats over three epochs is 6e-4 nats/dim -> converged; 2 nats is not
+    assert _converged([-480.5, -480.4, -480.2, -480.0], config, dims)
+    assert not _converged([-482.0, -481.0, -480.5, -480.0], config, dims)
+    # near 0 the same absolute rule applies (a relative rule would never stop here)
+    assert _converged([-0.3, -0.2, 0.1, 0.2], config, dims)
+
+
+def test_stop_reason_is_recorded(digits, tmp_path):
+    config = TrainConfig(method="learned", epochs=2, min_epochs=2, n_train=300, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False)
+    final = json.loads((run / "final.json").read_text())
+    assert final["stops"]["1"]["reason"] == "max_epochs" and final["stops"]["2"]["reason"] == "max_epochs"
+    assert final["stops"]["1"]["epochs"] == 2
+
+
+def test_train_elbo_and_validation_elbo_use_the_same_sigma2(digits, tmp_path):
+    """The logged training ELBO of a closed-form run is Eq. 9 under the epoch's sigma*^2."""
+    import math
+
+    config = TrainConfig(method="learned", stages=1, epochs=1, n_train=300, n_test=50)
+    row = read_metrics(train(config, tmp_path / "r", data=digits, progress=False) / "metrics.jsonl")[0]
+    d, s2 = 64, row["sigma2"]
+    expected = -0.5 * d * math.log(2 * math.pi * s2) - 0.5 * d * row["train_mse"] / s2 - row["train_kl"]
+    assert row["train_elbo"] == pytest.approx(expected, rel=1e-9)
+    assert "train_elbo_batch_sigma2" in row
+
+
+def test_wae_has_no_elbo_in_final_json(digits, tmp_path):
+    config = TrainConfig(method="wae-mmd", epochs=1, n_train=200, n_test=50)
+    final = json.loads((train(config, tmp_path / "r", data=digits, progress=False) / "final.json").read_text())
+    assert "test" not in final and final["test_objective"]["loss"] > 0
+
+
+# ------------------------------------------------------------------ issue 10: failures that are loud
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    from balanced_vae.train import DivergenceError
+
+    config = TrainConfig(method="learned", sigma2_mode="gradient", lr=1e30, epochs=3, n_train=200, n_test=50)
+    with pytest.raises(DivergenceError, match=r"stage 1, epoch 1.*--lr"):
+        train(config, tmp_path / "r", data=digits, progress=False)
+    assert not (tmp_path / "r" / "final.json").exists() and not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_second_train_into_a_busy_run_changes_nothing(digits, tmp_path):
+    import os
+
+    config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=100, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
+    before = (run / "config.json").read_bytes()
+    (run / ".lock").write_text(str(os.getppid()))
+    with pytest.raises(RunExistsError, match="being trained"):
+        train(TrainConfig(method="vae", epochs=5, lr=0.5, n_train=100, n_test=50), run, data=digits,
+              progress=False)
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_an_empty_lock_file_is_stale(digits, tmp_path):
+    config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=100, n_test=50)
+    run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
+    (run / ".lock").write_text("")
+    train(config, run, data=digits, progress=False, resume=True)
+    assert (run / "final.json").exists()
+
+
+def test_device_errors_are_clear():
+    from balanced_vae.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_device("tpu:banana")

@@ -46,8 +46,15 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs per stage")
     p.add_argument("--min-epochs", type=int, default=3)
-    p.add_argument("--tol", type=float, default=1e-3, help="convergence: relative change of test ELBO")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="convergence: change of the validation objective over --window epochs, in nats per "
+                        "data dimension")
     p.add_argument("--window", type=int, default=3, help="convergence window in epochs")
+    p.add_argument("--n-val", type=int, default=None,
+                   help="training images held out (the last ones) for the stopping rule; default 10%% of them, "
+                        "at most 5000. The test split is never used for stopping")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per stage, in minutes")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
@@ -83,7 +90,7 @@ def _run_train(args) -> int:
         if args.dry_run:
             print(config.to_json())
             return 0
-        train(config, run, resume=True)
+        train(config, run, resume=True, device=args.device)
         print(f"run finished: {run}")
         return 0
     if not args.out and not args.dry_run:
@@ -96,7 +103,8 @@ def _run_train(args) -> int:
         sigma2=args.sigma2, sigma2_mode=args.sigma2_mode, stages=args.stages, pixel_floor=args.pixel_floor,
         latent_dim=args.latent_dim, width=args.width, batch_size=args.batch_size, lr=args.lr,
         epochs=args.epochs, min_epochs=args.min_epochs, tol=args.tol, window=args.window, seed=args.seed,
-        n_train=args.n_train, n_test=args.n_test, precision=args.precision, hparams=_parse_hparams(args.hparam))
+        n_train=args.n_train, n_test=args.n_test, precision=args.precision, hparams=_parse_hparams(args.hparam),
+        n_val=args.n_val, max_minutes=args.max_minutes)
     from .methods import resolve_hparams
 
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
@@ -104,10 +112,11 @@ def _run_train(args) -> int:
         from .data import load_dataset
 
         data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-        print(json.dumps({**dataclasses.asdict(config.resolved(data.shape)), "image_shape": list(data.shape),
+        print(json.dumps({**dataclasses.asdict(config.resolved(data.shape, len(data.x_train))),
+                          "image_shape": list(data.shape),
                           "n_train": len(data.x_train), "n_test": len(data.x_test)}, indent=2, sort_keys=True))
         return 0
-    train(config, args.out)
+    train(config, args.out, device=args.device)
     print(f"run finished: {args.out}")
     return 0
 
@@ -355,6 +364,9 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
     p.add_argument("--out", default="results", help="results folder")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the runs it needs, then exit")
+    p.add_argument("--device", default="auto", help="training and Inception device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)")
 
 
 def _run_reproduce(args) -> int:
@@ -367,7 +379,8 @@ def _run_reproduce(args) -> int:
         for name, cfg in run_specs(args.dataset, budget).items():
             print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
-    for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out):
+    for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out,
+                          device=args.device, jobs=args.jobs):
         print(f"wrote {path}")
     return 0
 

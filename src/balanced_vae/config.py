@@ -12,8 +12,12 @@ from typing import Any
 class TrainConfig:
     """Everything that defines a training run; ``None`` fields are resolved from the data.
 
-    ``epochs`` is the maximum per stage; a stage also ends when the test ELBO's relative
-    change over ``window`` epochs falls below ``tol`` (after at least ``min_epochs``).
+    ``epochs`` is the maximum per stage. A stage also ends when its objective on the
+    validation split (the last ``n_val`` training images, never the test split) moved by
+    less than ``tol`` nats per data dimension over ``window`` epochs (after at least
+    ``min_epochs``), or after ``max_minutes`` of wall-clock time in the stage. Which of the
+    three ended each stage is recorded in the checkpoint and ``final.json``.
+    ``n_val=None`` holds out 10 % of the training images, at most 5,000.
     """
 
     dataset: str = "digits"
@@ -32,19 +36,26 @@ class TrainConfig:
     min_epochs: int = 3
     tol: float = 1e-3
     window: int = 3
+    n_val: int | None = None
+    max_minutes: float | None = None
     seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
     precision: str = "fp32"
     hparams: dict[str, Any] = field(default_factory=dict)
 
-    def resolved(self, shape: tuple[int, int, int]) -> "TrainConfig":
-        """Fill ``latent_dim`` and ``width`` from the image shape (C, H, W)."""
+    def resolved(self, shape: tuple[int, int, int], n_train_images: int | None = None) -> "TrainConfig":
+        """Fill ``latent_dim`` and ``width`` from the image shape (C, H, W), and ``n_val``
+        from the number of training images (before the ``n_train`` subset)."""
         from .nets import default_width
 
         latent = self.latent_dim or (8 if shape[1] <= 16 else 16)
         width = self.width or default_width(shape)
-        return dataclasses.replace(self, latent_dim=latent, width=width)
+        n_val = self.n_val
+        if n_val is None and n_train_images is not None:
+            n = min(self.n_train, n_train_images) if self.n_train else n_train_images
+            n_val = min(5000, n // 10)
+        return dataclasses.replace(self, latent_dim=latent, width=width, n_val=n_val)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -49,7 +49,15 @@ RESULTS = "results.json"
 
 
 def git_commit() -> str:
-    """The git commit of the source tree this package is imported from, or ``"unknown"``."""
+    """The git commit of the source tree this package is imported from, or ``"unknown"``.
+
+    Where the tree is a copy without ``.git`` (a lent GPU machine), ``$BALANCED_VAE_GIT_COMMIT``
+    names the commit it was copied from.
+    """
+    import os
+
+    if os.environ.get("BALANCED_VAE_GIT_COMMIT"):
+        return os.environ["BALANCED_VAE_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -60,9 +68,20 @@ def git_commit() -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
+def git_dirty() -> bool | None:
+    """Whether the source tree has uncommitted changes to tracked files (None when unknown)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
     """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
-    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(),
+    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
            "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if checkpoint is not None:
         out["checkpoint"] = checkpoint.name

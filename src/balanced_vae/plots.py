@@ -86,10 +86,10 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
-    """Train and test ELBO per epoch, stages marked; and sigma^2 on a log scale."""
+    """Train and validation ELBO per epoch, stages marked; and sigma^2 on a log scale."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     x = np.arange(1, len(metrics) + 1)
-    for key, style in (("train_elbo", "-"), ("test_elbo", "--")):
+    for key, style in (("train_elbo", "-"), ("val_elbo", "--")):
         if key in metrics[0]:
             a1.plot(x, [m[key] for m in metrics], style, label=key.replace("_", " "))
     a2.plot(x, [m["sigma2"] for m in metrics], "-", label="global sigma^2 (stage 1) / floor (stage 2)")

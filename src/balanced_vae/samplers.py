@@ -506,7 +506,7 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     the run's config. The run's ``n_train`` / ``n_test`` subsets apply.
     """
     from .data import load_dataset
-    from .train import _subset
+    from .train import test_images
 
     run = _as_run(run)
     c = run.config
@@ -516,10 +516,10 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     if tuple(data.shape) != shape:
         raise ValueError(f"{run.path}: the run was trained on images of shape {shape} but the data given are "
                          f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset})")
-    x_train, x_test = _subset(data, c)
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
-    return x_train if split == "train" else x_test
+    # training codes: every training image of the run, its validation images included
+    return (data.x_train[: c.n_train] if c.n_train else data.x_train) if split == "train" else test_images(data, c)
 
 
 def model_sha256(model: torch.nn.Module) -> str:

@@ -28,7 +28,7 @@ from .checkpoint import (CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, l
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .methods import build_model, build_objective, n_stages
-from .objectives import elbo_terms
+from .objectives import LOG_2PI, elbo_terms
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,39 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; checks that a CUDA device exists."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
 @torch.no_grad()
 def evaluate_elbo(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Mean test ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
+    """Mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
 
-    One z per image from a generator seeded with ``seed``, so repeated calls agree.
+    One z per image from a generator seeded with ``seed`` (on ``x``'s device), so repeated
+    calls agree.
     """
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=x.device).manual_seed(seed)
     sums: dict[str, float] = {}
     for i in range(0, len(x), batch_size):
         t = elbo_terms(model, x[i:i + batch_size], generator=g)
@@ -68,19 +92,81 @@ def evaluate_elbo(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 10
     return {k: v / len(x) for k, v in sums.items()}
 
 
-def _converged(history: list[float], config: TrainConfig) -> bool:
-    """Relative change of the test ELBO over ``window`` epochs below ``tol``."""
+@torch.no_grad()
+def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
+    """Eq. 10 on the current networks: sigma*^2 = 1/(N D) sum_n ||x_n - g(z_n)||^2, z_n ~ q(z|x_n).
+
+    A no-grad pass over ``x`` (N, C, H, W) with one z per image from a generator seeded
+    ``seed``; under data parallelism each process passes its shard and the sums are
+    all-reduced. This is the value stage 2, checkpoints and every reported ELBO use,
+    rather than the epoch average, which lags networks that moved during the epoch.
+    """
+    rank, world = _dist()
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    sse = torch.zeros((), dtype=torch.float64, device=x.device)
+    xs = x[rank::world]
+    for i in range(0, len(xs), batch_size):
+        xb = xs[i:i + batch_size]
+        mu, logvar = model.encode(xb)                                 # (b, L)
+        mean = model.decode_mean(model.reparameterise(mu, logvar, g))   # (b, C, H, W)
+        sse += (xb - mean).pow(2).sum().double()
+    count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
+    model.train(was_training)
+    return float(_all_reduce(sse) / _all_reduce(count))
+
+
+@torch.no_grad()
+def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, float]:
+    """The run's own objective on ``x`` (N, C, H, W) in eval mode: mean of each term.
+
+    Random numbers come from a forked global RNG seeded ``seed``, so the training stream
+    is untouched and repeated calls agree. For ELBO methods ``loss`` is -ELBO under the
+    current sigma*^2; for WAE-MMD it is its own reconstruction + MMD objective (z = mu).
+    """
+    was_training = model.training
+    model.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    sums: dict[str, float] = {}
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            for k, v in objective(model, xb).items():
+                sums[k] = sums.get(k, 0.0) + float(v.double()) * len(xb)
+    model.train(was_training)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def _converged(history: list[float], config: TrainConfig, dims: int) -> bool:
+    """The validation objective moved by less than ``tol`` nats per dimension over ``window`` epochs.
+
+    Absolute, not relative: the ELBO carries the constant -D/2 log(2 pi sigma^2), so a
+    relative rule stops runs near -480 nats early and never stops runs near 0.
+    """
     w = config.window
     if len(history) < max(config.min_epochs, w + 1):
         return False
-    old, new = history[-1 - w], history[-1]
-    return abs(new - old) / max(abs(old), 1e-8) < config.tol
+    return abs(history[-1] - history[-1 - w]) / dims < config.tol
 
 
-def _subset(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    x_train = data.x_train[: config.n_train] if config.n_train else data.x_train
-    x_test = data.x_test[: config.n_test] if config.n_test else data.x_test
-    return x_train, x_test
+def split_train(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images a run fits on and the validation images its stopping rule watches.
+
+    The first ``n_train`` training images (all when None), of which the last ``n_val``
+    are held out. The test split is never touched here.
+    """
+    x = data.x_train[: config.n_train] if config.n_train else data.x_train
+    n_val = config.n_val or 0
+    if n_val >= len(x):
+        raise ValueError(f"n_val={n_val} leaves no training images of {len(x)}; choose a smaller --n-val")
+    return (x[: len(x) - n_val], x[len(x) - n_val:]) if n_val else (x, x[:0])
+
+
+def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
+    """The test images a run is evaluated on: the first ``n_test`` (all when None)."""
+    return data.x_test[: config.n_test] if config.n_test else data.x_test
 
 
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
@@ -94,7 +180,6 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
             raise CheckpointError(f"{out / CONFIG}: the run was trained with another config; resume it "
                                   "with `balanced-vae train --resume RUN` and no other options")
         return
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG, config.to_json() + "\n")
 
 
@@ -116,6 +201,8 @@ def _run_lock(out: Path):
     except FileExistsError:
         try:
             pid = int(lock.read_text() or 0)
+            if pid <= 0:   # an empty or damaged lock (e.g. written on a full disk) names no process
+                raise ValueError(pid)
             os.kill(pid, 0)
         except (ValueError, ProcessLookupError):   # stale lock of a process that died
             lock.unlink(missing_ok=True)
@@ -140,121 +227,215 @@ def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: Dataset | None = None,
-          progress: bool = True, stop_after: int | None = None) -> Path:
+          progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu") -> Path:
     """Train ``config`` into the run folder ``out`` (Algorithm 1); returns the folder.
 
     ``data`` may be given to skip loading (tests, experiments). With ``resume=True`` the
     folder's checkpoint is continued; its config must equal ``config``. ``stop_after``
     ends this call after that many epochs (checkpoint written), for time-boxed jobs.
+    ``device`` ("cpu", "cuda", "cuda:N" or "auto") is where the model and the data live
+    during training; checkpoints are device-independent, so a run resumes anywhere.
     """
     out = Path(out).expanduser()
+    dev = resolve_device(device)
     data = data if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
                                                       image_size=config.image_size, seed=config.seed)
-    config = config.resolved(data.shape)
+    config = config.resolved(data.shape, len(data.x_train))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)   # validates hyperparameters before any file is written
+    split_train(data, config)             # validates n_val before any file is written
     rank, world = _dist()
-    if rank == 0:
-        _prepare_run_dir(out, config, resume)
     if rank != 0:
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world)
-    with _run_lock(out):
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
+    if resume and not (out / CHECKPOINT).exists():
+        raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    with _run_lock(out):   # nothing is written into the folder before its lock is held
+        _prepare_run_dir(out, config, resume)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
 
 
-def _train(config, out, resume, data, objective, progress, stop_after, rank, world) -> Path:
+def _cpu_state(module_or_optimiser) -> dict:
+    """A state dict with every tensor on the CPU, so checkpoints load on any device."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu()
+        if isinstance(v, dict):
+            return {k: move(u) for k, u in v.items()}
+        if isinstance(v, list):
+            return [move(u) for u in v]
+        return v
+    return move(module_or_optimiser.state_dict())
+
+
+def _train_epoch(model, objective, optimiser, x_fit, perm, *, batch_size, autocast, bar) -> tuple[dict, int | None]:
+    """One pass of Adam steps over ``x_fit[perm]``; returns summed terms and the first non-finite step.
+
+    Terms are accumulated on the device (no host sync per step).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    bad_step = None
+    finite = torch.ones((), dtype=torch.bool, device=x_fit.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=x_fit.device)
+    for b in bar:
+        x = x_fit[perm[b * batch_size:(b + 1) * batch_size]]
+        with autocast():
+            terms = objective(model, x)
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimiser.step()
+        ok = torch.isfinite(terms["loss"].detach())
+        first_bad = torch.where(finite & ~ok, torch.full_like(first_bad, b), first_bad)
+        finite = finite & ok
+        for k, v in terms.items():
+            v = v.detach().double() * len(x)
+            sums[k] = sums[k] + v if k in sums else v
+    if not bool(finite):
+        bad_step = int(first_bad) + 1
+    return {k: float(v) for k, v in sums.items()}, bad_step
+
+
+def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
+    """Mean training ELBO of the epoch under one sigma^2 (Eq. 9), from its summed MSE and KL.
+
+    For the closed-form global variance every step used its own batch's sigma^2; this puts
+    the epoch's training ELBO under the same sigma*^2 as the validation ELBO, so the two
+    curves compare.
+    """
+    mse, kl = sums["mse"] / n, sums["kl"] / n
+    return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
+
+
+def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device) -> Path:
     """The loop of :func:`train`, run while holding the run folder's lock."""
-    x_train, x_test = _subset(data, config)
+    x_fit, x_val = (t.to(device) for t in split_train(data, config))
+    dims = int(math.prod(data.shape))
     stages = n_stages(config)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, data.shape)
+    model = build_model(config, data.shape).to(device)
+    closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     shuffle = torch.Generator().manual_seed(config.seed)
-    stage, epoch, history, sigma2_star = 1, 0, [], None
+    stage, epoch, history, sigma2_star, stops, stage_seconds = 1, 0, [], None, {}, 0.0
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT)
         stage, epoch, history = int(ckpt["stage"]), int(ckpt["epoch"]), list(ckpt["history"])
         sigma2_star = ckpt["sigma2_star"]
+        stops, stage_seconds = dict(ckpt.get("stops", {})), float(ckpt.get("stage_seconds", 0.0))
         if stage == 2:
             model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else sigma2_star,
                                       init_sigma2=sigma2_star)
+            model.to(device)
             optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         shuffle.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         if rank == 0:
             _truncate_metrics(out / METRICS, stage, epoch)
         if ckpt["done"]:
             log.info("%s: training already finished", out)
             return out
 
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if config.precision == "bf16" else nullcontext
+    if config.precision == "bf16":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = nullcontext
     writer = _tensorboard(out) if rank == 0 else None
     done, epochs_this_call = False, 0
     while not done and (stop_after is None or epochs_this_call < stop_after):
         epochs_this_call += 1
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(len(x_train), generator=shuffle)[rank::world]
+        perm = torch.randperm(len(x_fit), generator=shuffle)[rank::world].to(device)
         n_batches = math.ceil(len(perm) / config.batch_size)
-        sums: dict[str, float] = {}
         bar = tqdm(range(n_batches), desc=f"stage {stage} epoch {epoch + 1}", disable=not progress or rank != 0,
                    leave=False)
-        for b in bar:
-            x = x_train[perm[b * config.batch_size:(b + 1) * config.batch_size]]
-            with autocast():
-                terms = objective(model, x)
-            optimiser.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimiser.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4g}", refresh=False)
+        sums, bad_step = _train_epoch(model, objective, optimiser, x_fit, perm, batch_size=config.batch_size,
+                                      autocast=autocast, bar=bar)
+        if bad_step is not None or not all(torch.isfinite(p).all() for p in model.parameters()):
+            where = f"stage {stage}, epoch {epoch + 1}" + (f", step {bad_step}" if bad_step else "")
+            raise DivergenceError(
+                f"{out}: training diverged at {where}: the loss or the weights became non-finite "
+                f"(NaN/inf). The likely cause is the learning rate (--lr {config.lr:g}); lower it and resume "
+                f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
+                f"still holds epoch {epoch} of stage {stage}.")
         model.likelihood.end_epoch(_all_reduce)
+        if closed_form and stage == 1:   # Eq. 10 on the final networks of this epoch
+            model.likelihood.log_sigma2.fill_(math.log(max(closed_form_sigma2(model, x_fit, seed=config.seed + 2),
+                                                           1e-12)))
         epoch += 1
-        test = evaluate_elbo(model, x_test, seed=config.seed + 1)
-        history.append(test["elbo"])
-        row = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
-               **{f"train_{k}": v / len(perm) for k, v in sums.items()},
-               **{f"test_{k}": v for k, v in test.items()},
-               "sigma2": model.likelihood.sigma2}
-        log.info("stage %d epoch %d: test ELBO %.2f, sigma2 %.4g", stage, epoch, test["elbo"], row["sigma2"])
+        val = validation_terms(model, objective, x_val, seed=config.seed + 1) if len(x_val) else {}
+        if val:
+            history.append(-val["loss"])
+        stage_seconds += time.perf_counter() - t0
+        train_terms = {f"train_{k}": v / len(perm) for k, v in sums.items()}
+        if closed_form and stage == 1:
+            train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
+            train_terms["train_elbo"] = _train_elbo(sums, len(perm), model.likelihood.sigma2, dims)
+        row = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 3), **train_terms,
+               **{f"val_{k}": v for k, v in val.items()}, "sigma2": model.likelihood.sigma2}
+        log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", stage, epoch,
+                 val.get("loss", float("nan")), row["sigma2"])
 
-        if _converged(history, config) or epoch >= config.epochs:
+        reason = ("converged" if val and _converged(history, config, dims) else
+                  "max_epochs" if epoch >= config.epochs else
+                  "max_minutes" if config.max_minutes is not None and stage_seconds >= 60 * config.max_minutes
+                  else None)
+        if stage == 1:
+            sigma2_star = model.likelihood.sigma2
+        if reason is not None:
+            stops[str(stage)] = {"reason": reason, "epochs": epoch, "seconds": round(stage_seconds, 1)}
+            row["stop"] = reason
             if stage < stages:
-                sigma2_star = model.likelihood.sigma2
                 if rank == 0:
-                    save_checkpoint(out / STAGE1, {"model": model.state_dict(), "stage": 1, "epoch": epoch,
+                    save_checkpoint(out / STAGE1, {"model": _cpu_state(model), "stage": 1, "epoch": epoch,
                                                    "shape": list(data.shape), "sigma2_star": sigma2_star})
                 floor = config.pixel_floor if config.pixel_floor is not None else sigma2_star
                 model.with_pixel_variance(floor, init_sigma2=sigma2_star)
+                model.to(device)
                 optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-                stage, epoch, history = 2, 0, []
+                stage, epoch, history, stage_seconds = 2, 0, [], 0.0
             else:
                 done = True
-        if sigma2_star is None and stages == 1:
-            sigma2_star = model.likelihood.sigma2
         if rank == 0:
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if writer is not None:
                 step = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
                 for k, v in row.items():
-                    if k not in ("stage", "epoch"):
+                    if k not in ("stage", "epoch", "stop"):
                         writer.add_scalar(k, v, step)
                 writer.flush()
             save_checkpoint(out / CHECKPOINT, {
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "model": _cpu_state(model), "optimiser": _cpu_state(optimiser),
                 "stage": stage, "epoch": epoch, "history": history, "done": done,
-                "sigma2_star": sigma2_star if sigma2_star is not None else model.likelihood.sigma2,
+                "sigma2_star": sigma2_star, "stops": stops, "stage_seconds": stage_seconds,
                 "shape": list(data.shape), "shuffle_rng": shuffle.get_state(),
-                "torch_rng": torch.get_rng_state()})
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     if writer is not None:
         writer.close()
     if rank == 0 and done:
-        write_json_atomic(out / "final.json", {"test": evaluate_elbo(model, x_test, seed=config.seed + 1),
-                                               "stage": stage, "sigma2_star": sigma2_star})
+        _write_final(out, model, objective, config, data, stage, sigma2_star, stops, device)
     return out
+
+
+def _write_final(out, model, objective, config, data, stage, sigma2_star, stops, device) -> None:
+    """``final.json``: the test-split numbers of the finished run, computed once, after training.
+
+    WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no
+    ELBO is reported for it; its own objective is (z = mu).
+    """
+    x_test = test_images(data, config).to(device)
+    doc = {"stage": stage, "sigma2_star": sigma2_star, "stops": stops, "device": str(device)}
+    if config.method == "wae-mmd":
+        doc["test_objective"] = validation_terms(model, objective, x_test, seed=config.seed + 1)
+        doc["note"] = "WAE-MMD: deterministic encoder, no ELBO reported; test_objective uses z = mu"
+    else:
+        doc["test"] = evaluate_elbo(model, x_test, seed=config.seed + 1)
+    write_json_atomic(out / "final.json", doc)

@@ -359,7 +359,7 @@ def _add_reproduce(sub) -> None:
                         f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}"
                         for b in BUDGETS.values()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, a comma-separated list, or all")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "celeba"])
     p.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
     p.add_argument("--out", default="results", help="results folder")

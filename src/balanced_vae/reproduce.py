@@ -45,8 +45,7 @@ class Context:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else load_dataset(dataset)
         self.k_default = 32
-        # runs beyond the paper's (the per-pixel model without a floor) on budgets meant for the paper's protocol
-        self.extra_runs = ("learned-floor0",) if budget.name.startswith("paper") else ()
+        self.extra_runs = budget.extra_runs
 
     def run(self, name: str) -> Path:
         return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress,
@@ -392,7 +391,7 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
               data: Dataset | None = None, progress: bool = True, device: str | None = "cpu",
               jobs: int = 1) -> list[Path]:
     """Run experiment ``name`` (or ``all``) and return the JSON records written."""
-    names = list(EXPERIMENTS) if name == "all" else [name]
+    names = list(EXPERIMENTS) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
     unknown = [n for n in names if n not in FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown experiment {unknown[0]!r}; choose one of {', '.join(EXPERIMENTS)} or all")

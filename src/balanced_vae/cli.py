@@ -82,7 +82,18 @@ def _parse_hparams(items: list[str]) -> dict:
 
 def _run_train(args) -> int:
     from .config import TrainConfig
+    from .distributed import init_from_env, rank_world, shutdown
     from .train import train
+
+    if init_from_env(args.device):   # launched by torchrun: one process per GPU or CPU rank
+        try:
+            return _run_train_local(args, train, TrainConfig, quiet=rank_world()[0] != 0)
+        finally:
+            shutdown()
+    return _run_train_local(args, train, TrainConfig)
+
+
+def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
 
     if args.resume:
         run = Path(args.resume)
@@ -91,7 +102,8 @@ def _run_train(args) -> int:
             print(config.to_json())
             return 0
         train(config, run, resume=True, device=args.device)
-        print(f"run finished: {run}")
+        if not quiet:
+            print(f"run finished: {run}")
         return 0
     if not args.out and not args.dry_run:
         raise ValueError("train needs --out RUN_FOLDER (or --resume RUN)")
@@ -117,7 +129,8 @@ def _run_train(args) -> int:
                           "n_train": len(data.x_train), "n_test": len(data.x_test)}, indent=2, sort_keys=True))
         return 0
     train(config, args.out, device=args.device)
-    print(f"run finished: {args.out}")
+    if not quiet:
+        print(f"run finished: {args.out}")
     return 0
 
 

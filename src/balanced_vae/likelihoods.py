@@ -91,6 +91,9 @@ class GlobalVariance(Likelihood):
             raise ValueError(f"mode must be 'closed_form' or 'gradient', got {mode!r}")
         self.mode = mode
         init = torch.tensor(math.log(init_sigma2))
+        # under data parallelism the trainer sets this to a sum over ranks, so each step's
+        # sigma^2 is the mean squared residual of the *global* batch
+        self.reduce_step: ReduceFn | None = None
         if mode == "gradient":
             self.log_sigma2 = nn.Parameter(init)
         else:
@@ -101,9 +104,15 @@ class GlobalVariance(Likelihood):
     def logvar(self, z, mean, x=None):
         if self.mode == "closed_form" and self.training and x is not None:
             r2 = (x - mean.detach()).pow(2)                      # (B, C, H, W)
-            self.sse += r2.sum().double()
+            sse = r2.sum().double()
+            self.sse += sse
             self.count += r2.numel()
-            return r2.mean().clamp_min(1e-12).log().expand(1, 1, 1, 1)
+            if self.reduce_step is not None:
+                both = self.reduce_step(torch.stack([sse, sse.new_tensor(float(r2.numel()))]))   # (2,)
+                batch_sigma2 = (both[0] / both[1]).float()
+            else:
+                batch_sigma2 = r2.mean()
+            return batch_sigma2.clamp_min(1e-12).log().expand(1, 1, 1, 1)
         return self.log_sigma2.expand(1, 1, 1, 1)               # (1, 1, 1, 1)
 
     def end_epoch(self, reduce: ReduceFn = _identity) -> None:

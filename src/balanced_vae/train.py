@@ -6,9 +6,10 @@ from the stage-1 weights. Fixed-variance and baseline runs have one stage.
 
 Every epoch appends one line to ``metrics.jsonl`` and replaces ``checkpoint.pt``
 atomically, so ``train(..., resume=True)`` continues exactly as if never interrupted.
-Data-parallel: when ``torch.distributed`` is initialised, each process takes every
-``world``-th index of the shared permutation, the closed-form sums are all-reduced,
-and only rank 0 writes files (wrap gradients with DDP yourself or all-reduce them).
+Data-parallel (``torchrun``, see :mod:`balanced_vae.distributed`): each global batch is
+split over the ranks, the objective runs inside DistributedDataParallel, the closed-form
+sums are all-reduced, rank 0 decides stopping and the stage switch for all, and only
+rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, load_checkpoint,
                          save_checkpoint, write_json_atomic, write_text_atomic)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
+from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
 from .methods import build_model, build_objective, n_stages
 from .objectives import LOG_2PI, elbo_terms
 
@@ -37,18 +40,6 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run."""
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if _dist()[1] > 1:
-        torch.distributed.all_reduce(t)
-    return t
-
-
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
 
@@ -56,11 +47,13 @@ class DivergenceError(FloatingPointError):
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` -> CUDA when available, else CPU; checks that a CUDA device exists."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and dev.index is None and local_cuda_index() is not None:
+        dev = torch.device("cuda", local_cuda_index())   # one GPU per rank under torchrun
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
@@ -101,7 +94,7 @@ def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
     all-reduced. This is the value stage 2, checkpoints and every reported ELBO use,
     rather than the epoch average, which lags networks that moved during the epoch.
     """
-    rank, world = _dist()
+    rank, world = rank_world()
     was_training = model.training
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
@@ -114,7 +107,7 @@ def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
         sse += (xb - mean).pow(2).sum().double()
     count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
     model.train(was_training)
-    return float(_all_reduce(sse) / _all_reduce(count))
+    return float(all_reduce_sum(sse) / all_reduce_sum(count))
 
 
 @torch.no_grad()
@@ -245,7 +238,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)   # validates hyperparameters before any file is written
     split_train(data, config)             # validates n_val before any file is written
-    rank, world = _dist()
+    rank, world = rank_world()
     if rank != 0:
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
     if resume and not (out / CHECKPOINT).exists():
@@ -269,19 +262,51 @@ def _cpu_state(module_or_optimiser) -> dict:
     return move(module_or_optimiser.state_dict())
 
 
-def _train_epoch(model, objective, optimiser, x_fit, perm, *, batch_size, autocast, bar) -> tuple[dict, int | None]:
-    """One pass of Adam steps over ``x_fit[perm]``; returns summed terms and the first non-finite step.
+class _Step(nn.Module):
+    """The objective as a module, so DistributedDataParallel sees a forward pass: x -> terms."""
 
-    Terms are accumulated on the device (no host sync per step).
+    def __init__(self, model: nn.Module, objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, x)
+
+
+def _stepper(model, objective, device: torch.device):
+    """``step(x) -> terms``: the objective, wrapped in DistributedDataParallel under a process group.
+
+    Buffers are not broadcast: each rank keeps its own closed-form sums, which the trainer
+    adds over ranks itself. Built anew after the stage switch, so every rank starts stage 2
+    from rank 0's variance head.
+    """
+    step = _Step(model, objective)
+    if rank_world()[1] == 1:
+        return step
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
+
+
+def _batches(n: int, batch_size: int, world: int) -> int:
+    """Steps per epoch: global batches of ``batch_size``; a last batch smaller than the world is dropped."""
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if world > 1 and 0 < n % batch_size < world else steps
+
+
+def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world) -> tuple[dict, int | None]:
+    """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
+    first step whose loss was non-finite (None if none).
+
+    Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are
+    accumulated on the device (no host sync per step).
     """
     sums: dict[str, torch.Tensor] = {}
-    bad_step = None
     finite = torch.ones((), dtype=torch.bool, device=x_fit.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=x_fit.device)
     for b in bar:
-        x = x_fit[perm[b * batch_size:(b + 1) * batch_size]]
+        x = x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]]
         with autocast():
-            terms = objective(model, x)
+            terms = step(x)
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimiser.step()
@@ -291,9 +316,12 @@ def _train_epoch(model, objective, optimiser, x_fit, perm, *, batch_size, autoca
         for k, v in terms.items():
             v = v.detach().double() * len(x)
             sums[k] = sums[k] + v if k in sums else v
-    if not bool(finite):
-        bad_step = int(first_bad) + 1
-    return {k: float(v) for k, v in sums.items()}, bad_step
+    keys = sorted(sums)
+    total = all_reduce_sum(torch.stack([sums[k] for k in keys] + [(~finite).double()]))   # (K + 1,)
+    bad_step = None
+    if float(total[-1]) > 0:
+        bad_step = int(first_bad) + 1 if not bool(finite) else -1
+    return {k: float(v) for k, v in zip(keys, total[:-1])}, bad_step
 
 
 def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
@@ -313,8 +341,13 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     dims = int(math.prod(data.shape))
     stages = n_stages(config)
 
+    if world > len(x_fit) or world > config.batch_size:
+        raise ValueError(f"{world} processes but {len(x_fit)} training images and batch size {config.batch_size}: "
+                         "every rank needs images of every batch; use fewer processes or a larger --batch-size")
     torch.manual_seed(config.seed)
-    model = build_model(config, data.shape).to(device)
+    model = build_model(config, data.shape).to(device)   # identical on every rank
+    if rank > 0:
+        torch.manual_seed(config.seed + rank)            # but each rank draws its own z
     closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     shuffle = torch.Generator().manual_seed(config.seed)
     stage, epoch, history, sigma2_star, stops, stage_seconds = 1, 0, [], None, {}, 0.0
@@ -332,7 +365,11 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         shuffle.set_state(ckpt["shuffle_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
+        if len(states) != world:
+            log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
+                        "uninterrupted run", out, len(states), world)
+        torch.set_rng_state(states[rank % len(states)])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         if rank == 0:
@@ -345,26 +382,30 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = nullcontext
+    if closed_form and world > 1:
+        model.likelihood.reduce_step = all_reduce_sum
+    step = _stepper(model, objective, device)
     writer = _tensorboard(out) if rank == 0 else None
     done, epochs_this_call = False, 0
     while not done and (stop_after is None or epochs_this_call < stop_after):
         epochs_this_call += 1
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(len(x_fit), generator=shuffle)[rank::world].to(device)
-        n_batches = math.ceil(len(perm) / config.batch_size)
+        perm = torch.randperm(len(x_fit), generator=shuffle).to(device)   # the same on every rank
+        n_batches = _batches(len(perm), config.batch_size, world)
+        n_seen = min(len(perm), n_batches * config.batch_size)
         bar = tqdm(range(n_batches), desc=f"stage {stage} epoch {epoch + 1}", disable=not progress or rank != 0,
                    leave=False)
-        sums, bad_step = _train_epoch(model, objective, optimiser, x_fit, perm, batch_size=config.batch_size,
-                                      autocast=autocast, bar=bar)
+        sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
+                                      autocast=autocast, bar=bar, rank=rank, world=world)
         if bad_step is not None or not all(torch.isfinite(p).all() for p in model.parameters()):
-            where = f"stage {stage}, epoch {epoch + 1}" + (f", step {bad_step}" if bad_step else "")
+            where = f"stage {stage}, epoch {epoch + 1}" + (f", step {bad_step}" if bad_step and bad_step > 0 else "")
             raise DivergenceError(
                 f"{out}: training diverged at {where}: the loss or the weights became non-finite "
                 f"(NaN/inf). The likely cause is the learning rate (--lr {config.lr:g}); lower it and resume "
                 f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
                 f"still holds epoch {epoch} of stage {stage}.")
-        model.likelihood.end_epoch(_all_reduce)
+        model.likelihood.end_epoch(all_reduce_sum)
         if closed_form and stage == 1:   # Eq. 10 on the final networks of this epoch
             model.likelihood.log_sigma2.fill_(math.log(max(closed_form_sigma2(model, x_fit, seed=config.seed + 2),
                                                            1e-12)))
@@ -373,10 +414,10 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         if val:
             history.append(-val["loss"])
         stage_seconds += time.perf_counter() - t0
-        train_terms = {f"train_{k}": v / len(perm) for k, v in sums.items()}
+        train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
         if closed_form and stage == 1:
             train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
-            train_terms["train_elbo"] = _train_elbo(sums, len(perm), model.likelihood.sigma2, dims)
+            train_terms["train_elbo"] = _train_elbo(sums, n_seen, model.likelihood.sigma2, dims)
         row = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 3), **train_terms,
                **{f"val_{k}": v for k, v in val.items()}, "sigma2": model.likelihood.sigma2}
         log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", stage, epoch,
@@ -386,6 +427,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                   "max_epochs" if epoch >= config.epochs else
                   "max_minutes" if config.max_minutes is not None and stage_seconds >= 60 * config.max_minutes
                   else None)
+        reason = broadcast(reason)   # every rank switches stage and stops with rank 0
         if stage == 1:
             sigma2_star = model.likelihood.sigma2
         if reason is not None:
@@ -399,9 +441,11 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                 model.with_pixel_variance(floor, init_sigma2=sigma2_star)
                 model.to(device)
                 optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+                step = _stepper(model, objective, device)
                 stage, epoch, history, stage_seconds = 2, 0, [], 0.0
             else:
                 done = True
+        rng_states = gather_rng_states()   # a collective: every rank takes part
         if rank == 0:
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -416,7 +460,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                 "stage": stage, "epoch": epoch, "history": history, "done": done,
                 "sigma2_star": sigma2_star, "stops": stops, "stage_seconds": stage_seconds,
                 "shape": list(data.shape), "shuffle_rng": shuffle.get_state(),
-                "torch_rng": torch.get_rng_state(),
+                "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     if writer is not None:
         writer.close()

@@ -1,0 +1,88 @@
+"""Data-parallel helpers for the training loop (torch.distributed, launched by ``torchrun``).
+
+One process per GPU (NCCL) or several CPU processes (gloo). Each step's global batch of
+``batch_size`` images is split over the ranks, gradients are averaged by
+DistributedDataParallel, the closed-form sigma^2 statistics (Eq. 10) are summed over
+ranks, decisions (stopping, the stage switch) are taken on rank 0 and broadcast, and only
+rank 0 writes files. Without an initialised process group every helper is the identity
+of a single process (rank 0 of 1).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (identity for one process); returns ``t``."""
+    if rank_world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (any picklable value of our own making; identity for one process)."""
+    if rank_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_rng_states() -> list[torch.Tensor]:
+    """Every rank's CPU RNG state, in rank order (on every rank), for exact resume."""
+    state = torch.get_rng_state()
+    if rank_world()[1] == 1:
+        return [state]
+    out = [torch.empty_like(state) for _ in range(rank_world()[1])]
+    if dist.get_backend() == "nccl":   # NCCL gathers device tensors only
+        dev = torch.device("cuda", torch.cuda.current_device())
+        buf = [t.to(dev) for t in out]
+        dist.all_gather(buf, state.to(dev))
+        return [t.cpu() for t in buf]
+    dist.all_gather(out, state)
+    return out
+
+
+def init_from_env(device: str | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment, once.
+
+    Backend NCCL when training on CUDA, gloo on the CPU. Returns whether this process is
+    part of a group of more than one.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        cuda = str(device or "auto") != "cpu" and torch.cuda.is_available()
+        backend = "nccl" if cuda else "gloo"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+        log.info("process group: rank %d of %d (%s)", dist.get_rank(), world, backend)
+    return True
+
+
+def local_cuda_index() -> int | None:
+    """The CUDA device of this rank under torchrun (``LOCAL_RANK``), or None outside one."""
+    if rank_world()[1] > 1 and "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return None
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

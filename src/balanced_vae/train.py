@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 import os
+import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -284,7 +285,9 @@ def _stepper(model, objective, device: torch.device):
     if rank_world()[1] == 1:
         return step
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
+    with warnings.catch_warnings():   # torch >= 2.12 renames the flag; the rank-local sums need its meaning
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
 
 
 def _batches(n: int, batch_size: int, world: int) -> int:

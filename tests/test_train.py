@@ -99,7 +99,7 @@ def test_existing_run_is_not_overwritten(digits, tmp_path):
 def test_resume_with_another_config_is_refused(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=1, n_train=100, n_test=50)
     train(config, tmp_path / "r", data=digits, progress=False)
-    with pytest.raises(CheckpointError, match="another config"):
+    with pytest.raises(CheckpointError, match="other lr"):
         train(TrainConfig(method="vae", epochs=1, n_train=100, n_test=50, lr=0.1), tmp_path / "r",
               data=digits, progress=False, resume=True)
 

@@ -7,9 +7,11 @@ nothing is ever left half-written (temp file in the same folder, then ``os.repla
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +32,45 @@ class CheckpointError(RuntimeError):
     """A missing, damaged or incompatible checkpoint; the message names the file and the fix."""
 
 
+class DiskFullError(OSError):
+    """No space left where a file was being written; the previous version of the file is intact."""
+
+
+def _out_of_space(e: BaseException, folder: Path) -> bool:
+    """Whether ``e`` (OSError, or torch's RuntimeError from its zip writer) means a full disk."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(e, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            return False
+    return False
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so ``path`` is whole or absent."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so ``path`` is whole or absent.
+
+    A full disk raises :class:`DiskFullError` naming the folder; ``path`` keeps its old content.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        if _out_of_space(e, path.parent):
+            raise DiskFullError(errno.ENOSPC, f"no space left on {path.parent} to write {path.name}; free some "
+                                              "space and run the same command again") from None
+        raise
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(e, path.parent):
+            raise DiskFullError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name}; "
+                                              f"{path.name} still holds its previous version: free some space "
+                                              "and resume (`balanced-vae train --resume RUN`)") from None
         raise
 
 
@@ -57,7 +88,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write ``obj`` as strict JSON (no NaN or Infinity, which other JSON readers reject), atomically."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path}: refusing to write a non-finite number (NaN or inf) into JSON; "
+                         "the computation that produced it failed") from None
+    write_text_atomic(path, text + "\n")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -9,12 +9,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__
 
+
+
+def _number(kind: type, low: float, inclusive: bool):
+    """An argparse type: a finite ``kind`` above ``low`` (or equal, when ``inclusive``), else a clear error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite number "
+                                             f"{'>=' if inclusive else '>'} {low:g}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_POS_INT = _number(int, 1, True)
+_NONNEG_INT = _number(int, 0, True)
+_POS_FLOAT = _number(float, 0.0, False)
+_NONNEG_FLOAT = _number(float, 0.0, True)
 
 def _add_train(sub) -> None:
     from .methods import METHODS
@@ -29,35 +51,35 @@ def _add_train(sub) -> None:
                    help="digits (embedded), mnist, fashion-mnist, celeba, folder:PATH or npz:PATH")
     p.add_argument("--data-dir", default=None, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
-    p.add_argument("--image-size", type=int, default=None, help="resize celeba/folder images to this size")
+    p.add_argument("--image-size", type=_POS_INT, default=None, help="resize celeba/folder images to this size")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="objective and likelihood (default: learned, or fixed with --variance fixed)")
     p.add_argument("--variance", choices=["learned", "fixed"], default=None,
                    help="shorthand: learned = --method learned, fixed = --method fixed")
-    p.add_argument("--sigma2", type=float, default=0.5, help="decoder variance for --variance fixed")
+    p.add_argument("--sigma2", type=_POS_FLOAT, default=0.5, help="decoder variance for --variance fixed")
     p.add_argument("--sigma2-mode", choices=["closed_form", "gradient"], default="closed_form",
                    help="how the global sigma^2 is learned in stage 1")
-    p.add_argument("--stages", type=int, choices=[1, 2], default=2, help="stages of Algorithm 1 (learned only)")
-    p.add_argument("--pixel-floor", type=float, default=None,
+    p.add_argument("--stages", type=_POS_INT, choices=[1, 2], default=2, help="stages of Algorithm 1 (learned only)")
+    p.add_argument("--pixel-floor", type=_NONNEG_FLOAT, default=None,
                    help="floor of the per-pixel variance in stage 2 (default: the stage-1 sigma*^2; 0 allowed)")
-    p.add_argument("--latent-dim", type=int, default=None, help="latent size (default 16; 8 for tiny images)")
-    p.add_argument("--width", type=int, default=None, help="network width (default from the image shape)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per stage")
-    p.add_argument("--min-epochs", type=int, default=3)
-    p.add_argument("--tol", type=float, default=1e-3,
+    p.add_argument("--latent-dim", type=_POS_INT, default=None, help="latent size (default 16; 8 for tiny images)")
+    p.add_argument("--width", type=_POS_INT, default=None, help="network width (default from the image shape)")
+    p.add_argument("--batch-size", type=_POS_INT, default=128)
+    p.add_argument("--lr", type=_POS_FLOAT, default=1e-3)
+    p.add_argument("--epochs", type=_POS_INT, default=30, help="maximum epochs per stage")
+    p.add_argument("--min-epochs", type=_NONNEG_INT, default=3)
+    p.add_argument("--tol", type=_NONNEG_FLOAT, default=1e-3,
                    help="convergence: change of the validation objective over --window epochs, in nats per "
                         "data dimension")
-    p.add_argument("--window", type=int, default=3, help="convergence window in epochs")
-    p.add_argument("--n-val", type=int, default=None,
+    p.add_argument("--window", type=_POS_INT, default=3, help="convergence window in epochs")
+    p.add_argument("--n-val", type=_NONNEG_INT, default=None,
                    help="training images held out (the last ones) for the stopping rule; default 10%% of them, "
                         "at most 5000. The test split is never used for stopping")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per stage, in minutes")
+    p.add_argument("--max-minutes", type=_POS_FLOAT, default=None, help="wall-clock cap per stage, in minutes")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0)
+    p.add_argument("--n-train", type=_POS_INT, default=None, help="use only the first N training images")
+    p.add_argument("--n-test", type=_POS_INT, default=None, help="use only the first N test images")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 autocasts the networks (losses stay fp32)")
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
@@ -98,6 +120,15 @@ def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
     if args.resume:
         run = Path(args.resume)
         config = TrainConfig.load(run / "config.json")
+        defaults = vars(build_parser().parse_args(["train"]))
+        given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+        refused = sorted(given - {"resume", "device", "data_dir", "epochs", "max_minutes", "verbose", "dry_run"})
+        if refused:
+            raise ValueError(f"--resume {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot change "
+                             "when a run is resumed (its weights were trained with the values in "
+                             f"{run / 'config.json'}); only --epochs, --max-minutes, --data-dir and --device may")
+        config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("epochs", "max_minutes", "data_dir")
+                                                if k in given})
         if args.dry_run:
             print(config.to_json())
             return 0
@@ -140,7 +171,7 @@ def _add_demo(sub) -> None:
                                    "and write reconstructions with per-pixel sigma maps, prior samples, learning "
                                    "curves and a summary into --out.")
     p.add_argument("--out", default="demo-report", help="report folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_NONNEG_INT, default=0)
 
 
 def _run_demo(args) -> int:
@@ -167,18 +198,20 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="prior",
                    help="p(z) for FID samples and the second p(z) of the IWAE bound")
-    p.add_argument("--components", type=int, default=32, help="K of the Gaussian mixture (Eq. 13)")
+    p.add_argument("--components", type=_POS_INT, default=32, help="K of the Gaussian mixture (Eq. 13)")
     p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
                    help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
                         "per image where the GMM is a density: IWAE p(z), KL)")
     p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
-    p.add_argument("--n-iwae", type=int, default=500, help="test images for the IWAE bound")
-    p.add_argument("--k", type=int, default=20, help="importance samples of the IWAE bound")
-    p.add_argument("--n-fid", type=int, default=10_000, help="generated and real test images for FID")
-    p.add_argument("--fid-batch-size", type=int, default=50)
-    p.add_argument("--n-kl", type=int, default=10_000, help="Monte-Carlo samples per KL estimate")
-    p.add_argument("--kl-runs", type=int, default=10, help="independent KL estimates (mean and std reported)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-iwae", type=_POS_INT, default=None,
+                   help="test images for the IWAE bound (default 500, or all when fewer)")
+    p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bound")
+    p.add_argument("--n-fid", type=_POS_INT, default=None,
+                   help="generated and real test images for FID (default 10000, or all when fewer)")
+    p.add_argument("--fid-batch-size", type=_POS_INT, default=50)
+    p.add_argument("--n-kl", type=_POS_INT, default=10_000, help="Monte-Carlo samples per KL estimate")
+    p.add_argument("--kl-runs", type=_POS_INT, default=10, help="independent KL estimates (mean and std reported)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0)
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--fid-cache", default=None, help="folder for cached real-image FID statistics "
                    "(default: DATA_DIR/fid-stats)")
@@ -207,7 +240,7 @@ def _add_reconstruct(sub) -> None:
                                    "and the predicted per-pixel sigma of the first N test images.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--n", type=_POS_INT, default=16, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
@@ -231,10 +264,10 @@ def _add_fid_real(sub) -> None:
                                    "are cached; needs `pip install balanced-vae[fid]`.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", help="mnist, fashion-mnist, ...")
-    p.add_argument("--n", type=int, default=10_000, help="images per split")
+    p.add_argument("--n", type=_POS_INT, default=10_000, help="images per split")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=_POS_INT, default=50)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="also write the result as JSON here")
 
@@ -259,12 +292,12 @@ def _add_sample(sub) -> None:
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="gmm",
                    help="p(z) to sample: N(0, I), the GMM of Eq. 13 or the exact aggregate posterior of Eq. 12")
-    p.add_argument("--components", type=int, default=None,
+    p.add_argument("--components", type=_POS_INT, default=None,
                    help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
     p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
                    help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generator that draws the codes")
+    p.add_argument("--n", type=_POS_INT, default=64, help="number of samples")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed of the generator that draws the codes")
     p.add_argument("--compare", action="store_true",
                    help="also write OUT/compare_prior_gmm.png: prior and GMM samples side by side (Figure 2)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
@@ -292,15 +325,15 @@ def _add_kl(sub) -> None:
                                    "(test-code) log-likelihood and fitting time (Table 4).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--components", type=int, default=None,
+    p.add_argument("--components", type=_POS_INT, default=None,
                    help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
     p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
                    help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
-    p.add_argument("--n", type=int, default=10_000, help="Monte-Carlo samples per run")
-    p.add_argument("--runs", type=int, default=10, help="independent estimates (mean and std reported)")
-    p.add_argument("--seed", type=int, default=0, help="run r uses a generator seeded SEED + r")
+    p.add_argument("--n", type=_POS_INT, default=10_000, help="Monte-Carlo samples per run")
+    p.add_argument("--runs", type=_POS_INT, default=10, help="independent estimates (mean and std reported)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="run r uses a generator seeded SEED + r")
     p.add_argument("--no-aggregate", action="store_true", help="skip KL(q_agg || p) (the slower estimate)")
-    p.add_argument("--ablation", type=int, nargs="+", default=None, metavar="K",
+    p.add_argument("--ablation", type=_POS_INT, nargs="+", default=None, metavar="K",
                    help="Table 4: fit the GMM for each K and report held-out log-likelihood and time")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--out", default=None, help="JSON file (default: RUN/kl.json, or RUN/gmm_ablation.json)")
@@ -340,14 +373,14 @@ def _add_latent_plot(sub) -> None:
                                    "side by side on the same grid and colour scale.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train --latent-dim 2`")
-    p.add_argument("--components", type=int, default=None,
+    p.add_argument("--components", type=_POS_INT, default=None,
                    help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
     p.add_argument("--fit-on", choices=["mean", "sample"], default="mean",
                    help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image")
-    p.add_argument("--resolution", type=int, default=200, help="grid points per axis")
-    p.add_argument("--lim", type=float, default=None,
+    p.add_argument("--resolution", type=_POS_INT, default=200, help="grid points per axis")
+    p.add_argument("--lim", type=_POS_FLOAT, default=None,
                    help="grid spans [-LIM, LIM]^2 (default: max(4, 1.1 x 99.9th percentile of |mu|))")
-    p.add_argument("--span", type=float, default=15.0, help="colour scale covers the top SPAN nats")
+    p.add_argument("--span", type=_POS_FLOAT, default=15.0, help="colour scale covers the top SPAN nats")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_density.png)")
 
@@ -378,7 +411,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--out", default="results", help="results folder")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the runs it needs, then exit")
     p.add_argument("--device", default="auto", help="training and Inception device: auto, cpu, cuda, cuda:N")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=_POS_INT, default=1,
                    help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)")
 
 
@@ -445,11 +478,20 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
 
+    from .checkpoint import DiskFullError
+
     try:
         return COMMANDS[args.command][1](args)
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, DiskFullError,
+            FloatingPointError) as e:
         print(f"balanced-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        run = getattr(args, "resume", None) or getattr(args, "out", None)
+        where = (f"; the last checkpoint is in {run}/checkpoint.pt: continue with "
+                 f"`balanced-vae train --resume {run}`") if args.command == "train" and run else ""
+        print(f"balanced-vae {args.command}: interrupted{where}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,32 @@ class TrainConfig:
     n_test: int | None = None
     precision: str = "fp32"
     hparams: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would be silently replaced or crash later, naming the field."""
+        def bad(name: str, rule: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be {rule} "
+                             f"(command line: --{name.replace('_', '-')})")
+        positive_int = ("batch_size", "epochs", "window")
+        optional_positive_int = ("latent_dim", "width", "n_train", "n_test", "image_size")
+        for name in positive_int + optional_positive_int:
+            v = getattr(self, name)
+            if v is None and name in optional_positive_int:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
+        for name in ("min_epochs", "seed") + (("n_val",) if self.n_val is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                bad(name, "an integer >= 0")
+        for name in ("sigma2", "lr") + (("max_minutes",) if self.max_minutes is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                bad(name, "a finite number > 0")
+        for name in ("tol",) + (("pixel_floor",) if self.pixel_floor is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                bad(name, "a finite number >= 0")
 
     def resolved(self, shape: tuple[int, int, int], n_train_images: int | None = None) -> "TrainConfig":
         """Fill ``latent_dim`` and ``width`` from the image shape (C, H, W), and ``n_val``

@@ -621,8 +621,9 @@ def _load_square(path: Path, *, size: int, crop: int | None) -> tuple[np.ndarray
             # PIL widens the bilinear kernel when shrinking: antialiased.
             img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8), is_grey
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path} ({e}); fix: remove or replace the file") from e
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+            Image.DecompressionBombError) as e:   # PIL reports broken files with any of these
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); fix: remove or replace the file") from e
 
 
 # --------------------------------------------------------------------------- npz
@@ -633,7 +634,7 @@ def _load_npz(arg: str, image_size: int | None) -> Dataset:
     path = _user_path(arg, "npz file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read {path} as .npz ({e}); fix: save with np.savez") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(
@@ -659,6 +660,11 @@ def _npz_images(archive, key: str, path: Path, image_size: int | None) -> torch.
     """(N, C, H, W) float32 in [0, 1] from uint8 0..255 or float [0, 1] arrays."""
     source = f"{path} [{key}]"
     arr = _npz_array(archive, key, path)
+    if arr.ndim not in (3, 4) or arr.shape[0] == 0:
+        raise DataError(
+            f"{source}: shape {arr.shape} is not a non-empty image batch; fix: save (N, H, W), "
+            "(N, C, H, W) or (N, H, W, C) with C in {1, 3} and N >= 1"
+        )
     if arr.dtype == np.uint8:
         x = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif np.issubdtype(arr.dtype, np.floating):
@@ -694,8 +700,8 @@ def _npz_labels(archive, key: str, path: Path, n: int) -> torch.Tensor:
 def _npz_array(archive, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} [{key}]: cannot read ({e}); fix: save a numeric array") from e
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} [{key}]: cannot read ({type(e).__name__}: {e}); fix: save a numeric array") from e
 
 
 # --------------------------------------------------------------------------- helpers

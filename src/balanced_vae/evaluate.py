@@ -218,9 +218,18 @@ def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) ->
 # --------------------------------------------------------------------------- the command
 
 
+def _clipped(name: str, default: int, available: int, dataset: str) -> int:
+    """A default count, clipped to the test images there are, with a notice."""
+    if default <= available:
+        return default
+    log.warning("%s: the test split of %s has %d images, fewer than the default %d; using %d", name, dataset,
+                available, default, available)
+    return available
+
+
 def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
-                 components: int | None = 32, which: str = CHECKPOINT, n_iwae: int = 500, k: int = 20,
-                 n_fid: int = 10_000, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
+                 components: int | None = 32, which: str = CHECKPOINT, n_iwae: int | None = None, k: int = 20,
+                 n_fid: int | None = None, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  gmm_fit_on: str | None = None, device: str | None = None, out: str | Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
@@ -234,7 +243,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     unused latent dimensions to a near-zero variance and inflates every log-density
     ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a
     :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
-    whole test split (the first ``n_iwae`` / ``n_fid`` images where a count is given).
+    whole test split (the first ``n_iwae`` / ``n_fid`` images; by default 500 and 10,000, clipped
+    with a notice to the test images there are).
     Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
     Returns the results dictionary written.
     """
@@ -256,7 +266,14 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     if tuple(data.shape) != tuple(run.checkpoint["shape"]):
         raise ValueError(f"{run.path}: the run was trained on images of shape {tuple(run.checkpoint['shape'])} "
                          f"but the data are {tuple(data.shape)}; pass the run's dataset ({c.dataset})")
+    from .train import check_fingerprint
+
+    check_fingerprint(run.checkpoint.get("data"), data, c, run.path / which)
     x_test = data.x_test
+    if n_iwae is None:
+        n_iwae = _clipped("n_iwae", 500, len(x_test), c.dataset)
+    if n_fid is None:
+        n_fid = _clipped("n_fid", 10_000, len(x_test), c.dataset)
     for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid)):
         if (name[2:] in names) and not 1 <= n <= len(x_test):
             raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "

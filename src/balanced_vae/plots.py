@@ -82,7 +82,16 @@ def save_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, cmaps:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """The rows of a run's ``metrics.jsonl``; a damaged line is an error naming the file and line."""
+    rows = []
+    for i, ln in enumerate(Path(path).read_text().splitlines()):
+        if ln.strip():
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); a crash tore it: "
+                                 "`balanced-vae train --resume RUN` drops it") from None
+    return rows
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:

@@ -506,7 +506,7 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     the run's config. The run's ``n_train`` / ``n_test`` subsets apply.
     """
     from .data import load_dataset
-    from .train import test_images
+    from .train import check_fingerprint, test_images
 
     run = _as_run(run)
     c = run.config
@@ -518,6 +518,7 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
                          f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset})")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
+    check_fingerprint(run.checkpoint.get("data"), data, c, run.path)
     # training codes: every training image of the run, its validation images included
     return (data.x_train[: c.n_train] if c.n_train else data.x_train) if split == "train" else test_images(data, c)
 

@@ -13,6 +13,8 @@ rank 0 writes files.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, load_checkpoint,
+from .checkpoint import (CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, DiskFullError, load_checkpoint,
                          save_checkpoint, write_json_atomic, write_text_atomic)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
@@ -163,6 +165,10 @@ def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
     return data.x_test[: config.n_test] if config.n_test else data.x_test
 
 
+#: fields that may change when a run is resumed: longer training, the data's location
+SAFE_ON_RESUME = ("epochs", "max_minutes", "data_dir")
+
+
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
     if (out / CHECKPOINT).exists() and not resume:
         raise RunExistsError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
@@ -170,11 +176,47 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
     if resume:
         saved = TrainConfig.load(out / CONFIG)
-        if saved != config:
-            raise CheckpointError(f"{out / CONFIG}: the run was trained with another config; resume it "
-                                  "with `balanced-vae train --resume RUN` and no other options")
-        return
+        differ = [f.name for f in dataclasses.fields(TrainConfig)
+                  if getattr(saved, f.name) != getattr(config, f.name) and f.name not in SAFE_ON_RESUME]
+        if differ:
+            raise CheckpointError(f"{out / CONFIG}: the run was trained with other {', '.join(differ)} "
+                                  f"({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)}); only "
+                                  f"{', '.join(SAFE_ON_RESUME)} may change on resume")
+        if saved == config:
+            return
     write_text_atomic(out / CONFIG, config.to_json() + "\n")
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with its data folder and ``folder:``/``npz:`` paths made absolute, so a run
+    folder means the same data from any working directory."""
+    data_dir = str(Path(config.data_dir).expanduser().resolve()) if config.data_dir else None
+    kind, sep, arg = config.dataset.partition(":")
+    dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz") else config.dataset
+    return dataclasses.replace(config, data_dir=data_dir, dataset=dataset)
+
+
+def data_fingerprint(data: Dataset, config: TrainConfig) -> dict:
+    """Counts, shape and SHA-256 of the images a run trains and is tested on (its subsets)."""
+    x_train = data.x_train[: config.n_train] if config.n_train else data.x_train
+    x_test = test_images(data, config)
+    h = hashlib.sha256()
+    for x in (x_train, x_test):
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": h.hexdigest()}
+
+
+def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, where: Path) -> None:
+    """Refuse data other than the run's own (when the checkpoint recorded it)."""
+    if not saved:
+        return
+    now = data_fingerprint(data, config)
+    if now != saved:
+        raise CheckpointError(
+            f"{where}: the run was trained on other data ({saved['n_train']} train / {saved['n_test']} test images "
+            f"of shape {tuple(saved['shape'])}, sha256 {saved['sha256'][:12]}) than the data given now "
+            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, sha256 {now['sha256'][:12]}); "
+            f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
 
 
 def _tensorboard(out: Path):
@@ -203,7 +245,13 @@ def _run_lock(out: Path):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         else:
             raise RunExistsError(f"{out} is being trained by process {pid}; wait for it or stop it") from None
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as e:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+        raise DiskFullError(e.errno, f"cannot write {lock} ({e.strerror}): no space left on {out}? free some "
+                                     "space and run the command again") from None
     os.close(fd)
     try:
         yield
@@ -215,8 +263,17 @@ def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
     """Drop log lines written after the checkpoint being resumed from."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and (json.loads(ln)["stage"], json.loads(ln)["epoch"]) <= (stage, epoch)]
+    keep = []
+    for i, ln in enumerate(path.read_text().splitlines()):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:   # a line torn by a crash or power loss: it was never checkpointed
+            log.warning("%s: dropping unreadable line %d (%r...)", path, i + 1, ln[:40])
+            continue
+        if (row["stage"], row["epoch"]) <= (stage, epoch):
+            keep.append(ln)
     write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
@@ -232,6 +289,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     """
     out = Path(out).expanduser()
     dev = resolve_device(device)
+    config = absolute_paths(config)
     data = data if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
                                                       image_size=config.image_size, seed=config.seed)
     config = config.resolved(data.shape, len(data.x_train))
@@ -248,6 +306,15 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     with _run_lock(out):   # nothing is written into the folder before its lock is held
         _prepare_run_dir(out, config, resume)
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
+
+
+def _reopen(stop: dict, epoch: int, stage_seconds: float, config: TrainConfig) -> bool:
+    """Whether a finished run's last stage, ended by a cap, may go on under raised caps."""
+    if stop.get("reason") == "max_epochs":
+        return epoch < config.epochs
+    if stop.get("reason") == "max_minutes":
+        return config.max_minutes is None or stage_seconds < 60 * config.max_minutes
+    return False
 
 
 def _cpu_state(module_or_optimiser) -> dict:
@@ -355,8 +422,10 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     shuffle = torch.Generator().manual_seed(config.seed)
     stage, epoch, history, sigma2_star, stops, stage_seconds = 1, 0, [], None, {}, 0.0
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    fingerprint = data_fingerprint(data, config)
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT)
+        check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
         stage, epoch, history = int(ckpt["stage"]), int(ckpt["epoch"]), list(ckpt["history"])
         sigma2_star = ckpt["sigma2_star"]
         stops, stage_seconds = dict(ckpt.get("stops", {})), float(ckpt.get("stage_seconds", 0.0))
@@ -377,7 +446,11 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         if rank == 0:
             _truncate_metrics(out / METRICS, stage, epoch)
-        if ckpt["done"]:
+        if ckpt["done"] and _reopen(stops.get(str(stage), {}), epoch, stage_seconds, config):
+            log.info("%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)", out,
+                     config.epochs, config.max_minutes)
+            stops.pop(str(stage), None)
+        elif ckpt["done"]:
             log.info("%s: training already finished", out)
             return out
 
@@ -462,7 +535,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                 "model": _cpu_state(model), "optimiser": _cpu_state(optimiser),
                 "stage": stage, "epoch": epoch, "history": history, "done": done,
                 "sigma2_star": sigma2_star, "stops": stops, "stage_seconds": stage_seconds,
-                "shape": list(data.shape), "shuffle_rng": shuffle.get_state(),
+                "shape": list(data.shape), "data": fingerprint, "shuffle_rng": shuffle.get_state(),
                 "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     if writer is not None:

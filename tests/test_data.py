@@ -503,3 +503,16 @@ def test_validate_images_returns_input_and_dataset_checks():
     with pytest.raises(DataError, match="y_train"):
         Dataset("t", x, x, torch.zeros(3, dtype=torch.int64), None)
     assert "n_train=4" in repr(Dataset("t", x, x, None, None))
+
+
+def test_datasets_know_their_quantisation_levels(data_dir, tmp_path):
+    """Issue 15.7: bits/dim need the number of levels; resized or float data have none."""
+    import numpy as np
+
+    assert load_dataset("mnist", data_dir=data_dir).levels == 256
+    assert load_dataset("digits").levels == 17
+    assert load_dataset("digits", image_size=16).levels is None
+    np.savez(tmp_path / "u8.npz", x_train=np.zeros((4, 8, 8), np.uint8), x_test=np.ones((2, 8, 8), np.uint8))
+    np.savez(tmp_path / "f.npz", x_train=np.full((4, 8, 8), 0.3, np.float32), x_test=np.zeros((2, 8, 8), np.float32))
+    assert load_dataset(f"npz:{tmp_path / 'u8.npz'}").levels == 256
+    assert load_dataset(f"npz:{tmp_path / 'f.npz'}").levels is None

@@ -367,7 +367,7 @@ def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
     assert set(iw["values"]) == {"prior", "gmm_K3"}
     ll = iwae_log_likelihood(model, data.x_test[:50], 5, generator=torch.Generator().manual_seed(0))
     assert iw["values"]["prior"]["log_likelihood"]["mean"] == pytest.approx(float(ll.mean()), rel=1e-5)
-    assert m["kl"]["values"]["prior"]["runs"] == 2 and m["kl"]["protocol"]["gmm"]["fit_on"] == "sample"
+    assert m["kl"]["values"]["KL(q_GMM || p)"]["runs"] == 2 and "KL(q_agg || q_GMM)" in m["kl"]["values"] and m["kl"]["protocol"]["gmm"]["fit_on"] == "sample"
     assert m["calibration"]["values"]["spearman"] is not None      # a two-stage run has a variance head
     # a second call adds metrics without dropping the first ones
     s1 = evaluate_run(run_dir, metrics=["elbo", "calibration"], which="stage1.pt", data=data, progress=False)
@@ -396,3 +396,24 @@ def test_cli_evaluate_and_reconstruct(digits_run, tmp_path, capsys, monkeypatch)
     assert main(["reconstruct", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "bogus" in err and "n_iwae=100000" in err and "no such run folder" in err
+
+
+def test_bits_per_dim_use_the_data_sets_levels_and_are_absent_without_them(tmp_path):
+    """Issue 15.7: digits (17 levels) get bits/dim over 17 levels; unquantised data get none."""
+    import dataclasses
+
+    from balanced_vae.config import TrainConfig
+    from balanced_vae.data import load_dataset
+    from balanced_vae.evaluate import evaluate_run
+    from balanced_vae.train import train
+
+    data = load_dataset("digits")
+    run = train(TrainConfig(method="vae", epochs=1, n_train=200, n_test=50), tmp_path / "r", data=data,
+                progress=False)
+    doc = evaluate_run(run, metrics="iwae", n_iwae=20, k=2, data=data, progress=False)
+    assert doc["metrics"]["iwae"]["protocol"]["levels"] == 17
+    assert "bits_per_dim" in doc["metrics"]["iwae"]["values"]["prior"]
+    doc = evaluate_run(run, metrics="iwae", n_iwae=20, k=2, data=dataclasses.replace(data, levels=None),
+                       progress=False)
+    assert "bits_per_dim" not in doc["metrics"]["iwae"]["values"]["prior"]
+    assert "not quantised" in doc["metrics"]["iwae"]["protocol"]["bits_per_dim"]

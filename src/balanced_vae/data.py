@@ -77,6 +77,9 @@ class Dataset:
         x_test: (M, C, H, W) float32 in [0, 1], contiguous.
         y_train: (N,) int64 labels, or None when unknown.
         y_test: (M,) int64 labels, or None when unknown.
+        levels: the number of intensity levels the images were quantised to (256 for 8-bit
+            images, 17 for digits), or None when they are not quantised (resized with
+            interpolation, float arrays); bits per dimension need it.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Dataset:
     x_test: torch.Tensor
     y_train: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -323,7 +327,8 @@ def _load_idx_dataset(name: str, root: Path, download: bool, image_size: int | N
     x_test, y_test = _read_idx_split(name, paths, "test")
     logger.info("loaded %s from %s", name, folder)
     return Dataset(
-        name, _resize(x_train, image_size), _resize(x_test, image_size), y_train, y_test
+        name, _resize(x_train, image_size), _resize(x_test, image_size), y_train, y_test,
+        levels=_levels(256, x_train, image_size),
     )
 
 
@@ -437,8 +442,9 @@ def _load_digits(seed: int, image_size: int | None) -> Dataset:
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8)
     y = torch.from_numpy(bunch.target.astype(np.int64))  # (1797,)
     train, test = _split_indices(len(x), _DIGITS_N_TEST, seed)
+    levels = _levels(17, x, image_size)
     x = _resize(x, image_size)
-    return Dataset("digits", x[train].contiguous(), x[test].contiguous(), y[train], y[test])
+    return Dataset("digits", x[train].contiguous(), x[test].contiguous(), y[train], y[test], levels=levels)
 
 
 # --------------------------------------------------------------------------- images
@@ -466,7 +472,7 @@ def _load_celeba(root: Path, size: int, seed: int) -> Dataset:
     else:
         logger.info("no %s: using a seeded 90/10 split", partition_file)
         train, test = _split_indices(len(names), max(1, round(0.1 * len(names))), seed)
-    return Dataset("celeba", _to_float(images[train]), _to_float(images[test]))
+    return Dataset("celeba", _to_float(images[train]), _to_float(images[test]), levels=256)
 
 
 def _find_celeba(root: Path) -> tuple[Path, Path]:
@@ -581,7 +587,7 @@ def _load_folder(arg: str, size: int, seed: int) -> Dataset:
     if grey.all():
         images = images[:, :1]  # (N, 1, S, S)
     train, test = _split_indices(len(paths), max(1, round(0.1 * len(paths))), seed)
-    return Dataset(f"folder:{folder}", _to_float(images[train]), _to_float(images[test]))
+    return Dataset(f"folder:{folder}", _to_float(images[train]), _to_float(images[test]), levels=256)
 
 
 def _decode_images(
@@ -653,7 +659,8 @@ def _load_npz(arg: str, image_size: int | None) -> Dataset:
             k: _npz_labels(archive, k, path, len(x[f"x{k[1:]}"])) if k in archive.files else None
             for k in ("y_train", "y_test")
         }
-    return Dataset(f"npz:{path}", x["x_train"], x["x_test"], y["y_train"], y["y_test"])
+    levels = 256 if image_size is None and all(_is_8bit(t) for t in x.values()) else None
+    return Dataset(f"npz:{path}", x["x_train"], x["x_test"], y["y_train"], y["y_test"], levels=levels)
 
 
 def _npz_images(archive, key: str, path: Path, image_size: int | None) -> torch.Tensor:
@@ -719,6 +726,17 @@ def _split_indices(n: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarr
     """Seeded split of range(n): (train, test) index arrays, each sorted."""
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _levels(native: int, x: torch.Tensor, image_size: int | None) -> int | None:
+    """``native`` levels unless resizing (interpolation) leaves the values unquantised."""
+    return native if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size) else None
+
+
+def _is_8bit(x: torch.Tensor) -> bool:
+    """Whether every value of x (in [0, 1]) is k / 255 for an integer k."""
+    y = x * 255.0
+    return bool(torch.all((y - y.round()).abs() < 1e-4))
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:

@@ -219,7 +219,8 @@ def table3(ctx: Context) -> Path:
         gmm_key = next(k for k in v if k.startswith("gmm"))
         rows.append({"model": label, "iwae_prior": v["prior"]["log_likelihood"]["mean"],
                      "iwae_gmm": v[gmm_key]["log_likelihood"]["mean"],
-                     "bpd_prior": v["prior"]["bits_per_dim"]["mean"], "bpd_gmm": v[gmm_key]["bits_per_dim"]["mean"],
+                     "bpd_prior": v["prior"].get("bits_per_dim", {}).get("mean"),
+                     "bpd_gmm": v[gmm_key].get("bits_per_dim", {}).get("mean"),
                      "paper_iwae": paper.get(label)})
     return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm"],
                        rows, title=f"Table 3 ({ctx.dataset}): IWAE log-likelihood (nats per image) and "

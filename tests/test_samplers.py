@@ -358,3 +358,26 @@ def test_gmm_fitted_on_samples_recovers_an_aggregate_posterior_equal_to_the_prio
     kl_m = kl_monte_carlo(on_means, prior, n=20_000, runs=3)["mean"]
     assert abs(kl_s) < 0.02          # close to the true 0
     assert kl_m > 0.15               # the fit on means is a narrower distribution (true KL of N(0, 0.4 I): 0.32)
+
+
+def test_gmm_fit_regularises_more_when_em_fails_and_refuses_degenerate_codes(monkeypatch):
+    """Issue 13.4: a K=500-style failure of EM (ill-defined covariance) is retried with a larger
+    reg_covar, recorded in ``reg_covar_``; codes with fewer distinct points than K get a clear error."""
+    from sklearn.mixture import GaussianMixture
+
+    from balanced_vae.samplers import GaussianMixtureSampler
+
+    real_fit, calls = GaussianMixture.fit, []
+
+    def flaky(self, X, y=None):
+        calls.append(self.reg_covar)
+        if self.reg_covar < 1e-5:
+            raise ValueError("Fitting the mixture model failed because some components have ill-defined "
+                             "empirical covariance (for instance caused by singleton or collapsed samples).")
+        return real_fit(self, X, y)
+    monkeypatch.setattr(GaussianMixture, "fit", flaky)
+    mu = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
+    s = GaussianMixtureSampler(4, random_state=0).fit(mu)
+    assert calls == pytest.approx([1e-6, 1e-5]) and s.reg_covar_ == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="distinct points"):
+        GaussianMixtureSampler(8).fit(torch.zeros(50, 2))

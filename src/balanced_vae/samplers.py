@@ -267,11 +267,28 @@ class GaussianMixtureSampler:
         if n < self.n_components:
             raise ValueError(f"GaussianMixtureSampler.fit: {n} codes for K={self.n_components} components; "
                              "fix: fit on at least K codes or lower n_components")
+        distinct = len(np.unique(codes.numpy(), axis=0))
+        if distinct < self.n_components:
+            raise ValueError(f"GaussianMixtureSampler.fit: the {n} codes hold only {distinct} distinct points, fewer "
+                             f"than K={self.n_components} components (a collapsed encoder?); fix: lower "
+                             "n_components or fit on samples (fit_on='sample')")
         t0 = time.perf_counter()
-        gm = GaussianMixture(n_components=self.n_components, covariance_type=self.covariance_type,
-                             random_state=self.random_state, max_iter=self.max_iter, tol=self.tol,
-                             reg_covar=self.reg_covar, n_init=self.n_init)
-        gm.fit(codes.numpy())
+        reg = self.reg_covar
+        while True:   # EM may meet a collapsed component (large K): regularise more, never fail silently
+            gm = GaussianMixture(n_components=self.n_components, covariance_type=self.covariance_type,
+                                 random_state=self.random_state, max_iter=self.max_iter, tol=self.tol,
+                                 reg_covar=reg, n_init=self.n_init)
+            try:
+                gm.fit(codes.numpy())
+                break
+            except ValueError as e:
+                if reg >= 1e-2:
+                    raise ValueError(f"GaussianMixtureSampler.fit: EM failed for K={self.n_components} even with "
+                                     f"reg_covar={reg:g} ({e}); fix: lower n_components") from None
+                log.warning("GMM K=%d: EM failed with reg_covar=%g (%s); retrying with %g", self.n_components, reg,
+                            str(e).split(".")[0], reg * 10)
+                reg = float(f"{reg * 10:.3g}")   # 1e-6 * 10 is 9.999e-06 in floating point
+        self.reg_covar_ = reg
         self.fit_seconds_ = time.perf_counter() - t0
         if not gm.converged_:
             log.warning("GMM with K=%d did not converge in %d EM iterations (lower bound %.4g); "

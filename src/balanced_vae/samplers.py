@@ -471,17 +471,21 @@ def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, prog
 def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior parameters of every image: x (N, C, H, W) -> mu (N, L), logvar (N, L), float32.
 
-    Runs the encoder in eval mode without gradients, ``batch_size`` images at a time, and
-    restores the model's training flag.
+    ``x`` may also be a source of :mod:`balanced_vae.sources` (uint8 or streamed data, any
+    example shape), converted ``batch_size`` examples at a time. Runs the encoder in eval
+    mode without gradients and restores the model's training flag.
     """
-    if x.ndim != 4:
-        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W)")
+    from .sources import rows
+
+    if isinstance(x, torch.Tensor) and x.ndim != 4:
+        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
+                         "or uint8 data pass balanced_vae.sources.TensorSource(x)")
     was_training = model.training
     model.eval()
     try:
         mus, logvars = [], []
         for i in range(0, len(x), batch_size):
-            mu, logvar = model.encode(x[i:i + batch_size])                  # (b, L)
+            mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
             mus.append(mu.float().cpu())
             logvars.append(logvar.float().cpu())
     finally:

@@ -207,7 +207,8 @@ class VAE(nn.Module):
     def check(self, x: torch.Tensor) -> "VAE":
         """Check the networks' contract on a batch ``x`` (B, *data_shape); sets ``latent_dim`` if unknown.
 
-        Runs the encoder and decoder once in eval mode (no gradients, no random numbers) and
+        Sets ``data_shape`` to x's example shape if unknown. Runs the encoder and decoder once
+        in eval mode (no gradients, no random numbers) and
         raises :class:`NetworkError` naming the shapes and the fix when the encoder's width is
         odd, its ``latent_dim`` differs from the one given, or the decoder's output is not x's
         shape. Returns ``self``.
@@ -232,6 +233,8 @@ class VAE(nn.Module):
                 raise NetworkError(f"encoder gives L = {width // 2} latent dimensions but latent_dim = "
                                    f"{self._latent_dim}; fix: make the encoder output 2 * {self._latent_dim} features")
             self._latent_dim = width // 2
+            if self.data_shape is None:   # x's layout is the networks' layout from now on
+                self.data_shape = tuple(x.shape[1:])
             out = self.decoder(torch.zeros(len(x), self._latent_dim, device=x.device))
             want = self.data_shape or tuple(x.shape[1:])
             if tuple(out.shape) != (len(x), *want):

@@ -519,7 +519,10 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     shape = tuple(run.checkpoint["shape"])
     if tuple(data.shape) != shape:
         raise ValueError(f"{run.path}: the run was trained on images of shape {shape} but the data given are "
-                         f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset})")
+                         f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset}); "
+                         "a run trained from Python data "
+                         "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
+                         "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     # training codes: every training image of the run, its validation images included

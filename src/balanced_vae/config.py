@@ -19,6 +19,11 @@ class TrainConfig:
     ``min_epochs``), or after ``max_minutes`` of wall-clock time in the stage. Which of the
     three ended each stage is recorded in the checkpoint and ``final.json``.
     ``n_val=None`` holds out 10 % of the training images, at most 5,000.
+
+    ``networks`` names your own networks as an importable factory ``"module:function"``
+    (or ``"/path/file.py:function"``), called as ``function(data_shape, latent_dim,
+    **network_args)`` and returning ``(encoder, decoder)`` (see :mod:`balanced_vae.factories`);
+    ``None`` uses the built-in networks of :mod:`balanced_vae.nets` (and ``width``).
     """
 
     dataset: str = "digits"
@@ -44,6 +49,8 @@ class TrainConfig:
     n_test: int | None = None
     precision: str = "fp32"
     hparams: dict[str, Any] = field(default_factory=dict)
+    networks: str | None = None
+    network_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse values that would be silently replaced or crash later, naming the field."""
@@ -71,13 +78,13 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 bad(name, "a finite number >= 0")
 
-    def resolved(self, shape: tuple[int, int, int], n_train_images: int | None = None) -> "TrainConfig":
-        """Fill ``latent_dim`` and ``width`` from the image shape (C, H, W), and ``n_val``
-        from the number of training images (before the ``n_train`` subset)."""
+    def resolved(self, shape: tuple[int, ...], n_train_images: int | None = None) -> "TrainConfig":
+        """Fill ``latent_dim`` and ``width`` from one example's shape (C, H, W) (any shape with
+        ``networks``), and ``n_val`` from the number of training images (before the ``n_train`` subset)."""
         from .nets import default_width
 
-        latent = self.latent_dim or (8 if shape[1] <= 16 else 16)
-        width = self.width or default_width(shape)
+        latent = self.latent_dim or (8 if len(shape) == 3 and shape[1] <= 16 else 16)
+        width = self.width or (default_width(shape) if self.networks is None else None)
         n_val = self.n_val
         if n_val is None and n_train_images is not None:
             n = min(self.n_train, n_train_images) if self.n_train else n_train_images

@@ -278,7 +278,10 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
     if tuple(data.shape) != tuple(run.checkpoint["shape"]):
         raise ValueError(f"{run.path}: the run was trained on images of shape {tuple(run.checkpoint['shape'])} "
-                         f"but the data are {tuple(data.shape)}; pass the run's dataset ({c.dataset})")
+                         f"but the data are {tuple(data.shape)}; pass the run's dataset ({c.dataset}); "
+                         "a run trained from Python data "
+                         "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
+                         "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
     from .train import check_fingerprint
 
     check_fingerprint(run.checkpoint.get("data"), data, c, run.path / which)

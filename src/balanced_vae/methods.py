@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from .config import TrainConfig
 from .likelihoods import FixedVariance, GlobalVariance, Likelihood
 from .model import VAE
@@ -121,11 +123,25 @@ def n_stages(config: TrainConfig) -> int:
     return config.stages if get_method(config.method).staged else 1
 
 
-def build_model(config: TrainConfig, shape: tuple[int, int, int]) -> VAE:
-    """A fresh stage-1 model for ``config`` (resolved) on images of ``shape`` (C, H, W)."""
+def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
+    """A fresh stage-1 model for ``config`` (resolved) on examples of ``shape`` ((C, H, W) for
+    the built-in networks; any shape for a ``config.networks`` factory).
+
+    Factory networks are checked on a zero batch (eval mode, no random numbers drawn), so a
+    network whose output does not fit raises :class:`~balanced_vae.model.NetworkError`
+    before the first step; the variance head of stage 2 is the decoder of a second call.
+    """
     resolve_hparams(config)  # every method rejects hyperparameters it does not know
-    spec = NetSpec(tuple(shape), config.latent_dim, config.width)
-    return VAE(spec, get_method(config.method).likelihood(config))
+    likelihood = get_method(config.method).likelihood(config)
+    if config.networks is None:
+        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width), likelihood)
+    from .factories import build_networks
+
+    def make(): return build_networks(config.networks, shape, config.latent_dim, config.network_args)
+    encoder, decoder = make()
+    model = VAE(encoder, decoder, likelihood, latent_dim=config.latent_dim, data_shape=tuple(shape),
+                variance_head=lambda: make()[1])
+    return model.check(torch.zeros(2, *shape))
 
 
 def build_objective(config: TrainConfig) -> Callable:

@@ -2,45 +2,161 @@
 
 The model knows its networks and its likelihood; it knows nothing of objectives,
 optimisers or trainer state.
+
+Network contract (any ``nn.Module``; the built-in :mod:`~balanced_vae.nets` are one way
+to make them):
+
+* encoder: ``x (B, *data_shape) -> h (B, 2 L)`` (first half ``mu``, second half ``logvar``)
+  or a pair ``(mu, logvar)``, each ``(B, L)``;
+* decoder: ``z (B, L) -> logits (B, *data_shape)``; the model squashes them with a
+  sigmoid into the mean g(z) in (0, 1);
+* variance head (stage 2 of Algorithm 1, Eq. 11): same contract as the decoder, its
+  output read as a raw log-variance per data dimension.
+
+``data_shape`` is one example's shape as your data has it: ``(C, H, W)`` images of any
+size and channel count, or ``(D,)`` flat vectors. Inside the library every batch is held
+as ``(B, C, H, W)`` (see :func:`~balanced_vae.sources.canonical_shape`; a vector is
+``(D, 1, 1)``); the model reshapes to ``data_shape`` before your networks see it, and
+returns means in the library layout.
 """
 from __future__ import annotations
 
+import copy
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .likelihoods import Likelihood, PixelVariance
 from .nets import NetSpec, make_decoder, make_encoder
+from .sources import canonical_shape
+
+
+class NetworkError(ValueError):
+    """A network's output does not fit the contract; the message names the shape and the fix."""
+
+
+class _ScaledHead(nn.Module):
+    """A user's variance head whose output starts at a constant: ``offset + gain * head(z)``.
+
+    ``gain`` starts at 0, so every pixel's sigma^2 starts at the same value for any
+    architecture (what zeroing the last layer does for the built-in networks); the output
+    is reshaped to the library layout ``(B, C, H, W)``.
+    """
+
+    def __init__(self, head: nn.Module, offset: float, shape: tuple[int, ...] | None) -> None:
+        super().__init__()
+        self.head = head
+        self.shape = canonical_shape(shape) if shape is not None else None
+        self.gain = nn.Parameter(torch.zeros(()))
+        self.offset = nn.Parameter(torch.tensor(float(offset)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raw = self.offset + self.gain * self.head(z).float()         # (B, *data_shape)
+        return raw if self.shape is None else raw.reshape(len(z), *self.shape)   # (B, C, H, W)
+
+
+def pixel_variance(head: nn.Module, floor: float, init_sigma2: float | None,
+                   data_shape: tuple[int, ...] | None) -> PixelVariance:
+    """The stage-2 likelihood (Eq. 11) around any head ``z (B, L) -> (B, *data_shape)``.
+
+    Every pixel's sigma^2 starts at ``init_sigma2`` (default 1.01 x the floor) via
+    :class:`_ScaledHead`, so stage 2 begins where stage 1 ended. The log-variance comes in
+    the library layout (B, C, H, W), or as the head returns it when ``data_shape`` is None.
+    """
+    init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
+    extra = init - floor if init > floor else 0.01 * max(floor, 1e-8)
+    return PixelVariance(_ScaledHead(head, math.log(extra), data_shape), floor=floor)
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every layer's parameters re-initialised (``reset_parameters``)."""
+    new = copy.deepcopy(module)
+    for m in new.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return new
 
 
 class VAE(nn.Module):
     """Gaussian encoder q(z|x) = N(mu, diag exp(logvar)), Gaussian decoder p(x|z) (Eq. 6-8).
 
-    The decoder mean g(z) is a sigmoid of the decoder network's output, so it lies in
-    (0, 1) like the data.
+    ``VAE(encoder, decoder, likelihood)`` takes any networks that follow the contract of the
+    module docstring; ``VAE(spec, likelihood)`` builds the built-in networks of a
+    :class:`~balanced_vae.nets.NetSpec`. The decoder mean g(z) is a sigmoid of the decoder
+    network's output, so it lies in (0, 1) like the data.
+
+    Args:
+        latent_dim: L; inferred from the encoder by :meth:`check` when not given.
+        data_shape: one example's shape as the networks take it; default: the library
+            layout (C, H, W) the batches arrive in.
+        variance_head: the stage-2 head (Eq. 11): a module, or a callable returning a fresh
+            one. Default: a re-initialised copy of the decoder.
     """
 
-    def __init__(self, spec: NetSpec, likelihood: Likelihood) -> None:
+    def __init__(self, encoder: nn.Module | NetSpec, decoder: nn.Module | Likelihood,
+                 likelihood: Likelihood | None = None, *, latent_dim: int | None = None,
+                 data_shape: tuple[int, ...] | None = None,
+                 variance_head: nn.Module | Callable[[], nn.Module] | None = None) -> None:
         super().__init__()
+        if isinstance(encoder, NetSpec):   # VAE(spec, likelihood): the built-in networks
+            spec, likelihood = encoder, decoder
+            encoder, decoder = make_encoder(spec), make_decoder(spec)
+            latent_dim = spec.latent_dim
+        else:
+            spec = None
+        for name, net in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(net, nn.Module):
+                raise NetworkError(f"VAE {name}: expected a torch.nn.Module, got {type(net).__name__}; "
+                                   "fix: VAE(encoder, decoder, likelihood) with nn.Modules")
+        if not isinstance(likelihood, Likelihood):
+            raise NetworkError(f"VAE likelihood: expected a balanced_vae.likelihoods.Likelihood, got "
+                               f"{type(likelihood).__name__}; fix: e.g. GlobalVariance('closed_form')")
         self.spec = spec
-        self.encoder = make_encoder(spec)
-        self.decoder = make_decoder(spec)
+        self.encoder = encoder
+        self.decoder = decoder
         self.likelihood = likelihood
+        self._latent_dim = latent_dim
+        self.data_shape = tuple(data_shape) if data_shape is not None else None
+        object.__setattr__(self, "_variance_head", variance_head)   # not a submodule: no weights before stage 2
 
     @property
     def latent_dim(self) -> int:
-        return self.spec.latent_dim
+        if self._latent_dim is None:
+            raise NetworkError("VAE.latent_dim is unknown: pass latent_dim=L to VAE(...) or call "
+                               "model.check(x) on a batch first")
+        return self._latent_dim
+
+    def _to_networks(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the library layout (B, C, H, W) -> (B, *data_shape), the networks' layout."""
+        if self.data_shape is None or tuple(x.shape[1:]) == self.data_shape:
+            return x
+        return x.reshape(len(x), *self.data_shape)
+
+    def _from_networks(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, *data_shape) -> the library layout (B, C, H, W)."""
+        if self.data_shape is None or len(self.data_shape) == 3:
+            return out
+        return out.reshape(len(out), *canonical_shape(self.data_shape))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> mu (B, L), logvar (B, L)."""
-        h = self.encoder(x).float()                               # (B, 2L); fp32 even under bf16 autocast
-        mu, logvar = h.chunk(2, dim=1)
+        """x (B, C, H, W) (or (B, *data_shape)) -> mu (B, L), logvar (B, L)."""
+        h = self.encoder(self._to_networks(x))
+        if isinstance(h, (tuple, list)):
+            mu, logvar = (t.float() for t in h)                   # (B, L) each
+        else:
+            h = h.float()                                         # (B, 2L); fp32 even under bf16 autocast
+            if h.ndim != 2 or h.shape[1] % 2:
+                raise NetworkError(f"encoder output has shape {tuple(h.shape)}; expected (B, 2L) (an even "
+                                   "width: mu then logvar) or a pair (mu, logvar) of (B, L); fix the encoder's "
+                                   "last layer")
+            mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, L) -> g(z) (B, C, H, W) in (0, 1)."""
-        return torch.sigmoid(self.decoder(z).float())
+        return self._from_networks(torch.sigmoid(self.decoder(z).float()))
 
     def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, L) -> mean (B, C, H, W), decoder log-variance broadcastable to it.
@@ -65,14 +181,68 @@ class VAE(nn.Module):
         pixel's sigma^2 starts near ``init_sigma2`` (default: 1.01 x the floor), so stage 2
         begins where stage 1 ended instead of at sigma^2 ~ 1.
         """
-        head = make_decoder(self.spec)
+        if self.spec is None:   # your networks: a fresh head, its output started at a constant
+            vh = self._variance_head
+            net = vh if isinstance(vh, nn.Module) else vh() if vh is not None else _fresh_copy(self.decoder)
+            if not isinstance(net, nn.Module):
+                raise NetworkError(f"variance_head returned {type(net).__name__}, not an nn.Module; fix: "
+                                   "pass a module or a function returning a fresh decoder-shaped module")
+            device = next(self.decoder.parameters(), torch.empty(0)).device
+            if self.data_shape is None:   # the decoder's own output shape
+                with torch.no_grad():
+                    self.data_shape = tuple(self.decoder(torch.zeros(1, self.latent_dim, device=device)).shape[1:])
+            self.likelihood = pixel_variance(net.to(device), floor, init_sigma2, self.data_shape)
+            return self
         init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
         extra = init - floor if init > floor else 0.01 * max(floor, 1e-8)
+        head = make_decoder(self.spec)
         last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
         with torch.no_grad():
             last.weight.zero_()
             last.bias.fill_(math.log(extra))
         self.likelihood = PixelVariance(head, floor=floor)
+        return self
+
+    @torch.no_grad()
+    def check(self, x: torch.Tensor) -> "VAE":
+        """Check the networks' contract on a batch ``x`` (B, *data_shape); sets ``latent_dim`` if unknown.
+
+        Sets ``data_shape`` to x's example shape if unknown. Runs the encoder and decoder once
+        in eval mode (no gradients, no random numbers) and
+        raises :class:`NetworkError` naming the shapes and the fix when the encoder's width is
+        odd, its ``latent_dim`` differs from the one given, or the decoder's output is not x's
+        shape. Returns ``self``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            h = self.encoder(self._to_networks(x))
+            if isinstance(h, (tuple, list)):
+                if len(h) != 2 or h[0].shape != h[1].shape or h[0].ndim != 2:
+                    raise NetworkError(f"encoder returned {len(h)} tensors of shapes {[tuple(t.shape) for t in h]};"
+                                       " expected (mu, logvar), each (B, L)")
+                width = 2 * h[0].shape[1]
+            else:
+                if h.ndim != 2 or h.shape[0] != len(x) or h.shape[1] % 2:
+                    raise NetworkError(
+                        f"encoder output has shape {tuple(h.shape)} for x of shape {tuple(x.shape)}; expected "
+                        f"({len(x)}, 2L), an even width holding mu then logvar (or a pair (mu, logvar)); fix the "
+                        "encoder's last layer, e.g. nn.Linear(features, 2 * latent_dim)")
+                width = h.shape[1]
+            if self._latent_dim is not None and width != 2 * self._latent_dim:
+                raise NetworkError(f"encoder gives L = {width // 2} latent dimensions but latent_dim = "
+                                   f"{self._latent_dim}; fix: make the encoder output 2 * {self._latent_dim} features")
+            self._latent_dim = width // 2
+            if self.data_shape is None:   # x's layout is the networks' layout from now on
+                self.data_shape = tuple(x.shape[1:])
+            out = self.decoder(torch.zeros(len(x), self._latent_dim, device=x.device))
+            want = self.data_shape or tuple(x.shape[1:])
+            if tuple(out.shape) != (len(x), *want):
+                raise NetworkError(f"decoder output has shape {tuple(out.shape)} for z of shape "
+                                   f"({len(x)}, {self._latent_dim}); expected x's shape {(len(x), *want)}; fix the "
+                                   "decoder so that it returns one logit per data dimension")
+        finally:
+            self.train(was_training)
         return self
 
     @torch.no_grad()

@@ -488,17 +488,21 @@ def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, prog
 def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior parameters of every image: x (N, C, H, W) -> mu (N, L), logvar (N, L), float32.
 
-    Runs the encoder in eval mode without gradients, ``batch_size`` images at a time, and
-    restores the model's training flag.
+    ``x`` may also be a source of :mod:`balanced_vae.sources` (uint8 or streamed data, any
+    example shape), converted ``batch_size`` examples at a time. Runs the encoder in eval
+    mode without gradients and restores the model's training flag.
     """
-    if x.ndim != 4:
-        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W)")
+    from .sources import rows
+
+    if isinstance(x, torch.Tensor) and x.ndim != 4:
+        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
+                         "or uint8 data pass balanced_vae.sources.TensorSource(x)")
     was_training = model.training
     model.eval()
     try:
         mus, logvars = [], []
         for i in range(0, len(x), batch_size):
-            mu, logvar = model.encode(x[i:i + batch_size])                  # (b, L)
+            mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
             mus.append(mu.float().cpu())
             logvars.append(logvar.float().cpu())
     finally:
@@ -532,7 +536,10 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     shape = tuple(run.checkpoint["shape"])
     if tuple(data.shape) != shape:
         raise ValueError(f"{run.path}: the run was trained on images of shape {shape} but the data given are "
-                         f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset})")
+                         f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset}); "
+                         "a run trained from Python data "
+                         "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
+                         "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     check_fingerprint(run.checkpoint.get("data"), data, c, run.path)

@@ -35,6 +35,7 @@ from .data import Dataset, load_dataset
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
 from .methods import build_model, build_objective, n_stages
 from .objectives import LOG_2PI, elbo_terms
+from .sources import as_data, epoch_batches, rows
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def evaluate_elbo(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 10
     g = torch.Generator(device=x.device).manual_seed(seed)
     sums: dict[str, float] = {}
     for i in range(0, len(x), batch_size):
-        t = elbo_terms(model, x[i:i + batch_size], generator=g)
-        t["sigma2_mean"] = t.pop("x_logvar").exp().expand_as(x[i:i + batch_size]).flatten(1).mean(1)
+        xb = rows(x, i, i + batch_size)
+        t = elbo_terms(model, xb, generator=g)
+        t["sigma2_mean"] = t.pop("x_logvar").exp().expand_as(xb).flatten(1).mean(1)
         for k, v in t.items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
     model.train(was_training)
@@ -104,7 +106,7 @@ def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
     sse = torch.zeros((), dtype=torch.float64, device=x.device)
     xs = x[rank::world]
     for i in range(0, len(xs), batch_size):
-        xb = xs[i:i + batch_size]
+        xb = rows(xs, i, i + batch_size)
         mu, logvar = model.encode(xb)                                 # (b, L)
         mean = model.decode_mean(model.reparameterise(mu, logvar, g))   # (b, C, H, W)
         sse += (xb - mean).pow(2).sum().double()
@@ -128,7 +130,7 @@ def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
+            xb = rows(x, i, i + batch_size)
             for k, v in objective(model, xb).items():
                 sums[k] = sums.get(k, 0.0) + float(v.double()) * len(xb)
     model.train(was_training)
@@ -202,7 +204,10 @@ def data_fingerprint(data: Dataset, config: TrainConfig) -> dict:
     x_test = test_images(data, config)
     h = hashlib.sha256()
     for x in (x_train, x_test):
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        held = x if isinstance(x, torch.Tensor) else getattr(x, "x", None)   # a TensorSource holds its tensor
+        if not isinstance(held, torch.Tensor):   # a streamed source: reading it all to hash it costs an epoch
+            return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": None}
+        h.update(held.detach().cpu().contiguous().numpy().tobytes())
     return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": h.hexdigest()}
 
 
@@ -211,11 +216,13 @@ def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, wh
     if not saved:
         return
     now = data_fingerprint(data, config)
+    if None in (now["sha256"], saved.get("sha256")):   # streamed data: counts and shape only
+        now, saved = ({k: v for k, v in d.items() if k != "sha256"} for d in (now, saved))
     if now != saved:
         raise CheckpointError(
             f"{where}: the run was trained on other data ({saved['n_train']} train / {saved['n_test']} test images "
-            f"of shape {tuple(saved['shape'])}, sha256 {saved['sha256'][:12]}) than the data given now "
-            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, sha256 {now['sha256'][:12]}); "
+            f"of shape {tuple(saved['shape'])}, sha256 {str(saved.get('sha256'))[:12]}) than the data given now "
+            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, sha256 {str(now.get('sha256'))[:12]}); "
             f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
 
 
@@ -281,7 +288,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
           progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu") -> Path:
     """Train ``config`` into the run folder ``out`` (Algorithm 1); returns the folder.
 
-    ``data`` may be given to skip loading (tests, experiments). With ``resume=True`` the
+    ``data`` may be given to skip loading: a :class:`~balanced_vae.data.Dataset`, or a tensor,
+    torch Dataset or DataLoader (uint8 held as uint8 and converted per batch, or streamed),
+    or :func:`~balanced_vae.sources.as_data` of a train and test pair. With ``resume=True`` the
     folder's checkpoint is continued; its config must equal ``config``. ``stop_after``
     ends this call after that many epochs (checkpoint written), for time-boxed jobs.
     ``device`` ("cpu", "cuda", "cuda:N" or "auto") is where the model and the data live
@@ -290,8 +299,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     out = Path(out).expanduser()
     dev = resolve_device(device)
     config = absolute_paths(config)
-    data = data if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
-                                                      image_size=config.image_size, seed=config.seed)
+    data = as_data(data) if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
+                                                               image_size=config.image_size, seed=config.seed)
     config = config.resolved(data.shape, len(data.x_train))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
@@ -373,8 +382,12 @@ def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, ran
     sums: dict[str, torch.Tensor] = {}
     finite = torch.ones((), dtype=torch.bool, device=x_fit.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=x_fit.device)
+    if world == 1:   # sources stream their batches (a DataLoader's workers); ranks index their share
+        batches = epoch_batches(x_fit, perm, batch_size)
+    else:
+        batches = (x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]] for b in range(len(bar)))
     for b in bar:
-        x = x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]]
+        x = next(batches)
         with autocast():
             terms = step(x)
         optimiser.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -418,12 +420,24 @@ def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
     return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
 
 
+@dataclass
+class _State:
+    """Where Algorithm 1 stands; everything in it goes into the checkpoint."""
+
+    stage: int = 1
+    epoch: int = 0
+    history: list = field(default_factory=list)   # -(validation loss) per epoch of this stage
+    sigma2_star: float | None = None
+    stops: dict = field(default_factory=dict)     # stage -> {reason, epochs, seconds}
+    stage_seconds: float = 0.0
+    done: bool = False
+
+
 def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device) -> Path:
-    """The loop of :func:`train`, run while holding the run folder's lock."""
+    """The loop of :func:`train`, run while holding the run folder's lock: one epoch, the stopping
+    rule, the stage switch, the log line and the checkpoint, until done."""
     x_fit, x_val = (t.to(device) for t in split_train(data, config))
     dims = int(math.prod(data.shape))
-    stages = n_stages(config)
-
     if world > len(x_fit) or world > config.batch_size:
         raise ValueError(f"{world} processes but {len(x_fit)} training images and batch size {config.batch_size}: "
                          "every rank needs images of every batch; use fewer processes or a larger --batch-size")
@@ -431,141 +445,176 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     model = build_model(config, data.shape).to(device)   # identical on every rank
     if rank > 0:
         torch.manual_seed(config.seed + rank)            # but each rank draws its own z
-    closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     shuffle = torch.Generator().manual_seed(config.seed)
-    stage, epoch, history, sigma2_star, stops, stage_seconds = 1, 0, [], None, {}, 0.0
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     fingerprint = data_fingerprint(data, config)
+    st = _State()
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
-        stage, epoch, history = int(ckpt["stage"]), int(ckpt["epoch"]), list(ckpt["history"])
-        sigma2_star = ckpt["sigma2_star"]
-        stops, stage_seconds = dict(ckpt.get("stops", {})), float(ckpt.get("stage_seconds", 0.0))
-        if stage == 2:
-            model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else sigma2_star,
-                                      init_sigma2=sigma2_star)
-            model.to(device)
-            optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-        model.load_state_dict(ckpt["model"])
-        optimiser.load_state_dict(ckpt["optimiser"])
-        shuffle.set_state(ckpt["shuffle_rng"])
-        states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
-        if len(states) != world:
-            log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
-                        "uninterrupted run", out, len(states), world)
-        torch.set_rng_state(states[rank % len(states)])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        if rank == 0:
-            _truncate_metrics(out / METRICS, stage, epoch)
-        if ckpt["done"] and _reopen(stops.get(str(stage), {}), epoch, stage_seconds, config):
-            log.info("%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)", out,
-                     config.epochs, config.max_minutes)
-            stops.pop(str(stage), None)
-        elif ckpt["done"]:
+        st, optimiser = _restore(ckpt, model, shuffle, config, out, rank, world, device)
+        if st.done:
             log.info("%s: training already finished", out)
             return out
-
-    if config.precision == "bf16":
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = nullcontext
+    closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     if closed_form and world > 1:
         model.likelihood.reduce_step = all_reduce_sum
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.precision == "bf16" \
+        else nullcontext
     step = _stepper(model, objective, device)
     writer = _tensorboard(out) if rank == 0 else None
-    done, epochs_this_call = False, 0
-    while not done and (stop_after is None or epochs_this_call < stop_after):
-        epochs_this_call += 1
-        model.train()
+    for _ in itertools.count() if stop_after is None else range(stop_after):
+        if st.done:
+            break
         t0 = time.perf_counter()
+        model.train()
         perm = torch.randperm(len(x_fit), generator=shuffle).to(device)   # the same on every rank
         n_batches = _batches(len(perm), config.batch_size, world)
-        n_seen = min(len(perm), n_batches * config.batch_size)
-        bar = tqdm(range(n_batches), desc=f"stage {stage} epoch {epoch + 1}", disable=not progress or rank != 0,
-                   leave=False)
+        bar = tqdm(range(n_batches), desc=f"stage {st.stage} epoch {st.epoch + 1}",
+                   disable=not progress or rank != 0, leave=False)
         sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
                                       autocast=autocast, bar=bar, rank=rank, world=world)
-        if bad_step is not None or not all(torch.isfinite(p).all() for p in model.parameters()):
-            where = f"stage {stage}, epoch {epoch + 1}" + (f", step {bad_step}" if bad_step and bad_step > 0 else "")
-            raise DivergenceError(
-                f"{out}: training diverged at {where}: the loss or the weights became non-finite "
-                f"(NaN/inf). The likely cause is the learning rate (--lr {config.lr:g}); lower it and resume "
-                f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
-                f"still holds epoch {epoch} of stage {stage}.")
+        _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
-        if closed_form and stage == 1:   # Eq. 10 on the final networks of this epoch
-            model.likelihood.log_sigma2.fill_(math.log(max(closed_form_sigma2(model, x_fit, seed=config.seed + 2),
-                                                           1e-12)))
-        epoch += 1
+        if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
+            sigma2 = closed_form_sigma2(model, x_fit, seed=config.seed + 2)
+            model.likelihood.log_sigma2.fill_(math.log(max(sigma2, 1e-12)))
+        st.epoch += 1
         val = validation_terms(model, objective, x_val, seed=config.seed + 1) if len(x_val) else {}
         if val:
-            history.append(-val["loss"])
-        stage_seconds += time.perf_counter() - t0
-        train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
-        if closed_form and stage == 1:
-            train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
-            train_terms["train_elbo"] = _train_elbo(sums, n_seen, model.likelihood.sigma2, dims)
-        row = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 3), **train_terms,
-               **{f"val_{k}": v for k, v in val.items()}, "sigma2": model.likelihood.sigma2}
-        log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", stage, epoch,
-                 val.get("loss", float("nan")), row["sigma2"])
-
-        reason = ("converged" if val and _converged(history, config, dims) else
-                  "max_epochs" if epoch >= config.epochs else
-                  "max_minutes" if config.max_minutes is not None and stage_seconds >= 60 * config.max_minutes
-                  else None)
-        reason = broadcast(reason)   # every rank switches stage and stops with rank 0
-        if stage == 1:
-            sigma2_star = model.likelihood.sigma2
+            st.history.append(-val["loss"])
+        st.stage_seconds += time.perf_counter() - t0
+        row = _epoch_row(st, sums, min(len(perm), n_batches * config.batch_size), val, model, closed_form, dims,
+                         time.perf_counter() - t0)
+        if st.stage == 1:
+            st.sigma2_star = model.likelihood.sigma2
+        reason = broadcast(_stop_reason(st, config, dims, bool(val)))   # every rank stops with rank 0
         if reason is not None:
-            stops[str(stage)] = {"reason": reason, "epochs": epoch, "seconds": round(stage_seconds, 1)}
+            st.stops[str(st.stage)] = {"reason": reason, "epochs": st.epoch, "seconds": round(st.stage_seconds, 1)}
             row["stop"] = reason
-            if stage < stages:
-                if rank == 0:
-                    save_checkpoint(out / STAGE1, {"model": _cpu_state(model), "stage": 1, "epoch": epoch,
-                                                   "shape": list(data.shape), "sigma2_star": sigma2_star})
-                floor = config.pixel_floor if config.pixel_floor is not None else sigma2_star
-                model.with_pixel_variance(floor, init_sigma2=sigma2_star)
-                model.to(device)
-                optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+            if st.stage < n_stages(config):
+                optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device)
                 step = _stepper(model, objective, device)
-                stage, epoch, history, stage_seconds = 2, 0, [], 0.0
             else:
-                done = True
+                st.done = True
         rng_states = gather_rng_states()   # a collective: every rank takes part
         if rank == 0:
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if writer is not None:
-                step = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
-                for k, v in row.items():
-                    if k not in ("stage", "epoch", "stop"):
-                        writer.add_scalar(k, v, step)
-                writer.flush()
+            _log_row(out, writer, row, config)
             save_checkpoint(out / CHECKPOINT, {
-                "model": _cpu_state(model), "optimiser": _cpu_state(optimiser),
-                "stage": stage, "epoch": epoch, "history": history, "done": done,
-                "sigma2_star": sigma2_star, "stops": stops, "stage_seconds": stage_seconds,
+                "model": _cpu_state(model), "optimiser": _cpu_state(optimiser), **dataclasses.asdict(st),
                 "shape": list(data.shape), "data": fingerprint, "shuffle_rng": shuffle.get_state(),
                 "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     if writer is not None:
         writer.close()
-    if rank == 0 and done:
-        _write_final(out, model, objective, config, data, stage, sigma2_star, stops, device)
+    if rank == 0 and st.done:
+        _write_final(out, model, objective, config, data, st, device)
     return out
 
 
-def _write_final(out, model, objective, config, data, stage, sigma2_star, stops, device) -> None:
+def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: int, device) -> tuple[_State, object]:
+    """Load a checkpoint into the model, the shuffle and the RNGs; returns the state and the optimiser.
+
+    A finished run whose last stage was ended by a cap that has since been raised (more
+    ``--epochs``, ``--max-minutes``) is reopened.
+    """
+    st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"]),
+                sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
+                stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]))
+    if st.stage == 2:
+        model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
+                                  init_sigma2=st.sigma2_star)
+        model.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.load_state_dict(ckpt["model"])
+    optimiser.load_state_dict(ckpt["optimiser"])
+    shuffle.set_state(ckpt["shuffle_rng"])
+    states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
+    if len(states) != world:
+        log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
+                    "uninterrupted run", out, len(states), world)
+    torch.set_rng_state(states[rank % len(states)])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+    if rank == 0:
+        _truncate_metrics(out / METRICS, st.stage, st.epoch)
+    if st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config):
+        log.info("%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)", out,
+                 config.epochs, config.max_minutes)
+        st.stops.pop(str(st.stage), None)
+        st.done = False
+    return st, optimiser
+
+
+def _check_finite(model, bad_step: int | None, st: _State, config, out: Path) -> None:
+    """Stop with :class:`DivergenceError` when a loss or a weight became non-finite this epoch."""
+    if bad_step is None and all(torch.isfinite(p).all() for p in model.parameters()):
+        return
+    where = f"stage {st.stage}, epoch {st.epoch + 1}" + (f", step {bad_step}" if bad_step and bad_step > 0 else "")
+    raise DivergenceError(
+        f"{out}: training diverged at {where}: the loss or the weights became non-finite "
+        f"(NaN/inf). The likely cause is the learning rate (--lr {config.lr:g}); lower it and resume "
+        f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
+        f"still holds epoch {st.epoch} of stage {st.stage}.")
+
+
+def _epoch_row(st: _State, sums: dict, n_seen: int, val: dict, model, closed_form: bool, dims: int,
+               seconds: float) -> dict:
+    """The epoch's line of ``metrics.jsonl``: training means, validation terms, sigma^2."""
+    train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
+    if closed_form and st.stage == 1:
+        train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
+        train_terms["train_elbo"] = _train_elbo(sums, n_seen, model.likelihood.sigma2, dims)
+    row = {"stage": st.stage, "epoch": st.epoch, "seconds": round(seconds, 3), **train_terms,
+           **{f"val_{k}": v for k, v in val.items()}, "sigma2": model.likelihood.sigma2}
+    log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", st.stage, st.epoch,
+             val.get("loss", float("nan")), row["sigma2"])
+    return row
+
+
+def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
+    """Why the current stage ends after this epoch: converged, max_epochs, max_minutes, or None."""
+    if validated and _converged(st.history, config, dims):
+        return "converged"
+    if st.epoch >= config.epochs:
+        return "max_epochs"
+    if config.max_minutes is not None and st.stage_seconds >= 60 * config.max_minutes:
+        return "max_minutes"
+    return None
+
+
+def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device):
+    """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, new Adam."""
+    if rank == 0:
+        save_checkpoint(out / STAGE1, {"model": _cpu_state(model), "stage": 1, "epoch": st.epoch,
+                                       "shape": list(shape), "sigma2_star": st.sigma2_star})
+    floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
+    model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
+    model.to(device)
+    st.stage, st.epoch, st.history, st.stage_seconds = 2, 0, [], 0.0
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def _log_row(out: Path, writer, row: dict, config) -> None:
+    """Append the row to ``metrics.jsonl`` (and TensorBoard when installed)."""
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if writer is not None:
+        global_epoch = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
+        for k, v in row.items():
+            if k not in ("stage", "epoch", "stop"):
+                writer.add_scalar(k, v, global_epoch)
+        writer.flush()
+
+
+def _write_final(out, model, objective, config, data, st: _State, device) -> None:
     """``final.json``: the test-split numbers of the finished run, computed once, after training.
 
     WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no
     ELBO is reported for it; its own objective is (z = mu).
     """
     x_test = test_images(data, config).to(device)
-    doc = {"stage": stage, "sigma2_star": sigma2_star, "stops": stops, "device": str(device)}
+    doc = {"stage": st.stage, "sigma2_star": st.sigma2_star, "stops": st.stops, "device": str(device)}
     if config.method == "wae-mmd":
         doc["test_objective"] = validation_terms(model, objective, x_test, seed=config.seed + 1)
         doc["note"] = "WAE-MMD: deterministic encoder, no ELBO reported; test_objective uses z = mu"

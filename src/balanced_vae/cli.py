@@ -144,7 +144,8 @@ def _add_evaluate(sub) -> None:
     from .evaluate import METRICS
 
     p = sub.add_parser(
-        "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration) into RUN/results.json",
+        "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration, precision/recall) into "
+                         "RUN/results.json",
         description="Compute the paper's metrics for a trained run and write every number with its protocol "
                     "(data split, counts, k, seeds, sampler, Inception implementation, version, git commit) to "
                     "RUN/results.json. FID needs `pip install balanced-vae[fid]`; on a CPU the Inception network "
@@ -153,7 +154,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="prior",
-                   help="p(z) for FID samples and the second p(z) of the IWAE bound")
+                   help="p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set beside "
+                        "the prior for precision/recall (pr)")
     p.add_argument("--components", type=int, default=32, help="K of the Gaussian mixture (Eq. 13)")
     p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
                    help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
@@ -163,6 +165,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--k", type=int, default=20, help="importance samples of the IWAE bound")
     p.add_argument("--n-fid", type=int, default=10_000, help="generated and real test images for FID")
     p.add_argument("--fid-batch-size", type=int, default=50)
+    p.add_argument("--n-pr", type=int, default=500,
+                   help="generated images per sampler and real test images for precision/recall (pr)")
+    p.add_argument("--k-pr", type=int, default=3, help="nearest neighbours of the precision/recall manifolds")
     p.add_argument("--n-kl", type=int, default=10_000, help="Monte-Carlo samples per KL estimate")
     p.add_argument("--kl-runs", type=int, default=10, help="independent KL estimates (mean and std reported)")
     p.add_argument("--seed", type=int, default=0)
@@ -179,7 +184,7 @@ def _run_evaluate(args) -> int:
 
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
-                       n_fid=args.n_fid,
+                       n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
                        fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
                        data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]

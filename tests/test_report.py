@@ -56,12 +56,18 @@ def test_metrics_rows_read_evaluation_records(run2d, tmp_path):
     (run2d / "eval").mkdir(exist_ok=True)
     (run2d / "eval" / "x.json").write_text(json.dumps(
         {"metrics": {"iwae": {"values": {"prior": {"log_likelihood": {"mean": 1.5, "sem": 0.1}, "seconds": 3}}}}}))
+    ood = tmp_path / "ood.json"
+    ood.write_text(json.dumps({"in": "a", "out": "b", "models": {"global": {"metrics": {"elbo": {
+        "auroc": 0.25, "auprc": 0.5, "fpr_at_95_tpr": 1.0}}}}}))
     try:
-        rows = metrics_rows(run2d)
+        rows = metrics_rows(run2d, records=[ood])
     finally:
         shutil.rmtree(run2d / "eval")
     assert ("eval/x.json", "iwae", "prior/log_likelihood", "1.5 ± 0.1") in rows
+    assert (str(ood), "ood a vs b", "global/elbo", "AUROC 0.250, AUPRC 0.500, FPR@95%TPR 1.000") in rows
     assert not any("seconds" in r[2] for r in rows)
+    with pytest.raises(FileNotFoundError, match="no such record"):
+        build_report(run2d, tmp_path / "r.html", records=[tmp_path / "missing.json"])
 
 
 def _chromium() -> str | None:

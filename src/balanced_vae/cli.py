@@ -404,6 +404,8 @@ def _add_report(sub) -> None:
                    help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior and GMM samples")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--records", nargs="+", default=[], metavar="JSON",
+                   help="further result files for the metrics table (evaluate --out FILE, ood JSON)")
     p.add_argument("--out", default=None, help="HTML file (default: RUN/report.html)")
 
 
@@ -411,7 +413,7 @@ def _run_report(args) -> int:
     from .report import build_report
 
     path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, records=args.records)
     print(f"wrote {path}")
     return 0
 

@@ -262,20 +262,25 @@ def ood_markdown(doc: dict[str, Any]) -> str:
              f"Chance: AUROC 0.5, AUPRC {p['n_out'] / (p['n_in'] + p['n_out']):.2f}, FPR 0.95.", "",
              f"Models: " + "; ".join(f"{m} = `{models[m]['checkpoint']}` ({models[m]['likelihood']})" for m in labels),
              "", f"| score | {head} |", "|---|" + "---:|" * (3 * len(labels))]
-    for s in models[labels[0]]["metrics"]:
+    names = list(models[labels[0]]["metrics"])
+    names = [s for s in SCORES if s in names] + [s for s in names if s not in SCORES]   # JSON sorts its keys
+    for s in names:
         cells = []
         for m in labels:
             r = models[m]["metrics"].get(s)
             cells += ([f"{r['auroc']:.3f}", f"{r['auprc']:.3f}", f"{r['fpr_at_95_tpr']:.3f}"] if r else ["-"] * 3)
-        lines.append(f"| {s}: {SCORES[s]} | " + " | ".join(cells) + " |")
+        desc = SCORES.get(s, "").replace("|", "\\|")                       # a pipe would end the cell
+        lines.append(f"| {s}: {desc} | " + " | ".join(cells) + " |")
     lines += ["", "Mean log-likelihood per image (nats), in-distribution vs OOD:", ""]
     for m in labels:
         ll = models[m]["log_likelihood"]
-        lines.append(f"- {m}: " + "; ".join(f"{s} {ll['in'][s]:.1f} vs {ll['out'][s]:.1f}" for s in ll["in"])
+        lines.append(f"- {m}: " + "; ".join(f"{s} {ll['in'][s]:.1f} vs {ll['out'][s]:.1f}" for s in names
+                                            if s in ll["in"])
                      + f"; reference (typicality) {models[m]['reference_log_likelihood']:.1f}")
     lines += ["", "Reading:", ""]
     for m in labels:
-        for s, r in models[m]["metrics"].items():
+        for s in names:
+            r = models[m]["metrics"][s]
             lines.append(f"- {m} {s}: AUROC {r['auroc']:.3f}, {_verdict(r['auroc'])}")
     lines += ["", f"Command: `{p['command']}`", "",
               f"Commit {doc['provenance']['git_commit']}"

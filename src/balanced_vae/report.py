@@ -73,19 +73,32 @@ def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return []
 
 
-def metrics_rows(run_dir: Path) -> list[tuple[str, str, str, Any]]:
-    """(file, metric, quantity, value) for every evaluation record in a run folder and its final.json."""
+def _record_rows(doc: dict, label: str) -> list[tuple[str, str, str, Any]]:
+    """Rows of one record: an ``evaluate`` result ({"metrics": ...}) or an ``ood`` result ({"models": ...})."""
+    rows = []
+    for name, entry in (doc.get("metrics") or {}).items():
+        for key, value in _flatten(entry.get("values", {})):
+            rows.append((label, name, key, value))
+    for model, entry in (doc.get("models") or {}).items():
+        for score, m in (entry.get("metrics") or {}).items():
+            rows.append((label, f"ood {doc.get('in')} vs {doc.get('out')}", f"{model}/{score}",
+                         f"AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}"))
+    return rows
+
+
+def metrics_rows(run_dir: Path, records: Iterable[str | Path] = ()) -> list[tuple[str, str, str, Any]]:
+    """(file, metric, quantity, value) for every evaluation record in a run folder, its final.json and
+    the extra ``records`` (``evaluate --out`` or ``ood`` JSON files kept elsewhere)."""
     rows: list[tuple[str, str, str, Any]] = []
     files = sorted(run_dir.glob("results*.json")) + sorted((run_dir / "eval").glob("*.json"))
-    for f in files:
+    for f in files + [Path(r) for r in records]:
         try:
             doc = json.loads(f.read_text())
         except (json.JSONDecodeError, OSError) as e:
             log.warning("%s: skipped in the report (%s)", f, e)
             continue
-        for name, entry in (doc.get("metrics") or {}).items():
-            for key, value in _flatten(entry.get("values", {})):
-                rows.append((str(f.relative_to(run_dir)), name, key, value))
+        label = str(f.relative_to(run_dir)) if f in files else str(f)
+        rows += _record_rows(doc, label)
     final = run_dir / "final.json"
     if final.is_file():
         for key, value in _flatten(json.loads(final.read_text()).get("test", {})):
@@ -142,15 +155,22 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int = 12, seed: int = 0,
-                 components: int | None = None, data=None, data_dir: str | Path | None = None) -> Path:
+                 components: int | None = None, data=None, data_dir: str | Path | None = None,
+                 records: Iterable[str | Path] = ()) -> Path:
     """Write the self-contained HTML report of the run in ``run_dir`` to ``out`` (default ``RUN/report.html``).
 
     ``n`` test images are reconstructed; 64 prior and 64 GMM samples (K = ``components``,
     default the paper's K for the image shape) are drawn with generators seeded ``seed``.
-    ``data`` (a :class:`~balanced_vae.data.Dataset`) skips loading. Returns the path.
+    ``data`` (a :class:`~balanced_vae.data.Dataset`) skips loading. ``records`` are further JSON
+    results for the metrics table (``evaluate --out FILE``, ``ood``). Returns the path.
     """
     from .evaluate import provenance
 
+    records = [Path(r).expanduser() for r in records]
+    for r in records:
+        if not Path(r).is_file():
+            raise FileNotFoundError(f"{r}: no such record; pass JSON files written by `balanced-vae evaluate --out` "
+                                    "or `balanced-vae ood`")
     run = load_run(run_dir, which=CHECKPOINT)
     stage1 = load_run(run_dir, which=STAGE1) if run.stage == 2 and (run.path / STAGE1).is_file() else None
     c = run.config
@@ -186,7 +206,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int =
                 parts.append(f"<h2>{html.escape(title)}</h2>")
                 section = title
             parts += [f'<p class="note">{html.escape(caption)}</p>', _img(path, caption)]
-    rows = metrics_rows(run.path)
+    rows = metrics_rows(run.path, records)
     parts += ["<h2>Metrics</h2>",
               _table(rows, ["file", "metric", "quantity", "value"]) if rows else
               '<p class="note">No evaluation records yet: run <code>balanced-vae evaluate RUN</code>.</p>']

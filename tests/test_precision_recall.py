@@ -60,3 +60,34 @@ def test_errors_name_the_shapes_and_the_fix():
         improved_precision_recall(_points(n=3), _points(n=3), k=3)
     with pytest.raises(ValueError, match=r"NaN"):
         improved_precision_recall(np.full((4, 2), np.nan), _points(n=4, f=2))
+
+
+def test_evaluate_pr_compares_prior_and_gmm_on_shared_real_features(monkeypatch, tmp_path):
+    """``evaluate --metrics pr`` plumbing with a cheap stand-in for Inception (no network in tests)."""
+    from balanced_vae import fid
+    from balanced_vae.config import TrainConfig
+    from balanced_vae.data import load_dataset
+    from balanced_vae.evaluate import evaluate_run
+    from balanced_vae.train import train
+
+    calls = []
+
+    def fake_features(x, **kw):
+        calls.append(len(x))
+        return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    monkeypatch.setattr(fid, "inception_path", lambda: tmp_path)
+    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    data = load_dataset("digits")
+    run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
+                tmp_path / "run", data=data, progress=False)
+    doc = evaluate_run(run, metrics="pr", sampler="gmm", components=3, n_pr=60, data=data, progress=False)
+    entry = doc["metrics"]["pr"]
+    assert calls == [60, 60, 60]                                    # real once, then prior and GMM
+    assert set(entry["values"]) == {"prior", "gmm_K3"}
+    for v in entry["values"].values():
+        assert 0.0 <= v["precision"] <= 1.0 and 0.0 <= v["recall"] <= 1.0
+        assert v["k"] == 3 and v["n_real"] == 60 and v["n_generated"] == 60
+    p = entry["protocol"]
+    assert p["k"] == 3 and p["real"]["n"] == 60 and p["gmm"]["K"] == 3 and p["gmm"]["fit_on"] == "mean"

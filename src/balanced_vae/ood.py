@@ -193,7 +193,8 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
         d = _load(name, cache, data_dir, c.image_size)
         if tuple(d.shape) != shape:
             raise ValueError(f"{run_dir}: the run's images are {shape} but {name} has {tuple(d.shape)}; "
-                             f"choose a data set of the run's shape (or --image-size for folder data)")
+                             "choose a data set of the run's shape (folder and CelebA images are resized to the run's "
+                             "image_size)")
         if not 1 <= n <= len(d.x_test):
             raise ValueError(f"n={n}: the test split of {name} has {len(d.x_test)} images; choose 1 <= n <= "
                              f"{len(d.x_test)}")

@@ -154,9 +154,11 @@ def test_demo_report(tmp_path):
 
     summary = run_demo(tmp_path / "demo", config=dataclasses.replace(DEMO_CONFIG, epochs=3, min_epochs=3),
                        progress=False)
-    for name in ("reconstructions.png", "prior_samples.png", "curves.png", "summary.json"):
+    for name in ("reconstructions.png", "prior_samples.png", "prior_vs_gmm.png", "curves.png", "summary.json",
+                 "report.html"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert summary["stage1_epochs"] == 3 and summary["stage2_epochs"] == 3
+    assert (tmp_path / "demo" / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
 def test_a_run_being_trained_is_not_trained_twice(digits, tmp_path):

@@ -32,6 +32,10 @@ class CheckpointError(RuntimeError):
     """A missing, damaged or incompatible checkpoint; the message names the file and the fix."""
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DiskFullError(OSError):
     """No space left where a file was being written; the previous version of the file is intact."""
 
@@ -64,6 +68,7 @@ def atomic_write(path: str | Path, write) -> None:
         raise
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

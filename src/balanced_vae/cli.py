@@ -188,7 +188,8 @@ def _add_evaluate(sub) -> None:
     from .evaluate import METRICS
 
     p = sub.add_parser(
-        "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration) into RUN/results.json",
+        "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration, precision/recall) into "
+                         "RUN/results.json",
         description="Compute the paper's metrics for a trained run and write every number with its protocol "
                     "(data split, counts, k, seeds, sampler, Inception implementation, version, git commit) to "
                     "RUN/results.json. FID needs `pip install balanced-vae[fid]`; on a CPU the Inception network "
@@ -197,7 +198,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="prior",
-                   help="p(z) for FID samples and the second p(z) of the IWAE bound")
+                   help="p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set beside "
+                        "the prior for precision/recall (pr)")
     p.add_argument("--components", type=_POS_INT, default=32, help="K of the Gaussian mixture (Eq. 13)")
     p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
                    help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
@@ -209,6 +211,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n-fid", type=_POS_INT, default=None,
                    help="generated and real test images for FID (default 10000, or all when fewer)")
     p.add_argument("--fid-batch-size", type=_POS_INT, default=50)
+    p.add_argument("--n-pr", type=_POS_INT, default=500,
+                   help="generated images per sampler and real test images for precision/recall (pr)")
+    p.add_argument("--k-pr", type=_POS_INT, default=3, help="nearest neighbours of the precision/recall manifolds")
     p.add_argument("--n-kl", type=_POS_INT, default=10_000, help="Monte-Carlo samples per KL estimate")
     p.add_argument("--kl-runs", type=_POS_INT, default=10, help="independent KL estimates (mean and std reported)")
     p.add_argument("--seed", type=_NONNEG_INT, default=0)
@@ -225,7 +230,7 @@ def _run_evaluate(args) -> int:
 
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
-                       n_fid=args.n_fid,
+                       n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
                        fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
                        data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -394,6 +399,99 @@ def _run_latent_plot(args) -> int:
     return 0
 
 
+def _add_ood(sub) -> None:
+    p = sub.add_parser(
+        "ood", help="out-of-distribution detection by ELBO, IWAE (prior, GMM), dequantised and typicality scores",
+        description="Score the first N test images of --in (default: the run's data set) and of --out with each "
+                    "checkpoint of the run (default: stage1.pt, the global sigma^2, and checkpoint.pt, the "
+                    "per-pixel head) and print AUROC, AUPRC and FPR at 95%% TPR per score, OOD = positive class. "
+                    "Writes RESULTS/<trained>-run_<in>-vs-<out>.json and .md. Run both directions: likelihoods of "
+                    "Gaussian VAEs are known to rank Fashion-MNIST-trained models' MNIST digits as more likely "
+                    "(Nalisnick et al. 2019).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--in", dest="in_dataset", default=None, help="in-distribution data set (default: the run's)")
+    p.add_argument("--out", dest="out_dataset", required=True, help="out-of-distribution data set, e.g. fashion-mnist")
+    p.add_argument("--checkpoints", default=None,
+                   help="comma-separated checkpoint files of RUN (default: stage1.pt if present, checkpoint.pt)")
+    p.add_argument("--n", type=_POS_INT, default=2000, help="first N test images of each data set")
+    p.add_argument("--n-ref", type=_POS_INT, default=2000, help="validation images for the typicality reference")
+    p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bounds")
+    p.add_argument("--components", type=_POS_INT, default=32, help="K of the GMM used as p(z)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0)
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--results", default=None, help="folder for the JSON and Markdown (default: RUN/ood)")
+
+
+def _run_ood(args) -> int:
+    from .ood import ood_for_run, ood_markdown, write_ood
+
+    checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
+    doc = ood_for_run(args.run, out_dataset=args.out_dataset, in_dataset=args.in_dataset, checkpoints=checkpoints,
+                      n=args.n, n_ref=args.n_ref, k=args.k, components=args.components, seed=args.seed,
+                      data_dir=args.data_dir)
+    print(ood_markdown(doc))
+    for path in write_ood(doc, args.results or Path(args.run) / "ood"):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="one self-contained HTML report of a run (curves, reconstructions, samples, metrics)",
+        description="Write RUN/report.html: config and protocol, learning curves with sigma^2, reconstructions with "
+                    "per-pixel sigma maps, prior and GMM samples side by side, every evaluation record of the run "
+                    "as a table, and for 2-D latents the density plots. Figures are embedded PNGs; the file needs "
+                    "no network to view.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--n", type=_POS_INT, default=12, help="test images to reconstruct")
+    p.add_argument("--components", type=_POS_INT, default=None,
+                   help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed of the prior and GMM samples")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--records", nargs="+", default=[], metavar="JSON",
+                   help="further result files for the metrics table (evaluate --out FILE, ood JSON)")
+    p.add_argument("--out", default=None, help="HTML file (default: RUN/report.html)")
+
+
+def _run_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
+                        data_dir=args.data_dir, records=args.records)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_latent_walk(sub) -> None:
+    p = sub.add_parser(
+        "latent-walk", help="interpolation and latent traversals with the decoder sigma along the path (one PNG)",
+        description="Decode the straight line between the posterior means of two test images and traversals of "
+                    "single latent axes from the first one; each walk is a row of decoder means and a row of "
+                    "sigma (per-pixel for a stage-2 run).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("--pair", type=_NONNEG_INT, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
+    p.add_argument("--dims", type=_NONNEG_INT, nargs="+", default=None,
+                   help="latent axes to traverse (default: the --n-dims most used ones)")
+    p.add_argument("--n-dims", type=_POS_INT, default=6, help="how many axes when --dims is not given")
+    p.add_argument("--steps", type=_POS_INT, default=11, help="points per walk")
+    p.add_argument("--span", type=_POS_FLOAT, default=3.0, help="traversal range +-SPAN around the code")
+    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_walk.png)")
+
+
+def _run_latent_walk(args) -> int:
+    from .latent_walk import latent_walk_for_run
+
+    path = latent_walk_for_run(args.run, args.out, which=args.checkpoint, pair=tuple(args.pair), dims=args.dims,
+                               n_dims=args.n_dims, steps=args.steps, span=args.span, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_reproduce(sub) -> None:
     from .experiments import BUDGETS, EXPERIMENTS
 
@@ -449,6 +547,9 @@ COMMANDS = {
     "sample": (_add_sample, _run_sample),
     "kl": (_add_kl, _run_kl),
     "latent-plot": (_add_latent_plot, _run_latent_plot),
+    "latent-walk": (_add_latent_walk, _run_latent_walk),
+    "ood": (_add_ood, _run_ood),
+    "report": (_add_report, _run_report),
     "demo": (_add_demo, _run_demo),
     "evaluate": (_add_evaluate, _run_evaluate),
     "reconstruct": (_add_reconstruct, _run_reconstruct),

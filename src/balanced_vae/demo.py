@@ -1,8 +1,9 @@
 """The demo: both stages of Algorithm 1 on the embedded ``digits`` set, with a small report.
 
 Writes into the report folder: the run (config, checkpoints, metrics), reconstructions
-beside their per-pixel sigma maps, samples from the prior, learning curves and the
-sigma^2 trajectory, and ``summary.json``.
+beside their per-pixel sigma maps, samples from the prior, prior and GMM (Eq. 13) samples
+side by side, learning curves and the sigma^2 trajectory, ``summary.json``, and the
+self-contained HTML report of the run (``report.html``, :mod:`balanced_vae.report`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import torch
 from .checkpoint import load_run, write_json_atomic
 from .config import TrainConfig
 from .data import load_dataset
+from .latent import decode_samples, save_side_by_side
 from .plots import plot_curves, read_metrics, save_grid, save_rows
+from .report import build_report
+from .samplers import make_sampler
 from .train import evaluate_elbo, train
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,10 @@ def run_demo(out: str | Path, *, config: TrainConfig = DEMO_CONFIG, progress: bo
     z = torch.randn(64, run.model.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     samples, _ = run.model.generate(z)
     save_grid(samples, out / "prior_samples.png", nrow=8, scale=4)
+    gmm = make_sampler("gmm", run, components=None, data=data)
+    gmm_samples, _ = decode_samples(run.model, gmm.sample(64, generator=torch.Generator().manual_seed(config.seed)))
+    save_side_by_side([("prior N(0, I)", samples), (f"GMM K={gmm.n_components} (Eq. 13)", gmm_samples)],
+                      out / "prior_vs_gmm.png", nrow=8)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     plot_curves(metrics, out / "curves.png")
     s1 = [m for m in metrics if m["stage"] == 1]
@@ -55,7 +63,10 @@ def run_demo(out: str | Path, *, config: TrainConfig = DEMO_CONFIG, progress: bo
         "stage2_test_elbo": evaluate_elbo(run.model, data.x_test, seed=config.seed + 1)["elbo"],
         "stage2_mean_sigma2": float(sigma2.pow(2).mean()),
         "seconds": round(time.perf_counter() - t0, 1),
-        "files": ["reconstructions.png", "prior_samples.png", "curves.png", "run/"],
+        "files": ["report.html", "reconstructions.png", "prior_samples.png", "prior_vs_gmm.png", "curves.png",
+                  "run/"],
     }
+    build_report(run_dir, out / "report.html", seed=config.seed, data=data)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(out / "summary.json", summary)
     return summary

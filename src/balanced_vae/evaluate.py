@@ -14,6 +14,10 @@ It computes any of
   and q_GMM its GMM (Eq. 13), fitted on samples of q(z) unless ``gmm_fit_on`` says otherwise;
 * ``calibration`` -- Spearman correlation of predicted per-pixel sigma^2 with the squared
   error, and test NLL with the predicted variance versus the global sigma*^2 (Figure 3);
+* ``pr`` -- improved precision (fidelity) and recall (coverage) of Kynkaanniemi et al. (2019)
+  with k = ``k_pr`` nearest neighbours on the same Inception features as FID: ``n_pr``
+  decoded samples of the prior and of ``sampler`` against the first ``n_pr`` test images
+  (:mod:`balanced_vae.precision_recall`);
 
 and writes them to ``RUN/results.json``: one entry per metric, each with its numbers,
 its protocol (data set, split, counts, k, seeds, sampler and K, Inception
@@ -41,7 +45,7 @@ from .checkpoint import CHECKPOINT, file_digest, load_run, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-METRICS = ("elbo", "iwae", "fid", "kl", "calibration")
+METRICS = ("elbo", "iwae", "fid", "kl", "calibration", "pr")
 RESULTS = "results.json"
 
 
@@ -191,6 +195,33 @@ def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, datase
                          "inception": inception_protocol()}}
 
 
+def _metric_pr(run, samplers: dict[str, Any], x_test: torch.Tensor, *, n: int, k: int, seed: int,
+               batch_size: int, device, progress: bool) -> dict[str, Any]:
+    from .fid import inception_features, inception_protocol
+    from .precision_recall import improved_precision_recall
+
+    t0 = time.perf_counter()
+    real = inception_features(x_test[:n], batch_size=batch_size, device=device, progress=progress,
+                              desc="real features")                              # (n, 2048)
+    values = {}
+    for name, sampler in samplers.items():
+        t1 = time.perf_counter()
+        z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))        # (n, L)
+        with torch.no_grad():
+            x_gen = torch.cat([run.model.decode_mean(z[i:i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
+        gen = inception_features(x_gen, batch_size=batch_size, device=device, progress=progress,
+                                 desc=f"{name} features")                         # (n, 2048)
+        values[name] = {**improved_precision_recall(real, gen, k=k), "seconds": round(time.perf_counter() - t1, 1)}
+        log.info("%s: precision %.3f, recall %.3f", name, values[name]["precision"], values[name]["recall"])
+    return {"values": values,
+            "protocol": {"generated": {"n": n, "seed": seed, "images": "decoder means g(z), z from each sampler"},
+                         "real": {"split": "test", "n": n, "images": f"first {n}"},
+                         "k": k, "metric": "improved precision and recall (Kynkaanniemi et al. 2019): "
+                                           "k-NN balls on Inception pool features",
+                         "samplers": list(samplers), "inception": inception_protocol(),
+                         "real_feature_seconds": round(time.perf_counter() - t0, 1)}}
+
+
 def _metric_kl(q_agg, prior, gmm, *, n: int, runs: int, seed: int, progress: bool) -> dict[str, Any]:
     """The three KLs between the aggregate posterior (Eq. 12), its GMM (Eq. 13) and the prior, named exactly.
 
@@ -242,7 +273,8 @@ def _clipped(name: str, default: int, available: int, dataset: str) -> int:
 
 def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
                  components: int | None = 32, which: str = CHECKPOINT, n_iwae: int | None = None, k: int = 20,
-                 n_fid: int | None = None, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
+                 n_fid: int | None = None, fid_batch_size: int = 50, n_pr: int = 500, k_pr: int = 3,
+                 n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  gmm_fit_on: str | None = None, device: str | None = None, out: str | Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
@@ -258,6 +290,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
     whole test split (the first ``n_iwae`` / ``n_fid`` images; by default 500 and 10,000, clipped
     with a notice to the test images there are).
+    ``pr`` compares the prior with ``sampler`` (both when ``sampler`` is the prior, one entry)
+    on ``n_pr`` samples each, with ``k_pr`` nearest neighbours.
     Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
     Returns the results dictionary written.
     """
@@ -266,7 +300,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         raise ValueError(f"sampler={sampler!r}; choose prior, gmm or aggregate")
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
-    if "fid" in names:
+    if "fid" in names or "pr" in names:
         from .fid import inception_path
 
         inception_path()  # fail before any work when the network is not installed
@@ -290,7 +324,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         n_iwae = _clipped("n_iwae", 500, len(x_test), c.dataset)
     if n_fid is None:
         n_fid = _clipped("n_fid", 10_000, len(x_test), c.dataset)
-    for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid)):
+    for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid), ("n_pr", n_pr)):
         if (name[2:] in names) and not 1 <= n <= len(x_test):
             raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "
                              f"choose 1 <= {name} <= {len(x_test)}")
@@ -352,6 +386,14 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
             extra["sampler"] = label(sampler, fit_sampling)
             if sampler == "gmm":
                 extra["gmm"] = gmm_protocol(fit_sampling)
+        elif name == "pr":
+            pr_samplers = {"prior": get_sampler("prior")}
+            if sampler != "prior":
+                pr_samplers[label(sampler, fit_sampling)] = get_sampler(sampler, fit_sampling)
+                if sampler == "gmm":
+                    extra["gmm"] = gmm_protocol(fit_sampling)
+            entry = _metric_pr(run, pr_samplers, x_test, n=n_pr, k=k_pr, seed=seed, batch_size=fid_batch_size,
+                               device=device, progress=progress)
         elif name == "kl":
             entry = _metric_kl(get_sampler("aggregate"), get_sampler("prior"), get_sampler("gmm", fit_density),
                                n=n_kl, runs=kl_runs, seed=seed, progress=progress)

@@ -18,13 +18,13 @@ previous mode.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .objectives import LOG_2PI, gaussian_log_prob, kl_standard_normal
+from .model import eval_mode
+from .objectives import LOG_2PI, elbo_terms_from_codes, gaussian_log_prob
 
 __all__ = [
     "Prior",
@@ -74,17 +74,6 @@ def _log_prior(prior: Prior | None, z: torch.Tensor) -> torch.Tensor:
     return out.reshape(z.shape[:-1]).to(z.dtype)
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _check_images(x: torch.Tensor, what: str = "x") -> None:
     if x.ndim != 4:
         raise ValueError(f"{what} has shape {tuple(x.shape)}; expected an image batch (B, C, H, W)")
@@ -108,14 +97,11 @@ def elbo(model, x: torch.Tensor, *, generator: torch.Generator | None = None,
       :func:`iwae_log_likelihood` with k = 1 reproduces exactly given the same noise.
     """
     _check_images(x)
-    with _eval_mode(model):
+    with eval_mode(model):
         mu, logvar = model.encode(x)                                # (B, L)
-        z = model.reparameterise(mu, logvar, generator)             # (B, L)
-        mean, x_logvar = model.decode(z)                            # (B, C, H, W), broadcastable
-        rec = gaussian_log_prob(x, mean, x_logvar)                  # (B,)
-        kl = kl_standard_normal(mu, logvar)                         # (B,)
-        kl_mc = log_normal_diag(z, mu, logvar) - _log_prior(prior, z)  # (B,)
-    return {"elbo": rec - kl, "rec": rec, "kl": kl, "kl_mc": kl_mc, "elbo_mc": rec - kl_mc}
+        t = elbo_terms_from_codes(model, x, mu, logvar, generator)   # the library's one ELBO
+        kl_mc = log_normal_diag(t["z"], mu, logvar) - _log_prior(prior, t["z"])  # (B,)
+    return {"elbo": t["elbo"], "rec": t["rec"], "kl": t["kl"], "kl_mc": kl_mc, "elbo_mc": t["rec"] - kl_mc}
 
 
 def log_importance_weights(model, x: torch.Tensor, k: int, *, prior: Prior | None = None,
@@ -127,7 +113,7 @@ def log_importance_weights(model, x: torch.Tensor, k: int, *, prior: Prior | Non
     _check_images(x)
     if int(k) < 1:
         raise ValueError(f"k={k}: the number of importance samples must be >= 1")
-    with _eval_mode(model):
+    with eval_mode(model):
         mu, logvar = model.encode(x)                                # (B, L)
         z = model.reparameterise(mu, logvar, generator, k=int(k))   # (k, B, L)
         mean, x_logvar = model.decode(z.reshape(-1, z.shape[-1]))   # (k B, C, H, W)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -77,6 +78,19 @@ def _fresh_copy(module: nn.Module) -> nn.Module:
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     return new
+
+
+@contextmanager
+def eval_mode(model: nn.Module, *, grad: bool = False) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode (and without gradients unless ``grad``), then
+    restore its training flag, whatever happens in the block."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            yield model
+    finally:
+        model.train(was_training)
 
 
 class VAE(nn.Module):
@@ -213,9 +227,7 @@ class VAE(nn.Module):
         odd, its ``latent_dim`` differs from the one given, or the decoder's output is not x's
         shape. Returns ``self``.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             h = self.encoder(self._to_networks(x))
             if isinstance(h, (tuple, list)):
                 if len(h) != 2 or h[0].shape != h[1].shape or h[0].ndim != 2:
@@ -241,8 +253,6 @@ class VAE(nn.Module):
                 raise NetworkError(f"decoder output has shape {tuple(out.shape)} for z of shape "
                                    f"({len(x)}, {self._latent_dim}); expected x's shape {(len(x), *want)}; fix the "
                                    "decoder so that it returns one logit per data dimension")
-        finally:
-            self.train(was_training)
         return self
 
     @torch.no_grad()

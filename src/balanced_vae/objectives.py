@@ -49,13 +49,15 @@ def elbo_terms(model: VAE, x: torch.Tensor, generator: torch.Generator | None = 
     """Per-sample ELBO of Eq. 9 (global sigma^2) or Eq. 11 (per-pixel sigma^2).
 
     One z ~ q(z|x) per image. Returns ``elbo``, ``rec`` (E_q log p(x|z)), ``kl`` -- each (B,) --
-    and ``mse`` (B,), the mean squared residual per image, plus ``x_logvar``.
+    and ``mse`` (B,), the mean squared residual per image, plus the tensors that produced
+    them: ``x_logvar`` (broadcastable to x) and ``z`` (B, L) (see :data:`NOT_TERMS`). This is
+    the one ELBO of the library: training, validation, evaluation and the metrics call it.
     """
     mu, logvar = model.encode(x)                                   # (B, L)
-    return _elbo_terms_from_codes(model, x, mu, logvar, generator)
+    return elbo_terms_from_codes(model, x, mu, logvar, generator)
 
 
-def _elbo_terms_from_codes(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+def elbo_terms_from_codes(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """:func:`elbo_terms` given the encoder's output ``mu``, ``logvar`` (B, L), so objectives
     that also need the codes (DIP-VAE) encode once."""
@@ -64,7 +66,11 @@ def _elbo_terms_from_codes(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar
     rec = gaussian_log_prob(x, mean, x_logvar)                      # (B,)
     kl = kl_standard_normal(mu, logvar)                             # (B,)
     mse = (x - mean).pow(2).flatten(1).mean(1)                      # (B,)
-    return {"elbo": rec - kl, "rec": rec, "kl": kl, "mse": mse, "x_logvar": x_logvar}
+    return {"elbo": rec - kl, "rec": rec, "kl": kl, "mse": mse, "x_logvar": x_logvar, "z": z}
+
+
+#: entries of :func:`elbo_terms` that are the tensors it used, not per-image terms
+NOT_TERMS = ("x_logvar", "z")
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class ELBO:
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = elbo_terms(model, x)
-        out = {k: v.mean() for k, v in t.items() if k != "x_logvar"}
+        out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out["loss"] = -out["elbo"]
         return out
 
@@ -115,7 +121,7 @@ class BetaVAE:
         d = x[0].numel()
         sse = t["mse"] * d                                           # (B,) ||x - g(z)||^2
         nll_half = sse + 0.5 * d * math.log(math.pi)                 # (B,) -log N(x; g(z), 0.5 I)
-        out = {k: v.mean() for k, v in t.items() if k != "x_logvar"}
+        out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out["sse"] = sse.mean()
         out["loss"] = (nll_half + self.beta * t["kl"]).mean()
         return out
@@ -272,10 +278,10 @@ class DIPVAE:
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mu, logvar = model.encode(x)                                 # (B, L)
-        t = _elbo_terms_from_codes(model, x, mu, logvar)
+        t = elbo_terms_from_codes(model, x, mu, logvar)
         cov = dip_covariance(mu, logvar if self.kind == "ii" else None)   # (L, L)
         pen = dip_penalty(cov, self.lambda_od, self.lambda_d)
-        out = {k: v.mean() for k, v in t.items() if k != "x_logvar"}
+        out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out.update(pen)
         out["loss"] = -out["elbo"] + pen["penalty"]
         return out

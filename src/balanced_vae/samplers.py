@@ -36,10 +36,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write, load_run, write_json_atomic
+from .model import eval_mode
+from .objectives import LOG_2PI
 
 log = logging.getLogger(__name__)
 
-LOG_2PI = math.log(2 * math.pi)
 GMM_ARRAYS = "gmm.npz"
 GMM_META = "gmm.json"
 GMM_FORMAT_VERSION = 1
@@ -497,16 +498,12 @@ def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torc
     if isinstance(x, torch.Tensor) and x.ndim != 4:
         raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
                          "or uint8 data pass balanced_vae.sources.TensorSource(x)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         mus, logvars = [], []
         for i in range(0, len(x), batch_size):
             mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
             mus.append(mu.float().cpu())
             logvars.append(logvar.float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(mus), torch.cat(logvars)
 
 

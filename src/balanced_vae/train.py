@@ -36,7 +36,8 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
 from .methods import build_model, build_objective, n_stages
-from .objectives import LOG_2PI, elbo_terms
+from .model import eval_mode
+from .objectives import LOG_2PI, NOT_TERMS, elbo_terms
 from .sources import as_data, epoch_batches, rows
 
 log = logging.getLogger(__name__)
@@ -71,28 +72,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-@torch.no_grad()
-def evaluate_elbo(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
+def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
     """Mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
 
     One z per image from a generator seeded with ``seed`` (on ``x``'s device), so repeated
-    calls agree.
+    calls agree. The terms are :func:`~balanced_vae.objectives.elbo_terms`'.
     """
-    was_training = model.training
-    model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
     sums: dict[str, float] = {}
-    for i in range(0, len(x), batch_size):
-        xb = rows(x, i, i + batch_size)
-        t = elbo_terms(model, xb, generator=g)
-        t["sigma2_mean"] = t.pop("x_logvar").exp().expand_as(xb).flatten(1).mean(1)
-        for k, v in t.items():
-            sums[k] = sums.get(k, 0.0) + float(v.double().sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb = rows(x, i, i + batch_size)
+            t = elbo_terms(model, xb, generator=g)
+            t["sigma2_mean"] = t["x_logvar"].exp().expand_as(xb).flatten(1).mean(1)
+            for k, v in t.items():
+                if k not in NOT_TERMS:
+                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
     return {k: v / len(x) for k, v in sums.items()}
 
 
-@torch.no_grad()
 def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
     """Eq. 10 on the current networks: sigma*^2 = 1/(N D) sum_n ||x_n - g(z_n)||^2, z_n ~ q(z|x_n).
 
@@ -102,22 +100,19 @@ def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
     rather than the epoch average, which lags networks that moved during the epoch.
     """
     rank, world = rank_world()
-    was_training = model.training
-    model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
     sse = torch.zeros((), dtype=torch.float64, device=x.device)
     xs = x[rank::world]
-    for i in range(0, len(xs), batch_size):
-        xb = rows(xs, i, i + batch_size)
-        mu, logvar = model.encode(xb)                                 # (b, L)
-        mean = model.decode_mean(model.reparameterise(mu, logvar, g))   # (b, C, H, W)
-        sse += (xb - mean).pow(2).sum().double()
+    with eval_mode(model):
+        for i in range(0, len(xs), batch_size):
+            xb = rows(xs, i, i + batch_size)
+            mu, logvar = model.encode(xb)                                 # (b, L)
+            mean = model.decode_mean(model.reparameterise(mu, logvar, g))   # (b, C, H, W)
+            sse += (xb - mean).pow(2).sum().double()
     count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
-    model.train(was_training)
     return float(all_reduce_sum(sse) / all_reduce_sum(count))
 
 
-@torch.no_grad()
 def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, float]:
     """The run's own objective on ``x`` (N, C, H, W) in eval mode: mean of each term.
 
@@ -125,17 +120,14 @@ def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size
     is untouched and repeated calls agree. For ELBO methods ``loss`` is -ELBO under the
     current sigma*^2; for WAE-MMD it is its own reconstruction + MMD objective (z = mu).
     """
-    was_training = model.training
-    model.eval()
     devices = [x.device] if x.device.type == "cuda" else []
     sums: dict[str, float] = {}
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), eval_mode(model):
         torch.manual_seed(seed)
         for i in range(0, len(x), batch_size):
             xb = rows(x, i, i + batch_size)
             for k, v in objective(model, xb).items():
                 sums[k] = sums.get(k, 0.0) + float(v.double()) * len(xb)
-    model.train(was_training)
     return {k: v / len(x) for k, v in sums.items()}
 
 

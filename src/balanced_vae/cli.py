@@ -39,7 +39,10 @@ _POS_FLOAT = _number(float, 0.0, False)
 _NONNEG_FLOAT = _number(float, 0.0, True)
 
 def _add_train(sub) -> None:
+    from .config import TrainConfig
     from .methods import METHODS
+
+    _D = TrainConfig()   # one source of every training default: the config's fields
 
     p = sub.add_parser(
         "train", help="train a VAE (Algorithm 1 for --method learned)",
@@ -47,40 +50,40 @@ def _add_train(sub) -> None:
                     "learns a global decoder variance sigma^2 (Eq. 10) and stage 2 adds a per-pixel variance "
                     "head (Eq. 11). Methods: " + "; ".join(f"{k}: {v.doc}" for k, v in METHODS.items()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default=_D.dataset,
                    help="digits (embedded), mnist, fashion-mnist, celeba, folder:PATH or npz:PATH")
-    p.add_argument("--data-dir", default=None, help="folder holding mnist/, fashion-mnist/, celeba/ "
+    p.add_argument("--data-dir", default=_D.data_dir, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
-    p.add_argument("--image-size", type=_POS_INT, default=None, help="resize celeba/folder images to this size")
+    p.add_argument("--image-size", type=_POS_INT, default=_D.image_size, help="resize celeba/folder images to this size")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="objective and likelihood (default: learned, or fixed with --variance fixed)")
     p.add_argument("--variance", choices=["learned", "fixed"], default=None,
                    help="shorthand: learned = --method learned, fixed = --method fixed")
-    p.add_argument("--sigma2", type=_POS_FLOAT, default=0.5, help="decoder variance for --variance fixed")
-    p.add_argument("--sigma2-mode", choices=["closed_form", "gradient"], default="closed_form",
+    p.add_argument("--sigma2", type=_POS_FLOAT, default=_D.sigma2, help="decoder variance for --variance fixed")
+    p.add_argument("--sigma2-mode", choices=["closed_form", "gradient"], default=_D.sigma2_mode,
                    help="how the global sigma^2 is learned in stage 1")
-    p.add_argument("--stages", type=_POS_INT, choices=[1, 2], default=2, help="stages of Algorithm 1 (learned only)")
-    p.add_argument("--pixel-floor", type=_NONNEG_FLOAT, default=None,
+    p.add_argument("--stages", type=_POS_INT, choices=[1, 2], default=_D.stages, help="stages of Algorithm 1 (learned only)")
+    p.add_argument("--pixel-floor", type=_NONNEG_FLOAT, default=_D.pixel_floor,
                    help="floor of the per-pixel variance in stage 2 (default: the stage-1 sigma*^2; 0 allowed)")
-    p.add_argument("--latent-dim", type=_POS_INT, default=None, help="latent size (default 16; 8 for tiny images)")
-    p.add_argument("--width", type=_POS_INT, default=None, help="network width (default from the image shape)")
-    p.add_argument("--batch-size", type=_POS_INT, default=128)
-    p.add_argument("--lr", type=_POS_FLOAT, default=1e-3)
-    p.add_argument("--epochs", type=_POS_INT, default=30, help="maximum epochs per stage")
-    p.add_argument("--min-epochs", type=_NONNEG_INT, default=3)
-    p.add_argument("--tol", type=_NONNEG_FLOAT, default=1e-3,
+    p.add_argument("--latent-dim", type=_POS_INT, default=_D.latent_dim, help="latent size (default 16; 8 for tiny images)")
+    p.add_argument("--width", type=_POS_INT, default=_D.width, help="network width (default from the image shape)")
+    p.add_argument("--batch-size", type=_POS_INT, default=_D.batch_size)
+    p.add_argument("--lr", type=_POS_FLOAT, default=_D.lr)
+    p.add_argument("--epochs", type=_POS_INT, default=_D.epochs, help="maximum epochs per stage")
+    p.add_argument("--min-epochs", type=_NONNEG_INT, default=_D.min_epochs)
+    p.add_argument("--tol", type=_NONNEG_FLOAT, default=_D.tol,
                    help="convergence: change of the validation objective over --window epochs, in nats per "
                         "data dimension")
-    p.add_argument("--window", type=_POS_INT, default=3, help="convergence window in epochs")
-    p.add_argument("--n-val", type=_NONNEG_INT, default=None,
+    p.add_argument("--window", type=_POS_INT, default=_D.window, help="convergence window in epochs")
+    p.add_argument("--n-val", type=_NONNEG_INT, default=_D.n_val,
                    help="training images held out (the last ones) for the stopping rule; default 10%% of them, "
                         "at most 5000. The test split is never used for stopping")
-    p.add_argument("--max-minutes", type=_POS_FLOAT, default=None, help="wall-clock cap per stage, in minutes")
+    p.add_argument("--max-minutes", type=_POS_FLOAT, default=_D.max_minutes, help="wall-clock cap per stage, in minutes")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_NONNEG_INT, default=0)
-    p.add_argument("--n-train", type=_POS_INT, default=None, help="use only the first N training images")
-    p.add_argument("--n-test", type=_POS_INT, default=None, help="use only the first N test images")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--seed", type=_NONNEG_INT, default=_D.seed)
+    p.add_argument("--n-train", type=_POS_INT, default=_D.n_train, help="use only the first N training images")
+    p.add_argument("--n-test", type=_POS_INT, default=_D.n_test, help="use only the first N test images")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=_D.precision,
                    help="bf16 autocasts the networks (losses stay fp32)")
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                    help="objective hyperparameter, e.g. --hparam lambda=10 (repeatable)")
@@ -141,13 +144,9 @@ def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
     method = args.method or ("fixed" if args.variance == "fixed" else "learned")
     if args.variance and args.method and method != ("fixed" if args.variance == "fixed" else "learned"):
         raise ValueError(f"--variance {args.variance} contradicts --method {args.method}; give one of them")
-    config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, method=method,
-        sigma2=args.sigma2, sigma2_mode=args.sigma2_mode, stages=args.stages, pixel_floor=args.pixel_floor,
-        latent_dim=args.latent_dim, width=args.width, batch_size=args.batch_size, lr=args.lr,
-        epochs=args.epochs, min_epochs=args.min_epochs, tol=args.tol, window=args.window, seed=args.seed,
-        n_train=args.n_train, n_test=args.n_test, precision=args.precision, hparams=_parse_hparams(args.hparam),
-        n_val=args.n_val, max_minutes=args.max_minutes)
+    fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}   # options named like fields
+    config = TrainConfig(**{f: getattr(args, f) for f in fields}, method=method,
+                         hparams=_parse_hparams(args.hparam))
     from .methods import resolve_hparams
 
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder

@@ -147,24 +147,24 @@ def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: 
 
 
 def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, dataset: str, batch_size: int,
-                cache_dir, data_dir, device, progress: bool) -> dict[str, Any]:
-    from .fid import inception_features, inception_protocol, real_statistics
+                cache_dir, data_dir, device, progress: bool, backend: str = "auto") -> dict[str, Any]:
+    from .fid import backend_protocol, inception_features, inception_protocol, real_statistics
     from .metrics import frechet_distance, gaussian_statistics
 
     t0 = time.perf_counter()
     mu_r, cov_r, real = real_statistics(dataset, x_test, split="test", n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                        batch_size=batch_size, device=device, progress=progress)
+                                        batch_size=batch_size, device=device, progress=progress, backend=backend)
     z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))      # (n, L)
     with torch.no_grad():
         x_gen = torch.cat([run.model.decode_mean(z[i:i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
-    feats = inception_features(x_gen, batch_size=batch_size, device=device, progress=progress,
-                               desc="generated features")
+    feats = inception_features(x_gen, batch_size=batch_size, device=device, backend=backend,
+                               cache_dir=cache_dir, progress=progress, desc="generated features")
     mu_g, cov_g = gaussian_statistics(feats)
     fid = frechet_distance(mu_g, cov_g, mu_r, cov_r)
     return {"values": {"fid": fid, "seconds": round(time.perf_counter() - t0, 1)},
             "protocol": {"generated": {"n": n, "seed": seed, "images": "decoder means g(z), z from the sampler"},
-                         "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit")},
-                         "inception": inception_protocol()}}
+                         "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit", "backend")},
+                         "inception": inception_protocol(), "backend": backend_protocol(backend, device)}}
 
 
 def _metric_kl(q, priors: dict[str, Any], *, n: int, runs: int, seed: int, progress: bool) -> dict[str, Any]:
@@ -203,8 +203,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
                  components: int | None = 32, which: str = CHECKPOINT, n_iwae: int = 500, k: int = 20,
                  n_fid: int = 10_000, fid_batch_size: int = 50, n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 gmm_fit_on: str | None = None, device: str | None = None, out: str | Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 gmm_fit_on: str | None = None, device: str | None = None, fid_backend: str = "auto",
+                 out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
 
     ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
@@ -217,6 +217,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
     whole test split (the first ``n_iwae`` / ``n_fid`` images where a count is given).
     Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
+    ``fid_backend`` runs the Inception network (``auto``, ``torch`` or ``openvino``; see
+    :func:`balanced_vae.fid.resolve_backend`); it is recorded in the FID protocol.
     Returns the results dictionary written.
     """
     names = parse_metrics(metrics)
@@ -225,9 +227,10 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
     if "fid" in names:
-        from .fid import inception_path
+        from .fid import inception_path, resolve_backend
 
         inception_path()  # fail before any work when the network is not installed
+        resolve_backend(fid_backend, device)
     run = load_run(run_dir, which=which)
     c = run.config
     if data is None:
@@ -296,7 +299,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         elif name == "fid":
             entry = _metric_fid(run, get_sampler(sampler, fit_sampling), x_test, n=n_fid, seed=seed,
                                 dataset=dataset, batch_size=fid_batch_size, cache_dir=cache_dir,
-                                data_dir=data_dir or c.data_dir, device=device, progress=progress)
+                                data_dir=data_dir or c.data_dir, device=device, progress=progress,
+                                backend=fid_backend)
             extra["sampler"] = label(sampler, fit_sampling)
             if sampler == "gmm":
                 extra["gmm"] = gmm_protocol(fit_sampling)
@@ -366,30 +370,37 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
 
 def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
                   cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                  progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+                  backend: str = "auto", paper_value: float | None = None, progress: bool = True,
+                  out: str | Path | None = None) -> dict[str, Any]:
     """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
 
-    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000. Both
-    statistics go through the on-disk cache. Writes the result to ``out`` when given.
+    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000; pass it as
+    ``paper_value`` to record it beside ours. Both statistics go through the on-disk
+    cache; the record names the feature backend of each (a cached one keeps the backend
+    that made it) and the wall time. Writes the result to ``out`` when given.
     """
     from .data import load_dataset
-    from .fid import inception_path, inception_protocol, real_statistics
+    from .fid import backend_protocol, inception_path, inception_protocol, real_statistics, resolve_backend
     from .metrics import frechet_distance
 
     inception_path()  # fail before any work when the network is not installed
+    resolve_backend(backend, device)
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir=data_dir)
     stats = {}
     for split, x in (("train", data.x_train), ("test", data.x_test)):
         stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                       batch_size=batch_size, device=device, progress=progress)
+                                       batch_size=batch_size, device=device, progress=progress, backend=backend)
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
-    doc = {"fid_train_vs_test": fid, "dataset": dataset, "n_train": n, "n_test": n,
+    doc = {"fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
            "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
            "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
+           "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
+           "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
     if out is not None:
         out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, doc)
     return doc
+

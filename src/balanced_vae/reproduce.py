@@ -38,8 +38,9 @@ class Context:
     """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
 
     def __init__(self, dataset: str, budget: Budget, out: str | Path, *, data: Dataset | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, fid_backend: str = "auto") -> None:
         self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
+        self.fid_backend = fid_backend  # recorded in each FID protocol; not part of the cache keys
         self.folder = self.out / f"{dataset}-{budget.name}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else load_dataset(dataset)
@@ -67,7 +68,7 @@ class Context:
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
                            n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
-                           progress=self.progress)
+                           fid_backend=self.fid_backend, progress=self.progress)
         return doc["metrics"][metric]
 
     def protocol(self, **extra) -> dict[str, Any]:
@@ -152,6 +153,7 @@ def _real_fid(ctx: Context) -> float:
     cache = ctx.folder / f"real_fid_n{ctx.budget.n_fid}.json"
     if not cache.exists():
         real_data_fid(ctx.dataset, n=ctx.budget.n_fid, cache_dir=ctx.out / "fid-cache", out=cache,
+                      backend=ctx.fid_backend, paper_value=PAPER["table2"].get(ctx.dataset, {}).get("real"),
                       progress=ctx.progress)
     doc = json.loads(cache.read_text())
     return doc["fid_train_vs_test"]
@@ -309,8 +311,11 @@ FUNCTIONS = {"table1": table1, "table2": table2, "table3": table3, "table4": tab
 
 
 def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: str | Path = "results",
-              data: Dataset | None = None, progress: bool = True) -> list[Path]:
-    """Run experiment ``name`` (or ``all``) and return the JSON records written."""
+              data: Dataset | None = None, progress: bool = True, fid_backend: str = "auto") -> list[Path]:
+    """Run experiment ``name`` (or ``all``) and return the JSON records written.
+
+    ``fid_backend`` runs the Inception network (``auto``, ``torch``, ``openvino``).
+    """
     names = list(EXPERIMENTS) if name == "all" else [name]
     unknown = [n for n in names if n not in FUNCTIONS]
     if unknown:
@@ -319,6 +324,6 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
         if name == "table1":
             raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
         names.remove("table1")
-    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress)
+    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress, fid_backend=fid_backend)
     log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
     return [FUNCTIONS[n](ctx) for n in names]

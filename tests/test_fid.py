@@ -414,3 +414,122 @@ def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_p
     assert calls == ["torch"] and hit["cache_hit"]
     assert made["backend"]["name"] == hit["backend"]["name"] == "torch"
 
+
+# --------------------------------------------------------------------------- fid A B: any two image sets
+
+
+def _pool_features(monkeypatch):
+    calls = []
+
+    def fake_features(x, **kw):
+        calls.append(len(x))
+        return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 7).flatten(1)   # (N, 16) for 28x28
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    return calls
+
+
+def _write_pngs(folder, x):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(x):
+        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{i:03d}.png")
+
+
+def test_fid_between_folders_arrays_and_data_sets(tmp_path, monkeypatch, capsys, data_dir):
+    from balanced_vae.cli import main
+    from balanced_vae.data import load_dataset
+
+    calls = _pool_features(monkeypatch)
+    x = load_dataset("mnist", data_dir=data_dir).x_test[:12]
+    _write_pngs(tmp_path / "pngs", x)
+    u8 = (x[:, 0] * 255).round().byte().numpy()                                  # (N, 28, 28) uint8
+    np.save(tmp_path / "a.npy", u8)
+    np.savez(tmp_path / "b.npz", x=x.permute(0, 2, 3, 1).numpy(), labels=np.arange(12))   # channels last
+    common = ["--fid-cache", str(tmp_path / "cache"), "--data-dir", str(data_dir)]
+    assert main(["fid", str(tmp_path / "pngs"), str(tmp_path / "a.npy"), *common]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["fid"] == pytest.approx(0, abs=1e-6)                              # the same images, two formats
+    assert doc["a"]["kind"] == "folder" and doc["b"]["kind"] == "array" and doc["a"]["n"] == doc["b"]["n"] == 12
+    assert doc["backend"]["name"] in ("torch", "openvino") and doc["inception"]["implementation"] == "pool7 stand-in"
+    assert main(["fid", f"{tmp_path / 'b.npz'}:x", "mnist:test", "--n", "12", *common,
+                 "--out", str(tmp_path / "rec.json")]) == 0
+    doc = json.loads((tmp_path / "rec.json").read_text())
+    assert json.loads(capsys.readouterr().out) == doc
+    assert doc["fid"] == pytest.approx(0, abs=1e-6) and doc["b"]["dataset"] == "mnist" and not doc["b"]["cache_hit"]
+    assert main(["fid", "mnist:test", str(tmp_path / "b.npz"), "--n", "12", *common]) == 0   # b.npz: key "x"
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["a"]["cache_hit"] and doc["fid"] == pytest.approx(0, abs=1e-6)   # real statistics cached
+    assert calls == [12, 12, 12, 12, 12]
+    # RGB against grey: fine, grey is repeated to 3 channels
+    _write_pngs(tmp_path / "rgb", x.repeat(1, 3, 1, 1))
+    assert main(["fid", str(tmp_path / "rgb"), str(tmp_path / "pngs"), *common]) == 0
+
+
+@pytest.mark.parametrize("case,match", [
+    ("mixed", r"pngs: mixed image sizes: 001.png is 32x32 but 000.png is 28x28 .*fix: resize"),
+    ("one", r"one.npy: 1 image\(s\); FID needs at least 2.*fix"),
+    ("nan", r"nan.npy: 3 NaN values; fix"),
+    ("range", r"range.npz:x: values span \[-0.5, 2\], outside \[0, 1\]; fix: rescale"),
+    ("keys", r"keys.npz: holds the arrays \['p', 'q'\]; fix: name one"),
+    ("shape", r"shape.npy: shape \(4, 2, 8, 8\); fix"),
+    ("empty", r"empty: no PNG/JPG/JPEG images; fix"),
+    ("nosplit", r"'mnist' is neither a folder.*fix: .*mnist:test"),
+    ("badsplit", r"'mnist:valid': split 'valid'; fix: use mnist:train or mnist:test"),
+])
+def test_fid_bad_image_sets_get_one_clear_error(case, match, tmp_path, monkeypatch, capsys):
+    from balanced_vae.cli import main
+
+    _pool_features(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    if case == "mixed":
+        _write_pngs(tmp_path / "pngs", torch.rand(1, 1, 28, 28, generator=g))
+        from PIL import Image
+
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "pngs" / "001.png")
+        spec = tmp_path / "pngs"
+    elif case == "one":
+        np.save(spec := tmp_path / "one.npy", np.zeros((1, 28, 28), np.float32))
+    elif case == "nan":
+        a = np.full((4, 1, 8, 8), 0.5, np.float32)
+        a[1, 0, :3, 0] = np.nan
+        np.save(spec := tmp_path / "nan.npy", a)
+    elif case == "range":
+        a = np.full((4, 8, 8), 0.5, np.float32)
+        a[0, 0, :2] = [-0.5, 2.0]
+        np.savez(tmp_path / "range.npz", x=a)
+        spec = tmp_path / "range.npz"
+    elif case == "keys":
+        np.savez(spec := tmp_path / "keys.npz", p=np.zeros((4, 8, 8)), q=np.zeros((4, 8, 8)))
+    elif case == "shape":
+        np.save(spec := tmp_path / "shape.npy", np.zeros((4, 2, 8, 8), np.float32))
+    elif case == "empty":
+        (spec := tmp_path / "empty").mkdir()
+    else:
+        spec = "mnist" if case == "nosplit" else "mnist:valid"
+    np.save(tmp_path / "ok.npy", np.zeros((4, 8, 8), np.uint8))
+    assert main(["fid", str(spec), str(tmp_path / "ok.npy"), "--fid-cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    import re
+
+    assert re.search(match, err), err
+
+
+@needs_openvino
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fid_between_with_the_network(backend_features, tmp_path):
+    """End to end with the real network: a set against itself scores about 0, against noise a lot."""
+    from balanced_vae.evaluate import fid_between
+
+    x, _, _, cache = backend_features
+    np.save(tmp_path / "x.npy", x[:4, 0].numpy())
+    np.save(tmp_path / "noise.npy", torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0)).numpy())
+    same = fid_between(tmp_path / "x.npy", tmp_path / "x.npy", cache_dir=cache, backend="openvino", progress=False)
+    other = fid_between(tmp_path / "x.npy", tmp_path / "noise.npy", cache_dir=cache, backend="openvino",
+                        progress=False)
+    assert abs(same["fid"]) < 1e-3 and other["fid"] > 50
+    assert same["backend"]["name"] == "openvino" and same["backend"]["precision"] == "f32"

@@ -238,6 +238,37 @@ def _run_fid_real(args) -> int:
     return 0
 
 
+def _add_fid(sub) -> None:
+    p = sub.add_parser("fid", help="FID between two image sets (folders, .npy/.npz arrays or NAME:SPLIT)",
+                       description="FID of image set A against image set B with the protocol of `evaluate` "
+                                   "(TF-Inception pool features, 8-bit quantisation, TF1 bilinear resize to "
+                                   "299x299). A set is a folder of PNG/JPEG images (one size), an .npy or .npz "
+                                   "array ((N, H, W), (N, C, H, W) or (N, H, W, C), floats in [0, 1] or uint8; "
+                                   "FILE.npz:KEY picks an array) or a data set with a split (mnist:test, "
+                                   "fashion-mnist:train); a data set's statistics are cached. Needs "
+                                   "`pip install balanced-vae[fid]`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("a", help="first image set, e.g. samples/gmm_means.npy")
+    p.add_argument("b", help="second image set, e.g. mnist:test")
+    p.add_argument("--n", type=int, default=None,
+                   help="images per set (default: all of a folder or array, 10,000 of a data set split)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default=None)
+    _add_fid_backend(p)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+
+
+def _run_fid(args) -> int:
+    from .evaluate import fid_between
+
+    doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
+                      batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from the prior, the GMM or the aggregate posterior (Fig. 2, 4)",
                        description="Decode N samples of the run's latent space and write OUT/KIND_means.png, the "
@@ -408,6 +439,7 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "reconstruct": (_add_reconstruct, _run_reconstruct),
     "fid-real": (_add_fid_real, _run_fid_real),
+    "fid": (_add_fid, _run_fid),
     "reproduce": (_add_reproduce, _run_reproduce),
     "results-page": (_add_results_page, _run_results_page),
 }

@@ -404,3 +404,52 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
         write_json_atomic(out, doc)
     return doc
 
+
+def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir: str | Path | None = None,
+                cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
+                backend: str = "auto", progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """FID between two image sets, each a folder, an ``.npy``/``.npz`` array or ``NAME:SPLIT``.
+
+    The first ``n`` images of each set are used (default: all of a folder or array, the
+    first 10,000 of a data set's split); a data set's statistics are cached like every
+    real set's (:func:`balanced_vae.fid.real_statistics`). Sets of different image sizes
+    or channels are fine: each is resized to 299x299 and grey is repeated to RGB. The
+    record holds both sets' sources and counts, the backend and the Inception protocol;
+    it is written to ``out`` when given.
+    """
+    from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
+                      resolve_backend)
+    from .image_sets import load_image_set
+    from .metrics import frechet_distance, gaussian_statistics
+
+    inception_path()
+    resolve_backend(backend, device)
+    if n is not None and n < 2:
+        raise ValueError(f"n={n}: FID needs at least 2 images per set")
+    t0 = time.perf_counter()
+    sides = {}
+    for label, spec in (("a", a), ("b", b)):
+        s = load_image_set(spec, data_dir=data_dir)
+        m = min(n, len(s.x)) if n is not None else (min(10_000, len(s.x)) if s.kind == "dataset" else len(s.x))
+        if n is not None and n > len(s.x):
+            raise ValueError(f"n={n}: {s.source} holds {len(s.x)} images; lower --n to at most {len(s.x)}")
+        info = {**s.describe(), "n": m, "images": f"first {m}"}
+        if s.kind == "dataset":
+            mu, cov, proto = real_statistics(s.dataset, s.x, split=s.split, n=m, data_dir=data_dir,
+                                             cache_dir=cache_dir, batch_size=batch_size, device=device,
+                                             progress=progress, backend=backend)
+            info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
+        else:
+            feats = inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
+                                       cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
+            mu, cov = gaussian_statistics(feats)
+        sides[label] = (mu, cov, info)
+    fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
+    doc = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
+           "backend": backend_protocol(backend, device), "batch_size": batch_size,
+           "inception": inception_protocol(), "provenance": provenance()}
+    if out is not None:
+        out = Path(out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, doc)
+    return doc

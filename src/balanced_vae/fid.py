@@ -33,7 +33,7 @@ Backends. The same network (the same ``default_1.pt`` weights) runs behind one c
   as many threads as torch uses). The converted IR (``.xml`` + ``.bin``) is cached
   beside the real-set statistics, keyed by the network file's digest and the
   OpenVINO version. Its features equal the TorchScript ones to about 1e-5 (max abs)
-  and it runs 2-3x faster on a small CPU (``bench/feature_throughput.py``).
+  and it runs about 2x faster on a 2-core CPU (``bench/feature_throughput.py``).
 
 ``auto`` picks ``openvino`` on the CPU when it is installed, ``torch`` otherwise. The
 backend is part of every FID protocol, not of the statistics cache key.

@@ -132,7 +132,7 @@ def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
     from balanced_vae.data import load_dataset
 
     x = load_dataset("mnist", data_dir=data_dir).x_test[:3]
-    feats = inception_features(x, batch_size=2, device="cpu", progress=False)   # two batches: 2 + 1
+    feats = inception_features(x, batch_size=2, device="cpu", backend="torch", progress=False)   # batches 2 + 1
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32
     with torch.inference_mode():
         direct = torch.jit.load(str(inception_path()), map_location="cpu").eval()(preprocess(x))  # one batch

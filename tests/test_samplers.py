@@ -295,6 +295,20 @@ def test_decoded_gmm_samples_have_the_datas_shape_and_range(mnist, mnist_run, tm
     np.testing.assert_array_equal(z, gmm.sample(16, generator=torch.Generator().manual_seed(0)).numpy())
 
 
+def test_sample_grids_show_at_most_256_samples_and_the_arrays_keep_all(mnist, mnist_run, tmp_path):
+    from PIL import Image
+
+    from balanced_vae.latent import GRID_MAX
+    from balanced_vae.plots import grid
+
+    s = write_samples(mnist_run, tmp_path, sampler="prior", n=300, seed=0, data=mnist[1])
+    means = np.load(tmp_path / "prior_means.npy", allow_pickle=False)
+    assert means.shape[0] == 300 and np.load(tmp_path / "prior_sigma.npy").shape[0] == 300
+    assert s["n"] == 300 and s["n_grid"] == GRID_MAX == 256
+    with Image.open(tmp_path / "prior_means.png") as img:                  # a 16 x 16 grid, upscaled 3x
+        assert img.size == tuple(3 * v for v in grid(torch.from_numpy(means[:256]), 16).shape[1::-1])
+
+
 def test_stage1_run_reports_its_global_sigma_and_gets_its_own_gmm(mnist, mnist_run, tmp_path):
     from balanced_vae.checkpoint import load_run
 

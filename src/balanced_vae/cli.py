@@ -38,6 +38,13 @@ _NONNEG_INT = _number(int, 0, True)
 _POS_FLOAT = _number(float, 0.0, False)
 _NONNEG_FLOAT = _number(float, 0.0, True)
 
+
+def _add_fid_backend(p) -> None:
+    p.add_argument("--fid-backend", choices=["auto", "torch", "openvino"], default="auto",
+                   help="runs the Inception network: torch (CPU or CUDA) or openvino (CPU, FP32, 2-3x faster); "
+                        "auto = openvino on the CPU when installed, else torch")
+
+
 def _add_train(sub) -> None:
     from .config import TrainConfig
     from .methods import METHODS
@@ -220,6 +227,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fid-cache", default=None, help="folder for cached real-image FID statistics "
                    "(default: DATA_DIR/fid-stats)")
     p.add_argument("--device", default=None, help="device for the Inception network (default: cuda if available)")
+    _add_fid_backend(p)
     p.add_argument("--out", default=None, help="results file (default: RUN/results.json; "
                    "RUN/results_NAME.json for --checkpoint NAME.pt)")
 
@@ -231,7 +239,8 @@ def _run_evaluate(args) -> int:
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
                        n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
                        fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
-                       data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device, out=args.out)
+                       data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device,
+                       fid_backend=args.fid_backend, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
     print(f"results written to {doc['path']}")
@@ -273,14 +282,49 @@ def _add_fid_real(sub) -> None:
     p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
     p.add_argument("--batch-size", type=_POS_INT, default=50)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    _add_fid_backend(p)
+    p.add_argument("--out", default=None, help="also write the result as JSON here "
+                   "(e.g. results/fid-real/mnist-n10000.json)")
 
 
 def _run_fid_real(args) -> int:
     from .evaluate import real_data_fid
+    from .experiments import PAPER
 
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
-                        batch_size=args.batch_size, device=args.device, out=args.out)
+                        batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
+                        paper_value=PAPER["table2"].get(args.dataset, {}).get("real"), out=args.out)
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_fid(sub) -> None:
+    p = sub.add_parser("fid", help="FID between two image sets (folders, .npy/.npz arrays or NAME:SPLIT)",
+                       description="FID of image set A against image set B with the protocol of `evaluate` "
+                                   "(TF-Inception pool features, 8-bit quantisation, TF1 bilinear resize to "
+                                   "299x299). A set is a folder of PNG/JPEG images (one size), an .npy or .npz "
+                                   "array ((N, H, W), (N, C, H, W) or (N, H, W, C), floats in [0, 1] or uint8; "
+                                   "FILE.npz:KEY picks an array) or a data set with a split (mnist:test, "
+                                   "fashion-mnist:train); a data set's statistics are cached. Needs "
+                                   "`pip install balanced-vae[fid]`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("a", help="first image set, e.g. samples/gmm_means.npy")
+    p.add_argument("b", help="second image set, e.g. mnist:test")
+    p.add_argument("--n", type=int, default=None,
+                   help="images per set (default: all of a folder or array, 10,000 of a data set split)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default=None)
+    _add_fid_backend(p)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+
+
+def _run_fid(args) -> int:
+    from .evaluate import fid_between
+
+    doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
+                      batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
     print(json.dumps(doc, indent=2, sort_keys=True))
     return 0
 
@@ -510,6 +554,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--device", default="auto", help="training and Inception device: auto, cpu, cuda, cuda:N")
     p.add_argument("--jobs", type=_POS_INT, default=1,
                    help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)")
+    _add_fid_backend(p)
 
 
 def _run_reproduce(args) -> int:
@@ -523,7 +568,7 @@ def _run_reproduce(args) -> int:
             print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
     for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out,
-                          device=args.device, jobs=args.jobs):
+                          device=args.device, jobs=args.jobs, fid_backend=args.fid_backend):
         print(f"wrote {path}")
     return 0
 
@@ -553,6 +598,7 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "reconstruct": (_add_reconstruct, _run_reconstruct),
     "fid-real": (_add_fid_real, _run_fid_real),
+    "fid": (_add_fid, _run_fid),
     "reproduce": (_add_reproduce, _run_reproduce),
     "results-page": (_add_results_page, _run_results_page),
 }

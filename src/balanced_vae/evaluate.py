@@ -175,24 +175,24 @@ def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: 
 
 
 def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, dataset: str, batch_size: int,
-                cache_dir, data_dir, device, progress: bool) -> dict[str, Any]:
-    from .fid import inception_features, inception_protocol, real_statistics
+                cache_dir, data_dir, device, progress: bool, backend: str = "auto") -> dict[str, Any]:
+    from .fid import backend_protocol, inception_features, inception_protocol, real_statistics
     from .metrics import frechet_distance, gaussian_statistics
 
     t0 = time.perf_counter()
     mu_r, cov_r, real = real_statistics(dataset, x_test, split="test", n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                        batch_size=batch_size, device=device, progress=progress)
+                                        batch_size=batch_size, device=device, progress=progress, backend=backend)
     z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))      # (n, L)
     with torch.no_grad():
         x_gen = torch.cat([run.model.decode_mean(z[i:i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
-    feats = inception_features(x_gen, batch_size=batch_size, device=device, progress=progress,
-                               desc="generated features")
+    feats = inception_features(x_gen, batch_size=batch_size, device=device, backend=backend,
+                               cache_dir=cache_dir, progress=progress, desc="generated features")
     mu_g, cov_g = gaussian_statistics(feats)
     fid = frechet_distance(mu_g, cov_g, mu_r, cov_r)
     return {"values": {"fid": fid, "seconds": round(time.perf_counter() - t0, 1)},
             "protocol": {"generated": {"n": n, "seed": seed, "images": "decoder means g(z), z from the sampler"},
-                         "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit")},
-                         "inception": inception_protocol()}}
+                         "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit", "backend")},
+                         "inception": inception_protocol(), "backend": backend_protocol(backend, device)}}
 
 
 def _metric_pr(run, samplers: dict[str, Any], x_test: torch.Tensor, *, n: int, k: int, seed: int,
@@ -276,8 +276,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
                  n_fid: int | None = None, fid_batch_size: int = 50, n_pr: int = 500, k_pr: int = 3,
                  n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 gmm_fit_on: str | None = None, device: str | None = None, out: str | Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 gmm_fit_on: str | None = None, device: str | None = None, fid_backend: str = "auto",
+                 out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
 
     ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
@@ -293,6 +293,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     ``pr`` compares the prior with ``sampler`` (both when ``sampler`` is the prior, one entry)
     on ``n_pr`` samples each, with ``k_pr`` nearest neighbours.
     Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
+    ``fid_backend`` runs the Inception network (``auto``, ``torch`` or ``openvino``; see
+    :func:`balanced_vae.fid.resolve_backend`); it is recorded in the FID protocol.
     Returns the results dictionary written.
     """
     names = parse_metrics(metrics)
@@ -301,9 +303,10 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
     if "fid" in names or "pr" in names:
-        from .fid import inception_path
+        from .fid import inception_path, resolve_backend
 
         inception_path()  # fail before any work when the network is not installed
+        resolve_backend(fid_backend, device)
     run = load_run(run_dir, which=which)
     c = run.config
     if data is None:
@@ -382,7 +385,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         elif name == "fid":
             entry = _metric_fid(run, get_sampler(sampler, fit_sampling), x_test, n=n_fid, seed=seed,
                                 dataset=dataset, batch_size=fid_batch_size, cache_dir=cache_dir,
-                                data_dir=data_dir or c.data_dir, device=device, progress=progress)
+                                data_dir=data_dir or c.data_dir, device=device, progress=progress,
+                                backend=fid_backend)
             extra["sampler"] = label(sampler, fit_sampling)
             if sampler == "gmm":
                 extra["gmm"] = gmm_protocol(fit_sampling)
@@ -459,27 +463,83 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
 
 def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
                   cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                  progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+                  backend: str = "auto", paper_value: float | None = None, progress: bool = True,
+                  out: str | Path | None = None) -> dict[str, Any]:
     """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
 
-    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000. Both
-    statistics go through the on-disk cache. Writes the result to ``out`` when given.
+    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000; pass it as
+    ``paper_value`` to record it beside ours. Both statistics go through the on-disk
+    cache; the record names the feature backend of each (a cached one keeps the backend
+    that made it) and the wall time. Writes the result to ``out`` when given.
     """
     from .data import load_dataset
-    from .fid import inception_path, inception_protocol, real_statistics
+    from .fid import backend_protocol, inception_path, inception_protocol, real_statistics, resolve_backend
     from .metrics import frechet_distance
 
     inception_path()  # fail before any work when the network is not installed
+    resolve_backend(backend, device)
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir=data_dir)
     stats = {}
     for split, x in (("train", data.x_train), ("test", data.x_test)):
         stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                       batch_size=batch_size, device=device, progress=progress)
+                                       batch_size=batch_size, device=device, progress=progress, backend=backend)
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
-    doc = {"fid_train_vs_test": fid, "dataset": dataset, "n_train": n, "n_test": n,
+    doc = {"fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
            "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
            "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
+           "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
+           "backend": backend_protocol(backend, device), "batch_size": batch_size,
+           "inception": inception_protocol(), "provenance": provenance()}
+    if out is not None:
+        out = Path(out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, doc)
+    return doc
+
+
+def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir: str | Path | None = None,
+                cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
+                backend: str = "auto", progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """FID between two image sets, each a folder, an ``.npy``/``.npz`` array or ``NAME:SPLIT``.
+
+    The first ``n`` images of each set are used (default: all of a folder or array, the
+    first 10,000 of a data set's split); a data set's statistics are cached like every
+    real set's (:func:`balanced_vae.fid.real_statistics`). Sets of different image sizes
+    or channels are fine: each is resized to 299x299 and grey is repeated to RGB. The
+    record holds both sets' sources and counts, the backend and the Inception protocol;
+    it is written to ``out`` when given.
+    """
+    from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
+                      resolve_backend)
+    from .image_sets import load_image_set
+    from .metrics import frechet_distance, gaussian_statistics
+
+    inception_path()
+    resolve_backend(backend, device)
+    if n is not None and n < 2:
+        raise ValueError(f"n={n}: FID needs at least 2 images per set")
+    t0 = time.perf_counter()
+    sides = {}
+    for label, spec in (("a", a), ("b", b)):
+        s = load_image_set(spec, data_dir=data_dir)
+        m = min(n, len(s.x)) if n is not None else (min(10_000, len(s.x)) if s.kind == "dataset" else len(s.x))
+        if n is not None and n > len(s.x):
+            raise ValueError(f"n={n}: {s.source} holds {len(s.x)} images; lower --n to at most {len(s.x)}")
+        info = {**s.describe(), "n": m, "images": f"first {m}"}
+        if s.kind == "dataset":
+            mu, cov, proto = real_statistics(s.dataset, s.x, split=s.split, n=m, data_dir=data_dir,
+                                             cache_dir=cache_dir, batch_size=batch_size, device=device,
+                                             progress=progress, backend=backend)
+            info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
+        else:
+            feats = inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
+                                       cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
+            mu, cov = gaussian_statistics(feats)
+        sides[label] = (mu, cov, info)
+    fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
+    doc = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
+           "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
     if out is not None:
         out = Path(out).expanduser()

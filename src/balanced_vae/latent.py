@@ -31,6 +31,8 @@ from .samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorS
 
 log = logging.getLogger(__name__)
 
+GRID_MAX = 256  # PNG grids show at most this many samples; the .npy arrays keep all n
+
 
 def _save_npy(path: Path, arr: np.ndarray) -> Path:
     def write(tmp):
@@ -116,7 +118,8 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
                   fit_on: str = "mean", nrow: int | None = None, scale: int = 3) -> dict:
     """Generate ``n`` images of a run from ``sampler`` and write them into ``out_dir``.
 
-    Files (``KIND`` is the sampler): ``KIND_means.png`` (grid of g(z)), ``KIND_z.npy`` (n, L),
+    Files (``KIND`` is the sampler): ``KIND_means.png`` (grid of g(z) of the first
+    ``min(n, GRID_MAX)`` samples: 10,000 samples would make an 8703x8703 picture), ``KIND_z.npy`` (n, L),
     ``KIND_means.npy`` (n, C, H, W), and for a run with a per-pixel variance head (stage 2)
     ``KIND_sigma.png`` and ``KIND_sigma.npy`` (Figure 4); a one-stage run's sigma is global
     and only reported. ``compare=True`` adds ``compare_prior_gmm.png``: prior and GMM samples
@@ -135,18 +138,19 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
     z = s.sample(n, generator=torch.Generator().manual_seed(seed))                   # (n, L)
     means, sigma = decode_samples(run.model, z)                                      # (n, C, H, W)
     per_pixel = isinstance(run.model.likelihood, PixelVariance)
-    nrow = nrow or math.ceil(math.sqrt(n))
-    files = [save_grid(means, out / f"{sampler}_means.png", nrow=nrow, scale=scale),
+    n_grid = min(n, GRID_MAX)
+    nrow = nrow or math.ceil(math.sqrt(n_grid))
+    files = [save_grid(means[:n_grid], out / f"{sampler}_means.png", nrow=nrow, scale=scale),
              _save_npy(out / f"{sampler}_z.npy", z.numpy()),
              _save_npy(out / f"{sampler}_means.npy", means.numpy())]
     summary = {"run": str(run.path), "stage": run.stage, "sampler": sampler, "name": _sampler_name(sampler, s),
-               "n": n, "seed": seed, "image_shape": list(means.shape[1:]),
+               "n": n, "n_grid": n_grid, "seed": seed, "image_shape": list(means.shape[1:]),
                "per_pixel_sigma": per_pixel,
                ("sigma2_floor" if per_pixel else "sigma2_global"): run.model.likelihood.sigma2}
     if sampler == "gmm":
         summary.update(components=k, fit_on=fit_on)
     if per_pixel:
-        files += [save_value_grid(sigma, out / f"{sampler}_sigma.png", nrow=nrow, label="decoder sigma",
+        files += [save_value_grid(sigma[:n_grid], out / f"{sampler}_sigma.png", nrow=nrow, label="decoder sigma",
                                   title=f"per-pixel sigma of {sampler} samples"),
                   _save_npy(out / f"{sampler}_sigma.npy", sigma.numpy())]
         summary["sigma_mean"] = float(sigma.mean())
@@ -158,8 +162,8 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
         prior = PriorSampler(run.model.latent_dim)
         gmm = s if sampler == "gmm" else make_sampler("gmm", run, components=k, data=data, fit_on=fit_on,
                                                        data_dir=data_dir)
-        x_prior, _ = decode_samples(run.model, prior.sample(n, generator=g))
-        x_gmm, _ = decode_samples(run.model, gmm.sample(n, generator=torch.Generator().manual_seed(seed)))
+        x_prior, _ = decode_samples(run.model, prior.sample(n_grid, generator=g))
+        x_gmm, _ = decode_samples(run.model, gmm.sample(n_grid, generator=torch.Generator().manual_seed(seed)))
         files.append(save_side_by_side([("prior N(0, I)", x_prior), (_sampler_name("gmm", gmm), x_gmm)],
                                        out / "compare_prior_gmm.png", nrow=nrow))
         summary["compare_components"] = k

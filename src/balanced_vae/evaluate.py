@@ -42,6 +42,7 @@ import torch
 
 from . import __version__
 from .checkpoint import CHECKPOINT, file_digest, load_run, write_json_atomic
+from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,8 @@ def _clipped(name: str, default: int, available: int, dataset: str) -> int:
 
 
 def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
-                 components: int | None = 32, which: str = CHECKPOINT, n_iwae: int | None = None, k: int = 20,
+                 components: int | None = DEFAULT_COMPONENTS, which: str = CHECKPOINT, n_iwae: int | None = None,
+                 k: int = 20,
                  n_fid: int | None = None, fid_batch_size: int = 50, n_pr: int = 500, k_pr: int = 3,
                  n_kl: int = 10_000, kl_runs: int = 10,
                  seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
@@ -298,7 +300,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     Returns the results dictionary written.
     """
     names = parse_metrics(metrics)
-    if sampler not in ("prior", "gmm", "aggregate"):
+    if sampler not in SAMPLER_KINDS:
         raise ValueError(f"sampler={sampler!r}; choose prior, gmm or aggregate")
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")

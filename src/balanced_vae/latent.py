@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import atomic_write, write_json_atomic
 from .likelihoods import PixelVariance
-from .samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, SAMPLER_KINDS, _as_run,
+from .samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, SAMPLER_KINDS, as_run,
                        default_components, encode_dataset, fit_gmm_for_run, kl_monte_carlo, make_sampler,
                        run_images)
 
@@ -74,7 +74,7 @@ def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None 
     """A grid of value maps (N, C, H, W) (channels averaged) on one colour scale with a colour bar (Figure 4)."""
     import matplotlib.pyplot as plt
 
-    from .plots import _save_fig
+    from .plots import save_fig
 
     arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)                # NaN = white gaps
     fig, ax = plt.subplots(figsize=(6, 6 * arr.shape[0] / arr.shape[1] + 0.4))
@@ -84,7 +84,7 @@ def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None 
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *,
@@ -92,7 +92,7 @@ def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Pa
     """Image grids (N, C, H, W) in [0, 1] side by side, one titled panel each (Figure 2)."""
     import matplotlib.pyplot as plt
 
-    from .plots import _save_fig, grid
+    from .plots import save_fig, grid
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels):
@@ -102,7 +102,7 @@ def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Pa
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def _sampler_name(kind: str, sampler) -> str:
@@ -130,7 +130,7 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLER_KINDS}")
     from .plots import save_grid
 
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     k = components if components is not None else default_components(tuple(run.checkpoint["shape"]))
@@ -189,7 +189,7 @@ def kl_gap(run_dir, *, components: int | None = None, n: int = 10_000, runs: int
     :class:`~balanced_vae.samplers.GaussianMixtureSampler`), which gives a smaller KL when the
     encoder leaves latent dimensions unused.
     """
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     k = components if components is not None else default_components(tuple(run.checkpoint["shape"]))
     prior = PriorSampler(run.model.latent_dim)
     gmm = fit_gmm_for_run(run, k, data=data, fit_on=fit_on, data_dir=data_dir)
@@ -245,7 +245,7 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     """
     import matplotlib.pyplot as plt
 
-    from .plots import _save_fig
+    from .plots import save_fig
 
     axis, dens = latent_density_grid(samplers, lim, resolution)
     vmax = max(float(d.max()) for d in dens.values())
@@ -261,7 +261,7 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     fig.colorbar(im, ax=axes[0].tolist(), label="log density (nats)", shrink=0.9)
     if title:
         fig.suptitle(title)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def latent_plot_for_run(run_dir, out: str | Path | None = None, *, components: int | None = None,
@@ -272,7 +272,7 @@ def latent_plot_for_run(run_dir, out: str | Path | None = None, *, components: i
     Writes ``out`` (default ``RUN/latent_density.png``). The grid spans ``[-lim, lim]^2``,
     by default the larger of 4 and 1.1 x the 99.9th percentile of |mu| over the training codes.
     """
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     if run.model.latent_dim != 2:
         raise ValueError(f"{run.path}: latent_dim is {run.model.latent_dim}; the latent density plot needs a "
                          "run with 2-D latents (train with --latent-dim 2)")
@@ -319,7 +319,7 @@ def gmm_ablation_for_run(run_dir, components: Sequence[int] = (8, 16, 32, 64, 12
     (``fit_on="sample"``, drawn with generators seeded ``random_state`` (train) and
     ``random_state + 1`` (test)). Writes the result as JSON to ``out`` when given.
     """
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     codes = {}
     for i, split in enumerate(("train", "test")):
         mu, logvar = encode_dataset(run.model, run_images(run, data=data, data_dir=data_dir, split=split))

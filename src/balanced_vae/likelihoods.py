@@ -37,7 +37,8 @@ from torch import nn
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
+def identity(t: torch.Tensor) -> torch.Tensor:
+    """The reduction of a single process (no other ranks to sum over)."""
     return t
 
 
@@ -53,7 +54,7 @@ class Likelihood(nn.Module):
         """The global sigma^2 (or the floor, for a per-pixel head)."""
         raise NotImplementedError
 
-    def end_epoch(self, reduce: ReduceFn = _identity) -> None:
+    def end_epoch(self, reduce: ReduceFn = identity) -> None:
         """Hook called by the trainer after each training epoch (closed-form update)."""
 
     def describe(self) -> dict:
@@ -115,7 +116,7 @@ class GlobalVariance(Likelihood):
             return batch_sigma2.clamp_min(1e-12).log().expand(1, 1, 1, 1)
         return self.log_sigma2.expand(1, 1, 1, 1)               # (1, 1, 1, 1)
 
-    def end_epoch(self, reduce: ReduceFn = _identity) -> None:
+    def end_epoch(self, reduce: ReduceFn = identity) -> None:
         if self.mode != "closed_form" or self.count.item() == 0:
             return
         sse, count = reduce(self.sse.clone()), reduce(self.count.clone())

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .data import DataError
-from .likelihoods import GlobalVariance, PixelVariance, ReduceFn, _identity
+from .likelihoods import GlobalVariance, PixelVariance, ReduceFn, identity
 from .model import pixel_variance
 from .objectives import gaussian_log_prob, kl_standard_normal
 from .sources import canonical_shape
@@ -103,7 +103,7 @@ class BalancedLoss(nn.Module):
         self.likelihood.sse += r2.sum().double()
         self.likelihood.count += r2.numel()
 
-    def end_epoch(self, reduce: ReduceFn = _identity) -> float:
+    def end_epoch(self, reduce: ReduceFn = identity) -> float:
         """sigma*^2 = sum / count of the residuals seen since the last call (Eq. 10); returns it.
 
         ``reduce`` all-reduces the sums in data-parallel training (e.g. a

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT, STAGE1, load_run, write_json_atomic, write_text_atomic
+from .samplers import DEFAULT_COMPONENTS
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _load(name: str, cache: dict, data_dir, image_size):
 
 def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None = None,
                 checkpoints: Sequence[str] | None = None, n: int = 2000, n_ref: int = 2000, k: int = 20,
-                components: int = 32, seed: int = 0, data_dir: str | Path | None = None) -> dict[str, Any]:
+                components: int = DEFAULT_COMPONENTS, seed: int = 0, data_dir: str | Path | None = None) -> dict[str, Any]:
     """OOD detection of ``out_dataset``'s test images against ``in_dataset``'s (default: the run's data set).
 
     For each checkpoint in ``checkpoints`` (default: ``stage1.pt`` -- the global sigma^2 --

@@ -45,7 +45,7 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, scale:
     return path
 
 
-def _save_fig(fig, path: str | Path) -> Path:
+def save_fig(fig, path: str | Path) -> Path:
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
@@ -78,7 +78,7 @@ def save_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, cmaps:
         ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -115,4 +115,4 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     a2.set_ylabel("sigma^2")
     a1.set_title("learning curves")
     a2.set_title("decoder variance")
-    return _save_fig(fig, path)
+    return save_fig(fig, path)

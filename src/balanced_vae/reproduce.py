@@ -29,7 +29,8 @@ from .checkpoint import file_digest, load_run, write_json_atomic, write_text_ato
 from .data import Dataset, load_dataset  # noqa: E402
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name,  # noqa: E402
                           get_budget, resolved_budget)
-from .plots import _save_fig  # noqa: E402
+from .plots import save_fig  # noqa: E402
+from .samplers import DEFAULT_COMPONENTS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Context:
         self.folder = self.out / f"{dataset}-{budget.name}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else load_dataset(dataset)
-        self.k_default = 32
+        self.k_default = DEFAULT_COMPONENTS
         self.extra_runs = budget.extra_runs
 
     def run(self, name: str) -> Path:
@@ -96,7 +97,8 @@ class Context:
 # ---------------------------------------------------------------------------------- output
 
 
-def _fmt(v: Any) -> str:
+def format_number(v: Any) -> str:
+    """A table cell: 4 significant digits below 10^4, whole numbers above, blank for None."""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}")
     return "" if v is None else str(v)
@@ -111,7 +113,7 @@ def write_table(ctx: Context, name: str, columns: list[str], rows: list[dict], *
     w.writerows(rows)
     write_text_atomic(ctx.folder / f"{name}.csv", buf.getvalue())
     md = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    md += [f"| {' | '.join(_fmt(r.get(c)) for c in columns)} |" for r in rows]
+    md += [f"| {' | '.join(format_number(r.get(c)) for c in columns)} |" for r in rows]
     write_text_atomic(ctx.folder / f"{name}.md", f"### {title}\n\n" + "\n".join(md) + "\n")
     write_json_atomic(ctx.folder / f"{name}.json", {"name": name, "title": title, "columns": columns, "rows": rows,
                                                      "protocol": protocol, "seconds": round(seconds, 1)})
@@ -282,7 +284,7 @@ def fig1(ctx: Context) -> Path:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle(f"Figure 1 ({ctx.dataset}, {ctx.budget.name} budget)")
-    _save_fig(fig, ctx.folder / "fig1.png")
+    save_fig(fig, ctx.folder / "fig1.png")
     cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm"]
     write_table(ctx, "fig1_data", cols, rows, title="Figure 1 data", protocol=ctx.protocol(), seconds=0)
     return _figure_record(ctx, "fig1", f"Figure 1 ({ctx.dataset}): ELBO, FID and KL gap against sigma^2",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoint import write_text_atomic
 from .experiments import EXPERIMENTS
-from .reproduce import _fmt
+from .reproduce import format_number
 
 
 def _rows(rec: dict) -> list[dict]:
@@ -131,7 +131,7 @@ def _table_md(rec: dict) -> str:
     if not cols:
         return ""
     lines = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
-    lines += [f"| {' | '.join(_fmt(r.get(c)) for c in cols)} |" for r in _rows(rec)]
+    lines += [f"| {' | '.join(format_number(r.get(c)) for c in cols)} |" for r in _rows(rec)]
     return "\n".join(lines)
 
 

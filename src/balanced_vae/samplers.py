@@ -46,6 +46,9 @@ GMM_META = "gmm.json"
 GMM_FORMAT_VERSION = 1
 FIT_ON = ("mean", "sample")
 SAMPLER_KINDS = ("prior", "gmm", "aggregate")
+#: the paper's K of Eq. 13 for MNIST and Fashion-MNIST (CelebA: :data:`CELEBA_COMPONENTS`)
+DEFAULT_COMPONENTS = 32
+CELEBA_COMPONENTS = 500
 
 
 class Sampler(Protocol):
@@ -509,10 +512,11 @@ def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torc
 
 def default_components(shape: tuple[int, int, int]) -> int:
     """The paper's K for an image shape (C, H, W): 500 for 64x64 (CelebA), else 32 (MNIST, Fashion)."""
-    return 500 if shape[1] >= 64 else 32
+    return CELEBA_COMPONENTS if shape[1] >= 64 else DEFAULT_COMPONENTS
 
 
-def _as_run(run):
+def as_run(run):
+    """A loaded run as it is, or the run folder ``run`` loaded (its ``checkpoint.pt``)."""
     return run if hasattr(run, "model") and hasattr(run, "config") else load_run(run)
 
 
@@ -526,7 +530,7 @@ def run_images(run, *, data=None, data_dir: str | None = None, split: str = "tra
     from .data import load_dataset
     from .train import check_fingerprint, test_images
 
-    run = _as_run(run)
+    run = as_run(run)
     c = run.config
     if data is None:
         data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
@@ -569,7 +573,7 @@ def fit_gmm_for_run(run_dir, n_components: int | None = 32, *, data=None, refit:
     overwritten) when ``refit`` is true or the weights differ (e.g. training went on since).
     ``n_components=None`` takes the paper's K for the run's image shape.
     """
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     run_dir = run.path
     k = n_components if n_components is not None else default_components(tuple(run.checkpoint["shape"]))
     folder = gmm_dir(run_dir, k, fit_on)
@@ -605,7 +609,7 @@ def make_sampler(kind: str, run_dir, *, components: int | None = 32, data=None, 
     """
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLER_KINDS}")
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     if kind == "prior":
         return PriorSampler(run.model.latent_dim)
     if kind == "gmm":

@@ -311,11 +311,11 @@ def _add_fid(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("a", help="first image set, e.g. samples/gmm_means.npy")
     p.add_argument("b", help="second image set, e.g. mnist:test")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_POS_INT, default=None,
                    help="images per set (default: all of a folder or array, 10,000 of a data set split)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=_POS_INT, default=50)
     p.add_argument("--device", default=None)
     _add_fid_backend(p)
     p.add_argument("--out", default=None, help="also write the result as JSON here")

@@ -463,6 +463,14 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
                      title=f"{c.dataset} {split}: reconstructions and {kind}")
 
 
+def _write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
+    """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
+    if out is not None:
+        out = Path(out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, doc)
+
+
 def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
                   cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
                   backend: str = "auto", paper_value: float | None = None, progress: bool = True,
@@ -493,10 +501,7 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
            "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
-    if out is not None:
-        out = Path(out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, doc)
+    _write_record(out, doc)
     return doc
 
 
@@ -543,8 +548,5 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
     doc = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
-    if out is not None:
-        out = Path(out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, doc)
+    _write_record(out, doc)
     return doc

@@ -271,6 +271,15 @@ def _run_reconstruct(args) -> int:
     return 0
 
 
+def _add_fid_inputs(p) -> None:
+    """The options every real-image FID command shares: data, statistics cache, batch, device, backend."""
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
+    p.add_argument("--batch-size", type=_POS_INT, default=50)
+    p.add_argument("--device", default=None)
+    _add_fid_backend(p)
+
+
 def _add_fid_real(sub) -> None:
     p = sub.add_parser("fid-real", help="sanity FID between a data set's real training and test images",
                        description="FID between the first N training and the first N test images (the paper "
@@ -279,11 +288,7 @@ def _add_fid_real(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", help="mnist, fashion-mnist, ...")
     p.add_argument("--n", type=_POS_INT, default=10_000, help="images per split")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
-    p.add_argument("--batch-size", type=_POS_INT, default=50)
-    p.add_argument("--device", default=None)
-    _add_fid_backend(p)
+    _add_fid_inputs(p)
     p.add_argument("--out", default=None, help="also write the result as JSON here "
                    "(e.g. results/fid-real/mnist-n10000.json)")
 
@@ -313,11 +318,7 @@ def _add_fid(sub) -> None:
     p.add_argument("b", help="second image set, e.g. mnist:test")
     p.add_argument("--n", type=_POS_INT, default=None,
                    help="images per set (default: all of a folder or array, 10,000 of a data set split)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
-    p.add_argument("--batch-size", type=_POS_INT, default=50)
-    p.add_argument("--device", default=None)
-    _add_fid_backend(p)
+    _add_fid_inputs(p)
     p.add_argument("--out", default=None, help="also write the result as JSON here")
 
 

@@ -1,0 +1,124 @@
+"""Time to quality on a CPU: the 10k-sample FID a CPU budget buys (issue 13).
+
+Trains the default MNIST model (``balanced-vae train --dataset mnist``: learned variance,
+Algorithm 1, width 32, latent 16, batch 128, Adam 1e-3) one epoch at a time and takes a
+copy of the run each time its training has used up the next budget of **CPU time**
+(``time.process_time`` of this process, all threads: training steps, the Eq. 10 pass, the
+validation pass and checkpoint writes). CPU time, unlike wall time, barely moves when other
+jobs share the machine. Each copy is then scored by FID: a K = 32 GMM on the training codes,
+10,000 samples against the 10,000 test images, TF-Inception features.
+
+Resumable: the clock and each copy are written atomically under ``--work``, so a killed run
+continues where it stopped (the epoch in flight is trained again and its CPU time counted once).
+
+    OMP_NUM_THREADS=1 python bench/time_to_fid.py --budgets 5,15,30 --work /tmp/ttf \\
+        > bench/results/time_to_fid.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from balanced_vae.checkpoint import write_json_atomic
+from balanced_vae.config import TrainConfig
+from balanced_vae.data import load_dataset
+from balanced_vae.evaluate import evaluate_run, provenance
+from balanced_vae.train import train
+
+
+def _read(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _last_row(run: Path) -> dict:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def train_to_budgets(config: TrainConfig, work: Path, budgets: list[float], data) -> list[dict]:
+    """Train epoch by epoch; copy the run to ``work/snap-<B>`` once ``B`` CPU-minutes are spent."""
+    run, clock_path = work / "run", work / "clock.json"
+    clock = _read(clock_path, {"cpu_seconds": 0.0, "wall_seconds": 0.0, "snapshots": []})
+    done = {s["budget_cpu_minutes"] for s in clock["snapshots"]}
+    for budget in budgets:
+        if budget in done:
+            continue
+        while clock["cpu_seconds"] < 60 * budget:
+            if (run / "final.json").exists():
+                break   # Algorithm 1 finished before the budget: the finished run is the copy
+            c0, w0 = time.process_time(), time.perf_counter()
+            train(config, run, resume=(run / "checkpoint.pt").exists(), data=data, progress=False,
+                  stop_after=1, device="cpu")
+            clock["cpu_seconds"] += time.process_time() - c0
+            clock["wall_seconds"] += time.perf_counter() - w0
+            write_json_atomic(clock_path, clock)
+            row = _last_row(run)
+            print(f"cpu {clock['cpu_seconds'] / 60:.1f} min, stage {row.get('stage')} epoch {row.get('epoch')}, "
+                  f"val_elbo {row.get('val_elbo', float('nan')):.1f}", file=sys.stderr, flush=True)
+        snap, tmp = work / f"snap-{budget:g}", work / f"snap-{budget:g}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run, tmp, ignore=shutil.ignore_patterns("*.lock", "events.*"))
+        shutil.rmtree(snap, ignore_errors=True)
+        os.replace(tmp, snap)
+        row = _last_row(run)
+        clock["snapshots"].append({
+            "budget_cpu_minutes": budget, "cpu_minutes": round(clock["cpu_seconds"] / 60, 2),
+            "wall_minutes": round(clock["wall_seconds"] / 60, 2), "stage": row.get("stage"),
+            "epoch": row.get("epoch"), "val_elbo": row.get("val_elbo"), "sigma2": row.get("sigma2"),
+            "finished": (run / "final.json").exists(), "path": str(snap)})
+        write_json_atomic(clock_path, clock)
+    return clock["snapshots"]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", default="5,15,30", help="CPU-minute budgets, comma-separated (default 5,15,30)")
+    p.add_argument("--work", type=Path, required=True, help="folder for the run, its copies and the clock")
+    p.add_argument("--n-fid", type=int, default=10_000, help="generated and test images for FID (default 10000)")
+    p.add_argument("--fid-backend", default="auto", choices=("auto", "torch", "openvino"))
+    p.add_argument("--epochs", type=int, default=200, help="Algorithm 1's cap per stage (default 200)")
+    p.add_argument("--data-dir", default=os.environ.get("BALANCED_VAE_DATA"))
+    a = p.parse_args(argv)
+    budgets = sorted(float(b) for b in a.budgets.split(","))
+    a.work.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
+    config = TrainConfig(dataset="mnist", data_dir=a.data_dir, epochs=a.epochs)
+    data = load_dataset("mnist", data_dir=a.data_dir)
+    snapshots = train_to_budgets(config, a.work, budgets, data)
+    rows = []
+    for s in snapshots:
+        t0 = time.perf_counter()
+        res = evaluate_run(s["path"], metrics="fid", sampler="gmm", n_fid=a.n_fid, data=data,
+                           fid_backend=a.fid_backend, progress=False, out=Path(s["path"]) / "fid.json")
+        fid = res["metrics"]["fid"]
+        rows.append({**{k: v for k, v in s.items() if k != "path"}, "fid": fid["values"]["fid"],
+                     "fid_wall_seconds": round(time.perf_counter() - t0, 1), "fid_protocol": fid["protocol"]})
+        print(f"budget {s['budget_cpu_minutes']:g} CPU-min: FID {rows[-1]['fid']:.2f}", file=sys.stderr, flush=True)
+    print(json.dumps({
+        "bench": "time_to_fid", "config": json.loads(config.to_json()), "rows": rows,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
+        "cpu": _cpu_model(), "provenance": prov,
+        "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
+                "FID: GMM K=32 on posterior means, n generated vs n test images"}, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+if __name__ == "__main__":
+    main()

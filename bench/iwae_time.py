@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from balanced_vae.checkpoint import load_run
+from balanced_vae.runs import load_run
 from balanced_vae.config import TrainConfig
 from balanced_vae.methods import build_model
 from balanced_vae.metrics import iwae_log_likelihood, log_normal_diag, log_standard_normal

@@ -30,7 +30,8 @@ import torch
 from balanced_vae.checkpoint import write_json_atomic
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import load_dataset
-from balanced_vae.evaluate import evaluate_run, provenance
+from balanced_vae.evaluate import evaluate_run
+from balanced_vae.provenance import provenance
 from balanced_vae.train import train
 
 

@@ -42,7 +42,7 @@ def elbo_sigma2_one(encode, decode_mean, x: torch.Tensor, seed: int = 0) -> floa
 
 
 def run_ours(data, n: int, out: str, epochs: int, seed: int):
-    from balanced_vae.checkpoint import load_run
+    from balanced_vae.runs import load_run
     from balanced_vae.config import TrainConfig
     from balanced_vae.train import train
 

@@ -22,12 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from balanced_vae.checkpoint import load_run
+from balanced_vae.runs import load_run
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import read_idx, resolve_data_dir
 from balanced_vae.factories import factory_ref
 from balanced_vae.plots import save_grid
-from balanced_vae.samplers import GaussianMixtureSampler, encode_dataset
+from balanced_vae.model import encode_dataset
+from balanced_vae.samplers import GaussianMixtureSampler
 from balanced_vae.sources import TensorSource, as_data
 from balanced_vae.train import train
 

@@ -7,14 +7,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from balanced_vae.checkpoint import load_checkpoint, load_run
+from balanced_vae.checkpoint import load_checkpoint
+from balanced_vae.runs import load_run
 from balanced_vae.cli import main
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import DataError
 from balanced_vae.factories import FactoryError, factory_ref
 from balanced_vae.likelihoods import GlobalVariance
 from balanced_vae.model import VAE, NetworkError
-from balanced_vae.samplers import GaussianMixtureSampler, encode_dataset
+from balanced_vae.model import encode_dataset
+from balanced_vae.samplers import GaussianMixtureSampler
 from balanced_vae.sources import DatasetSource, TensorSource, as_data, canonical_shape
 from balanced_vae.train import evaluate_elbo, train
 

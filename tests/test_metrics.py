@@ -341,7 +341,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
-    from balanced_vae.checkpoint import load_run
+    from balanced_vae.runs import load_run
     from balanced_vae.evaluate import evaluate_run
     from balanced_vae.train import evaluate_elbo
 

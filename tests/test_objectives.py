@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from balanced_vae.checkpoint import load_run
+from balanced_vae.runs import load_run
 from balanced_vae.cli import main as cli_main
 from balanced_vae.config import TrainConfig
 from balanced_vae.likelihoods import FixedVariance
@@ -361,10 +361,10 @@ def test_wae_run_resumes_bit_for_bit(digits, tmp_path):
 
 
 def test_gmm_sampler_works_on_a_baseline_run(baseline_runs, digits):
-    from balanced_vae import samplers
+    from balanced_vae import runs
 
     run_dir = baseline_runs["wae-mmd"]
-    sampler = samplers.make_sampler("gmm", run_dir, components=4, data=digits)
+    sampler = runs.make_sampler("gmm", run_dir, components=4, data=digits)
     z = sampler.sample(16, generator=torch.Generator().manual_seed(0))
     run = load_run(run_dir)
     assert z.shape == (16, run.model.latent_dim)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from balanced_vae.precision_recall import improved_precision_recall, knn_radii, manifold_coverage
+from balanced_vae import evaluate as evaluate_module   # evaluate's own names for the patched calls
 
 
 def _points(n=200, f=8, seed=0, shift=0.0):
@@ -77,8 +78,12 @@ def test_evaluate_pr_compares_prior_and_gmm_on_shared_real_features(monkeypatch,
         return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
 
     monkeypatch.setattr(fid, "inception_features", fake_features)
+
+    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
     monkeypatch.setattr(fid, "inception_path", lambda: tmp_path)
+    monkeypatch.setattr(evaluate_module, "inception_path", lambda: tmp_path)
     monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
     data = load_dataset("digits")
     run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
                 tmp_path / "run", data=data, progress=False)

@@ -12,8 +12,9 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 
 from balanced_vae.cli import main
 from balanced_vae.latent import gmm_ablation, latent_density_grid, plot_latent_densities, write_samples
-from balanced_vae.samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, encode_dataset,
-                                   fit_gmm_for_run, gmm_dir, kl_monte_carlo, make_sampler, model_sha256)
+from balanced_vae.model import encode_dataset
+from balanced_vae.runs import fit_gmm_for_run, load_run, make_sampler, model_sha256
+from balanced_vae.samplers import AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, kl_monte_carlo
 
 TRUE_WEIGHTS = np.array([0.5, 0.3, 0.2])
 TRUE_MEANS = np.array([[-4.0, 0.0], [3.0, 3.0], [3.0, -3.0]])
@@ -262,7 +263,7 @@ def mnist_run(mnist, tmp_path_factory):
 def test_gmm_for_run_is_cached_beside_the_checkpoint(mnist, mnist_run, monkeypatch):
     data = mnist[1]
     s = fit_gmm_for_run(mnist_run, 8, data=data)
-    folder = gmm_dir(mnist_run, 8)
+    folder = load_run(mnist_run).gmm_dir(8)
     assert folder == mnist_run / "gmm_K8" and (folder / "gmm.npz").is_file()
     assert s.n_fit_ == 600 and s.latent_dim == 2 and s.source["n_codes"] == 600
 
@@ -291,7 +292,7 @@ def test_decoded_gmm_samples_have_the_datas_shape_and_range(mnist, mnist_run, tm
     for f in ("gmm_means.png", "gmm_sigma.png", "compare_prior_gmm.png", "gmm_samples.json"):
         assert (tmp_path / f).is_file(), f
     # the written codes are the GMM's samples under the same seed, decoded by the run's model
-    gmm = GaussianMixtureSampler.load(gmm_dir(mnist_run, 8))
+    gmm = GaussianMixtureSampler.load(load_run(mnist_run).gmm_dir(8))
     np.testing.assert_array_equal(z, gmm.sample(16, generator=torch.Generator().manual_seed(0)).numpy())
 
 
@@ -310,22 +311,24 @@ def test_sample_grids_show_at_most_256_samples_and_the_arrays_keep_all(mnist, mn
 
 
 def test_stage1_run_reports_its_global_sigma_and_gets_its_own_gmm(mnist, mnist_run, tmp_path):
-    from balanced_vae.checkpoint import load_run
-
     data = mnist[1]
     stage1 = load_run(mnist_run, which="stage1.pt")
     s = write_samples(stage1, tmp_path, sampler="gmm", components=4, n=9, data=data)
     assert not s["per_pixel_sigma"] and s["stage"] == 1
     assert s["sigma2_global"] == pytest.approx(stage1.checkpoint["sigma2_star"])
     assert not (tmp_path / "gmm_sigma.png").exists() and not (tmp_path / "gmm_sigma.npy").exists()
-    assert GaussianMixtureSampler.load(gmm_dir(mnist_run, 4)).source["model_sha256"] == model_sha256(stage1.model)
-    final = fit_gmm_for_run(mnist_run, 4, data=data)           # other weights: refitted, not reused
-    assert final.source["stage"] == 2 and final.source["model_sha256"] != model_sha256(stage1.model)
+    # the stage-1 GMM is fitted in memory on the stage-1 codes: the cache beside the run belongs to checkpoint.pt
+    own = GaussianMixtureSampler(4).fit(*encode_dataset(stage1.model, data.x_train[:600]))
+    z = np.load(tmp_path / "gmm_z.npy", allow_pickle=False)
+    np.testing.assert_array_equal(z, own.sample(9, generator=torch.Generator().manual_seed(0)).numpy())
+    folder = load_run(mnist_run).gmm_dir(4)
+    assert not folder.exists() or GaussianMixtureSampler.load(folder).source["model_sha256"] != \
+        model_sha256(stage1.model)
+    final = fit_gmm_for_run(mnist_run, 4, data=data)           # the final weights' own fit, cached
+    assert final.source["stage"] == 2 and final.source["model_sha256"] == model_sha256(load_run(mnist_run).model)
 
 
 def test_encode_dataset_matches_the_encoder(mnist, mnist_run):
-    from balanced_vae.checkpoint import load_run
-
     run = load_run(mnist_run)
     x = mnist[1].x_train[:250]
     mu, logvar = encode_dataset(run.model, x, batch_size=100)

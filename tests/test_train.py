@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from balanced_vae.checkpoint import CheckpointError, load_checkpoint, load_run
+from balanced_vae.checkpoint import CheckpointError, load_checkpoint
+from balanced_vae.runs import load_run
 from balanced_vae.cli import main
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import load_dataset

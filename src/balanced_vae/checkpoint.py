@@ -13,18 +13,16 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
-
 CHECKPOINT = "checkpoint.pt"
 STAGE1 = "stage1.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+FINAL = "final.json"          # the test-split numbers of a finished run
 FORMAT_VERSION = 1
 
 
@@ -124,34 +122,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-@dataclass
-class LoadedRun:
-    """A trained run read back from its folder: ``config``, ``model`` (eval mode), ``stage``."""
+def __getattr__(name: str):
+    """``load_run`` and ``LoadedRun`` moved to :mod:`balanced_vae.runs`; the old names still work."""
+    if name in ("load_run", "LoadedRun"):
+        import warnings
 
-    path: Path
-    config: TrainConfig
-    model: torch.nn.Module
-    stage: int
-    checkpoint: dict[str, Any]
+        from . import runs
 
-
-def load_run(run_dir: str | Path, *, which: str = CHECKPOINT) -> LoadedRun:
-    """Rebuild the model of a run folder from ``config.json`` and a checkpoint file in it."""
-    from .methods import build_model
-
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run folder")
-    config = TrainConfig.load(run_dir / CONFIG)
-    ckpt = load_checkpoint(run_dir / which)
-    model = build_model(config, tuple(ckpt["shape"]))
-    if ckpt["stage"] == 2:
-        model.with_pixel_variance(float(ckpt["sigma2_star"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{run_dir / which}: weights do not fit the model of {run_dir / CONFIG} ({e}); "
-            "the config was edited after training or the checkpoint belongs to another run") from None
-    model.eval()
-    return LoadedRun(run_dir, config, model, int(ckpt["stage"]), ckpt)
+        warnings.warn(f"balanced_vae.checkpoint.{name} moved to balanced_vae.runs "
+                      f"({'load_run' if name == 'load_run' else 'Run'})", DeprecationWarning, stacklevel=2)
+        return runs.load_run if name == "load_run" else runs.Run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

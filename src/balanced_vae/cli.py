@@ -9,14 +9,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import logging
+import math
 import sys
 from pathlib import Path
 
 from . import __version__
+from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, DiskFullError, write_json_atomic
+from .config import TrainConfig
+from .data import DataError, load_dataset
+from .demo import DEMO_CONFIG, run_demo
+from .distributed import init_from_env, rank_world, shutdown
+from .evaluate import METRICS, evaluate_run, fid_between, real_data_fid, reconstruct_run
+from .experiments import BUDGETS, EXPERIMENTS, PAPER, get_budget, resolved_budget, run_specs
+from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
+from .latent_walk import latent_walk_for_run
+from .methods import METHODS, resolve_hparams
+from .ood import ood_for_run, ood_markdown, write_ood
+from .report import build_report
+from .reproduce import reproduce
+from .results_page import build_page
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
-
+from .train import train
 
 
 def _number(kind: type, low: float, inclusive: bool):
@@ -47,8 +61,6 @@ def _add_fid_backend(p) -> None:
 
 
 def _add_train(sub) -> None:
-    from .config import TrainConfig
-    from .methods import METHODS
 
     _D = TrainConfig()   # one source of every training default: the config's fields
 
@@ -114,9 +126,6 @@ def _parse_hparams(items: list[str]) -> dict:
 
 
 def _run_train(args) -> int:
-    from .config import TrainConfig
-    from .distributed import init_from_env, rank_world, shutdown
-    from .train import train
 
     if init_from_env(args.device):   # launched by torchrun: one process per GPU or CPU rank
         try:
@@ -130,7 +139,7 @@ def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
 
     if args.resume:
         run = Path(args.resume)
-        config = TrainConfig.load(run / "config.json")
+        config = TrainConfig.load(run / CONFIG)
         defaults = vars(build_parser().parse_args(["train"]))
         given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
         refused = sorted(given - {"resume", "device", "data_dir", "epochs", "max_minutes", "verbose", "dry_run"})
@@ -155,11 +164,9 @@ def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
     fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}   # options named like fields
     config = TrainConfig(**{f: getattr(args, f) for f in fields}, method=method,
                          hparams=_parse_hparams(args.hparam))
-    from .methods import resolve_hparams
 
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
     if args.dry_run:
-        from .data import load_dataset
 
         data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
         print(json.dumps({**dataclasses.asdict(config.resolved(data.shape, len(data.x_train))),
@@ -182,7 +189,6 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import DEMO_CONFIG, run_demo
 
     summary = run_demo(args.out, config=dataclasses.replace(DEMO_CONFIG, seed=args.seed))
     print(f"demo report in {args.out}/")
@@ -192,7 +198,6 @@ def _run_demo(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    from .evaluate import METRICS
 
     p = sub.add_parser(
         "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration, precision/recall) into "
@@ -211,7 +216,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
                    help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
                         "per image where the GMM is a density: IWAE p(z), KL)")
-    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
     p.add_argument("--n-iwae", type=_POS_INT, default=None,
                    help="test images for the IWAE bound (default 500, or all when fewer)")
     p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bound")
@@ -234,7 +239,6 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluate import evaluate_run
 
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
@@ -257,13 +261,12 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--n", type=_POS_INT, default=16, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
     p.add_argument("--error", action="store_true", help="add a row with the absolute error |x - g(mu(x))|")
     p.add_argument("--data-dir", default=None)
 
 
 def _run_reconstruct(args) -> int:
-    from .evaluate import reconstruct_run
 
     path = reconstruct_run(args.run, args.out, n=args.n, which=args.checkpoint, split=args.split,
                            data_dir=args.data_dir, error=args.error)
@@ -294,8 +297,6 @@ def _add_fid_real(sub) -> None:
 
 
 def _run_fid_real(args) -> int:
-    from .evaluate import real_data_fid
-    from .experiments import PAPER
 
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                         batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
@@ -323,7 +324,6 @@ def _add_fid(sub) -> None:
 
 
 def _run_fid(args) -> int:
-    from .evaluate import fid_between
 
     doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                       batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
@@ -355,7 +355,6 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    from .latent import write_samples
 
     s = write_samples(args.run, args.out, sampler=args.sampler, components=args.components, n=args.n,
                       seed=args.seed, compare=args.compare, data_dir=args.data_dir, fit_on=args.fit_on)
@@ -390,8 +389,6 @@ def _add_kl(sub) -> None:
 
 
 def _run_kl(args) -> int:
-    from .checkpoint import write_json_atomic
-    from .latent import gmm_ablation_for_run, kl_gap
 
     if args.ablation:
         out = args.out or str(Path(args.run) / "gmm_ablation.json")
@@ -436,7 +433,6 @@ def _add_latent_plot(sub) -> None:
 
 
 def _run_latent_plot(args) -> int:
-    from .latent import latent_plot_for_run
 
     path = latent_plot_for_run(args.run, args.out, components=args.components, resolution=args.resolution,
                                lim=args.lim, span=args.span, data_dir=args.data_dir, fit_on=args.fit_on)
@@ -469,7 +465,6 @@ def _add_ood(sub) -> None:
 
 
 def _run_ood(args) -> int:
-    from .ood import ood_for_run, ood_markdown, write_ood
 
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
     doc = ood_for_run(args.run, out_dataset=args.out_dataset, in_dataset=args.in_dataset, checkpoints=checkpoints,
@@ -501,7 +496,6 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-    from .report import build_report
 
     path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
                         data_dir=args.data_dir, records=args.records)
@@ -523,13 +517,12 @@ def _add_latent_walk(sub) -> None:
     p.add_argument("--n-dims", type=_POS_INT, default=6, help="how many axes when --dims is not given")
     p.add_argument("--steps", type=_POS_INT, default=11, help="points per walk")
     p.add_argument("--span", type=_POS_FLOAT, default=3.0, help="traversal range +-SPAN around the code")
-    p.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint file in RUN (e.g. stage1.pt)")
+    p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_walk.png)")
 
 
 def _run_latent_walk(args) -> int:
-    from .latent_walk import latent_walk_for_run
 
     path = latent_walk_for_run(args.run, args.out, which=args.checkpoint, pair=tuple(args.pair), dims=args.dims,
                                n_dims=args.n_dims, steps=args.steps, span=args.span, data_dir=args.data_dir)
@@ -538,7 +531,6 @@ def _run_latent_walk(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .experiments import BUDGETS, EXPERIMENTS
 
     p = sub.add_parser(
         "reproduce", help="reproduce a table or figure of the paper (trains what is missing)",
@@ -560,8 +552,6 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    from .experiments import get_budget, resolved_budget, run_specs
-    from .reproduce import reproduce
 
     budget = get_budget(args.budget)
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
@@ -582,7 +572,6 @@ def _add_results_page(sub) -> None:
 
 
 def _run_results_page(args) -> int:
-    from .results_page import build_page
 
     print(f"wrote {build_page(args.results, args.out)}")
     return 0
@@ -623,10 +612,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
-    from .checkpoint import DiskFullError
 
     try:
         return COMMANDS[args.command][1](args)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_run, write_json_atomic
+from .checkpoint import CHECKPOINT, METRICS, STAGE1, write_json_atomic
 from .config import TrainConfig
 from .data import load_dataset
 from .latent import decode_samples, save_side_by_side
 from .plots import plot_curves, read_metrics, save_grid, save_rows
 from .report import build_report
-from .samplers import make_sampler
+from .runs import load_run, make_sampler
 from .train import evaluate_elbo, train
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ def run_demo(out: str | Path, *, config: TrainConfig = DEMO_CONFIG, progress: bo
     data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     run_dir = out / "run"
     train(config, run_dir, data=data, progress=progress,
-          resume=(run_dir / "checkpoint.pt").exists())
+          resume=(run_dir / CHECKPOINT).exists())
     run = load_run(run_dir)
-    stage1 = load_run(run_dir, which="stage1.pt")
+    stage1 = load_run(run_dir, which=STAGE1)
     x = data.x_test[:16]
     mean1, sigma1 = stage1.model.reconstruct(x)
     mean2, sigma2 = run.model.reconstruct(x)
@@ -51,7 +51,7 @@ def run_demo(out: str | Path, *, config: TrainConfig = DEMO_CONFIG, progress: bo
     gmm_samples, _ = decode_samples(run.model, gmm.sample(64, generator=torch.Generator().manual_seed(config.seed)))
     save_side_by_side([("prior N(0, I)", samples), (f"GMM K={gmm.n_components} (Eq. 13)", gmm_samples)],
                       out / "prior_vs_gmm.png", nrow=8)
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run_dir / METRICS)
     plot_curves(metrics, out / "curves.png")
     s1 = [m for m in metrics if m["stage"] == 1]
     s2 = [m for m in metrics if m["stage"] == 2]

@@ -29,69 +29,32 @@ figure FID(train, test) of a data set's real images.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from . import __version__
-from .checkpoint import CHECKPOINT, file_digest, load_run, write_json_atomic
-from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
+from .checkpoint import CHECKPOINT, write_json_atomic
+from .data import load_dataset
+from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
+                  resolve_backend)
+from .image_sets import load_image_set
+from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_distance, gaussian_statistics,
+                      iwae_log_likelihood)
+from .plots import save_rows
+from .precision_recall import improved_precision_recall
+from .provenance import provenance
+from .runs import load_run, make_sampler
+from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
 
 log = logging.getLogger(__name__)
 
 METRICS = ("elbo", "iwae", "fid", "kl", "calibration", "pr")
 RESULTS = "results.json"
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def git_commit() -> str:
-    """The git commit of the source tree this package is imported from, or ``"unknown"``.
-
-    Where the tree is a copy without ``.git`` (a lent GPU machine), ``$BALANCED_VAE_GIT_COMMIT``
-    names the commit it was copied from.
-    """
-    import os
-
-    if os.environ.get("BALANCED_VAE_GIT_COMMIT"):
-        return os.environ["BALANCED_VAE_GIT_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else "unknown"
-
-
-def git_dirty() -> bool | None:
-    """Whether the source tree has uncommitted changes to tracked files (None when unknown)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
-    """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
-    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
-           "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if checkpoint is not None:
-        out["checkpoint"] = checkpoint.name
-        out["checkpoint_sha256"] = file_digest(checkpoint)
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,7 +95,6 @@ def _load_results(path: Path) -> dict[str, Any]:
 
 
 def _metric_elbo(run, x_test: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, Any]:
-    from .metrics import elbo
 
     g = torch.Generator().manual_seed(seed)
     terms = {"elbo": [], "rec": [], "kl": []}
@@ -150,7 +112,6 @@ def _metric_elbo(run, x_test: torch.Tensor, *, seed: int, batch_size: int = 1000
 def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: int,
                  levels: int | None) -> dict[str, Any]:
     """IWAE per p(z); dequantised IWAE and bits/dim only for data quantised to ``levels`` levels."""
-    from .metrics import dequantised_log_likelihood, iwae_log_likelihood
 
     values = {}
     for name, prior in priors.items():
@@ -177,8 +138,6 @@ def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: 
 
 def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, dataset: str, batch_size: int,
                 cache_dir, data_dir, device, progress: bool, backend: str = "auto") -> dict[str, Any]:
-    from .fid import backend_protocol, inception_features, inception_protocol, real_statistics
-    from .metrics import frechet_distance, gaussian_statistics
 
     t0 = time.perf_counter()
     mu_r, cov_r, real = real_statistics(dataset, x_test, split="test", n=n, data_dir=data_dir, cache_dir=cache_dir,
@@ -198,8 +157,6 @@ def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, datase
 
 def _metric_pr(run, samplers: dict[str, Any], x_test: torch.Tensor, *, n: int, k: int, seed: int,
                batch_size: int, device, progress: bool) -> dict[str, Any]:
-    from .fid import inception_features, inception_protocol
-    from .precision_recall import improved_precision_recall
 
     t0 = time.perf_counter()
     real = inception_features(x_test[:n], batch_size=batch_size, device=device, progress=progress,
@@ -229,7 +186,6 @@ def _metric_kl(q_agg, prior, gmm, *, n: int, runs: int, seed: int, progress: boo
     ``KL(q_GMM || p)`` is the paper's Table 1 quantity; the other two say how far the prior
     and the GMM are from the exact aggregate posterior.
     """
-    from .samplers import kl_monte_carlo
 
     pairs = {"KL(q_GMM || p)": (gmm, prior), "KL(q_agg || p)": (q_agg, prior), "KL(q_agg || q_GMM)": (q_agg, gmm)}
     values = {name: kl_monte_carlo(q, p, n=n, runs=runs, seed=seed, progress=progress, desc=name)
@@ -242,7 +198,6 @@ def _metric_kl(q_agg, prior, gmm, *, n: int, runs: int, seed: int, progress: boo
 
 
 def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) -> dict[str, Any]:
-    from .metrics import calibration
 
     means, logvars = [], []
     with torch.no_grad():
@@ -305,25 +260,12 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
     if "fid" in names or "pr" in names:
-        from .fid import inception_path, resolve_backend
 
         inception_path()  # fail before any work when the network is not installed
         resolve_backend(fid_backend, device)
     run = load_run(run_dir, which=which)
     c = run.config
-    if data is None:
-        from .data import load_dataset
-
-        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
-    if tuple(data.shape) != tuple(run.checkpoint["shape"]):
-        raise ValueError(f"{run.path}: the run was trained on images of shape {tuple(run.checkpoint['shape'])} "
-                         f"but the data are {tuple(data.shape)}; pass the run's dataset ({c.dataset}); "
-                         "a run trained from Python data "
-                         "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
-                         "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
-    from .train import check_fingerprint
-
-    check_fingerprint(run.checkpoint.get("data"), data, c, run.path / which)
+    data = run.dataset(data, data_dir=data_dir)
     x_test = data.x_test
     if n_iwae is None:
         n_iwae = _clipped("n_iwae", 500, len(x_test), c.dataset)
@@ -340,18 +282,9 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
         key = (kind, fit_on if kind == "gmm" else "")
         if key not in samplers:
-            from .samplers import (GaussianMixtureSampler, default_components, encode_dataset, make_sampler,
-                                   run_images)
 
             log.info("building the %s sampler", kind)
-            if kind == "gmm" and which != CHECKPOINT:
-                # the GMM cache beside the run is keyed to checkpoint.pt: fit other checkpoints in memory
-                mu, logvar = encode_dataset(run.model, run_images(run, data=data, split="train"))
-                k_gmm = components or default_components(tuple(run.checkpoint["shape"]))
-                samplers[key] = GaussianMixtureSampler(k_gmm, fit_on=fit_on).fit(mu, logvar)
-            else:
-                samplers[key] = make_sampler(kind, run, components=components, data=data, data_dir=data_dir,
-                                             fit_on=fit_on)
+            samplers[key] = make_sampler(kind, run, components=components, data=data, fit_on=fit_on)
         return samplers[key]
 
     def label(kind: str, fit_on: str = "mean") -> str:
@@ -436,16 +369,12 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
     With ``error`` a fourth row shows |x - g(mu(x))| with its own colour bar, to set
     beside sigma. Writes ``OUT/reconstructions.png`` and returns it.
     """
-    from .plots import save_rows
 
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     run = load_run(run_dir, which=which)
     c = run.config
-    if data is None:
-        from .data import load_dataset
-
-        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
+    data = run.dataset(data, data_dir=data_dir)
     x_all = data.x_train if split == "train" else data.x_test
     if not 1 <= n <= len(x_all):
         raise ValueError(f"--n {n}: the {split} split has {len(x_all)} images; choose 1 <= n <= {len(x_all)}")
@@ -482,9 +411,6 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
     cache; the record names the feature backend of each (a cached one keeps the backend
     that made it) and the wall time. Writes the result to ``out`` when given.
     """
-    from .data import load_dataset
-    from .fid import backend_protocol, inception_path, inception_protocol, real_statistics, resolve_backend
-    from .metrics import frechet_distance
 
     inception_path()  # fail before any work when the network is not installed
     resolve_backend(backend, device)
@@ -517,10 +443,6 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
     record holds both sets' sources and counts, the backend and the Inception protocol;
     it is written to ``out`` when given.
     """
-    from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
-                      resolve_backend)
-    from .image_sets import load_image_set
-    from .metrics import frechet_distance, gaussian_statistics
 
     inception_path()
     resolve_backend(backend, device)

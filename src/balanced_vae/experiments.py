@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, FINAL, load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .train import train
@@ -116,7 +116,7 @@ def ensure_run(out: str | Path, dataset: str, budget: Budget, name: str, *, data
     """Reuse, resume or train the run ``name``; returns its folder."""
     config = run_specs(dataset, budget)[name]
     path = run_dir(out, dataset, budget, name)
-    if (path / "final.json").exists():
+    if (path / FINAL).exists():
         if not (path / CHECKPOINT).exists():
             raise ValueError(f"{path} holds the records of a finished run but not its weights (checkpoints are not "
                              f"committed with results); delete {path} to re-train it, or copy its checkpoint.pt back")

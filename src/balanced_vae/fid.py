@@ -64,6 +64,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write, file_digest
+from .data import DataError, load_dataset, resolve_data_dir, validate_images
+from .metrics import gaussian_statistics
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,6 @@ def fid_cache_dir(cache_dir: str | Path | None = None, data_dir: str | Path | No
 def _requested_cache_dir(cache_dir, data_dir) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    from .data import resolve_data_dir
 
     return (resolve_data_dir(data_dir) / "fid-stats").resolve()
 
@@ -418,7 +419,6 @@ def check_fid_images(x: torch.Tensor, source: str = "images", *, min_n: int = 2)
 
     Returns ``x``; the :class:`~balanced_vae.data.DataError` names ``source`` and the fix.
     """
-    from .data import DataError, validate_images
 
     validate_images(x, source)
     if x.shape[1] not in (1, 3):
@@ -510,7 +510,6 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
     data set, split, count, extractor, the backend that made the statistics and whether
     the cache was hit.
     """
-    from .data import load_dataset
 
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
@@ -535,7 +534,6 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
                 log.info("FID statistics of %s %s (n=%d) read from %s", dataset, split, n, path)
                 return cached[0], cached[1], {**cached[2], "backend": cached[2].get("backend", "not recorded"),
                                               "cache": str(path), "cache_hit": True}
-    from .metrics import gaussian_statistics
 
     check_fid_images(x[:n], f"{dataset} {split}")
     if extractor is not None:

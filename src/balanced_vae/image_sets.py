@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import DataError
+from .data import DataError, load_dataset
+from .fid import check_fid_images
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ class ImageSet:
 
 def load_image_set(spec: str | Path, *, data_dir: str | Path | None = None) -> ImageSet:
     """Read an image set from a folder, an ``.npy`` / ``.npz`` file or ``NAME:SPLIT`` (see the module)."""
-    from .fid import check_fid_images
 
     spec = str(spec)
     path = Path(spec).expanduser()
@@ -73,7 +73,6 @@ def load_image_set(spec: str | Path, *, data_dir: str | Path | None = None) -> I
                             f"fix: give an existing path, or NAME:SPLIT such as {spec}:test")
         if split not in _SPLITS:
             raise DataError(f"{spec!r}: split {split!r}; fix: use {name}:train or {name}:test")
-        from .data import load_dataset
 
         data = load_dataset(name, data_dir=data_dir)
         s = ImageSet(data.x_train if split == "train" else data.x_test, spec, "dataset", name, split)

@@ -20,14 +20,16 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .checkpoint import atomic_write, write_json_atomic
 from .likelihoods import PixelVariance
-from .samplers import (AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, SAMPLER_KINDS, as_run,
-                       default_components, encode_dataset, fit_gmm_for_run, kl_monte_carlo, make_sampler,
-                       run_images)
+from .model import encode_dataset
+from .plots import grid, save_fig, save_grid
+from .runs import Run, as_run, fit_gmm_for_run, make_sampler
+from .samplers import SAMPLER_KINDS, AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, kl_monte_carlo
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,6 @@ def _tile(values: np.ndarray, nrow: int | None, pad: int = 1) -> np.ndarray:
 def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None = None, title: str | None = None,
                     cmap: str = "viridis", label: str = "sigma") -> Path:
     """A grid of value maps (N, C, H, W) (channels averaged) on one colour scale with a colour bar (Figure 4)."""
-    import matplotlib.pyplot as plt
-
-    from .plots import save_fig
 
     arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)                # NaN = white gaps
     fig, ax = plt.subplots(figsize=(6, 6 * arr.shape[0] / arr.shape[1] + 0.4))
@@ -90,9 +89,6 @@ def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None 
 def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *,
                       nrow: int | None = None, title: str | None = None) -> Path:
     """Image grids (N, C, H, W) in [0, 1] side by side, one titled panel each (Figure 2)."""
-    import matplotlib.pyplot as plt
-
-    from .plots import save_fig, grid
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels):
@@ -113,7 +109,7 @@ def _sampler_name(kind: str, sampler) -> str:
     return "prior N(0, I)"
 
 
-def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", components: int | None = None,
+def write_samples(run: Run | str | Path, out_dir: str | Path, *, sampler: str = "gmm", components: int | None = None,
                   n: int = 64, seed: int = 0, compare: bool = False, data=None, data_dir: str | None = None,
                   fit_on: str = "mean", nrow: int | None = None, scale: int = 3) -> dict:
     """Generate ``n`` images of a run from ``sampler`` and write them into ``out_dir``.
@@ -128,12 +124,11 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
     """
     if sampler not in SAMPLER_KINDS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLER_KINDS}")
-    from .plots import save_grid
 
-    run = as_run(run_dir)
+    run = as_run(run)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    k = components if components is not None else default_components(tuple(run.checkpoint["shape"]))
+    k = components if components is not None else run.default_components
     s = make_sampler(sampler, run, components=k, data=data, fit_on=fit_on, data_dir=data_dir)
     z = s.sample(n, generator=torch.Generator().manual_seed(seed))                   # (n, L)
     means, sigma = decode_samples(run.model, z)                                      # (n, C, H, W)
@@ -175,7 +170,7 @@ def write_samples(run_dir, out_dir: str | Path, *, sampler: str = "gmm", compone
 # ---------------------------------------------------------------------- KL gap (Table 1)
 
 
-def kl_gap(run_dir, *, components: int | None = None, n: int = 10_000, runs: int = 10, seed: int = 0,
+def kl_gap(run: Run | str | Path, *, components: int | None = None, n: int = 10_000, runs: int = 10, seed: int = 0,
            aggregate: bool = True, data=None, data_dir: str | None = None, fit_on: str = "mean",
            progress: bool = False) -> dict:
     """KL(q_GMM || p) and KL(q_agg || p) of a run by Monte Carlo (Table 1).
@@ -189,8 +184,8 @@ def kl_gap(run_dir, *, components: int | None = None, n: int = 10_000, runs: int
     :class:`~balanced_vae.samplers.GaussianMixtureSampler`), which gives a smaller KL when the
     encoder leaves latent dimensions unused.
     """
-    run = as_run(run_dir)
-    k = components if components is not None else default_components(tuple(run.checkpoint["shape"]))
+    run = as_run(run)
+    k = components if components is not None else run.default_components
     prior = PriorSampler(run.model.latent_dim)
     gmm = fit_gmm_for_run(run, k, data=data, fit_on=fit_on, data_dir=data_dir)
     t0 = time.perf_counter()
@@ -205,7 +200,7 @@ def kl_gap(run_dir, *, components: int | None = None, n: int = 10_000, runs: int
     result["kl_gmm"]["seconds"] = round(time.perf_counter() - t0, 3)
     if aggregate:
         t0 = time.perf_counter()
-        mu, logvar = encode_dataset(run.model, run_images(run, data=data, data_dir=data_dir))
+        mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))
         agg = AggregatePosteriorSampler(mu, logvar)
         result["protocol"]["N_aggregate"] = agg.n_components
         result["kl_aggregate"] = kl_monte_carlo(agg, prior, n=n, runs=runs, seed=seed, progress=progress,
@@ -243,9 +238,6 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     The colour scale runs from ``max - span`` to the largest log-density over all panels
     (nats); lower values are drawn in the colour map's lowest colour.
     """
-    import matplotlib.pyplot as plt
-
-    from .plots import save_fig
 
     axis, dens = latent_density_grid(samplers, lim, resolution)
     vmax = max(float(d.max()) for d in dens.values())
@@ -264,7 +256,7 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     return save_fig(fig, path)
 
 
-def latent_plot_for_run(run_dir, out: str | Path | None = None, *, components: int | None = None,
+def latent_plot_for_run(run: Run | str | Path, out: str | Path | None = None, *, components: int | None = None,
                         resolution: int = 200, lim: float | None = None, span: float = 15.0, data=None,
                         data_dir: str | None = None, fit_on: str = "mean") -> Path:
     """The 2-D latent density figure of a run: prior, exact aggregate posterior, GMM (one PNG).
@@ -272,12 +264,12 @@ def latent_plot_for_run(run_dir, out: str | Path | None = None, *, components: i
     Writes ``out`` (default ``RUN/latent_density.png``). The grid spans ``[-lim, lim]^2``,
     by default the larger of 4 and 1.1 x the 99.9th percentile of |mu| over the training codes.
     """
-    run = as_run(run_dir)
+    run = as_run(run)
     if run.model.latent_dim != 2:
         raise ValueError(f"{run.path}: latent_dim is {run.model.latent_dim}; the latent density plot needs a "
                          "run with 2-D latents (train with --latent-dim 2)")
-    k = components if components is not None else default_components(tuple(run.checkpoint["shape"]))
-    mu, logvar = encode_dataset(run.model, run_images(run, data=data, data_dir=data_dir))
+    k = components if components is not None else run.default_components
+    mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))
     agg = AggregatePosteriorSampler(mu, logvar)
     gmm = fit_gmm_for_run(run, k, data=data, fit_on=fit_on, data_dir=data_dir)
     if lim is None:
@@ -310,7 +302,7 @@ def gmm_ablation(train_codes: torch.Tensor, heldout_codes: torch.Tensor, compone
     return rows
 
 
-def gmm_ablation_for_run(run_dir, components: Sequence[int] = (8, 16, 32, 64, 128), *, fit_on: str = "mean",
+def gmm_ablation_for_run(run: Run | str | Path, components: Sequence[int] = (8, 16, 32, 64, 128), *, fit_on: str = "mean",
                          random_state: int = 0, data=None, data_dir: str | None = None,
                          out: str | Path | None = None) -> dict:
     """Table 4 for a run: GMMs for each K fitted on its training codes, scored on its test codes.
@@ -319,10 +311,10 @@ def gmm_ablation_for_run(run_dir, components: Sequence[int] = (8, 16, 32, 64, 12
     (``fit_on="sample"``, drawn with generators seeded ``random_state`` (train) and
     ``random_state + 1`` (test)). Writes the result as JSON to ``out`` when given.
     """
-    run = as_run(run_dir)
+    run = as_run(run)
     codes = {}
     for i, split in enumerate(("train", "test")):
-        mu, logvar = encode_dataset(run.model, run_images(run, data=data, data_dir=data_dir, split=split))
+        mu, logvar = encode_dataset(run.model, run.images(split, data=data, data_dir=data_dir))
         if fit_on == "sample":
             g = torch.Generator().manual_seed(random_state + i)
             mu = run.model.reparameterise(mu, logvar, generator=g)

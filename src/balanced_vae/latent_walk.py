@@ -20,7 +20,9 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CHECKPOINT, load_run, write_json_atomic
+from .checkpoint import CHECKPOINT, write_json_atomic
+from .plots import save_rows
+from .runs import load_run
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,10 @@ def latent_walk_for_run(run_dir, out: str | Path | None = None, *, which: str = 
     Every walk gives two rows: decoder means and sigma. Writes ``out`` (default
     ``RUN/latent_walk.png``) and beside it ``latent_walk.json`` with the protocol.
     """
-    from .data import load_dataset
-    from .plots import save_rows
 
     run = load_run(run_dir, which=which)
     c = run.config
-    if data is None:
-        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
+    data = run.dataset(data, data_dir=data_dir)
     x = data.x_test
     a, b = pair
     if not (0 <= a < len(x) and 0 <= b < len(x)):

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from .model import eval_mode
 from .objectives import LOG_2PI, elbo_terms_from_codes, gaussian_log_prob
@@ -277,7 +278,6 @@ def calibration(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, si
       ``n_bins`` equal-count bins, each with its mean predicted sigma^2 and mean squared
       error (a calibrated model has the two equal).
     """
-    from scipy.stats import spearmanr
 
     _check_images(x)
     if mean.shape != x.shape:

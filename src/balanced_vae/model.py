@@ -31,7 +31,7 @@ from torch import nn
 
 from .likelihoods import Likelihood, PixelVariance
 from .nets import NetSpec, make_decoder, make_encoder
-from .sources import canonical_shape
+from .sources import canonical_shape, rows
 
 
 class NetworkError(ValueError):
@@ -266,3 +266,23 @@ class VAE(nn.Module):
         """Decode codes z (B, L): mean (B, C, H, W) and per-pixel sigma (B, C, H, W) (Figure 4)."""
         mean, logvar = self.decode(z)
         return mean, (0.5 * logvar).exp().expand_as(mean)
+
+
+@torch.no_grad()
+def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior parameters of every image: x (N, C, H, W) -> mu (N, L), logvar (N, L), float32.
+
+    ``x`` may also be a source of :mod:`balanced_vae.sources` (uint8 or streamed data, any
+    example shape), converted ``batch_size`` examples at a time. Runs the encoder in eval
+    mode without gradients and restores the model's training flag.
+    """
+    if isinstance(x, torch.Tensor) and x.ndim != 4:
+        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
+                         "or uint8 data pass balanced_vae.sources.TensorSource(x)")
+    with eval_mode(model):
+        mus, logvars = [], []
+        for i in range(0, len(x), batch_size):
+            mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)

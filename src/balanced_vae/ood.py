@@ -35,9 +35,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from .checkpoint import CHECKPOINT, STAGE1, load_run, write_json_atomic, write_text_atomic
+from .checkpoint import CHECKPOINT, STAGE1, write_json_atomic, write_text_atomic
+from .data import load_dataset
+from .metrics import dequantised_log_likelihood, elbo, iwae_log_likelihood
+from .provenance import provenance
+from .runs import fit_gmm_for_run, load_run
 from .samplers import DEFAULT_COMPONENTS
+from .train import split_train
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,6 @@ def ood_metrics(score_in, score_out, *, tpr_level: float = TPR_LEVEL) -> dict[st
     (fraction of in-distribution images flagged at the lowest threshold that flags
     ``tpr_level`` of the OOD images, from ``roc_curve``), ``mean_in`` and ``mean_out``.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
     s_in, s_out = (np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).ravel()
                    for s in (score_in, score_out))
@@ -101,7 +106,6 @@ def log_likelihoods(model, x: torch.Tensor, *, k: int = 20, gmm=None, seed: int 
     draws its noise from its own generator seeded ``seed``, so every estimate of an image
     set is reproducible on its own. ``iwae_gmm`` is skipped when ``gmm`` is None.
     """
-    from .metrics import dequantised_log_likelihood, elbo, iwae_log_likelihood
 
     device = next(model.parameters()).device
     x = x.to(device)
@@ -145,19 +149,13 @@ def _model_label(run) -> str:
     return "per-pixel sigma^2 (Eq. 11)" if run.stage == 2 else "global sigma^2 (Eq. 9)"
 
 
-def _density_gmm(run, which: str, components: int, train_data):
-    """The GMM of Eq. 13 as a density: fitted on one z ~ q(z|x) per training image (see evaluate)."""
-    from .samplers import GaussianMixtureSampler, encode_dataset, fit_gmm_for_run, run_images
-
-    if which == CHECKPOINT:     # cached beside the run, keyed to checkpoint.pt's weights
-        return fit_gmm_for_run(run, components, data=train_data, fit_on="sample")
-    mu, logvar = encode_dataset(run.model, run_images(run, data=train_data, split="train"))
-    return GaussianMixtureSampler(components, fit_on="sample").fit(mu, logvar)
+def _density_gmm(run, components: int, train_data):
+    """The GMM of Eq. 13 as a density: fitted on one z ~ q(z|x) per training image (see evaluate);
+    cached beside the run for ``checkpoint.pt``, fitted in memory for another checkpoint."""
+    return fit_gmm_for_run(run, components, data=train_data, fit_on="sample")
 
 
 def _load(name: str, cache: dict, data_dir, image_size):
-    from .data import load_dataset
-
     if name not in cache:
         cache[name] = load_dataset(name, data_dir=data_dir, image_size=image_size)
     return cache[name]
@@ -176,8 +174,6 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
     for every score. Returns a JSON-able document with the protocol and, per model, the
     metrics and the mean log-likelihoods of both sets.
     """
-    from .evaluate import provenance
-    from .train import split_train
 
     run_dir = Path(run_dir).expanduser()
     if checkpoints is None:
@@ -211,7 +207,7 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
     for which in checkpoints:
         t0 = time.perf_counter()
         run = first if which == checkpoints[0] else load_run(run_dir, which=which)
-        gmm = _density_gmm(run, which, components, train_data)
+        gmm = _density_gmm(run, components, train_data)
         ll = {role: log_likelihoods(run.model, x, k=k, gmm=gmm, seed=seed) for role, x in sets.items()}
         ref = log_likelihoods(run.model, x_ref, k=k, seed=seed, estimates=("iwae_prior",))["iwae_prior"]
         scores = {role: ood_scores(ll[role], ref) for role in sets}

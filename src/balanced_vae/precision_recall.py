@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import pairwise_distances
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["improved_precision_recall", "knn_radii", "manifold_coverage"]
 
@@ -36,7 +38,6 @@ def knn_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
 
     Uses scikit-learn's exact ``NearestNeighbors`` (Euclidean).
     """
-    from sklearn.neighbors import NearestNeighbors
 
     if not 1 <= k < len(features):
         raise ValueError(f"k={k} nearest neighbours need at least k + 1 = {k + 1} features; got {len(features)}")
@@ -50,7 +51,6 @@ def manifold_coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarr
 
     Distances are computed ``chunk`` queries at a time, so memory stays O(chunk N).
     """
-    from sklearn.metrics import pairwise_distances
 
     inside = np.empty(len(queries), dtype=bool)
     for i in range(0, len(queries), chunk):

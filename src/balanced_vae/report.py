@@ -26,7 +26,13 @@ from typing import Any, Iterable
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, METRICS, STAGE1, load_run, write_text_atomic
+from .checkpoint import CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, write_text_atomic
+from .latent import decode_samples, latent_plot_for_run, save_side_by_side, save_value_grid
+from .likelihoods import PixelVariance
+from .plots import plot_curves, read_metrics, save_rows
+from .provenance import provenance
+from .runs import load_run, make_sampler
+from .samplers import PriorSampler
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ def metrics_rows(run_dir: Path, records: Iterable[str | Path] = ()) -> list[tupl
             continue
         label = str(f.relative_to(run_dir)) if f in files else str(f)
         rows += _record_rows(doc, label)
-    final = run_dir / "final.json"
+    final = run_dir / FINAL
     if final.is_file():
         for key, value in _flatten(json.loads(final.read_text()).get("test", {})):
             rows.append(("final.json", "test (end of training)", key, value))
@@ -108,10 +114,6 @@ def metrics_rows(run_dir: Path, records: Iterable[str | Path] = ()) -> list[tupl
 
 def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int | None) -> list[tuple[str, str, str]]:
     """(section title, caption, PNG path) for every figure of the report."""
-    from .latent import decode_samples, save_side_by_side, save_value_grid
-    from .likelihoods import PixelVariance
-    from .plots import plot_curves, read_metrics, save_rows
-    from .samplers import PriorSampler, make_sampler
 
     figs = []
     metrics_file = run.path / METRICS
@@ -146,7 +148,6 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
         figs.append(("Samples: prior vs GMM", "Per-pixel sigma of the GMM samples above (Figure 4).",
                      save_value_grid(s_gmm, tmp / "samples_sigma.png", nrow=8, label="decoder sigma")))
     if run.model.latent_dim == 2:
-        from .latent import latent_plot_for_run
 
         figs.append(("Latent space (2-D)", "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
                      "its GMM (Eq. 13) on one grid and colour scale.",
@@ -164,7 +165,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int =
     ``data`` (a :class:`~balanced_vae.data.Dataset`) skips loading. ``records`` are further JSON
     results for the metrics table (``evaluate --out FILE``, ``ood``). Returns the path.
     """
-    from .evaluate import provenance
 
     records = [Path(r).expanduser() for r in records]
     for r in records:
@@ -174,14 +174,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int =
     run = load_run(run_dir, which=CHECKPOINT)
     stage1 = load_run(run_dir, which=STAGE1) if run.stage == 2 and (run.path / STAGE1).is_file() else None
     c = run.config
-    if data is None:
-        from .data import load_dataset
-
-        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
+    data = run.dataset(data, data_dir=data_dir)
     if not 1 <= n <= len(data.x_test):
         raise ValueError(f"n={n}: the test split of {c.dataset} has {len(data.x_test)} images; choose 1 <= n <= "
                          f"{len(data.x_test)}")
-    final = json.loads((run.path / "final.json").read_text()) if (run.path / "final.json").is_file() else {}
+    final = json.loads((run.path / FINAL).read_text()) if (run.path / FINAL).is_file() else {}
     prov = provenance(run.path / CHECKPOINT)
     config = json.loads((run.path / CONFIG).read_text())
     protocol = [("run folder", str(run.path)), ("data set", f"{c.dataset}: {len(data.x_train)} training, "

@@ -14,23 +14,28 @@ import io
 import json
 import logging
 import math
+import multiprocessing as mp
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from . import __version__  # noqa: E402
-from .checkpoint import file_digest, load_run, write_json_atomic, write_text_atomic  # noqa: E402
-from .data import Dataset, load_dataset  # noqa: E402
-from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name,  # noqa: E402
-                          get_budget, resolved_budget)
-from .plots import save_fig  # noqa: E402
-from .samplers import DEFAULT_COMPONENTS  # noqa: E402
+from . import __version__
+from .checkpoint import CHECKPOINT, STAGE1, file_digest, write_json_atomic, write_text_atomic
+from .data import Dataset, load_dataset
+from .evaluate import evaluate_run, real_data_fid, reconstruct_run
+from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,
+                          resolved_budget)
+from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
+from .plots import save_fig
+from .provenance import git_commit, git_dirty, short_commit
+from .runs import load_run
+from .samplers import DEFAULT_COMPONENTS
+from .train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +53,55 @@ class Context:
         self.data = data if data is not None else load_dataset(dataset)
         self.k_default = DEFAULT_COMPONENTS
         self.extra_runs = budget.extra_runs
+        self._row_commits: list[str] = []   # commits of the numbers read since the last take_commits()
+
+    def note_commit(self, record: dict | None = None) -> None:
+        """Note the commit that computed a number of the row being built (the code running now when
+        ``record`` is None, else the provenance ``record`` holds)."""
+        c = short_commit(record if record is not None else {"git_commit": git_commit(), "git_dirty": git_dirty()})
+        self._row_commits.append(c or "unknown")
+
+    def take_commits(self) -> str | None:
+        """The commits of the numbers of the row just built (comma-separated, once each); resets."""
+        out, self._row_commits = ", ".join(dict.fromkeys(self._row_commits)) or None, []
+        return out
 
     def run(self, name: str) -> Path:
         return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress,
                           device=self.device)
 
     def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = "checkpoint.pt") -> dict[str, Any]:
+                 which: str = CHECKPOINT) -> dict[str, Any]:
         """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
-        from .evaluate import evaluate_run
 
         b, k = self.budget, components or self.k_default
         path = self.run(name)
         key = f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
               {"fid": f"_n{b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
-              ("" if which == "checkpoint.pt" else f"_{Path(which).stem}")
+              ("" if which == CHECKPOINT else f"_{Path(which).stem}")
         cache = path / "eval" / f"{key}.json"
         if cache.exists():   # valid only for the weights it was computed from
             entry = json.loads(cache.read_text())["metrics"][metric]
             if entry.get("provenance", {}).get("checkpoint_sha256") == file_digest(path / which):
+                self.note_commit(entry["provenance"])
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
                            n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
                            progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
+        self.note_commit(doc["metrics"][metric]["provenance"])
         return doc["metrics"][metric]
 
     def _inception_device(self) -> str:
-        from .train import resolve_device
 
         return str(resolve_device(self.device))
 
     def protocol(self, **extra) -> dict[str, Any]:
-        from .evaluate import git_commit, git_dirty
 
         dev = self._inception_device()
         machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
         if dev.startswith("cuda"):
-            import torch
 
             machine += f", GPU {torch.cuda.get_device_name(torch.device(dev))}"
         return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
@@ -133,7 +148,6 @@ def _figure_record(ctx: Context, name: str, title: str, files: list[str], protoc
 
 def table1(ctx: Context) -> Path:
     """Table 1: 2-D latents at sigma^2 = 1, 0.5, learned, 0.01: learned sigma^2, KL(q_GMM || p), densities."""
-    from .latent import kl_gap, latent_plot_for_run
 
     t0 = time.perf_counter()
     rows, figures = [], []
@@ -147,6 +161,7 @@ def table1(ctx: Context) -> Path:
                     seed=ctx.budget.seed, data=ctx.data, aggregate=True, fit_on="sample")
         kl_means = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=ctx.budget.kl_runs,
                           seed=ctx.budget.seed, data=ctx.data, aggregate=False, fit_on="mean")
+        ctx.note_commit()                                    # the KL gaps above: computed by this code
         fig = ctx.folder / f"table1_density_{name}.png"
         latent_plot_for_run(run, fig, components=ctx.k_default, data=ctx.data)
         figures.append(fig.name)
@@ -155,13 +170,14 @@ def table1(ctx: Context) -> Path:
                      "kl_gmm_means_fit": kl_means["kl_gmm"]["mean"],
                      "kl_agg_mean": kl["kl_aggregate"]["mean"], "kl_agg_std": kl["kl_aggregate"]["std"],
                      "paper_kl_gmm": PAPER["table1"]["kl_gmm"][label],
-                     "paper_sigma2": PAPER["table1"]["sigma2_learned"] if label == "learned" else None})
+                     "paper_sigma2": PAPER["table1"]["sigma2_learned"] if label == "learned" else None,
+                     "commit": ctx.take_commits()})
     proto = ctx.protocol(latent_dim=2, K=ctx.k_default, kl_samples=ctx.budget.n_kl, kl_runs=ctx.budget.kl_runs,
                          kl_estimator=kl["protocol"]["estimator"], figures=figures,
                          gmm_fit={"kl_gmm_mean": "GMM fitted on one z ~ q(z|x) per training image",
                                   "kl_gmm_means_fit": "GMM fitted on the posterior means mu(x)"})
     return write_table(ctx, "table1", ["sigma2", "sigma2_value", "kl_gmm_mean", "kl_gmm_std", "kl_gmm_means_fit",
-                                       "paper_kl_gmm", "kl_agg_mean", "kl_agg_std", "paper_sigma2"], rows,
+                                       "paper_kl_gmm", "kl_agg_mean", "kl_agg_std", "paper_sigma2", "commit"], rows,
                        title=f"Table 1 ({ctx.dataset}): KL gap of 2-D latent models", protocol=proto,
                        seconds=time.perf_counter() - t0)
 
@@ -171,7 +187,6 @@ def _fid(ctx: Context, name: str, sampler: str, components: int | None = None) -
 
 
 def _real_fid(ctx: Context) -> float:
-    from .evaluate import real_data_fid
 
     cache = ctx.folder / f"real_fid_n{ctx.budget.n_fid}.json"
     if not cache.exists():
@@ -179,6 +194,7 @@ def _real_fid(ctx: Context) -> float:
                       backend=ctx.fid_backend, paper_value=PAPER["table2"].get(ctx.dataset, {}).get("real"),
                       device=ctx._inception_device(), progress=ctx.progress)
     doc = json.loads(cache.read_text())
+    ctx.note_commit(doc.get("provenance"))
     return doc["fid_train_vs_test"]
 
 
@@ -188,20 +204,23 @@ def table2(ctx: Context) -> Path:
     paper = PAPER["table2"].get(ctx.dataset, {})
     rows = []
     for m in TABLE2_METHODS:
-        rows.append({"method": m, "sampler": "prior", "fid": _fid(ctx, m, "prior"), "paper_fid": None})
+        rows.append({"method": m, "sampler": "prior", "fid": _fid(ctx, m, "prior"), "paper_fid": None,
+                     "commit": ctx.take_commits()})
         if m == "learned":
             rows.append({"method": m, "sampler": f"gmm K={ctx.k_default}", "fid": _fid(ctx, m, "gmm"),
-                         "paper_fid": paper.get(m)})
+                         "paper_fid": paper.get(m), "commit": ctx.take_commits()})
             if "learned-floor0" in ctx.extra_runs:
                 rows.append({"method": "learned-floor0", "sampler": f"gmm K={ctx.k_default}",
-                             "fid": _fid(ctx, "learned-floor0", "gmm"), "paper_fid": None})
+                             "fid": _fid(ctx, "learned-floor0", "gmm"), "paper_fid": None,
+                             "commit": ctx.take_commits()})
         else:
             rows[-1]["paper_fid"] = paper.get(m)
     rows.append({"method": "real images (train vs test)", "sampler": "-", "fid": _real_fid(ctx),
-                 "paper_fid": paper.get("real")})
+                 "paper_fid": paper.get("real"), "commit": ctx.take_commits()})
     ev = ctx.evaluate("learned", "fid", sampler="gmm")
+    ctx.take_commits()
     proto = ctx.protocol(fid=ev["protocol"], paper_sampler="ours: GMM of the aggregate posterior; baselines: prior")
-    return write_table(ctx, "table2", ["method", "sampler", "fid", "paper_fid"], rows,
+    return write_table(ctx, "table2", ["method", "sampler", "fid", "paper_fid", "commit"], rows,
                        title=f"Table 2 ({ctx.dataset}): FID, {ctx.budget.n_fid} generated vs "
                              f"{ctx.budget.n_fid} test images", protocol=proto, seconds=time.perf_counter() - t0)
 
@@ -210,11 +229,11 @@ def table3(ctx: Context) -> Path:
     """Table 3: IWAE test log-likelihood with p(z) = prior and GMM, plus dequantised bits/dim."""
     t0 = time.perf_counter()
     paper = PAPER["table3"].get(ctx.dataset, {})
-    entries = [("learned-global", "learned", "stage1.pt"), ("learned-pixel", "learned", "checkpoint.pt")]
+    entries = [("learned-global", "learned", STAGE1), ("learned-pixel", "learned", CHECKPOINT)]
     if "learned-floor0" in ctx.extra_runs:
-        entries.append(("learned-pixel-floor0", "learned-floor0", "checkpoint.pt"))
-    entries += [("vae", "vae", "checkpoint.pt"), ("beta-vae", "beta-vae", "checkpoint.pt"),
-                ("dip-vae-i", "dip-vae-i", "checkpoint.pt")]
+        entries.append(("learned-pixel-floor0", "learned-floor0", CHECKPOINT))
+    entries += [("vae", "vae", CHECKPOINT), ("beta-vae", "beta-vae", CHECKPOINT),
+                ("dip-vae-i", "dip-vae-i", CHECKPOINT)]
     rows, proto_iwae = [], None
     for label, name, which in entries:
         ev = ctx.evaluate(name, "iwae", sampler="gmm", which=which)
@@ -225,8 +244,9 @@ def table3(ctx: Context) -> Path:
                      "iwae_gmm": v[gmm_key]["log_likelihood"]["mean"],
                      "bpd_prior": v["prior"].get("bits_per_dim", {}).get("mean"),
                      "bpd_gmm": v[gmm_key].get("bits_per_dim", {}).get("mean"),
-                     "paper_iwae": paper.get(label)})
-    return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm"],
+                     "paper_iwae": paper.get(label), "commit": ctx.take_commits()})
+    return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm",
+                                       "commit"],
                        rows, title=f"Table 3 ({ctx.dataset}): IWAE log-likelihood (nats per image) and "
                                    "dequantised bits/dim", protocol=ctx.protocol(iwae=proto_iwae),
                        seconds=time.perf_counter() - t0)
@@ -234,18 +254,19 @@ def table3(ctx: Context) -> Path:
 
 def table4(ctx: Context) -> Path:
     """Table 4: FID of GMM samples against the number of components K, with the fit's held-out score."""
-    from .latent import gmm_ablation_for_run
 
     t0 = time.perf_counter()
     path = ctx.run("learned")
     ablation = gmm_ablation_for_run(path, components=ctx.budget.components, data=ctx.data)
+    ctx.take_commits()
     by_k = {r["K"]: r for r in ablation["rows"]}
     rows = []
     for k in ctx.budget.components:
         r = by_k.get(k, {})
+        ctx.note_commit()                                    # the held-out score: computed by this code
         rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k),
-                     "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"]})
-    return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds"], rows,
+                     "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"], "commit": ctx.take_commits()})
+    return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds", "commit"], rows,
                        title=f"Table 4 ({ctx.dataset}): FID against the number of mixture components",
                        protocol=ctx.protocol(ablation=ablation["protocol"]),
                        seconds=time.perf_counter() - t0)
@@ -256,20 +277,20 @@ def table4(ctx: Context) -> Path:
 
 def fig1(ctx: Context) -> Path:
     """Figure 1: test ELBO, FID (prior and GMM) and KL gap against sigma^2; the learned point marked."""
-    from .latent import kl_gap
 
     t0 = time.perf_counter()
     rows = []
     points = [(s2, fixed_run_name(s2)) for s2 in ctx.budget.fixed_sigma2] + [(None, "learned")]
     for s2, name in points:
-        run = load_run(ctx.run(name), which="stage1.pt" if name == "learned" else "checkpoint.pt")
-        elbo = ctx.evaluate(name, "elbo", which="stage1.pt" if name == "learned" else "checkpoint.pt")
+        run = load_run(ctx.run(name), which=STAGE1 if name == "learned" else CHECKPOINT)
+        elbo = ctx.evaluate(name, "elbo", which=STAGE1 if name == "learned" else CHECKPOINT)
         kl = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=min(ctx.budget.kl_runs, 3),
                     seed=ctx.budget.seed, data=ctx.data, aggregate=False)
+        ctx.note_commit()                                    # the KL gap: computed by this code
         rows.append({"run": name, "sigma2": run.model.likelihood.sigma2 if s2 is None else s2,
                      "learned": s2 is None, "test_elbo": elbo["values"]["elbo"]["mean"],
                      "fid_prior": _fid(ctx, name, "prior"), "fid_gmm": _fid(ctx, name, "gmm"),
-                     "kl_gmm": kl["kl_gmm"]["mean"]})
+                     "kl_gmm": kl["kl_gmm"]["mean"], "commit": ctx.take_commits()})
     rows.sort(key=lambda r: r["sigma2"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [("test_elbo", "test ELBO (nats)"), (("fid_prior", "fid_gmm"), "FID"), ("kl_gmm", "KL(q_GMM || p)")]
@@ -285,7 +306,7 @@ def fig1(ctx: Context) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"Figure 1 ({ctx.dataset}, {ctx.budget.name} budget)")
     save_fig(fig, ctx.folder / "fig1.png")
-    cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm"]
+    cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm", "commit"]
     write_table(ctx, "fig1_data", cols, rows, title="Figure 1 data", protocol=ctx.protocol(), seconds=0)
     return _figure_record(ctx, "fig1", f"Figure 1 ({ctx.dataset}): ELBO, FID and KL gap against sigma^2",
                           ["fig1.png"], ctx.protocol(kl_runs=min(ctx.budget.kl_runs, 3), K=ctx.k_default,
@@ -296,7 +317,6 @@ def fig1(ctx: Context) -> Path:
 
 def fig2(ctx: Context) -> Path:
     """Figure 2: prior versus GMM samples of the learned-variance model, side by side."""
-    from .latent import write_samples
 
     t0 = time.perf_counter()
     target = ctx.folder / "fig2"
@@ -309,7 +329,6 @@ def fig2(ctx: Context) -> Path:
 
 def fig3(ctx: Context) -> Path:
     """Figure 3: test images, reconstructions and predicted per-pixel sigma (stage 2)."""
-    from .evaluate import reconstruct_run
 
     t0 = time.perf_counter()
     target = ctx.folder / "fig3"
@@ -324,7 +343,6 @@ def fig3(ctx: Context) -> Path:
 
 def fig4(ctx: Context) -> Path:
     """Figure 4: GMM samples with the per-pixel sigma of each generated image."""
-    from .latent import write_samples
 
     t0 = time.perf_counter()
     target = ctx.folder / "fig4"
@@ -346,7 +364,7 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
         out += [(m, "fid", {"sampler": "prior"}) for m in TABLE2_METHODS]
         out += [(m, "fid", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs)]
     elif name == "table3":
-        out += [("learned", "iwae", {"sampler": "gmm", "which": "stage1.pt"})]
+        out += [("learned", "iwae", {"sampler": "gmm", "which": STAGE1})]
         out += [(m, "iwae", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs, "vae", "beta-vae",
                                                            "dip-vae-i")]
     return out
@@ -355,7 +373,6 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
 def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,
          threads: int) -> str:
     """One worker of :func:`prefetch`: train (or reuse) one run, then compute its cached evaluations."""
-    import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s")
@@ -373,8 +390,6 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
     ``RUN/eval/*.json``), so the tables are then assembled without new work. The real
     images' FID statistics are computed first, once, so the workers only read them.
     """
-    import multiprocessing as mp
-    import os
 
     todo: dict[str, list] = {}
     for n in names:
@@ -415,4 +430,8 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
     log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
     if jobs > 1:
         prefetch(names, ctx, jobs)
-    return [FUNCTIONS[n](ctx) for n in names]
+    records = []
+    for n in names:
+        ctx.take_commits()          # each row notes the commits of its own numbers only
+        records.append(FUNCTIONS[n](ctx))
+    return records

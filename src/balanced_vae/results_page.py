@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from .checkpoint import write_text_atomic
-from .experiments import EXPERIMENTS
+from .experiments import EXPERIMENTS, PAPER
+from .provenance import short_commit
 from .reproduce import format_number
 
 
@@ -24,12 +25,15 @@ def _claims_table1(rec: dict) -> list[str]:
     out = []
     learned = rows.get("learned")
     if learned:
-        out.append(f"Learned sigma^2 of the 2-D model: {learned['sigma2_value']:.4g} (paper: 0.035).")
-    order = [rows[k]["kl_gmm_mean"] for k in ("1", "0.5", "learned", "0.01") if k in rows]
+        out.append(f"Learned sigma^2 of the 2-D model: {learned['sigma2_value']:.4g} "
+                   f"(paper: {PAPER['table1']['sigma2_learned']}).")
+    keys = [k for k in PAPER["table1"]["kl_gmm"] if k in rows]
+    order = [rows[k]["kl_gmm_mean"] for k in keys]
     increasing = all(a < b for a, b in zip(order, order[1:]))
     out.append(("Agrees" if increasing else "Differs") + " with the paper: the KL gap KL(q_GMM || p) "
                + ("grows" if increasing else "does not grow monotonically") + " as sigma^2 falls "
-               f"(1, 0.5, learned, 0.01: {', '.join(f'{v:.3g}' for v in order)}; paper 0.094, 0.132, 0.422, 1.552).")
+               f"({', '.join(keys)}: {', '.join(f'{v:.3g}' for v in order)}; paper "
+               f"{', '.join(str(PAPER['table1']['kl_gmm'][k]) for k in keys)}).")
     return out
 
 
@@ -127,11 +131,15 @@ def _protocol_line(rec: dict) -> str:
 
 
 def _table_md(rec: dict) -> str:
-    cols = rec.get("columns", [])
+    """The record's rows as a Markdown table, ending with the commit that computed each row's numbers
+    (the row's own ``commit``, else the commit in the record's protocol)."""
+    cols = [c for c in rec.get("columns", []) if c != "commit"]
     if not cols:
         return ""
-    lines = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
-    lines += [f"| {' | '.join(format_number(r.get(c)) for c in cols)} |" for r in _rows(rec)]
+    table_commit = short_commit(rec.get("protocol")) or "not recorded"
+    lines = [f"| {' | '.join(cols)} | commit |", f"|{'---|' * (len(cols) + 1)}"]
+    lines += [f"| {' | '.join(format_number(r.get(c)) for c in cols)} | `{r.get('commit') or table_commit}` |"
+              for r in _rows(rec)]
     return "\n".join(lines)
 
 
@@ -169,8 +177,8 @@ def _scope(folder: Path) -> list[str]:
                      "the claims checked below are the paper's comparisons (which model or setting is better).")
     if real is not None and b["n_fid"] < 10_000:
         lines.append(f"FID is biased upwards at {b['n_fid']} images: real train vs real test images give {real:.1f} "
-                     "here (the paper: 1.9 on MNIST, 0.7 on Fashion-MNIST at 10,000), so compare FIDs within a "
-                     "table, not with the paper's values.")
+                     "here (the paper: " + ", ".join(f"{v['real']} on {d}" for d, v in PAPER["table2"].items())
+                     + " at 10,000), so compare FIDs within a table, not with the paper's values.")
     missing = [n for n in EXPERIMENTS if not (folder / f"{n}.json").exists()
                and not (n == "table1" and not folder.name.startswith("mnist-"))]
     if missing:

@@ -16,9 +16,9 @@ Samplers
 * :class:`GaussianMixtureSampler` -- Eq. 13, a K-component Gaussian mixture fitted by EM
   (scikit-learn's ``GaussianMixture``), sampled with torch and saved as ``.npz`` + JSON.
 
-Run-level helpers: :func:`encode_dataset`, :func:`fit_gmm_for_run` (fits on a run's training
-codes and caches the fit beside its checkpoint), :func:`make_sampler`, and the Monte-Carlo
-KL estimator :func:`kl_monte_carlo` behind the KL gaps of Table 1.
+and the Monte-Carlo KL estimator :func:`kl_monte_carlo` behind the KL gaps of Table 1. The
+samplers of a trained run (its codes, the GMM cached beside its checkpoint) are built in
+:mod:`balanced_vae.runs`.
 """
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.mixture import GaussianMixture
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, load_run, write_json_atomic
-from .model import eval_mode
+from .checkpoint import atomic_write, write_json_atomic
 from .objectives import LOG_2PI
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,6 @@ class GaussianMixtureSampler:
         ``logvar`` (N, L) is required for ``fit_on="sample"``; ``generator`` draws those
         samples (default: a generator seeded with ``random_state``). Returns ``self``.
         """
-        from sklearn.mixture import GaussianMixture
 
         self._validate_params()
         mu, logvar = _check_codes(mu, logvar, "GaussianMixtureSampler.fit")
@@ -346,7 +346,6 @@ class GaussianMixtureSampler:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
-            from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("this GaussianMixtureSampler is not fitted yet; call fit(mu) first or "
                                  "GaussianMixtureSampler.load(directory)")
@@ -483,136 +482,3 @@ def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, prog
     std = float(est.std(ddof=1)) if runs > 1 else None                    # None, not NaN: stays valid JSON
     return {"mean": float(est.mean()), "std": std, "sem": std / math.sqrt(runs) if runs > 1 else None,
             "n": n, "runs": runs, "seed": seed, "estimates": estimates}
-
-
-# ---------------------------------------------------------------------- run-level helpers
-
-
-@torch.no_grad()
-def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior parameters of every image: x (N, C, H, W) -> mu (N, L), logvar (N, L), float32.
-
-    ``x`` may also be a source of :mod:`balanced_vae.sources` (uint8 or streamed data, any
-    example shape), converted ``batch_size`` examples at a time. Runs the encoder in eval
-    mode without gradients and restores the model's training flag.
-    """
-    from .sources import rows
-
-    if isinstance(x, torch.Tensor) and x.ndim != 4:
-        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
-                         "or uint8 data pass balanced_vae.sources.TensorSource(x)")
-    with eval_mode(model):
-        mus, logvars = [], []
-        for i in range(0, len(x), batch_size):
-            mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
-            mus.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
-    return torch.cat(mus), torch.cat(logvars)
-
-
-def default_components(shape: tuple[int, int, int]) -> int:
-    """The paper's K for an image shape (C, H, W): 500 for 64x64 (CelebA), else 32 (MNIST, Fashion)."""
-    return CELEBA_COMPONENTS if shape[1] >= 64 else DEFAULT_COMPONENTS
-
-
-def as_run(run):
-    """A loaded run as it is, or the run folder ``run`` loaded (its ``checkpoint.pt``)."""
-    return run if hasattr(run, "model") and hasattr(run, "config") else load_run(run)
-
-
-def run_images(run, *, data=None, data_dir: str | None = None, split: str = "train") -> torch.Tensor:
-    """The images a run was trained (``split="train"``) or evaluated (``"test"``) on.
-
-    ``run`` is a run folder or a :class:`~balanced_vae.checkpoint.LoadedRun`; ``data`` (a
-    :class:`~balanced_vae.data.Dataset`) skips loading, ``data_dir`` overrides the folder in
-    the run's config. The run's ``n_train`` / ``n_test`` subsets apply.
-    """
-    from .data import load_dataset
-    from .train import check_fingerprint, test_images
-
-    run = as_run(run)
-    c = run.config
-    if data is None:
-        data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
-    shape = tuple(run.checkpoint["shape"])
-    if tuple(data.shape) != shape:
-        raise ValueError(f"{run.path}: the run was trained on images of shape {shape} but the data given are "
-                         f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset}); "
-                         "a run trained from Python data "
-                         "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
-                         "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}; choose 'train' or 'test'")
-    check_fingerprint(run.checkpoint.get("data"), data, c, run.path)
-    # training codes: every training image of the run, its validation images included
-    return (data.x_train[: c.n_train] if c.n_train else data.x_train) if split == "train" else test_images(data, c)
-
-
-def model_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights (state dict, keys sorted): which encoder a fit's codes came from."""
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def gmm_dir(run_dir: str | Path, n_components: int, fit_on: str = "mean") -> Path:
-    """Where :func:`fit_gmm_for_run` keeps a fit: ``RUN/gmm_K{K}`` (``RUN/gmm_K{K}_sample`` for samples)."""
-    return Path(run_dir).expanduser() / (f"gmm_K{n_components}" + ("" if fit_on == "mean" else f"_{fit_on}"))
-
-
-def fit_gmm_for_run(run_dir, n_components: int | None = 32, *, data=None, refit: bool = False,
-                    fit_on: str = "mean", random_state: int = 0, data_dir: str | None = None,
-                    covariance_type: str = "full") -> GaussianMixtureSampler:
-    """The GMM of Eq. 13 for a run, fitted on its training codes and cached beside its checkpoint.
-
-    ``run_dir`` is a run folder (its ``checkpoint.pt``) or a loaded run (any checkpoint). The fit
-    lives in :func:`gmm_dir` (``RUN/gmm_K32/``) with the SHA-256 of the model's weights; it is
-    reloaded when present and made from the same weights and settings, and refitted (and
-    overwritten) when ``refit`` is true or the weights differ (e.g. training went on since).
-    ``n_components=None`` takes the paper's K for the run's image shape.
-    """
-    run = as_run(run_dir)
-    run_dir = run.path
-    k = n_components if n_components is not None else default_components(tuple(run.checkpoint["shape"]))
-    folder = gmm_dir(run_dir, k, fit_on)
-    weights_sha = model_sha256(run.model)
-    settings = {"fit_on": fit_on, "random_state": random_state, "covariance_type": covariance_type}
-    if not refit and (folder / GMM_META).is_file():
-        try:
-            s = GaussianMixtureSampler.load(folder)
-        except ValueError as e:
-            log.warning("%s: cannot reuse the saved GMM (%s); refitting", folder, e)
-        else:
-            saved = {"fit_on": s.fit_on, "random_state": s.random_state, "covariance_type": s.covariance_type}
-            if s.source.get("model_sha256") == weights_sha and saved == settings and s.n_components == k:
-                log.info("%s: reusing the saved GMM", folder)
-                return s
-            log.warning("%s: saved GMM is from other weights or settings; refitting", folder)
-    x = run_images(run, data=data, data_dir=data_dir)
-    mu, logvar = encode_dataset(run.model, x)                                 # (N, L)
-    s = GaussianMixtureSampler(k, covariance_type=covariance_type, fit_on=fit_on, random_state=random_state)
-    s.fit(mu, logvar)
-    s.save(folder, extra={"model_sha256": weights_sha, "stage": run.stage, "epoch": run.checkpoint.get("epoch"),
-                          "dataset": run.config.dataset, "n_codes": len(mu)})
-    s.source = json.loads((folder / GMM_META).read_text())["source"]
-    return s
-
-
-def make_sampler(kind: str, run_dir, *, components: int | None = 32, data=None, fit_on: str = "mean",
-                 data_dir: str | None = None):
-    """A sampler of ``kind`` ("prior", "gmm" or "aggregate") for the run in ``run_dir``.
-
-    "gmm" comes from :func:`fit_gmm_for_run` (cached); "aggregate" encodes the run's training
-    images (Eq. 12). ``components=None`` takes the paper's K for the run's image shape.
-    """
-    if kind not in SAMPLER_KINDS:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLER_KINDS}")
-    run = as_run(run_dir)
-    if kind == "prior":
-        return PriorSampler(run.model.latent_dim)
-    if kind == "gmm":
-        return fit_gmm_for_run(run, components, data=data, fit_on=fit_on, data_dir=data_dir)
-    mu, logvar = encode_dataset(run.model, run_images(run, data=data, data_dir=data_dir))
-    return AggregatePosteriorSampler(mu, logvar)

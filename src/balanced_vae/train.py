@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, DiskFullError, load_checkpoint,
+from .checkpoint import (CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, CheckpointError, DiskFullError, load_checkpoint,
                          save_checkpoint, write_json_atomic, write_text_atomic)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
@@ -38,6 +38,7 @@ from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cud
 from .methods import build_model, build_objective, n_stages
 from .model import eval_mode
 from .objectives import LOG_2PI, NOT_TERMS, elbo_terms
+from .provenance import provenance, source_commit
 from .sources import as_data, epoch_batches, rows
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ class _State:
     stops: dict = field(default_factory=dict)     # stage -> {reason, epochs, seconds}
     stage_seconds: float = 0.0
     done: bool = False
+    commits: list = field(default_factory=list)   # the source commits that trained it ("+dirty" when modified)
 
 
 def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device) -> Path:
@@ -448,6 +450,9 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         if st.done:
             log.info("%s: training already finished", out)
             return out
+    source = source_commit()
+    if not st.commits or st.commits[-1] != source:
+        st.commits.append(source)
     closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     if closed_form and world > 1:
         model.likelihood.reduce_step = all_reduce_sum
@@ -512,7 +517,8 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     """
     st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"]),
                 sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
-                stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]))
+                stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]),
+                commits=list(ckpt.get("commits", [])))
     if st.stage == 2:
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
                                   init_sigma2=st.sigma2_star)
@@ -606,10 +612,11 @@ def _write_final(out, model, objective, config, data, st: _State, device) -> Non
     ELBO is reported for it; its own objective is (z = mu).
     """
     x_test = test_images(data, config).to(device)
-    doc = {"stage": st.stage, "sigma2_star": st.sigma2_star, "stops": st.stops, "device": str(device)}
+    doc = {"stage": st.stage, "sigma2_star": st.sigma2_star, "stops": st.stops, "device": str(device),
+           "trained_by_commits": st.commits, "provenance": provenance()}
     if config.method == "wae-mmd":
         doc["test_objective"] = validation_terms(model, objective, x_test, seed=config.seed + 1)
         doc["note"] = "WAE-MMD: deterministic encoder, no ELBO reported; test_objective uses z = mu"
     else:
         doc["test"] = evaluate_elbo(model, x_test, seed=config.seed + 1)
-    write_json_atomic(out / "final.json", doc)
+    write_json_atomic(out / FINAL, doc)

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
-from balanced_vae import data
+from balanced_vae.data import idx
 from balanced_vae.data import (
     DATASETS,
     DataError,
@@ -41,7 +41,7 @@ def no_network(monkeypatch):
     def refuse(url, *args, **kwargs):
         raise AssertionError(f"test tried to reach the network: {url}")
 
-    monkeypatch.setattr(data, "urlopen", refuse)
+    monkeypatch.setattr(idx, "urlopen", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,7 @@ def test_download_failure_is_data_error(tmp_path, monkeypatch):
         calls.append(url)
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data, "urlopen", offline)
+    monkeypatch.setattr(idx, "urlopen", offline)
     with pytest.raises(DataError) as err:
         load_dataset("mnist", data_dir=tmp_path, download=True)
     msg = str(err.value)
@@ -268,7 +268,7 @@ def test_download_failure_is_data_error(tmp_path, monkeypatch):
     assert calls[0].startswith("https://ossci-datasets.s3.amazonaws.com/mnist/")
     assert "network unreachable" in msg and str(tmp_path / "mnist") in msg
     assert "--data-dir" in msg and "BALANCED_VAE_DATA" in msg
-    assert not any(p.name.endswith(".part") for p in (tmp_path / "mnist").iterdir())
+    assert list((tmp_path / "mnist").iterdir()) == []  # no temp file left behind
 
 
 def test_download_fetches_only_missing_and_verifies(mnist_copy, monkeypatch, data_dir, mnist):
@@ -281,7 +281,7 @@ def test_download_fetches_only_missing_and_verifies(mnist_copy, monkeypatch, dat
         served.append(url.rsplit("/", 1)[-1])
         return io.BytesIO((data_dir / "mnist" / served[-1]).read_bytes())
 
-    monkeypatch.setattr(data, "urlopen", fake_urlopen)
+    monkeypatch.setattr(idx, "urlopen", fake_urlopen)
     ds = load_dataset("mnist", data_dir=mnist_copy)
     assert served == ["t10k-labels-idx1-ubyte.gz"]
     assert (folder / "t10k-labels-idx1-ubyte.gz").is_file()
@@ -292,7 +292,7 @@ def test_download_with_wrong_content_leaves_no_file(tmp_path, monkeypatch):
     def junk(url, timeout=None):
         return io.BytesIO(gzip.compress(b"<html>not found</html>"))
 
-    monkeypatch.setattr(data, "urlopen", junk)
+    monkeypatch.setattr(idx, "urlopen", junk)
     with pytest.raises(DataError, match="SHA-256"):
         load_dataset("mnist", data_dir=tmp_path)
     assert list((tmp_path / "mnist").iterdir()) == []

@@ -38,6 +38,7 @@ def test_json_is_strict_no_nan_is_ever_written(tmp_path):
 
 
 def test_full_disk_while_saving_says_so_and_leaves_the_run_resumable(digits, tmp_path, monkeypatch):
+    import balanced_vae.atomic as atomic
     import balanced_vae.checkpoint as ck
 
     config = TrainConfig(method="vae", epochs=3, min_epochs=3, n_train=200, n_test=50)
@@ -50,7 +51,7 @@ def test_full_disk_while_saving_says_so_and_leaves_the_run_resumable(digits, tmp
     class Usage:
         free = 0
     monkeypatch.setattr(ck.torch, "save", torch_save_on_a_full_disk)
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: Usage())
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: Usage())
     with pytest.raises(DiskFullError, match=f"no space left on {run}"):
         train(config, run, data=digits, progress=False, resume=True)
     assert (run / "checkpoint.pt").read_bytes() == good and not (run / ".lock").exists()
@@ -61,11 +62,11 @@ def test_full_disk_while_saving_says_so_and_leaves_the_run_resumable(digits, tmp
 
 
 def test_full_disk_is_a_clean_cli_error(digits, tmp_path, monkeypatch, capsys):
-    import balanced_vae.checkpoint as ck
+    import balanced_vae.atomic as atomic
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(ck.tempfile, "mkstemp", full)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
     code = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r")])
     assert code == 2 and "no space left on" in capsys.readouterr().err
 

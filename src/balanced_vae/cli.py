@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, DiskFullError, write_json_atomic
+from .atomic import DiskFullError, write_json_atomic
+from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError
 from .config import TrainConfig
 from .data import DataError, load_dataset
 from .demo import DEMO_CONFIG, run_demo

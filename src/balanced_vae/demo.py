@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT, METRICS, STAGE1, write_json_atomic
+from .atomic import write_json_atomic
+from .checkpoint import CHECKPOINT, METRICS, STAGE1
 from .config import TrainConfig
 from .data import load_dataset
 from .latent import decode_samples, save_side_by_side

@@ -38,7 +38,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .checkpoint import CHECKPOINT, write_json_atomic
+from .atomic import write_json_atomic
+from .checkpoint import CHECKPOINT
 from .data import load_dataset
 from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
                   resolve_backend)

@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, file_digest
+from .atomic import atomic_write
+from .checkpoint import file_digest
 from .data import DataError, load_dataset, resolve_data_dir, validate_images
 from .metrics import gaussian_statistics
 

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, write_json_atomic
+from .atomic import atomic_write, write_json_atomic
 from .likelihoods import PixelVariance
 from .model import encode_dataset
 from .plots import grid, save_fig, save_grid

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CHECKPOINT, write_json_atomic
+from .atomic import write_json_atomic
+from .checkpoint import CHECKPOINT
 from .plots import save_rows
 from .runs import load_run
 

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from .checkpoint import CHECKPOINT, STAGE1, write_json_atomic, write_text_atomic
+from .atomic import write_json_atomic, write_text_atomic
+from .checkpoint import CHECKPOINT, STAGE1
 from .data import load_dataset
 from .metrics import dequantised_log_likelihood, elbo, iwae_log_likelihood
 from .provenance import provenance

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .checkpoint import atomic_write  # noqa: E402
+from .atomic import atomic_write  # noqa: E402
 
 
 def grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:

@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, write_text_atomic
+from .atomic import write_text_atomic
+from .checkpoint import CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1
 from .latent import decode_samples, latent_plot_for_run, save_side_by_side, save_value_grid
 from .likelihoods import PixelVariance
 from .plots import plot_curves, read_metrics, save_rows

@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import __version__
-from .checkpoint import CHECKPOINT, STAGE1, file_digest, write_json_atomic, write_text_atomic
+from .atomic import write_json_atomic, write_text_atomic
+from .checkpoint import CHECKPOINT, STAGE1, file_digest
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_run, real_data_fid, reconstruct_run
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,

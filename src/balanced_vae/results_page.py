@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import write_text_atomic
+from .atomic import write_text_atomic
 from .experiments import EXPERIMENTS, PAPER
 from .provenance import short_commit
 from .reproduce import format_number

@@ -37,7 +37,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, write_json_atomic
+from .atomic import atomic_write, write_json_atomic
 from .objectives import LOG_2PI
 
 log = logging.getLogger(__name__)

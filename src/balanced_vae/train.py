@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, CheckpointError, DiskFullError, load_checkpoint,
-                         save_checkpoint, write_json_atomic, write_text_atomic)
+from .atomic import DiskFullError, write_json_atomic, write_text_atomic
+from .checkpoint import CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world

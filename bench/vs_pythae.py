@@ -10,6 +10,9 @@ bought by doing less.
 
     pip install pythae            # bench environment only, not a dependency of balanced-vae
     OMP_NUM_THREADS=2 python bench/vs_pythae.py --images 12800 --rounds 3 > bench/results/vs_pythae.json
+
+Ours runs once per ``--precisions`` value each round (default fp32 and bf16 autocast; pythae has
+no bf16 option), so the ratio of each is measured against the same pythae rounds.
 """
 from __future__ import annotations
 
@@ -41,14 +44,14 @@ def elbo_sigma2_one(encode, decode_mean, x: torch.Tensor, seed: int = 0) -> floa
     return total / len(x)
 
 
-def run_ours(data, n: int, out: str, epochs: int, seed: int):
+def run_ours(data, n: int, out: str, epochs: int, seed: int, precision: str = "fp32"):
     from balanced_vae.runs import load_run
     from balanced_vae.config import TrainConfig
     from balanced_vae.train import train
 
     config = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, stages=1, n_train=n, n_val=0, n_test=100,
                          epochs=epochs, min_epochs=epochs, batch_size=128, lr=1e-3, latent_dim=16, width=32,
-                         seed=seed)
+                         seed=seed, precision=precision)
     t0 = time.perf_counter()
     train(config, out, data=data, progress=False, device="cpu")
     seconds = time.perf_counter() - t0
@@ -110,7 +113,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1, help="epochs per round")
     p.add_argument("--data-dir", default=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="our trainer's --precision values to run each round (pythae trains in fp32)")
     args = p.parse_args()
+    precisions = args.precisions.split(",")
     import logging
 
     logging.disable(logging.WARNING)
@@ -121,18 +127,31 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            t_ours, model = run_ours(data, args.images, f"{tmp}/ours{r}", args.epochs, seed=r)
+            row = {"round": r}
+            for prec in precisions:
+                t_ours, model = run_ours(data, args.images, f"{tmp}/ours{r}{prec}", args.epochs, seed=r,
+                                         precision=prec)
+                row[f"ours_{prec}_seconds"] = round(t_ours, 2)
+                row[f"ours_{prec}_test_elbo"] = elbo_sigma2_one(model.encode, model.decode_mean, x_test)
             t_py, (enc, dec) = run_pythae(data, args.images, f"{tmp}/pythae{r}", args.epochs, seed=r)
-            rows.append({"round": r, "ours_seconds": round(t_ours, 2), "pythae_seconds": round(t_py, 2),
-                         "ours_test_elbo": elbo_sigma2_one(model.encode, model.decode_mean, x_test),
-                         "pythae_test_elbo": elbo_sigma2_one(enc, dec, x_test)})
+            row.update({"pythae_seconds": round(t_py, 2), "pythae_test_elbo": elbo_sigma2_one(enc, dec, x_test)})
+            rows.append(row)
     images = args.images * args.epochs
-    ours = [images / r["ours_seconds"] for r in rows]
+
+    def median(v):
+        return sorted(v)[len(v) // 2]
+
     py = [images / r["pythae_seconds"] for r in rows]
+    ours = {prec: [images / r[f"ours_{prec}_seconds"] for r in rows] for prec in precisions}
     print(json.dumps({
         "bench": "vs_pythae", "images_per_round": images, "rounds": rows,
-        "ours_images_per_s": sorted(ours)[len(ours) // 2], "pythae_images_per_s": sorted(py)[len(py) // 2],
-        "ratio_ours_over_pythae": sorted(o / q for o, q in zip(ours, py))[len(py) // 2],
+        "pythae_images_per_s": median(py),
+        **{f"ours_{prec}_images_per_s": median(v) for prec, v in ours.items()},
+        **{f"ratio_ours_{prec}_over_pythae": median([o / q for o, q in zip(v, py)]) for prec, v in ours.items()},
+        **{f"ours_{prec}_minus_pythae_elbo": median([r[f"ours_{prec}_test_elbo"] - r["pythae_test_elbo"]
+                                                     for r in rows]) for prec in precisions},
+        "cpu_flags": sorted({f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512_bf16", "amx"))})
+        if os.path.exists("/proc/cpuinfo") else [],
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
         "note": "median over interleaved rounds; both trainers write their checkpoints; ELBO under sigma^2 = 1 "
                 "on 2000 test images with one z per image",

@@ -64,7 +64,22 @@ def test_tables_hold_finite_numbers_with_their_paper_values(smoke):
     assert [r["sigma2"] for r in t1["rows"]] == ["1", "0.5", "learned", "0.01"]
     assert all(r["kl_gmm_mean"] > 0 for r in t1["rows"])
     t4 = json.loads((folder / "table4.json").read_text())
-    assert [r["K"] for r in t4["rows"]] == list(get_budget("smoke").components)
+    assert [r["K"] for r in t4["rows"]] == [*get_budget("smoke").components, "real images (train vs test)"]
+    real = json.loads((folder / f"real_fid_n{get_budget('smoke').n_fid}.json").read_text())
+    assert t4["rows"][-1]["fid"] == real["fid_train_vs_test"]      # the floor of FID at the same n
+
+
+def test_every_row_names_the_commit_that_computed_its_numbers(smoke, tmp_path):
+    from balanced_vae.provenance import provenance, short_commit
+
+    out, _, _ = smoke
+    here = short_commit(provenance())              # everything in the smoke folder was computed by this code
+    for name in ("table1", "table2", "table3", "table4"):
+        rows = json.loads((out / "mnist-smoke" / f"{name}.json").read_text())["rows"]
+        assert [r["commit"] for r in rows] == [here] * len(rows), name
+    page = build_page(out, tmp_path / "RESULTS.md").read_text()
+    table2 = page[page.index("### Table 2"):].split("\n\n")[1].splitlines()
+    assert table2[0].endswith("| commit |") and all(line.endswith(f"| `{here}` |") for line in table2[2:])
 
 
 def test_finished_runs_are_reused_not_retrained(smoke):
@@ -83,7 +98,10 @@ def test_results_page_lists_every_table(smoke, tmp_path):
     for n in ("Table 1", "Table 2", "Table 3", "Table 4", "Figure 1", "Figure 2", "Figure 3", "Figure 4"):
         assert n in page
     assert "Protocol: budget `smoke`" in page
-    assert "Agrees" in page or "Differs" in page   # the statements themselves are tested below
+    t2 = json.loads((out / "mnist-smoke" / "table2.json").read_text())
+    from balanced_vae.results_page import _claims_table2
+    for claim in _claims_table2(t2):               # the page carries the statements computed from the records
+        assert f"- {claim}" in page
 
 
 def test_claims_are_computed_from_the_numbers():
@@ -105,6 +123,16 @@ def test_claims_are_computed_from_the_numbers():
             {"model": "vae", "iwae_prior": -470.0, "bpd_prior": 8.9}]
     claims = _claims_table3({"rows": rows})
     assert claims[0].startswith("Differs") and claims[1].startswith("Agrees")
+
+
+def test_rows_without_their_own_commit_show_the_commit_of_their_record():
+    from balanced_vae.results_page import _table_md
+
+    rec = {"columns": ["method", "fid", "commit"], "protocol": {"git_commit": "0123456789abcdef", "git_dirty": True},
+           "rows": [{"method": "a", "fid": 1.5, "commit": "fedcba9876"}, {"method": "b", "fid": 2.5}]}
+    lines = _table_md(rec).splitlines()
+    assert lines[0] == "| method | fid | commit |"
+    assert lines[2] == "| a | 1.5 | `fedcba9876` |" and lines[3] == "| b | 2.5 | `0123456789+dirty` |"
 
 
 def test_bad_requests_are_refused(tmp_path):

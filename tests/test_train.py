@@ -1,4 +1,5 @@
 """Algorithm 1 end to end: real MNIST, resume, checkpoints and the errors users meet."""
+import dataclasses
 import json
 
 import pytest
@@ -261,6 +262,38 @@ def test_wae_has_no_elbo_in_final_json(digits, tmp_path):
     config = TrainConfig(method="wae-mmd", epochs=1, n_train=200, n_test=50)
     final = json.loads((train(config, tmp_path / "r", data=digits, progress=False) / "final.json").read_text())
     assert "test" not in final and final["test_objective"]["loss"] > 0
+
+
+def test_final_json_names_the_commits_that_trained_the_run(digits, tmp_path, monkeypatch):
+    from balanced_vae import train as train_module
+
+    commits = iter(["aaaa", "aaaa", "bbbb+dirty"])                     # start, resume at the same, then another
+    monkeypatch.setattr(train_module, "source_commit", lambda: next(commits))
+    config = TrainConfig(method="fixed", stages=1, epochs=1, min_epochs=1, n_train=200, n_test=50)
+    out = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
+    assert json.loads((out / "final.json").read_text())["trained_by_commits"] == ["aaaa"]
+    for epochs in (2, 3):                                             # raised caps reopen the finished run
+        train(dataclasses.replace(config, epochs=epochs), out, data=digits, progress=False, resume=True)
+    final = json.loads((out / "final.json").read_text())
+    assert final["trained_by_commits"] == ["aaaa", "bbbb+dirty"]
+    assert final["provenance"]["git_commit"] and "git_dirty" in final["provenance"]
+
+
+def test_a_run_reads_back_its_own_data_and_refuses_other_data(digits, tmp_path):
+    from balanced_vae.data import Dataset
+    from balanced_vae.runs import load_run
+
+    config = TrainConfig(method="fixed", stages=1, epochs=1, min_epochs=1, n_train=200, n_test=50, n_val=20)
+    run = load_run(train(config, tmp_path / "r", data=digits, progress=False))
+    assert torch.equal(run.images("train", data=digits), digits.x_train[:200])   # validation images included
+    assert torch.equal(run.images("test", data=digits), digits.x_test[:50])
+    other = Dataset(name="digits", x_train=digits.x_train.flip(0), x_test=digits.x_test)
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        run.images("train", data=other)
+    small = Dataset(name="digits", x_train=digits.x_train[:, :, :4, :4].contiguous(),
+                    x_test=digits.x_test[:, :, :4, :4].contiguous())
+    with pytest.raises(ValueError, match=r"shape \(1, 8, 8\)"):
+        run.dataset(small)
 
 
 # ------------------------------------------------------------------ issue 10: failures that are loud

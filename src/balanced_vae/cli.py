@@ -130,13 +130,14 @@ def _run_train(args) -> int:
 
     if init_from_env(args.device):   # launched by torchrun: one process per GPU or CPU rank
         try:
-            return _run_train_local(args, train, TrainConfig, quiet=rank_world()[0] != 0)
+            return _run_train_local(args, quiet=rank_world()[0] != 0)
         finally:
             shutdown()
-    return _run_train_local(args, train, TrainConfig)
+    return _run_train_local(args)
 
 
-def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
+def _run_train_local(args, quiet: bool = False) -> int:
+    """`train` in this process: a new run from the options, or --resume RUN under raised caps."""
 
     if args.resume:
         run = Path(args.resume)
@@ -147,7 +148,7 @@ def _run_train_local(args, train, TrainConfig, quiet: bool = False) -> int:
         if refused:
             raise ValueError(f"--resume {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot change "
                              "when a run is resumed (its weights were trained with the values in "
-                             f"{run / 'config.json'}); only --epochs, --max-minutes, --data-dir and --device may")
+                             f"{run / CONFIG}); only --epochs, --max-minutes, --data-dir and --device may")
         config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("epochs", "max_minutes", "data_dir")
                                                 if k in given})
         if args.dry_run:
@@ -573,7 +574,6 @@ def _add_results_page(sub) -> None:
 
 
 def _run_results_page(args) -> int:
-
     print(f"wrote {build_page(args.results, args.out)}")
     return 0
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .nets import default_width
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -81,8 +83,6 @@ class TrainConfig:
     def resolved(self, shape: tuple[int, ...], n_train_images: int | None = None) -> "TrainConfig":
         """Fill ``latent_dim`` and ``width`` from one example's shape (C, H, W) (any shape with
         ``networks``), and ``n_val`` from the number of training images (before the ``n_train`` subset)."""
-        from .nets import default_width
-
         latent = self.latent_dim or (8 if len(shape) == 3 and shape[1] <= 16 else 16)
         width = self.width or (default_width(shape) if self.networks is None else None)
         n_val = self.n_val

@@ -199,7 +199,6 @@ def _metric_kl(q_agg, prior, gmm, *, n: int, runs: int, seed: int, progress: boo
 
 
 def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) -> dict[str, Any]:
-
     means, logvars = [], []
     with torch.no_grad():
         for i in range(0, len(x_test), batch_size):

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .config import TrainConfig
+from .factories import build_networks
 from .likelihoods import FixedVariance, GlobalVariance, Likelihood
 from .model import VAE
 from .nets import NetSpec
@@ -135,9 +136,9 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     likelihood = get_method(config.method).likelihood(config)
     if config.networks is None:
         return VAE(NetSpec(tuple(shape), config.latent_dim, config.width), likelihood)
-    from .factories import build_networks
 
-    def make(): return build_networks(config.networks, shape, config.latent_dim, config.network_args)
+    def make():
+        return build_networks(config.networks, shape, config.latent_dim, config.network_args)
     encoder, decoder = make()
     model = VAE(encoder, decoder, likelihood, latent_dim=config.latent_dim, data_shape=tuple(shape),
                 variance_head=lambda: make()[1])

@@ -72,13 +72,14 @@ class Context:
                           device=self.device)
 
     def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = CHECKPOINT) -> dict[str, Any]:
+                 which: str = CHECKPOINT, n_fid: int | None = None) -> dict[str, Any]:
         """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
 
         b, k = self.budget, components or self.k_default
+        n_fid = n_fid or b.n_fid
         path = self.run(name)
         key = f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
-              {"fid": f"_n{b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
+              {"fid": f"_n{n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
               ("" if which == CHECKPOINT else f"_{Path(which).stem}")
         cache = path / "eval" / f"{key}.json"
         if cache.exists():   # valid only for the weights it was computed from
@@ -88,7 +89,7 @@ class Context:
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
-                           n_iwae=b.n_iwae, k=b.k_iwae, n_fid=b.n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
+                           n_iwae=b.n_iwae, k=b.k_iwae, n_fid=n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
                            progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
         self.note_commit(doc["metrics"][metric]["provenance"])
@@ -103,7 +104,6 @@ class Context:
         dev = self._inception_device()
         machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
         if dev.startswith("cuda"):
-
             machine += f", GPU {torch.cuda.get_device_name(torch.device(dev))}"
         return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
                 "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "device": dev,
@@ -183,15 +183,18 @@ def table1(ctx: Context) -> Path:
                        seconds=time.perf_counter() - t0)
 
 
-def _fid(ctx: Context, name: str, sampler: str, components: int | None = None) -> float:
-    return ctx.evaluate(name, "fid", sampler=sampler, components=components)["values"]["fid"]
+def _fid(ctx: Context, name: str, sampler: str, components: int | None = None, n: int | None = None) -> float:
+    """FID of run ``name``'s decoder means under ``sampler`` on ``n`` images (the budget's n_fid when None)."""
+    return ctx.evaluate(name, "fid", sampler=sampler, components=components, n_fid=n)["values"]["fid"]
 
 
-def _real_fid(ctx: Context) -> float:
+def _real_fid(ctx: Context, n: int | None = None) -> float:
+    """FID of ``n`` real training vs ``n`` test images (the budget's n_fid when None), cached."""
+    n = n or ctx.budget.n_fid
 
-    cache = ctx.folder / f"real_fid_n{ctx.budget.n_fid}.json"
+    cache = ctx.folder / f"real_fid_n{n}.json"
     if not cache.exists():
-        real_data_fid(ctx.dataset, n=ctx.budget.n_fid, cache_dir=ctx.out / "fid-cache", out=cache,
+        real_data_fid(ctx.dataset, n=n, cache_dir=ctx.out / "fid-cache", out=cache,
                       backend=ctx.fid_backend, paper_value=PAPER["table2"].get(ctx.dataset, {}).get("real"),
                       device=ctx._inception_device(), progress=ctx.progress)
     doc = json.loads(cache.read_text())
@@ -254,9 +257,13 @@ def table3(ctx: Context) -> Path:
 
 
 def table4(ctx: Context) -> Path:
-    """Table 4: FID of GMM samples against the number of components K, with the fit's held-out score."""
+    """Table 4: FID of GMM samples against the number of components K, with the fit's held-out score.
 
+    FID uses the budget's ``n_fid_ablation`` images (all of ``n_fid`` when None); real training
+    vs test images at the same n are the last row, the floor of FID at that n.
+    """
     t0 = time.perf_counter()
+    n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
     path = ctx.run("learned")
     ablation = gmm_ablation_for_run(path, components=ctx.budget.components, data=ctx.data)
     ctx.take_commits()
@@ -265,12 +272,13 @@ def table4(ctx: Context) -> Path:
     for k in ctx.budget.components:
         r = by_k.get(k, {})
         ctx.note_commit()                                    # the held-out score: computed by this code
-        rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k),
+        rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k, n=n),
                      "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"], "commit": ctx.take_commits()})
+    rows.append({"K": "real images (train vs test)", "fid": _real_fid(ctx, n), "commit": ctx.take_commits()})
     return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds", "commit"], rows,
-                       title=f"Table 4 ({ctx.dataset}): FID against the number of mixture components",
-                       protocol=ctx.protocol(ablation=ablation["protocol"]),
-                       seconds=time.perf_counter() - t0)
+                       title=f"Table 4 ({ctx.dataset}): FID ({n} generated vs {n} test images) against the number "
+                             "of mixture components",
+                       protocol=ctx.protocol(ablation=ablation["protocol"], n_fid=n), seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -280,6 +288,7 @@ def fig1(ctx: Context) -> Path:
     """Figure 1: test ELBO, FID (prior and GMM) and KL gap against sigma^2; the learned point marked."""
 
     t0 = time.perf_counter()
+    n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
     rows = []
     points = [(s2, fixed_run_name(s2)) for s2 in ctx.budget.fixed_sigma2] + [(None, "learned")]
     for s2, name in points:
@@ -290,7 +299,7 @@ def fig1(ctx: Context) -> Path:
         ctx.note_commit()                                    # the KL gap: computed by this code
         rows.append({"run": name, "sigma2": run.model.likelihood.sigma2 if s2 is None else s2,
                      "learned": s2 is None, "test_elbo": elbo["values"]["elbo"]["mean"],
-                     "fid_prior": _fid(ctx, name, "prior"), "fid_gmm": _fid(ctx, name, "gmm"),
+                     "fid_prior": _fid(ctx, name, "prior", n=n), "fid_gmm": _fid(ctx, name, "gmm", n=n),
                      "kl_gmm": kl["kl_gmm"]["mean"], "commit": ctx.take_commits()})
     rows.sort(key=lambda r: r["sigma2"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -310,7 +319,8 @@ def fig1(ctx: Context) -> Path:
     cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm", "commit"]
     write_table(ctx, "fig1_data", cols, rows, title="Figure 1 data", protocol=ctx.protocol(), seconds=0)
     return _figure_record(ctx, "fig1", f"Figure 1 ({ctx.dataset}): ELBO, FID and KL gap against sigma^2",
-                          ["fig1.png"], ctx.protocol(kl_runs=min(ctx.budget.kl_runs, 3), K=ctx.k_default,
+                          ["fig1.png"], ctx.protocol(kl_runs=min(ctx.budget.kl_runs, 3), K=ctx.k_default, n_fid=n,
+                                                     real_fid_same_n=_real_fid(ctx, n),
                                                      learned_point="test ELBO and KL of stage1.pt (global sigma^2); FID of the final "
                                                                    "model's decoder means"),
                           time.perf_counter() - t0, rows, cols)

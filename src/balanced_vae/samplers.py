@@ -346,7 +346,6 @@ class GaussianMixtureSampler:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
-
             raise NotFittedError("this GaussianMixtureSampler is not fitted yet; call fit(mu) first or "
                                  "GaussianMixtureSampler.load(directory)")
 

@@ -413,6 +413,12 @@ def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
     return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
 
 
+def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of every stage: Adam at ``config.lr`` over all of the model's parameters
+    (a fresh one at the stage switch, whose new variance head starts from zero moments)."""
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
 @dataclass
 class _State:
     """Where Algorithm 1 stands; everything in it goes into the checkpoint."""
@@ -440,7 +446,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     if rank > 0:
         torch.manual_seed(config.seed + rank)            # but each rank draws its own z
     shuffle = torch.Generator().manual_seed(config.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = make_optimiser(model, config)
     fingerprint = data_fingerprint(data, config)
     st = _State()
     if resume:
@@ -523,7 +529,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
                                   init_sigma2=st.sigma2_star)
         model.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = make_optimiser(model, config)
     model.load_state_dict(ckpt["model"])
     optimiser.load_state_dict(ckpt["optimiser"])
     shuffle.set_state(ckpt["shuffle_rng"])
@@ -590,7 +596,7 @@ def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device
     model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
     model.to(device)
     st.stage, st.epoch, st.history, st.stage_seconds = 2, 0, [], 0.0
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return make_optimiser(model, config)
 
 
 def _log_row(out: Path, writer, row: dict, config) -> None:

@@ -23,8 +23,12 @@ from balanced_vae.objectives import gaussian_log_prob, kl_standard_normal
 from balanced_vae.train import train
 
 
-def bare_loop(config: TrainConfig, x: torch.Tensor) -> float:
-    """The same model and ELBO written as the shortest plain PyTorch loop; returns images/s."""
+def bare_loop(config: TrainConfig, x: torch.Tensor, eq10_pass: bool = False) -> float:
+    """The same model and ELBO written as the shortest plain PyTorch loop; returns images/s.
+
+    ``eq10_pass`` adds what Algorithm 1 must do each stage-1 epoch beyond the steps: one
+    no-grad pass over the training images for sigma*^2 of Eq. 10 on the epoch's final networks.
+    """
     torch.manual_seed(0)
     model = build_model(config, tuple(x.shape[1:]))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -40,6 +44,11 @@ def bare_loop(config: TrainConfig, x: torch.Tensor) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if eq10_pass:
+        with torch.no_grad():
+            sse = sum(float((x[i:i + 1000] - model.decode_mean(model.reparameterise(*model.encode(x[i:i + 1000]))))
+                            .pow(2).sum()) for i in range(0, len(x), 1000))
+        log_s2 = torch.tensor(sse / x.numel()).log()
     return len(x) / (time.perf_counter() - t0)
 
 
@@ -63,9 +72,10 @@ def main() -> None:
     config = TrainConfig(dataset="bench", method="learned", stages=1, epochs=1, min_epochs=1,
                          batch_size=args.batch_size).resolved(data.shape)
     bare_loop(config, x[: 8 * args.batch_size])  # warm-up: allocator, oneDNN kernels
-    bare, our = [], []
+    bare, bare10, our = [], [], []
     for _ in range(args.rounds):
         bare.append(bare_loop(config, x))
+        bare10.append(bare_loop(config, x, eq10_pass=True))
         our.append(ours(config, data))
     print(json.dumps({
         "benchmark": "train_throughput", "network": "conv28", "width": config.width,
@@ -73,8 +83,13 @@ def main() -> None:
         "threads": torch.get_num_threads(), "rounds": args.rounds,
         "ours_images_per_s": round(statistics.median(our), 1),
         "bare_images_per_s": round(statistics.median(bare), 1),
+        "bare_with_eq10_images_per_s": round(statistics.median(bare10), 1),
         "ratio_ours_over_bare": round(statistics.median(our) / statistics.median(bare), 3),
-        "note": "ours includes per-epoch test ELBO on one batch, metrics.jsonl and an atomic checkpoint",
+        "ratio_ours_over_bare_with_eq10": round(statistics.median(our) / statistics.median(bare10), 3),
+        "note": "images/s = training images / wall time. Ours holds out 10 % for validation (trains on 90 %), "
+                "recomputes Eq. 10 on the epoch's final networks (one no-grad pass), evaluates the validation "
+                "split, writes metrics.jsonl, an atomic checkpoint and final.json; the bare loop does none of it, "
+                "bare_with_eq10 adds the Eq. 10 pass",
     }, indent=2))
 
 

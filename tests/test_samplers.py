@@ -98,7 +98,8 @@ def test_gmm_log_prob_agrees_with_sklearn_score_samples(blobs, covariance_type):
     x, x_new = blobs
     s = GaussianMixtureSampler(4, covariance_type=covariance_type, random_state=0).fit(x)
     ref = GaussianMixture(4, covariance_type=covariance_type, random_state=0, max_iter=s.max_iter,
-                          tol=s.tol, reg_covar=s.reg_covar).fit(x.numpy())
+                          tol=s.tol_, reg_covar=s.reg_covar_).fit(x.numpy())
+    assert s.reg_covar_ == pytest.approx(s.reg_covar * x.numpy().var(0).mean())   # relative to the codes' variance
     np.testing.assert_allclose(s.log_prob(x_new).numpy(), ref.score_samples(x_new.numpy()), rtol=1e-5, atol=1e-5)
     assert s.score(x_new) == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
 
@@ -232,7 +233,8 @@ def test_gmm_ablation_scores_held_out_codes_like_sklearn(blobs):
     rows = gmm_ablation(x, x_new, [1, 3, 5], random_state=0)
     assert [r["K"] for r in rows] == [1, 3, 5]
     for r in rows:
-        ref = GaussianMixture(r["K"], random_state=0, max_iter=200).fit(x.numpy())
+        ref = GaussianMixture(r["K"], random_state=0, max_iter=200,
+                              reg_covar=1e-6 * x.numpy().var(0).mean()).fit(x.numpy())   # reg_covar is relative
         assert r["heldout_ll"] == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
         assert r["n_iter"] == ref.n_iter_
     assert rows[1]["heldout_ll"] > rows[0]["heldout_ll"] + 0.5       # the data have 3 components
@@ -395,6 +397,143 @@ def test_gmm_fit_regularises_more_when_em_fails_and_refuses_degenerate_codes(mon
     monkeypatch.setattr(GaussianMixture, "fit", flaky)
     mu = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
     s = GaussianMixtureSampler(4, random_state=0).fit(mu)
-    assert calls == pytest.approx([1e-6, 1e-5]) and s.reg_covar_ == pytest.approx(1e-5)
+    scale = mu.double().numpy().var(0).mean()                  # reg_covar is in units of the codes' variance
+    assert calls == pytest.approx([1e-6 * scale, 1e-5 * scale]) and s.reg_covar_ == pytest.approx(1e-5 * scale)
     with pytest.raises(ValueError, match="distinct points"):
         GaussianMixtureSampler(8).fit(torch.zeros(50, 2))
+
+
+# ---------------------------------------------------------------------- issue 13.4: K=500-style fits
+
+
+def _vae_like_codes(n_clusters: int, per: int, seed: int, collapsed: int = 3, active: int = 5) -> np.ndarray:
+    """Codes shaped like VAE posterior means: ``n_clusters`` anisotropic blobs on ``active``
+    dimensions and ``collapsed`` unused dimensions with standard deviation 1e-5 (float32 values)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, active)) * 3
+    a = rng.standard_normal((n_clusters, active, active)) * 0.3
+    lab = np.repeat(np.arange(n_clusters), per)
+    x = centres[lab] + np.einsum("nij,nj->ni", a[lab], rng.standard_normal((len(lab), active)))
+    return np.concatenate([x, 1e-5 * rng.standard_normal((len(lab), collapsed))], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("init_params,n_init", [("kmeans", 1), ("k-means++", 1), ("k-means++", 2)])
+def test_torch_em_is_sklearns_em_on_collapsed_codes(init_params, n_init):
+    """The large-K fit (torch EM) is scikit-learn's GaussianMixture: same init, same iterations,
+    same parameters and held-out log-likelihood, on codes with collapsed dimensions."""
+    x = torch.from_numpy(_vae_like_codes(12, 60, seed=0))
+    held = torch.from_numpy(_vae_like_codes(12, 20, seed=1))
+    s = GaussianMixtureSampler(12, backend="torch", init_params=init_params, n_init=n_init, random_state=3).fit(x)
+    ref = GaussianMixture(12, init_params=init_params, n_init=n_init, random_state=3, reg_covar=s.reg_covar_,
+                          max_iter=s.max_iter, tol=s.tol_).fit(x.double().numpy())
+    assert s.backend_ == "torch" and s.n_iter_ == ref.n_iter_ and s.converged_ == ref.converged_
+    np.testing.assert_allclose(s.means_.numpy(), ref.means_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(s.covariances_.numpy(), ref.covariances_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(s.weights_.numpy(), ref.weights_, rtol=0, atol=1e-10)
+    assert s.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-8)
+    np.testing.assert_allclose(s.log_prob(held).numpy(), ref.score_samples(held.double().numpy()), rtol=1e-6,
+                               atol=1e-4)    # log_prob returns float32
+    assert s.score(held) == pytest.approx(ref.score(held.double().numpy()), abs=1e-4)
+
+
+def test_large_k_defaults_torch_em_kmeanspp_and_tol_1e2():
+    x = torch.from_numpy(_vae_like_codes(25, 12, seed=2))                        # 300 distinct codes
+    large, small = GaussianMixtureSampler(100).fit(x), GaussianMixtureSampler(4).fit(x)
+    assert (large.backend_, large.init_params_, large.tol_) == ("torch", "k-means++", 1e-2)
+    assert (small.backend_, small.init_params_, small.tol_) == ("sklearn", "kmeans", 1e-3)
+    diag = GaussianMixtureSampler(100, covariance_type="diag", tol=1e-3).fit(x)
+    assert (diag.backend_, diag.init_params_, diag.tol_) == ("sklearn", "k-means++", 1e-3)
+    with pytest.raises(ValueError, match="full covariances only"):
+        GaussianMixtureSampler(4, covariance_type="diag", backend="torch").fit(x)
+    with pytest.raises(ValueError, match="init_params"):
+        GaussianMixtureSampler(4, init_params="random").fit(x)
+
+
+@pytest.mark.parametrize("backend,k", [("sklearn", 6), ("torch", 6)])
+def test_gmm_fit_does_not_depend_on_the_codes_scale(backend, k):
+    """Ground truth: the maximum-likelihood mixture of s x is s times the one of x, so held-out
+    log q(s z) = log q(z) - L log s. With an absolute reg_covar (1e-6) codes of scale 1e-3 (an
+    encoder with small means) were squeezed; reg_covar is now relative to the codes' variance.
+    s is a power of 2, so every step of the fit scales exactly."""
+    x = torch.from_numpy(_vae_like_codes(6, 80, seed=4))
+    held = torch.from_numpy(_vae_like_codes(6, 30, seed=5))
+    base = GaussianMixtureSampler(k, backend=backend).fit(x)
+    for s in (2.0 ** -10, 2.0 ** 10):
+        fit = GaussianMixtureSampler(k, backend=backend).fit(x * s)
+        assert fit.n_iter_ == base.n_iter_
+        assert fit.score(held * s) + x.shape[1] * math.log(s) == pytest.approx(base.score(held), abs=1e-4)
+        assert fit.reg_covar_ == pytest.approx(base.reg_covar_ * s * s)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+def test_gmm_fit_on_duplicated_collapsed_codes_recovers_the_points(backend):
+    """40 distinct codes, each repeated 5 times, 3 of 8 dimensions collapsed (std 1e-5): K = 40
+    fits without failing and puts one component of weight 1/40 on each distinct code."""
+    distinct = _vae_like_codes(40, 1, seed=6)                                   # (40, 8)
+    x = torch.from_numpy(np.repeat(distinct, 5, axis=0))
+    s = GaussianMixtureSampler(40, backend=backend, init_params="k-means++").fit(x)
+    order = np.lexsort(s.means_.numpy().T[::-1])
+    truth = distinct[np.lexsort(distinct.T[::-1].astype(np.float64))]
+    np.testing.assert_allclose(s.means_.numpy()[order], truth, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s.weights_.numpy(), 1 / 40, atol=1e-9)
+    assert torch.isfinite(s.log_prob(x)).all()
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+def test_gmm_fit_without_regularisation_on_duplicates_repairs_instead_of_failing(backend, monkeypatch, caplog):
+    """reg_covar=0 on duplicated codes: every covariance is exactly 0. scikit-learn fails and the
+    fit retries from 0 with more regularisation (before: 0 x 10 = 0, forever); torch EM adds a
+    little to the failing diagonals and says so."""
+    real_fit, calls = GaussianMixture.fit, []
+
+    def counted(self, X, y=None):
+        calls.append(self.reg_covar)
+        if len(calls) > 20:
+            raise RuntimeError("the reg_covar retries do not end")
+        return real_fit(self, X, y)
+    monkeypatch.setattr(GaussianMixture, "fit", counted)
+    x = torch.from_numpy(np.repeat(_vae_like_codes(10, 1, seed=7), 6, axis=0))
+    with caplog.at_level("WARNING", logger="balanced_vae.samplers"):
+        s = GaussianMixtureSampler(10, backend=backend, reg_covar=0.0).fit(x)
+    assert torch.isfinite(s.log_prob(x)).all() and s.reg_covar_ >= 0
+    assert "reg_covar" in caplog.text
+    if backend == "sklearn":
+        assert calls[0] == 0 and 0 < s.reg_covar_ <= 1e-2 * x.double().numpy().var(0).mean()
+
+
+def test_gmm_fit_refuses_degenerate_codes_with_the_fix():
+    x = _vae_like_codes(30, 4, seed=8)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite.*fix"):
+        GaussianMixtureSampler(100).fit(torch.from_numpy(bad))
+    dup = np.repeat(x[:50], 3, axis=0)                                          # 150 codes, 50 distinct
+    with pytest.raises(ValueError, match="only 50 distinct points.*K=100.*fix: lower n_components"):
+        GaussianMixtureSampler(100).fit(torch.from_numpy(dup))
+    mu, logvar = torch.from_numpy(x), torch.full(x.shape, 2000.0)              # exp(1000) overflows
+    with pytest.raises(ValueError, match="not finite.*fix"):
+        GaussianMixtureSampler(4, fit_on="sample").fit(mu, logvar)
+    with pytest.raises(ValueError, match="reg_covar"):
+        GaussianMixtureSampler(4, reg_covar=-1.0).fit(torch.from_numpy(x))
+
+
+def test_cholesky_repair_gives_up_with_a_clear_error():
+    from balanced_vae.samplers import _cholesky_or_jitter
+
+    cov = torch.stack([torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="component 1 of K=2 is not positive definite.*fix"):
+        _cholesky_or_jitter(cov, 1e-6, 1.0, 2)
+    jitter = {}
+    cov[1] = torch.zeros(3, 3, dtype=torch.float64)
+    fixed, chol = _cholesky_or_jitter(cov, 0.0, 1.0, 2, jitter)
+    assert jitter["count"] == 1 and 0 < jitter["max"] <= 1e-8
+    torch.testing.assert_close(chol @ chol.transpose(1, 2), fixed)
+
+
+def test_torch_fit_saves_and_loads_its_settings(tmp_path):
+    x = torch.from_numpy(_vae_like_codes(25, 12, seed=9))
+    s = GaussianMixtureSampler(100, init_params="k-means++").fit(x)
+    back = GaussianMixtureSampler.load(s.save(tmp_path / "g"))
+    assert (back.backend_, back.init_params, back.n_iter_) == ("torch", "k-means++", s.n_iter_)
+    assert back.reg_covar_ == s.reg_covar_
+    torch.testing.assert_close(back.log_prob(x), s.log_prob(x))

@@ -135,7 +135,8 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
     """The GMM of Eq. 13 for a run, fitted on its training codes and cached in :meth:`Run.gmm_dir`.
 
     The cache holds the SHA-256 of the weights it was fitted from; it is reloaded when made
-    from the same weights and settings and refitted (and overwritten) when ``refit`` is true
+    from the same weights and settings (and by the current fitting recipe, which records the
+    absolute regularisation it used) and refitted (and overwritten) when ``refit`` is true
     or the weights differ (e.g. training went on since). A run loaded from a checkpoint other
     than ``checkpoint.pt`` is fitted in memory, since the cache belongs to ``checkpoint.pt``.
     ``n_components=None`` takes the paper's K for the run's image shape.
@@ -153,7 +154,8 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
             log.warning("%s: cannot reuse the saved GMM (%s); refitting", folder, e)
         else:
             saved = {"fit_on": s.fit_on, "random_state": s.random_state, "covariance_type": s.covariance_type}
-            if s.source.get("model_sha256") == weights_sha and saved == settings and s.n_components == k:
+            current = getattr(s, "reg_covar_", None) is not None   # fitted with the data-relative regularisation
+            if s.source.get("model_sha256") == weights_sha and saved == settings and s.n_components == k and current:
                 log.info("%s: reusing the saved GMM", folder)
                 return s
             log.warning("%s: saved GMM is from other weights or settings; refitting", folder)

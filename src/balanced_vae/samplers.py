@@ -17,7 +17,7 @@ Samplers
   (scikit-learn's ``GaussianMixture``; from K = 100 on the same EM vectorised in torch),
   sampled with torch and saved as ``.npz`` + JSON.
 
-and the Monte-Carlo KL estimator :func:`kl_monte_carlo` behind the KL gaps of Table 1. The
+Beside them, the Monte-Carlo KL estimator :func:`kl_monte_carlo` behind the KL gaps of Table 1. The
 samplers of a trained run (its codes, the GMM cached beside its checkpoint) are built in
 :mod:`balanced_vae.runs`.
 """

@@ -62,7 +62,6 @@ def _add_fid_backend(p) -> None:
 
 
 def _add_train(sub) -> None:
-
     _D = TrainConfig()   # one source of every training default: the config's fields
 
     p = sub.add_parser(
@@ -127,7 +126,6 @@ def _parse_hparams(items: list[str]) -> dict:
 
 
 def _run_train(args) -> int:
-
     if init_from_env(args.device):   # launched by torchrun: one process per GPU or CPU rank
         try:
             return _run_train_local(args, quiet=rank_world()[0] != 0)
@@ -138,7 +136,6 @@ def _run_train(args) -> int:
 
 def _run_train_local(args, quiet: bool = False) -> int:
     """`train` in this process: a new run from the options, or --resume RUN under raised caps."""
-
     if args.resume:
         run = Path(args.resume)
         config = TrainConfig.load(run / CONFIG)
@@ -191,7 +188,6 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-
     summary = run_demo(args.out, config=dataclasses.replace(DEMO_CONFIG, seed=args.seed))
     print(f"demo report in {args.out}/")
     for k, v in summary.items():
@@ -200,7 +196,6 @@ def _run_demo(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-
     p = sub.add_parser(
         "evaluate", help="test metrics of a run (ELBO, IWAE, FID, KL, calibration, precision/recall) into "
                          "RUN/results.json",
@@ -241,7 +236,6 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
                        n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
@@ -269,7 +263,6 @@ def _add_reconstruct(sub) -> None:
 
 
 def _run_reconstruct(args) -> int:
-
     path = reconstruct_run(args.run, args.out, n=args.n, which=args.checkpoint, split=args.split,
                            data_dir=args.data_dir, error=args.error)
     print(f"wrote {path}")
@@ -299,7 +292,6 @@ def _add_fid_real(sub) -> None:
 
 
 def _run_fid_real(args) -> int:
-
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                         batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
                         paper_value=PAPER["table2"].get(args.dataset, {}).get("real"), out=args.out)
@@ -326,7 +318,6 @@ def _add_fid(sub) -> None:
 
 
 def _run_fid(args) -> int:
-
     doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                       batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
     print(json.dumps(doc, indent=2, sort_keys=True))
@@ -357,7 +348,6 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-
     s = write_samples(args.run, args.out, sampler=args.sampler, components=args.components, n=args.n,
                       seed=args.seed, compare=args.compare, data_dir=args.data_dir, fit_on=args.fit_on)
     note = (f"per-pixel sigma, mean {s['sigma_mean']:.4g}" if s["per_pixel_sigma"]
@@ -391,7 +381,6 @@ def _add_kl(sub) -> None:
 
 
 def _run_kl(args) -> int:
-
     if args.ablation:
         out = args.out or str(Path(args.run) / "gmm_ablation.json")
         doc = gmm_ablation_for_run(args.run, args.ablation, fit_on=args.fit_on, data_dir=args.data_dir, out=out)
@@ -435,7 +424,6 @@ def _add_latent_plot(sub) -> None:
 
 
 def _run_latent_plot(args) -> int:
-
     path = latent_plot_for_run(args.run, args.out, components=args.components, resolution=args.resolution,
                                lim=args.lim, span=args.span, data_dir=args.data_dir, fit_on=args.fit_on)
     print(f"wrote {path}")
@@ -467,7 +455,6 @@ def _add_ood(sub) -> None:
 
 
 def _run_ood(args) -> int:
-
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
     doc = ood_for_run(args.run, out_dataset=args.out_dataset, in_dataset=args.in_dataset, checkpoints=checkpoints,
                       n=args.n, n_ref=args.n_ref, k=args.k, components=args.components, seed=args.seed,
@@ -498,7 +485,6 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-
     path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
                         data_dir=args.data_dir, records=args.records)
     print(f"wrote {path}")
@@ -525,7 +511,6 @@ def _add_latent_walk(sub) -> None:
 
 
 def _run_latent_walk(args) -> int:
-
     path = latent_walk_for_run(args.run, args.out, which=args.checkpoint, pair=tuple(args.pair), dims=args.dims,
                                n_dims=args.n_dims, steps=args.steps, span=args.span, data_dir=args.data_dir)
     print(f"wrote {path}")
@@ -533,7 +518,6 @@ def _run_latent_walk(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-
     p = sub.add_parser(
         "reproduce", help="reproduce a table or figure of the paper (trains what is missing)",
         description="Train what is missing (reusing finished runs in --out, resuming interrupted ones), evaluate, "
@@ -554,7 +538,6 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-
     budget = get_budget(args.budget)
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:

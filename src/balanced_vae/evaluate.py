@@ -96,7 +96,6 @@ def _load_results(path: Path) -> dict[str, Any]:
 
 
 def _metric_elbo(run, x_test: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, Any]:
-
     g = torch.Generator().manual_seed(seed)
     terms = {"elbo": [], "rec": [], "kl": []}
     for i in range(0, len(x_test), batch_size):
@@ -113,7 +112,6 @@ def _metric_elbo(run, x_test: torch.Tensor, *, seed: int, batch_size: int = 1000
 def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: int,
                  levels: int | None) -> dict[str, Any]:
     """IWAE per p(z); dequantised IWAE and bits/dim only for data quantised to ``levels`` levels."""
-
     values = {}
     for name, prior in priors.items():
         t0 = time.perf_counter()
@@ -139,7 +137,6 @@ def _metric_iwae(run, x: torch.Tensor, priors: dict[str, Any], *, k: int, seed: 
 
 def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, dataset: str, batch_size: int,
                 cache_dir, data_dir, device, progress: bool, backend: str = "auto") -> dict[str, Any]:
-
     t0 = time.perf_counter()
     mu_r, cov_r, real = real_statistics(dataset, x_test, split="test", n=n, data_dir=data_dir, cache_dir=cache_dir,
                                         batch_size=batch_size, device=device, progress=progress, backend=backend)
@@ -158,7 +155,6 @@ def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, datase
 
 def _metric_pr(run, samplers: dict[str, Any], x_test: torch.Tensor, *, n: int, k: int, seed: int,
                batch_size: int, device, progress: bool) -> dict[str, Any]:
-
     t0 = time.perf_counter()
     real = inception_features(x_test[:n], batch_size=batch_size, device=device, progress=progress,
                               desc="real features")                              # (n, 2048)
@@ -187,7 +183,6 @@ def _metric_kl(q_agg, prior, gmm, *, n: int, runs: int, seed: int, progress: boo
     ``KL(q_GMM || p)`` is the paper's Table 1 quantity; the other two say how far the prior
     and the GMM are from the exact aggregate posterior.
     """
-
     pairs = {"KL(q_GMM || p)": (gmm, prior), "KL(q_agg || p)": (q_agg, prior), "KL(q_agg || q_GMM)": (q_agg, gmm)}
     values = {name: kl_monte_carlo(q, p, n=n, runs=runs, seed=seed, progress=progress, desc=name)
               for name, (q, p) in pairs.items()}
@@ -369,7 +364,6 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
     With ``error`` a fourth row shows |x - g(mu(x))| with its own colour bar, to set
     beside sigma. Writes ``OUT/reconstructions.png`` and returns it.
     """
-
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     run = load_run(run_dir, which=which)
@@ -411,7 +405,6 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
     cache; the record names the feature backend of each (a cached one keeps the backend
     that made it) and the wall time. Writes the result to ``out`` when given.
     """
-
     inception_path()  # fail before any work when the network is not installed
     resolve_backend(backend, device)
     t0 = time.perf_counter()
@@ -443,7 +436,6 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
     record holds both sets' sources and counts, the backend and the Inception protocol;
     it is written to ``out`` when given.
     """
-
     inception_path()
     resolve_backend(backend, device)
     if n is not None and n < 2:

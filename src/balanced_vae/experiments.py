@@ -152,4 +152,3 @@ PAPER = {
                                  "dip-vae-i": -463}},
 }
 EXPERIMENTS = ("table1", "table2", "table3", "table4", "fig1", "fig2", "fig3", "fig4")
-

@@ -420,7 +420,6 @@ def check_fid_images(x: torch.Tensor, source: str = "images", *, min_n: int = 2)
 
     Returns ``x``; the :class:`~balanced_vae.data.DataError` names ``source`` and the fix.
     """
-
     validate_images(x, source)
     if x.shape[1] not in (1, 3):
         raise DataError(f"{source}: {x.shape[1]} channels in shape {tuple(x.shape)}; FID needs grey (N, 1, H, W) "
@@ -511,7 +510,6 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
     data set, split, count, extractor, the backend that made the statistics and whether
     the cache was hit.
     """
-
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     if extractor is not None and extractor_id is None:

@@ -59,7 +59,6 @@ class ImageSet:
 
 def load_image_set(spec: str | Path, *, data_dir: str | Path | None = None) -> ImageSet:
     """Read an image set from a folder, an ``.npy`` / ``.npz`` file or ``NAME:SPLIT`` (see the module)."""
-
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -74,7 +74,6 @@ def _tile(values: np.ndarray, nrow: int | None, pad: int = 1) -> np.ndarray:
 def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None = None, title: str | None = None,
                     cmap: str = "viridis", label: str = "sigma") -> Path:
     """A grid of value maps (N, C, H, W) (channels averaged) on one colour scale with a colour bar (Figure 4)."""
-
     arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)                # NaN = white gaps
     fig, ax = plt.subplots(figsize=(6, 6 * arr.shape[0] / arr.shape[1] + 0.4))
     cm = plt.get_cmap(cmap).with_extremes(bad="white")
@@ -89,7 +88,6 @@ def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None 
 def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *,
                       nrow: int | None = None, title: str | None = None) -> Path:
     """Image grids (N, C, H, W) in [0, 1] side by side, one titled panel each (Figure 2)."""
-
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels):
         arr = grid(x, nrow=nrow)
@@ -238,7 +236,6 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     The colour scale runs from ``max - span`` to the largest log-density over all panels
     (nats); lower values are drawn in the colour map's lowest colour.
     """
-
     axis, dens = latent_density_grid(samplers, lim, resolution)
     vmax = max(float(d.max()) for d in dens.values())
     vmin = max(min(float(d.min()) for d in dens.values()), vmax - span)

@@ -65,7 +65,6 @@ def latent_walk_for_run(run_dir, out: str | Path | None = None, *, which: str = 
     Every walk gives two rows: decoder means and sigma. Writes ``out`` (default
     ``RUN/latent_walk.png``) and beside it ``latent_walk.json`` with the protocol.
     """
-
     run = load_run(run_dir, which=which)
     c = run.config
     data = run.dataset(data, data_dir=data_dir)

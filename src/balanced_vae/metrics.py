@@ -278,7 +278,6 @@ def calibration(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, si
       ``n_bins`` equal-count bins, each with its mean predicted sigma^2 and mean squared
       error (a calibrated model has the two equal).
     """
-
     _check_images(x)
     if mean.shape != x.shape:
         raise ValueError(f"mean has shape {tuple(mean.shape)} but x has {tuple(x.shape)}; they must match")

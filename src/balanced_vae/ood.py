@@ -70,7 +70,6 @@ def ood_metrics(score_in, score_out, *, tpr_level: float = TPR_LEVEL) -> dict[st
     (fraction of in-distribution images flagged at the lowest threshold that flags
     ``tpr_level`` of the OOD images, from ``roc_curve``), ``mean_in`` and ``mean_out``.
     """
-
     s_in, s_out = (np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).ravel()
                    for s in (score_in, score_out))
     if len(s_in) == 0 or len(s_out) == 0:
@@ -107,7 +106,6 @@ def log_likelihoods(model, x: torch.Tensor, *, k: int = 20, gmm=None, seed: int 
     draws its noise from its own generator seeded ``seed``, so every estimate of an image
     set is reproducible on its own. ``iwae_gmm`` is skipped when ``gmm`` is None.
     """
-
     device = next(model.parameters()).device
     x = x.to(device)
     out: dict[str, torch.Tensor] = {}
@@ -175,7 +173,6 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
     for every score. Returns a JSON-able document with the protocol and, per model, the
     metrics and the mean log-likelihoods of both sets.
     """
-
     run_dir = Path(run_dir).expanduser()
     if checkpoints is None:
         checkpoints = ([STAGE1] if (run_dir / STAGE1).is_file() else []) + [CHECKPOINT]

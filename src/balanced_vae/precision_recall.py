@@ -38,7 +38,6 @@ def knn_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
 
     Uses scikit-learn's exact ``NearestNeighbors`` (Euclidean).
     """
-
     if not 1 <= k < len(features):
         raise ValueError(f"k={k} nearest neighbours need at least k + 1 = {k + 1} features; got {len(features)}")
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)  # (N, k+1), self first
@@ -51,7 +50,6 @@ def manifold_coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarr
 
     Distances are computed ``chunk`` queries at a time, so memory stays O(chunk N).
     """
-
     inside = np.empty(len(queries), dtype=bool)
     for i in range(0, len(queries), chunk):
         d = pairwise_distances(queries[i:i + chunk], manifold)                     # (c, N)

@@ -23,7 +23,6 @@ def git_commit() -> str:
     Where the tree is a copy without ``.git`` (a lent GPU machine), ``$BALANCED_VAE_GIT_COMMIT``
     names the commit it was copied from.
     """
-
     if os.environ.get("BALANCED_VAE_GIT_COMMIT"):
         return os.environ["BALANCED_VAE_GIT_COMMIT"]
     here = Path(__file__).resolve().parent

@@ -115,7 +115,6 @@ def metrics_rows(run_dir: Path, records: Iterable[str | Path] = ()) -> list[tupl
 
 def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int | None) -> list[tuple[str, str, str]]:
     """(section title, caption, PNG path) for every figure of the report."""
-
     figs = []
     metrics_file = run.path / METRICS
     if metrics_file.is_file() and metrics_file.stat().st_size:
@@ -166,7 +165,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int =
     ``data`` (a :class:`~balanced_vae.data.Dataset`) skips loading. ``records`` are further JSON
     results for the metrics table (``evaluate --out FILE``, ``ood``). Returns the path.
     """
-
     records = [Path(r).expanduser() for r in records]
     for r in records:
         if not Path(r).is_file():

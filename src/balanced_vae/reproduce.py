@@ -74,7 +74,6 @@ class Context:
     def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
                  which: str = CHECKPOINT, n_fid: int | None = None) -> dict[str, Any]:
         """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
-
         b, k = self.budget, components or self.k_default
         n_fid = n_fid or b.n_fid
         path = self.run(name)
@@ -96,11 +95,9 @@ class Context:
         return doc["metrics"][metric]
 
     def _inception_device(self) -> str:
-
         return str(resolve_device(self.device))
 
     def protocol(self, **extra) -> dict[str, Any]:
-
         dev = self._inception_device()
         machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
         if dev.startswith("cuda"):
@@ -149,7 +146,6 @@ def _figure_record(ctx: Context, name: str, title: str, files: list[str], protoc
 
 def table1(ctx: Context) -> Path:
     """Table 1: 2-D latents at sigma^2 = 1, 0.5, learned, 0.01: learned sigma^2, KL(q_GMM || p), densities."""
-
     t0 = time.perf_counter()
     rows, figures = [], []
     for label, name in (("1", "z2-fixed-1"), ("0.5", "z2-fixed-0.5"), ("learned", "z2-learned"),
@@ -286,7 +282,6 @@ def table4(ctx: Context) -> Path:
 
 def fig1(ctx: Context) -> Path:
     """Figure 1: test ELBO, FID (prior and GMM) and KL gap against sigma^2; the learned point marked."""
-
     t0 = time.perf_counter()
     n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
     rows = []
@@ -328,7 +323,6 @@ def fig1(ctx: Context) -> Path:
 
 def fig2(ctx: Context) -> Path:
     """Figure 2: prior versus GMM samples of the learned-variance model, side by side."""
-
     t0 = time.perf_counter()
     target = ctx.folder / "fig2"
     write_samples(ctx.run("learned"), target, sampler="gmm", components=ctx.k_default, n=64, seed=ctx.budget.seed,
@@ -340,7 +334,6 @@ def fig2(ctx: Context) -> Path:
 
 def fig3(ctx: Context) -> Path:
     """Figure 3: test images, reconstructions and predicted per-pixel sigma (stage 2)."""
-
     t0 = time.perf_counter()
     target = ctx.folder / "fig3"
     reconstruct_run(ctx.run("learned"), target, n=16, data=ctx.data)
@@ -354,7 +347,6 @@ def fig3(ctx: Context) -> Path:
 
 def fig4(ctx: Context) -> Path:
     """Figure 4: GMM samples with the per-pixel sigma of each generated image."""
-
     t0 = time.perf_counter()
     target = ctx.folder / "fig4"
     write_samples(ctx.run("learned"), target, sampler="gmm", components=ctx.k_default, n=32, seed=ctx.budget.seed,
@@ -384,7 +376,6 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
 def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,
          threads: int) -> str:
     """One worker of :func:`prefetch`: train (or reuse) one run, then compute its cached evaluations."""
-
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s")
     ctx = Context(dataset, get_budget(budget), out, progress=False, device=device, fid_backend=fid_backend)
@@ -401,7 +392,6 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
     ``RUN/eval/*.json``), so the tables are then assembled without new work. The real
     images' FID statistics are computed first, once, so the workers only read them.
     """
-
     todo: dict[str, list] = {}
     for n in names:
         for run, metric, options in needs(n, ctx):

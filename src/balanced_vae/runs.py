@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Run:
     stage: int
     checkpoint: dict[str, Any]
     which: str = CHECKPOINT
+    _checked: Dataset | None = field(default=None, init=False, repr=False, compare=False)   # data already checked
 
     @classmethod
     def load(cls, run_dir: str | Path, *, which: str = CHECKPOINT) -> "Run":
@@ -82,6 +83,8 @@ class Run:
         """The data set the run was trained on, loaded from its config (``data_dir`` overrides the
         folder there) or the ``data`` given, checked against the run's image shape and fingerprint."""
         c = self.config
+        if self._checked is not None and (data is self._checked or (data is None and data_dir is None)):
+            return self._checked     # loading and hashing every image again would only repeat the answer
         if data is None:
             data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
         if tuple(data.shape) != self.shape:
@@ -91,6 +94,7 @@ class Run:
                 "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
                 "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
         check_fingerprint(self.checkpoint.get("data"), data, c, self.path / self.which)
+        self._checked = data
         return data
 
     def images(self, split: str = "train", *, data: Dataset | None = None,

@@ -92,6 +92,28 @@ def test_finished_runs_are_reused_not_retrained(smoke):
     assert set(p.name for p in (out / "mnist-smoke" / "runs").iterdir()) == set(run_specs("mnist", budget))
 
 
+def test_prefetch_computes_every_evaluation_the_experiments_read(smoke, monkeypatch):
+    """``needs`` (what ``--jobs`` computes in parallel) names exactly the cached evaluations each
+    experiment reads; a missing one would be computed serially, an extra one wasted."""
+    from balanced_vae.reproduce import FUNCTIONS, Context, needs
+
+    out, _, data = smoke
+    ctx = Context("mnist", get_budget("smoke"), out, data=data, progress=False)
+    read: list[tuple[str, str]] = []
+    evaluate = Context.evaluate
+
+    def recording(self, name, metric, **options):
+        read.append((name, self.eval_key(metric, **options)))
+        return evaluate(self, name, metric, **options)
+
+    monkeypatch.setattr(Context, "evaluate", recording)
+    for name in ("table2", "table3", "table4", "fig1"):
+        read.clear()
+        FUNCTIONS[name](ctx)
+        listed = {(run, ctx.eval_key(metric, **options)) for run, metric, options in needs(name, ctx)}
+        assert set(read) == listed, name
+
+
 def test_results_page_lists_every_table(smoke, tmp_path):
     out, _, _ = smoke
     page = build_page(out, tmp_path / "RESULTS.md").read_text()

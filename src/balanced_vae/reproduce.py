@@ -77,9 +77,7 @@ class Context:
         b, k = self.budget, components or self.k_default
         n_fid = n_fid or b.n_fid
         path = self.run(name)
-        key = f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
-              {"fid": f"_n{n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
-              ("" if which == CHECKPOINT else f"_{Path(which).stem}")
+        key = self.eval_key(metric, sampler=sampler, components=components, which=which, n_fid=n_fid)
         cache = path / "eval" / f"{key}.json"
         if cache.exists():   # valid only for the weights it was computed from
             entry = json.loads(cache.read_text())["metrics"][metric]
@@ -93,6 +91,14 @@ class Context:
                            progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
         self.note_commit(doc["metrics"][metric]["provenance"])
         return doc["metrics"][metric]
+
+    def eval_key(self, metric: str, *, sampler: str = "prior", components: int | None = None,
+                 which: str = CHECKPOINT, n_fid: int | None = None) -> str:
+        """The name of the cache file (``RUN/eval/KEY.json``) of one evaluation under this budget."""
+        b, k = self.budget, components or self.k_default
+        return f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
+            {"fid": f"_n{n_fid or b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
+            ("" if which == CHECKPOINT else f"_{Path(which).stem}")
 
     def _inception_device(self) -> str:
         return str(resolve_device(self.device))
@@ -370,6 +376,14 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
         out += [("learned", "iwae", {"sampler": "gmm", "which": STAGE1})]
         out += [(m, "iwae", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs, "vae", "beta-vae",
                                                            "dip-vae-i")]
+    elif name in ("table4", "fig1"):
+        n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
+        if name == "table4":
+            out += [("learned", "fid", {"sampler": "gmm", "components": k, "n_fid": n}) for k in ctx.budget.components]
+        else:
+            for run in ["learned"] + [fixed_run_name(s2) for s2 in ctx.budget.fixed_sigma2]:   # longest first
+                out.append((run, "elbo", {"which": STAGE1} if run == "learned" else {}))
+                out += [(run, "fid", {"sampler": s, "n_fid": n}) for s in ("prior", "gmm")]
     return out
 
 
@@ -398,8 +412,9 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
             todo.setdefault(run, []).append((run, metric, options))
     if not todo:
         return
-    if any(metric == "fid" for evals in todo.values() for _, metric, _ in evals):
-        _real_fid(ctx)
+    for n in sorted({options.get("n_fid") or ctx.budget.n_fid
+                     for evals in todo.values() for _, metric, options in evals if metric == "fid"}):
+        _real_fid(ctx, n)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("prefetch: %d runs, %d at a time, %d threads each", len(todo), jobs, threads)
     with mp.get_context("spawn").Pool(jobs) as pool:

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from balanced_vae.provenance import short_commit
+
 folder = Path(sys.argv[1])
 lines = ["| run | width | tol | stage 1 | stage 2 | sigma*^2 | test ELBO | FID GMM K=32 | FID prior | commit |",
          "|---|---|---|---|---|---|---|---|---|---|"]
@@ -17,9 +19,11 @@ for run in sorted(p for p in folder.iterdir() if (p / "final.json").is_file()):
     stage = lambda k: f"{stops[k]['reason']} @ {stops[k]['epochs']} ep" if k in stops else "-"  # noqa: E731
     lines.append(f"| {run.name} | {cfg['width']} | {cfg['tol']:g} | {stage('1')} | {stage('2')} | "
                  f"{final['sigma2_star']:.4g} | {final['test']['elbo']:.1f} | {fid['gmm']['values']['fid']:.2f} | "
-                 f"{fid['prior']['values']['fid']:.2f} | `{fid['gmm']['provenance']['git_commit'][:10]}` |")
+                 f"{fid['prior']['values']['fid']:.2f} | `{short_commit(fid['gmm']['provenance'])}` |")
 text = ("# GPU ablation of ours at the paper's FID protocol (10,000 vs 10,000 test images)\n\n"
         "Written by `python bench/summarise_ablation.py` from the records of `bench/gpu_ablation.sh`.\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines) + "\n\n"
+        "`+dirty`: the tree the run was computed from had uncommitted changes to tracked files (records written\n"
+        "before provenance listed which files; see `git_dirty_files` in newer records).\n")
 (folder / "SUMMARY.md").write_text(text)
 print(text)

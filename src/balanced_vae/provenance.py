@@ -16,6 +16,8 @@ import torch
 from . import __version__
 from .checkpoint import file_digest
 
+MAX_DIRTY_FILES = 20   # modified paths listed in a record's provenance
+
 
 def git_commit() -> str:
     """The git commit of the source tree this package is imported from, or ``"unknown"``.
@@ -35,15 +37,22 @@ def git_commit() -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
-def git_dirty() -> bool | None:
-    """Whether the source tree has uncommitted changes to tracked files (None when unknown)."""
-    here = Path(__file__).resolve().parent
+def git_dirty_files(root: Path | None = None) -> list[str] | None:
+    """Tracked files of the source tree (or of the git tree at ``root``) with uncommitted changes,
+    as ``git status --porcelain`` names them (``" M path"``); None when unknown."""
+    here = root or Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    return [line for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else None
+
+
+def git_dirty(root: Path | None = None) -> bool | None:
+    """Whether the source tree has uncommitted changes to tracked files (None when unknown)."""
+    files = git_dirty_files(root)
+    return None if files is None else bool(files)
 
 
 def source_commit() -> str:
@@ -53,8 +62,13 @@ def source_commit() -> str:
 
 def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
     """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
-    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
+    dirty = git_dirty_files()
+    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(),
+           "git_dirty": None if dirty is None else bool(dirty),
            "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if dirty:   # what differed from the commit, so that a "+dirty" record can be judged
+        out["git_dirty_files"] = dirty[:MAX_DIRTY_FILES] + ([f"... {len(dirty) - MAX_DIRTY_FILES} more"]
+                                                             if len(dirty) > MAX_DIRTY_FILES else [])
     if checkpoint is not None:
         out["checkpoint"] = checkpoint.name
         out["checkpoint_sha256"] = file_digest(checkpoint)

@@ -33,7 +33,7 @@ from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run
                           resolved_budget)
 from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
 from .plots import save_fig
-from .provenance import git_commit, git_dirty, short_commit
+from .provenance import git_commit, git_dirty, provenance, short_commit
 from .runs import load_run
 from .samplers import DEFAULT_COMPONENTS
 from .train import resolve_device
@@ -108,9 +108,10 @@ class Context:
         machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
         if dev.startswith("cuda"):
             machine += f", GPU {torch.cuda.get_device_name(torch.device(dev))}"
+        prov = provenance()
         return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
-                "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "device": dev,
-                "python": platform.python_version(), **extra}
+                **{k: prov[k] for k in ("git_commit", "git_dirty", "git_dirty_files") if k in prov},
+                "machine": machine, "device": dev, "python": platform.python_version(), **extra}
 
 
 # ---------------------------------------------------------------------------------- output

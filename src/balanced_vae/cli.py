@@ -166,7 +166,6 @@ def _run_train_local(args, quiet: bool = False) -> int:
 
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
     if args.dry_run:
-
         data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
         print(json.dumps({**dataclasses.asdict(config.resolved(data.shape, len(data.x_train))),
                           "image_shape": list(data.shape),

@@ -255,7 +255,6 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     if gmm_fit_on not in (None, "mean", "sample"):
         raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
     if "fid" in names or "pr" in names:
-
         inception_path()  # fail before any work when the network is not installed
         resolve_backend(fid_backend, device)
     run = load_run(run_dir, which=which)
@@ -277,7 +276,6 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
         key = (kind, fit_on if kind == "gmm" else "")
         if key not in samplers:
-
             log.info("building the %s sampler", kind)
             samplers[key] = make_sampler(kind, run, components=components, data=data, fit_on=fit_on)
         return samplers[key]

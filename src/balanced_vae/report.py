@@ -148,7 +148,6 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
         figs.append(("Samples: prior vs GMM", "Per-pixel sigma of the GMM samples above (Figure 4).",
                      save_value_grid(s_gmm, tmp / "samples_sigma.png", nrow=8, label="decoder sigma")))
     if run.model.latent_dim == 2:
-
         figs.append(("Latent space (2-D)", "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
                      "its GMM (Eq. 13) on one grid and colour scale.",
                      latent_plot_for_run(run, tmp / "latent.png", components=components, data=data)))

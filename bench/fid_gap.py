@@ -1,0 +1,111 @@
+"""Where ours loses FID: the decoder, or the fit of q(z) it samples from (issue 16).
+
+For each trained run, FID of the decoder means g(z) on 10,000 generated vs the 10,000 test
+images (the paper's protocol) under four choices of p(z):
+
+    prior        N(0, I)
+    gmm-mean     GMM, K components, fitted on the posterior means of the training images (the paper's)
+    gmm-sample   GMM, K components, fitted on one z ~ q(z|x) per training image
+    aggregate    the exact aggregate posterior q(z) = 1/N sum_n q(z|x_n) over the training images
+
+The aggregate row is the distribution every GMM fit approximates (Eq. 12): the distance between
+it and the real images is what the decoder itself loses; the distance between a GMM row and it is
+what the fit of q(z) loses. Rows whose record exists are reused (the run is resumable); the prior
+and gmm-mean rows are read from RUN/eval/ where ``reproduce`` already computed them for the same
+weights at the same n.
+
+    OMP_NUM_THREADS=2 python bench/fid_gap.py results/mnist-paper-gpu/runs/learned --out results/fid-gap
+    -> OUT/<dataset>-<budget>-<run>/<variant>.json, OUT/SUMMARY.md, OUT/summary.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from balanced_vae.checkpoint import CHECKPOINT, file_digest
+from balanced_vae.evaluate import evaluate_run
+from balanced_vae.provenance import short_commit
+
+VARIANTS = {"prior": ("prior", None), "gmm-mean": ("gmm", "mean"), "gmm-sample": ("gmm", "sample"),
+            "aggregate": ("aggregate", None)}
+
+
+def label(run: Path) -> str:
+    """``mnist-paper-gpu-learned`` for ``.../mnist-paper-gpu/runs/learned``."""
+    return f"{run.parent.parent.name}-{run.name}" if run.parent.name == "runs" else run.name
+
+
+def reproduce_record(run: Path, variant: str, k: int, n: int) -> Path | None:
+    """The record ``reproduce`` cached for this variant, when it holds these weights' FID at n."""
+    name = {"prior": f"fid_prior_n{n}.json", "gmm-mean": f"fid_gmm_K{k}_n{n}.json"}.get(variant)
+    path = run / "eval" / name if name else None
+    if path is None or not path.is_file():
+        return None
+    prov = json.loads(path.read_text())["metrics"]["fid"]["provenance"]
+    return path if prov.get("checkpoint_sha256") == file_digest(run / CHECKPOINT) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with checkpoint.pt)")
+    ap.add_argument("--out", type=Path, default=Path("results/fid-gap"))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    ap.add_argument("--components", type=int, default=32)
+    ap.add_argument("--n-fid", type=int, default=10_000)
+    ap.add_argument("--fid-cache", type=Path, default=None, help="cached real-image statistics (see evaluate)")
+    ap.add_argument("--fid-backend", default="auto")
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variant {bad[0]!r}; choose from {list(VARIANTS)}")
+    for run in args.runs:
+        if not (run / CHECKPOINT).is_file():
+            ap.error(f"{run}: no {CHECKPOINT}; pass a finished run folder")
+        folder = args.out / label(run)
+        folder.mkdir(parents=True, exist_ok=True)
+        for v in variants:
+            target = folder / f"{v}.json"
+            if target.is_file() or reproduce_record(run, v, args.components, args.n_fid):
+                continue
+            sampler, fit_on = VARIANTS[v]
+            t0 = time.perf_counter()
+            evaluate_run(run, metrics="fid", sampler=sampler, components=args.components, gmm_fit_on=fit_on,
+                         n_fid=args.n_fid, cache_dir=args.fid_cache, fid_backend=args.fid_backend, out=target)
+            print(f"{label(run)} {v}: {time.perf_counter() - t0:.0f} s", flush=True)
+    summarise(args.out, args.runs, args.components, args.n_fid)
+    return 0
+
+
+def summarise(out: Path, runs: list[Path], k: int, n: int) -> None:
+    """One row per run: FID under each p(z), and the commits that computed them."""
+    rows = []
+    for run in runs:
+        row = {"run": label(run), "path": str(run)}
+        commits = []
+        for v in VARIANTS:
+            path = out / label(run) / f"{v}.json"
+            path = path if path.is_file() else reproduce_record(run, v, k, n)
+            if path is None:
+                continue
+            fid = json.loads(path.read_text())["metrics"]["fid"]
+            row[v] = round(fid["values"]["fid"], 2)
+            row[f"{v}_record"] = str(path)
+            commits.append(short_commit(fid["provenance"]) or "unknown")
+        row["commit"] = ", ".join(dict.fromkeys(commits))
+        rows.append(row)
+    (out / "summary.json").write_text(json.dumps({"components": k, "n_fid": n, "rows": rows}, indent=1) + "\n")
+    lines = [f"# FID of ours under four p(z): {n} generated vs {n} test images, K = {k}", "",
+             "Written by `python bench/fid_gap.py`; see its docstring for the protocol.", "",
+             "| run | prior | GMM on means (paper) | GMM on samples | exact aggregate posterior | commit |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | " + " | ".join(str(r.get(v, "")) for v in VARIANTS) + f" | `{r['commit']}` |")
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

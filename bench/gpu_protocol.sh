@@ -2,6 +2,7 @@
 # The paper's protocol for Tables 2 and 3 on MNIST and Fashion-MNIST, on one GPU (issue 11, 16).
 #
 #   bench/gpu_protocol.sh OUT_DIR [BUDGET]        (BUDGET: paper-gpu by default; smoke for a CPU try)
+#   EXPERIMENTS=table2,table3,table4,fig1 bench/gpu_protocol.sh OUT_DIR   (default: table2,table3)
 #
 # Trains every run the two tables need (ours, ours without the variance floor, VAE, beta-VAE,
 # DIP-VAE-I, WAE-MMD), JOBS runs at a time per data set (both data sets side by side), computes
@@ -17,6 +18,7 @@ set -uo pipefail
 OUT_DIR=${1:?usage: bench/gpu_protocol.sh OUT_DIR [BUDGET]}
 BUDGET=${2:-paper-gpu}
 JOBS=${JOBS:-6}
+EXPERIMENTS=${EXPERIMENTS:-table2,table3}
 DEVICE=${DEVICE:-auto}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -31,12 +33,12 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
 PY
 run_tables() {
   local ds=$1
-  python3 -m balanced_vae.cli reproduce table2,table3 --dataset "$ds" --budget "$BUDGET" \
+  python3 -m balanced_vae.cli reproduce "$EXPERIMENTS" --dataset "$ds" --budget "$BUDGET" \
     --out "$OUT_DIR/results" --device "$DEVICE" --jobs "$JOBS" > "$OUT_DIR/log-$ds.txt" 2>&1
   echo "$ds: exit $?" >> "$OUT_DIR/status.txt"
 }
 if [ -n "${STOP_AFTER:-}" ]; then
-  export -f run_tables; export OUT_DIR BUDGET DEVICE JOBS
+  export -f run_tables; export OUT_DIR BUDGET DEVICE JOBS EXPERIMENTS
   timeout --signal=INT "$STOP_AFTER" bash -c 'run_tables mnist & run_tables fashion-mnist & wait'
 else
   run_tables mnist & run_tables fashion-mnist & wait
@@ -60,6 +62,6 @@ PY
 tar czf "$OUT_DIR/results.tgz" -C "$OUT_DIR" --exclude='*.pt' --exclude='fid-cache' --exclude='tensorboard' results \
   environment.json $(cd "$OUT_DIR" && ls log-*.txt status.txt 2>/dev/null)
 t2=$(date +%s)
-echo "{\"tables_seconds\": $((t1 - t0)), \"pack_seconds\": $((t2 - t1)), \"budget\": \"$BUDGET\", \"jobs\": $JOBS}" \
+echo "{\"tables_seconds\": $((t1 - t0)), \"pack_seconds\": $((t2 - t1)), \"budget\": \"$BUDGET\", \"jobs\": $JOBS, \"experiments\": \"$EXPERIMENTS\"}" \
   > "$OUT_DIR/timings.json"
 cat "$OUT_DIR/status.txt" 2>/dev/null

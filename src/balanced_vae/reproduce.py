@@ -392,7 +392,8 @@ def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run
          threads: int) -> str:
     """One worker of :func:`prefetch`: train (or reuse) one run, then compute its cached evaluations."""
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s")
+    # force: one worker serves several runs, and each log line names its own
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s", force=True)
     ctx = Context(dataset, get_budget(budget), out, progress=False, device=device, fid_backend=fid_backend)
     ctx.run(run)
     for _, metric, options in evals:

@@ -186,11 +186,33 @@ def test_cached_evaluations_are_tied_to_the_weights(smoke):
     cache = next((run / "eval").glob("iwae_*.json"))
     doc = json.loads(cache.read_text())
     doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] = "0" * 64     # as if other weights made it
+    doc["metrics"]["iwae"]["provenance"]["model_sha256"] = "0" * 64
     doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0
     cache.write_text(json.dumps(doc))
     reproduce("table3", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
     rows = {r["model"]: r for r in json.loads((out / "mnist-smoke" / "table3.json").read_text())["rows"]}
     assert rows["vae"]["iwae_prior"] != 12345.0
+
+
+def test_cached_evaluations_survive_packing_the_weights(smoke):
+    """A checkpoint re-saved without its optimiser state (as the headline models are committed)
+    holds the same weights: its cached evaluations are reused, not recomputed."""
+    import torch
+
+    from balanced_vae.checkpoint import file_digest, save_checkpoint
+
+    out, _, data = smoke
+    run = run_dir(out, "mnist", get_budget("smoke"), "dip-vae-i")
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    save_checkpoint(run / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("optimiser", "format_version")})
+    cache = next((run / "eval").glob("iwae_*.json"))
+    doc = json.loads(cache.read_text())
+    assert doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] != file_digest(run / "checkpoint.pt")
+    doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0   # a recompute would lose it
+    cache.write_text(json.dumps(doc))
+    reproduce("table3", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
+    rows = {r["model"]: r for r in json.loads((out / "mnist-smoke" / "table3.json").read_text())["rows"]}
+    assert rows["dip-vae-i"]["iwae_prior"] == 12345.0
 
 
 def test_finished_run_without_weights_is_reported(smoke, tmp_path):

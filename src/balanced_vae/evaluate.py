@@ -49,7 +49,7 @@ from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_dis
 from .plots import save_rows
 from .precision_recall import improved_precision_recall
 from .provenance import provenance
-from .runs import load_run, make_sampler
+from .runs import load_run, make_sampler, model_sha256
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     # of q(z), since a fit on means squeezes unused latent dimensions to reg_covar (see samplers)
     fit_sampling = gmm_fit_on or "mean"
     fit_density = gmm_fit_on or "sample"
-    prov = provenance(run.path / which)
+    prov = {**provenance(run.path / which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
     dataset = _dataset_label(c)
     results: dict[str, Any] = {}
     for name in names:

@@ -34,7 +34,7 @@ from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run
 from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
 from .plots import save_fig
 from .provenance import git_commit, git_dirty, provenance, short_commit
-from .runs import load_run
+from .runs import load_run, model_sha256
 from .samplers import DEFAULT_COMPONENTS
 from .train import resolve_device
 
@@ -81,7 +81,7 @@ class Context:
         cache = path / "eval" / f"{key}.json"
         if cache.exists():   # valid only for the weights it was computed from
             entry = json.loads(cache.read_text())["metrics"][metric]
-            if entry.get("provenance", {}).get("checkpoint_sha256") == file_digest(path / which):
+            if same_weights(entry.get("provenance", {}), path / which):
                 self.note_commit(entry["provenance"])
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
@@ -112,6 +112,16 @@ class Context:
         return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
                 **{k: prov[k] for k in ("git_commit", "git_dirty", "git_dirty_files") if k in prov},
                 "machine": machine, "device": dev, "python": platform.python_version(), **extra}
+
+
+def same_weights(prov: dict, checkpoint: Path) -> bool:
+    """Whether a record (its provenance ``prov``) was computed from the weights in ``checkpoint``:
+    the same file, or the same model weights in a file packed differently (e.g. without the
+    optimiser state, as ``bench/gpu_protocol.sh`` packs the headline models)."""
+    if prov.get("checkpoint_sha256") == file_digest(checkpoint):
+        return True
+    return bool(prov.get("model_sha256")) and prov["model_sha256"] == model_sha256(
+        load_run(checkpoint.parent, which=checkpoint.name).model)
 
 
 # ---------------------------------------------------------------------------------- output

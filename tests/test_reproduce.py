@@ -92,6 +92,20 @@ def test_finished_runs_are_reused_not_retrained(smoke):
     assert set(p.name for p in (out / "mnist-smoke" / "runs").iterdir()) == set(run_specs("mnist", budget))
 
 
+def test_every_record_states_the_compute_behind_its_numbers(smoke, tmp_path):
+    out, _, _ = smoke
+    folder = out / "mnist-smoke"
+    t3 = json.loads((folder / "table3.json").read_text())
+    runs = ("learned", "learned", "vae", "beta-vae", "dip-vae-i")      # the runs Table 3 reads
+    stops = [json.loads((run_dir(out, "mnist", get_budget("smoke"), r) / "final.json").read_text())["stops"]
+             for r in dict.fromkeys(runs)]
+    trained = sum(s["seconds"] for st in stops for s in st.values())
+    assert t3["compute"]["training_seconds"] == pytest.approx(trained, abs=0.2)
+    assert t3["compute"]["evaluation_seconds"] > 0
+    page = build_page(out, tmp_path / "RESULTS.md").read_text()
+    assert f"{t3['compute']['training_seconds'] / 60:.1f} min of training" in page
+
+
 def test_prefetch_computes_every_evaluation_the_experiments_read(smoke, monkeypatch):
     """``needs`` (what ``--jobs`` computes in parallel) names exactly the cached evaluations each
     experiment reads; a missing one would be computed serially, an extra one wasted."""

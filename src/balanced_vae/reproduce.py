@@ -26,11 +26,11 @@ import torch
 
 from . import __version__
 from .atomic import write_json_atomic, write_text_atomic
-from .checkpoint import CHECKPOINT, STAGE1, file_digest
+from .checkpoint import CHECKPOINT, FINAL, STAGE1, file_digest
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_run, real_data_fid, reconstruct_run
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,
-                          resolved_budget)
+                          resolved_budget, run_dir)
 from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
 from .plots import save_fig
 from .provenance import git_commit, git_dirty, provenance, short_commit
@@ -55,6 +55,23 @@ class Context:
         self.k_default = DEFAULT_COMPONENTS
         self.extra_runs = budget.extra_runs
         self._row_commits: list[str] = []   # commits of the numbers read since the last take_commits()
+        self.start_experiment()
+
+    def start_experiment(self) -> None:
+        """Forget the runs and evaluations read so far (see :meth:`compute`)."""
+        self._runs_read: set[str] = set()
+        self._eval_seconds = 0.0
+
+    def compute(self) -> dict[str, float]:
+        """The work behind the numbers read since :meth:`start_experiment`, wherever and whenever it
+        ran (cached runs and evaluations included): training seconds summed over the runs' stages
+        (``final.json``) and seconds summed over the evaluations (their records)."""
+        train = 0.0
+        for name in self._runs_read:
+            final = run_dir(self.out, self.dataset, self.budget, name) / FINAL
+            stops = json.loads(final.read_text()).get("stops", {}) if final.exists() else {}
+            train += sum(s.get("seconds") or 0.0 for s in stops.values())
+        return {"training_seconds": round(train, 1), "evaluation_seconds": round(self._eval_seconds, 1)}
 
     def note_commit(self, record: dict | None = None) -> None:
         """Note the commit that computed a number of the row being built (the code running now when
@@ -68,6 +85,7 @@ class Context:
         return out
 
     def run(self, name: str) -> Path:
+        self._runs_read.add(name)
         return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress,
                           device=self.device)
 
@@ -83,6 +101,7 @@ class Context:
             entry = json.loads(cache.read_text())["metrics"][metric]
             if same_weights(entry.get("provenance", {}), path / which):
                 self.note_commit(entry["provenance"])
+                self._eval_seconds += entry.get("seconds") or 0.0
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
         doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
@@ -90,6 +109,7 @@ class Context:
                            seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
                            progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
         self.note_commit(doc["metrics"][metric]["provenance"])
+        self._eval_seconds += doc["metrics"][metric].get("seconds") or 0.0
         return doc["metrics"][metric]
 
     def eval_key(self, metric: str, *, sampler: str = "prior", components: int | None = None,
@@ -146,7 +166,8 @@ def write_table(ctx: Context, name: str, columns: list[str], rows: list[dict], *
     md += [f"| {' | '.join(format_number(r.get(c)) for c in columns)} |" for r in rows]
     write_text_atomic(ctx.folder / f"{name}.md", f"### {title}\n\n" + "\n".join(md) + "\n")
     write_json_atomic(ctx.folder / f"{name}.json", {"name": name, "title": title, "columns": columns, "rows": rows,
-                                                     "protocol": protocol, "seconds": round(seconds, 1)})
+                                                     "protocol": protocol, "seconds": round(seconds, 1),
+                                                     "compute": ctx.compute()})
     return ctx.folder / f"{name}.json"
 
 
@@ -154,7 +175,8 @@ def _figure_record(ctx: Context, name: str, title: str, files: list[str], protoc
                    rows: list[dict] | None = None, columns: list[str] | None = None) -> Path:
     path = ctx.folder / f"{name}.json"
     write_json_atomic(path, {"name": name, "title": title, "figures": files, "rows": rows or [],
-                             "columns": columns or [], "protocol": protocol, "seconds": round(seconds, 1)})
+                             "columns": columns or [], "protocol": protocol, "seconds": round(seconds, 1),
+                             "compute": ctx.compute()})
     return path
 
 
@@ -461,5 +483,6 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
     records = []
     for n in names:
         ctx.take_commits()          # each row notes the commits of its own numbers only
+        ctx.start_experiment()      # and each record the work behind its own numbers
         records.append(FUNCTIONS[n](ctx))
     return records

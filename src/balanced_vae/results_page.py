@@ -117,8 +117,12 @@ def _protocol_line(rec: dict) -> str:
     b = p.get("budget", {})
     parts = [f"budget `{b.get('name')}`", f"epochs per stage <= {b.get('epochs')}",
              f"train images {b.get('n_train') or 'all'}", f"seed {b.get('seed')}",
-             f"commit `{p.get('git_commit', 'unknown')[:10]}`", f"wall time {rec.get('seconds')} s",
-             f"machine {p.get('machine')}"]
+             f"commit `{short_commit(p) or 'unknown'}`", f"assembled in {rec.get('seconds')} s"]
+    if rec.get("compute"):
+        c = rec["compute"]
+        parts.append(f"compute behind its numbers: {c['training_seconds'] / 60:.1f} min of training and "
+                     f"{c['evaluation_seconds'] / 60:.1f} min of evaluation (summed over runs and evaluations)")
+    parts.append(f"machine {p.get('machine')}")
     if "fid" in p:
         inc = p["fid"].get("inception", {})
         parts.append(f"FID: {p['fid'].get('generated', {}).get('n')} generated vs "

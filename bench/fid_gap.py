@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(out: Path, runs: list[Path], k: int, n: int) -> None:
-    """One row per run: FID under each p(z), and the commits that computed them."""
+    """One row per run: FID under each p(z), and the commits that computed them; rows of runs
+    summarised by earlier calls into the same ``out`` are kept (and refreshed)."""
+    old = out / "summary.json"
+    earlier = [Path(r["path"]) for r in json.loads(old.read_text())["rows"]] if old.is_file() else []
+    runs = list(dict.fromkeys([*earlier, *runs]))
     rows = []
     for run in runs:
         row = {"run": label(run), "path": str(run)}

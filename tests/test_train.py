@@ -73,6 +73,35 @@ def test_resume_equals_uninterrupted(method, digits, tmp_path):
     assert len(read_metrics(part / "metrics.jsonl")) == 2
 
 
+def test_lr_drops_continue_a_converged_stage_at_a_tenth_of_the_rate(digits, tmp_path):
+    """With a tolerance the rule always meets, it fires as soon as it may: at epoch 2 (window 1),
+    where the rate drops; its window starts again, so the next firing, which ends the stage, is
+    at epoch 4, not 3. An interrupted run resumed after the drop ends bit-identical."""
+    config = TrainConfig(method="fixed", sigma2=0.1, epochs=20, min_epochs=1, window=1, tol=10.0, lr_drops=1,
+                         n_train=300, n_test=100, batch_size=32)
+    straight = train(config, tmp_path / "a", data=digits, progress=False)
+    rows = read_metrics(straight / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert [r.get("lr_drop") for r in rows] == [None, pytest.approx(1e-4), None, None]
+    final = json.loads((straight / "final.json").read_text())
+    assert final["stops"]["1"] == {"reason": "converged", "epochs": 4, "lr_drops": 1,
+                                   "seconds": final["stops"]["1"]["seconds"]}
+    part = train(config, tmp_path / "b", data=digits, progress=False, stop_after=3)
+    assert not (part / "final.json").exists()
+    train(config, part, data=digits, progress=False, resume=True)
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["lr"] for r in read_metrics(part / "metrics.jsonl")] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+
+
+def test_without_lr_drops_the_stage_ends_where_the_rule_first_fires(digits, tmp_path):
+    config = TrainConfig(method="fixed", sigma2=0.1, epochs=20, min_epochs=1, window=1, tol=10.0,
+                         n_train=300, n_test=100, batch_size=32)
+    final = json.loads((train(config, tmp_path / "a", data=digits, progress=False) / "final.json").read_text())
+    assert final["stops"]["1"]["epochs"] == 2 and "lr_drops" not in final["stops"]["1"]
+
+
 def test_resume_drops_log_lines_written_after_the_checkpoint(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=200, n_test=50)
     run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)

@@ -95,6 +95,9 @@ def _add_train(sub) -> None:
                    help="convergence: change of the validation objective over --window epochs, in nats per "
                         "data dimension")
     p.add_argument("--window", type=_POS_INT, default=_D.window, help="convergence window in epochs")
+    p.add_argument("--lr-drops", type=_NONNEG_INT, default=_D.lr_drops,
+                   help="when a stage converges, divide the learning rate by 10 and go on, up to this many times "
+                        "per stage; the stage ends when it converges after the last drop (0: the paper's rule)")
     p.add_argument("--n-val", type=_NONNEG_INT, default=_D.n_val,
                    help="training images held out (the last ones) for the stopping rule; default 10%% of them, "
                         "at most 5000. The test split is never used for stopping")

@@ -21,6 +21,9 @@ class TrainConfig:
     ``min_epochs``), or after ``max_minutes`` of wall-clock time in the stage. Which of the
     three ended each stage is recorded in the checkpoint and ``final.json``.
     ``n_val=None`` holds out 10 % of the training images, at most 5,000.
+    ``lr_drops`` > 0 lets a stage go on when its convergence rule fires: the learning rate is
+    divided by 10 and the rule's window starts again, up to ``lr_drops`` times per stage; the
+    stage ends at the next firing after the last drop (0: Algorithm 1 as the paper states it).
 
     ``networks`` names your own networks as an importable factory ``"module:function"``
     (or ``"/path/file.py:function"``), called as ``function(data_shape, latent_dim,
@@ -44,6 +47,7 @@ class TrainConfig:
     min_epochs: int = 3
     tol: float = 1e-3
     window: int = 3
+    lr_drops: int = 0
     n_val: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -67,7 +71,7 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
-        for name in ("min_epochs", "seed") + (("n_val",) if self.n_val is not None else ()):
+        for name in ("min_epochs", "seed", "lr_drops") + (("n_val",) if self.n_val is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")

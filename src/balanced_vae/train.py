@@ -132,14 +132,15 @@ def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size
     return {k: v / len(x) for k, v in sums.items()}
 
 
-def _converged(history: list[float], config: TrainConfig, dims: int) -> bool:
+def _converged(history: list[float], config: TrainConfig, dims: int, since: int = 0) -> bool:
     """The validation objective moved by less than ``tol`` nats per dimension over ``window`` epochs.
 
     Absolute, not relative: the ELBO carries the constant -D/2 log(2 pi sigma^2), so a
-    relative rule stops runs near -480 nats early and never stops runs near 0.
+    relative rule stops runs near -480 nats early and never stops runs near 0. ``since``:
+    the epochs of ``history`` before it (those before a learning-rate drop) are not compared.
     """
     w = config.window
-    if len(history) < max(config.min_epochs, w + 1):
+    if len(history) < max(config.min_epochs, since + w + 1):
         return False
     return abs(history[-1] - history[-1 - w]) / dims < config.tol
 
@@ -431,6 +432,8 @@ class _State:
     stage_seconds: float = 0.0
     done: bool = False
     commits: list = field(default_factory=list)   # the source commits that trained it ("+dirty" when modified)
+    lr_drops: int = 0                             # learning-rate drops made in this stage
+    lr_dropped_at: int = 0                        # len(history) at the last drop
 
 
 def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device) -> Path:
@@ -489,11 +492,16 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         st.stage_seconds += time.perf_counter() - t0
         row = _epoch_row(st, sums, min(len(perm), n_batches * config.batch_size), val, model, closed_form, dims,
                          time.perf_counter() - t0)
+        row["lr"] = optimiser.param_groups[0]["lr"]
         if st.stage == 1:
             st.sigma2_star = model.likelihood.sigma2
         reason = broadcast(_stop_reason(st, config, dims, bool(val)))   # every rank stops with rank 0
+        if reason == "converged" and st.lr_drops < config.lr_drops:
+            row["lr_drop"] = _drop_lr(optimiser, st)
+            reason = None
         if reason is not None:
-            st.stops[str(st.stage)] = {"reason": reason, "epochs": st.epoch, "seconds": round(st.stage_seconds, 1)}
+            st.stops[str(st.stage)] = {"reason": reason, "epochs": st.epoch, "seconds": round(st.stage_seconds, 1),
+                                       **({"lr_drops": st.lr_drops} if config.lr_drops else {})}
             row["stop"] = reason
             if st.stage < n_stages(config):
                 optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device)
@@ -524,7 +532,8 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"]),
                 sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
                 stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]),
-                commits=list(ckpt.get("commits", [])))
+                commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
+                lr_dropped_at=int(ckpt.get("lr_dropped_at", 0)))
     if st.stage == 2:
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
                                   init_sigma2=st.sigma2_star)
@@ -576,9 +585,20 @@ def _epoch_row(st: _State, sums: dict, n_seen: int, val: dict, model, closed_for
     return row
 
 
+def _drop_lr(optimiser, st: _State) -> float:
+    """Divide the learning rate by 10 and restart the convergence window; returns the new rate."""
+    for group in optimiser.param_groups:
+        group["lr"] = group["lr"] / 10
+    st.lr_drops += 1
+    st.lr_dropped_at = len(st.history)
+    log.info("stage %d epoch %d: converged; learning rate dropped to %.3g (drop %d)", st.stage, st.epoch,
+             optimiser.param_groups[0]["lr"], st.lr_drops)
+    return optimiser.param_groups[0]["lr"]
+
+
 def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
     """Why the current stage ends after this epoch: converged, max_epochs, max_minutes, or None."""
-    if validated and _converged(st.history, config, dims):
+    if validated and _converged(st.history, config, dims, since=st.lr_dropped_at):
         return "converged"
     if st.epoch >= config.epochs:
         return "max_epochs"
@@ -595,7 +615,7 @@ def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device
     floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
     model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
     model.to(device)
-    st.stage, st.epoch, st.history, st.stage_seconds = 2, 0, [], 0.0
+    st.stage, st.epoch, st.history, st.stage_seconds, st.lr_drops, st.lr_dropped_at = 2, 0, [], 0.0, 0, 0
     return make_optimiser(model, config)
 
 

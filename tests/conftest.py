@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 
+def _missing(path: Path, hint: str) -> None:
+    """Fail under ``CI=true`` (CI must run the real-data checks, never skip them), else skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI: real data not found at {path}; {hint}", pytrace=False)
+    pytest.skip(f"real data not found at {path}; {hint}")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Directory holding mnist/ and fashion-mnist/ IDX files.
@@ -18,11 +25,16 @@ def data_dir() -> Path:
     repo_default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = Path(env).expanduser() if env else repo_default
     if not (path / "mnist").is_dir():
-        if os.environ.get("CI", "").lower() == "true":   # CI must run the real-data checks, never skip them
-            pytest.fail(f"CI: real MNIST data not found at {path / 'mnist'}; CI needs ../shared/data or "
-                        "BALANCED_VAE_DATA", pytrace=False)
-        pytest.skip(
-            f"real MNIST data not found at {path / 'mnist'}; set BALANCED_VAE_DATA to a "
-            "directory holding mnist/ and fashion-mnist/ IDX files"
-        )
+        _missing(path / "mnist", "set BALANCED_VAE_DATA to a directory holding mnist/ and fashion-mnist/ IDX files "
+                 "(CI needs ../shared/data beside the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_dataset(data_dir):
+    """``real_dataset(name)``: the folder of data set ``name`` under :func:`data_dir`, or skip (fail under CI)."""
+    def need(name: str) -> Path:
+        if not (data_dir / name).is_dir():
+            _missing(data_dir / name, f"put the {name}/ IDX files in {data_dir}")
+        return data_dir / name
+    return need

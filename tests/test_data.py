@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -152,11 +151,8 @@ def test_mnist_real(mnist):
     assert mnist.x_train.std().item() == pytest.approx(0.3081, abs=1e-3)
 
 
-def test_fashion_mnist_real(data_dir):
-    if not (data_dir / "fashion-mnist").is_dir():
-        if os.environ.get("CI", "").lower() == "true":   # CI runs the real-data checks, never skips them
-            pytest.fail(f"CI: no fashion-mnist/ in {data_dir}")
-        pytest.skip(f"no fashion-mnist/ in {data_dir}")
+def test_fashion_mnist_real(data_dir, real_dataset):
+    real_dataset("fashion-mnist")
     ds = load_dataset("fashion-mnist", data_dir=data_dir, download=False)
     _check_images(ds.x_train, (60000, 1, 28, 28))
     _check_images(ds.x_test, (10000, 1, 28, 28))

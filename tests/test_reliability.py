@@ -4,16 +4,14 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balanced_vae.checkpoint import CheckpointError, DiskFullError, load_checkpoint, write_json_atomic
+from balanced_vae.checkpoint import DiskFullError, write_json_atomic
 from balanced_vae.cli import main
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import DataError, load_dataset, read_idx

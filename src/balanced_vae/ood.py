@@ -256,7 +256,7 @@ def ood_markdown(doc: dict[str, Any]) -> str:
              f"{p['gmm']['K']} (fit on {p['gmm']['fit_on']}s), typicality reference: {p['reference']['n']} "
              f"{p['reference']['images']}. Positive class: OOD; every score is 'higher = more OOD'. "
              f"Chance: AUROC 0.5, AUPRC {p['n_out'] / (p['n_in'] + p['n_out']):.2f}, FPR 0.95.", "",
-             f"Models: " + "; ".join(f"{m} = `{models[m]['checkpoint']}` ({models[m]['likelihood']})" for m in labels),
+             "Models: " + "; ".join(f"{m} = `{models[m]['checkpoint']}` ({models[m]['likelihood']})" for m in labels),
              "", f"| score | {head} |", "|---|" + "---:|" * (3 * len(labels))]
     names = list(models[labels[0]]["metrics"])
     names = [s for s in SCORES if s in names] + [s for s in names if s not in SCORES]   # JSON sorts its keys

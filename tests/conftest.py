@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def _missing(path: Path, hint: str) -> None:
@@ -38,3 +39,31 @@ def real_dataset(data_dir):
             _missing(data_dir / name, f"put the {name}/ IDX files in {data_dir}")
         return data_dir / name
     return need
+
+
+@pytest.fixture
+def stand_in_inception(monkeypatch):
+    """``stand_in_inception(pool=2, record=None, path=None)``: replace the Inception network by
+    average pooling over ``pool`` x ``pool`` blocks of the channel mean ((N, C, H, W) -> (N, H*W/pool^2)),
+    so FID plumbing runs without the network; the network itself is tested in test_fid.py.
+
+    Returns the list of calls, each ``record(x, kwargs)`` (default: the batch size ``len(x)``).
+    ``path`` also stands in for the network file, for records that name it.
+    """
+    from balanced_vae import evaluate, fid
+
+    def patch(pool: int = 2, record=None, path=None) -> list:
+        calls = []
+
+        def features(x, **kw):
+            calls.append(record(x, kw) if record else len(x))
+            return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), pool).flatten(1)
+
+        protocol = {"implementation": f"pool{pool} stand-in"}
+        for module in (fid, evaluate):
+            monkeypatch.setattr(module, "inception_features", features)
+            monkeypatch.setattr(module, "inception_protocol", lambda *a: protocol)
+            if path is not None:
+                monkeypatch.setattr(module, "inception_path", lambda: path)
+        return calls
+    return patch

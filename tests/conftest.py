@@ -9,11 +9,11 @@ import pytest
 import torch
 
 
-def _missing(path: Path, hint: str) -> None:
+def _missing(name: str, path: Path, hint: str) -> None:
     """Fail under ``CI=true`` (CI must run the real-data checks, never skip them), else skip."""
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI: real data not found at {path}; {hint}", pytrace=False)
-    pytest.skip(f"real data not found at {path}; {hint}")
+        pytest.fail(f"CI: real {name} data not found at {path}; {hint}", pytrace=False)
+    pytest.skip(f"real {name} data not found at {path}; {hint}")
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,8 @@ def data_dir() -> Path:
     repo_default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = Path(env).expanduser() if env else repo_default
     if not (path / "mnist").is_dir():
-        _missing(path / "mnist", "set BALANCED_VAE_DATA to a directory holding mnist/ and fashion-mnist/ IDX files "
-                 "(CI needs ../shared/data beside the repository)")
+        _missing("MNIST", path / "mnist", "set BALANCED_VAE_DATA to a directory holding mnist/ and "
+                 "fashion-mnist/ IDX files (CI needs ../shared/data beside the repository)")
     return path
 
 
@@ -36,7 +36,7 @@ def real_dataset(data_dir):
     """``real_dataset(name)``: the folder of data set ``name`` under :func:`data_dir`, or skip (fail under CI)."""
     def need(name: str) -> Path:
         if not (data_dir / name).is_dir():
-            _missing(data_dir / name, f"put the {name}/ IDX files in {data_dir}")
+            _missing(name, data_dir / name, f"put the {name}/ IDX files in {data_dir}")
         return data_dir / name
     return need
 

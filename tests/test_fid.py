@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from balanced_vae import fid
 from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
                               load_inception, preprocess, real_statistics, tf_bilinear_resize)
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
@@ -224,6 +225,25 @@ def test_real_statistics_errors(tmp_path):
         real_statistics("toy", x, n=5, cache_dir=tmp_path, extractor=_Pool())
     with pytest.raises(ValueError, match="split"):
         real_statistics("toy", x, split="valid", n=5, cache_dir=tmp_path, extractor=_Pool(), extractor_id={})
+
+
+def test_features_without_a_bar_log_how_far_they_are(monkeypatch, caplog):
+    """`reproduce --jobs` workers show no bar; a 10k FID then logs its progress instead of nothing."""
+    monkeypatch.setattr(fid, "HEARTBEAT_SECONDS", 0.0)                          # a line after every batch
+
+    def net(inp):
+        return inp.mean((2, 3))                                                 # (b, 3)
+
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
+        inception_features(x, batch_size=4, net=net, device="cpu", progress=False, desc="generated features")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m.split(",")[0] for m in lines] == [f"generated features: {k} of 10 images" for k in (4, 8, 10)]
+    assert lines[-1].endswith("about 0 min left")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
+        inception_features(x, batch_size=4, net=net, device="cpu", progress=True)
+    assert not caplog.records                                                   # the bar says it
 
 
 def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, stand_in_inception):

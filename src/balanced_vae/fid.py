@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +117,7 @@ BACKENDS = ("auto", "torch", "openvino")
 # core 1 idled: 4.5 images/s per worker pinned, 8.9 unpinned (bench/openvino_pinning.py).
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
 OPENVINO_INFER_BATCH = 4
+HEARTBEAT_SECONDS = 300.0   # progress log interval of inception_features when it shows no bar
 _IR_RECIPE = 1  # bump when the conversion below changes, so cached IRs of the old recipe are not reused
 
 
@@ -443,8 +445,9 @@ def inception_features(x: torch.Tensor, *, batch_size: int = 50, net: Callable |
     Images are preprocessed (:func:`preprocess`, in torch, for every backend) ``batch_size``
     at a time and passed through ``net``, default :func:`feature_network` of ``backend``
     (``auto``: OpenVINO on the CPU when installed, else the TorchScript module on
-    ``device``, default CUDA when available), with a progress bar. ``cache_dir`` holds
-    the converted OpenVINO network (default: :func:`fid_cache_dir`).
+    ``device``, default CUDA when available), with a progress bar; without one (``progress``
+    False, as in `reproduce --jobs` workers) a log line every :data:`HEARTBEAT_SECONDS` says how
+    far it is. ``cache_dir`` holds the converted OpenVINO network (default: :func:`fid_cache_dir`).
     """
     if net is None:
         net = feature_network(backend, device, cache_dir)
@@ -452,12 +455,18 @@ def inception_features(x: torch.Tensor, *, batch_size: int = 50, net: Callable |
         device = torch.device("cpu")
     device = torch.device(device) if device is not None else _default_device()
     out = []
+    t0 = last = time.perf_counter()
     with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(x), batch_size):
             inp = preprocess(x[i:i + batch_size].to(device))        # (b, 3, 299, 299)
             f = net(inp)
             out.append(f.reshape(f.shape[0], -1).float().cpu())     # (b, 2048)
             bar.update(len(inp))
+            if not progress and time.perf_counter() - last >= HEARTBEAT_SECONDS:   # no bar (e.g. --jobs workers)
+                last, done = time.perf_counter(), i + len(inp)
+                rate = done / (last - t0)
+                log.info("%s: %d of %d images, %.1f images/s, about %.0f min left", desc, done, len(x), rate,
+                         (len(x) - done) / rate / 60)
     if not out:
         raise ValueError("inception_features: no images given")
     return torch.cat(out)

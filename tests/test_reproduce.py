@@ -207,6 +207,18 @@ def test_cli_reproduce_dry_run_and_results_page(smoke, tmp_path, capsys):
     assert main(["results-page", str(tmp_path / "nothing"), "--out", str(tmp_path / "X.md")]) == 2
 
 
+def test_no_extra_runs_leaves_the_unfloored_model_out_of_the_paper_budget(capsys):
+    """--no-extra-runs: the paper budget without learned-floor0, in the plan and in the budget it records."""
+    from balanced_vae.cli import main
+
+    assert main(["reproduce", "table2,table3", "--budget", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run learned-floor0" in out and '"extra_runs": ["learned-floor0"]' in out
+    assert main(["reproduce", "table2,table3", "--budget", "paper", "--dry-run", "--no-extra-runs"]) == 0
+    out = capsys.readouterr().out
+    assert "run learned-floor0" not in out and '"extra_runs": []' in out and "run learned:" in out
+
+
 def test_cached_evaluations_are_tied_to_the_weights(smoke):
     out, _, data = smoke
     run = run_dir(out, "mnist", get_budget("smoke"), "vae")

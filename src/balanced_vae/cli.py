@@ -534,6 +534,10 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--out", default="results", help="results folder")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the runs it needs, then exit")
     p.add_argument("--device", default="auto", help="training and Inception device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-extra-runs", dest="extra_runs", action="store_false",
+                   help="leave out the budget's runs beyond the paper's (paper budgets: learned-floor0, Table 3's "
+                        "per-pixel model without the variance floor, whose stage 2 may not meet the convergence "
+                        "rule); the records' budget then lists extra_runs: []")
     p.add_argument("--jobs", type=_POS_INT, default=1,
                    help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)")
     _add_fid_backend(p)
@@ -541,13 +545,16 @@ def _add_reproduce(sub) -> None:
 
 def _run_reproduce(args) -> int:
     budget = get_budget(args.budget)
+    if not args.extra_runs:
+        budget = dataclasses.replace(budget, extra_runs=())
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
         for name, cfg in run_specs(args.dataset, budget).items():
             print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
     for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out,
-                          device=args.device, jobs=args.jobs, fid_backend=args.fid_backend):
+                          device=args.device, jobs=args.jobs, fid_backend=args.fid_backend,
+                          extra_runs=args.extra_runs):
         print(f"wrote {path}")
     return 0
 

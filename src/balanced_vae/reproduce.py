@@ -10,6 +10,7 @@ compute it once.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -423,12 +424,14 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
 
 
 def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,
-         threads: int) -> str:
+         threads: int, extra_runs: tuple[str, ...] | None = None) -> str:
     """One worker of :func:`prefetch`: train (or reuse) one run, then compute its cached evaluations."""
     torch.set_num_threads(threads)
     # force: one worker serves several runs, and each log line names its own
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s", force=True)
-    ctx = Context(dataset, get_budget(budget), out, progress=False, device=device, fid_backend=fid_backend)
+    b = get_budget(budget)
+    b = b if extra_runs is None else dataclasses.replace(b, extra_runs=tuple(extra_runs))
+    ctx = Context(dataset, b, out, progress=False, device=device, fid_backend=fid_backend)
     ctx.run(run)
     for _, metric, options in evals:
         ctx.evaluate(run, metric, **options)
@@ -455,19 +458,20 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
     log.info("prefetch: %d runs, %d at a time, %d threads each", len(todo), jobs, threads)
     with mp.get_context("spawn").Pool(jobs) as pool:
         pending = [pool.apply_async(_job, (ctx.dataset, ctx.budget.name, str(ctx.out), ctx.device, ctx.fid_backend,
-                                           run, evals, threads)) for run, evals in todo.items()]
+                                           run, evals, threads, ctx.extra_runs)) for run, evals in todo.items()]
         for p in pending:
             log.info("prefetch: %s done", p.get())
 
 
 def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: str | Path = "results",
               data: Dataset | None = None, progress: bool = True, device: str | None = "cpu",
-              jobs: int = 1, fid_backend: str = "auto") -> list[Path]:
+              jobs: int = 1, fid_backend: str = "auto", extra_runs: bool = True) -> list[Path]:
     """Run experiment ``name`` (``all``, or a comma-separated list) and return the JSON records written.
 
     ``device`` trains (and runs Inception) there; ``jobs`` > 1 trains and evaluates that many runs
     at once (:func:`prefetch`); ``fid_backend`` runs the Inception network (``auto``, ``torch``,
-    ``openvino``).
+    ``openvino``); ``extra_runs=False`` leaves out the budget's runs beyond the paper's (e.g.
+    ``learned-floor0``), and the records' budget says so (``extra_runs: []``).
     """
     names = list(EXPERIMENTS) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
     unknown = [n for n in names if n not in FUNCTIONS]
@@ -477,8 +481,8 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
         if name == "table1":
             raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
         names.remove("table1")
-    ctx = Context(dataset, get_budget(budget), out, data=data, progress=progress, device=device,
-                  fid_backend=fid_backend)
+    b = get_budget(budget) if extra_runs else dataclasses.replace(get_budget(budget), extra_runs=())
+    ctx = Context(dataset, b, out, data=data, progress=progress, device=device, fid_backend=fid_backend)
     log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
     if jobs > 1:
         prefetch(names, ctx, jobs)

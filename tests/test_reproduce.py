@@ -219,6 +219,24 @@ def test_no_extra_runs_leaves_the_unfloored_model_out_of_the_paper_budget(capsys
     assert "run learned-floor0" not in out and '"extra_runs": []' in out and "run learned:" in out
 
 
+def test_results_page_says_when_tables_left_the_extra_runs_out(smoke, tmp_path):
+    import shutil
+
+    out, _, _ = smoke
+    for extra, shown in (([], True), (["learned-floor0"], False)):
+        folder = tmp_path / str(shown) / "mnist-paper"
+        shutil.copytree(out / "mnist-smoke", folder)
+        for path in folder.glob("*.json"):
+            rec = json.loads(path.read_text())
+            if "budget" not in rec.get("protocol", {}):                     # figure data, not a record
+                continue
+            rec["protocol"]["budget"].update(name="paper", extra_runs=extra if path.stem == "table2" else
+                                             ["learned-floor0"])
+            path.write_text(json.dumps(rec))
+        page = build_page(folder.parent, tmp_path / f"{shown}.md").read_text()
+        assert ("no row for the per-pixel model without the variance floor" in page) is shown
+
+
 def test_cached_evaluations_are_tied_to_the_weights(smoke):
     out, _, data = smoke
     run = run_dir(out, "mnist", get_budget("smoke"), "vae")

@@ -188,7 +188,7 @@ def _scope(folder: Path) -> list[str]:
         lines.append(f"The paper's protocol: each stage of Algorithm 1 runs until its convergence rule (validation "
                      f"objective moving less than {b.get('tol', 1e-3):g} nats per dimension over 3 epochs) or its "
                      f"caps ({b['epochs']} epochs{cap}). What ended each stage of each run: {_stops(folder)}.")
-        if not b.get("extra_runs"):
+        if any(not r["protocol"]["budget"].get("extra_runs") for r in recs if r["name"] in ("table2", "table3")):
             lines.append("Runs beyond the paper's were left out (`reproduce --no-extra-runs`): Tables 2 and 3 have "
                          "no row for the per-pixel model without the variance floor.")
     elif b["name"] != "full":

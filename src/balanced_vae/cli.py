@@ -544,9 +544,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    budget = get_budget(args.budget)
-    if not args.extra_runs:
-        budget = dataclasses.replace(budget, extra_runs=())
+    budget = get_budget(args.budget, None if args.extra_runs else ())
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
         for name, cfg in run_specs(args.dataset, budget).items():

@@ -71,11 +71,14 @@ BUDGETS = {
 TABLE2_METHODS = ("learned", "vae", "beta-vae", "dip-vae-i", "wae-mmd")
 
 
-def get_budget(name: str) -> Budget:
+def get_budget(name: str, extra_runs: tuple[str, ...] | None = None) -> Budget:
+    """Budget ``name``; ``extra_runs`` replaces its runs beyond the paper's (``()``: none, as
+    `reproduce --no-extra-runs`), and the records then show the budget as run."""
     try:
-        return BUDGETS[name]
+        budget = BUDGETS[name]
     except KeyError:
         raise ValueError(f"unknown budget {name!r}; choose one of {sorted(BUDGETS)}") from None
+    return budget if extra_runs is None else dataclasses.replace(budget, extra_runs=tuple(extra_runs))
 
 
 def _base(dataset: str, budget: Budget, *, staged: bool = False, **kw) -> TrainConfig:

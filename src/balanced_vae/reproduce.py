@@ -10,7 +10,6 @@ compute it once.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -429,9 +428,8 @@ def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run
     torch.set_num_threads(threads)
     # force: one worker serves several runs, and each log line names its own
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s", force=True)
-    b = get_budget(budget)
-    b = b if extra_runs is None else dataclasses.replace(b, extra_runs=tuple(extra_runs))
-    ctx = Context(dataset, b, out, progress=False, device=device, fid_backend=fid_backend)
+    ctx = Context(dataset, get_budget(budget, extra_runs), out, progress=False, device=device,
+                  fid_backend=fid_backend)
     ctx.run(run)
     for _, metric, options in evals:
         ctx.evaluate(run, metric, **options)
@@ -481,8 +479,8 @@ def reproduce(name: str, *, dataset: str = "mnist", budget: str = "cpu", out: st
         if name == "table1":
             raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
         names.remove("table1")
-    b = get_budget(budget) if extra_runs else dataclasses.replace(get_budget(budget), extra_runs=())
-    ctx = Context(dataset, b, out, data=data, progress=progress, device=device, fid_backend=fid_backend)
+    ctx = Context(dataset, get_budget(budget, None if extra_runs else ()), out, data=data, progress=progress,
+                  device=device, fid_backend=fid_backend)
     log.info("budget %s: %s", budget, resolved_budget(ctx.budget))
     if jobs > 1:
         prefetch(names, ctx, jobs)

@@ -47,17 +47,18 @@ t1=$(date +%s)
 python3 -m balanced_vae.cli results-page "$OUT_DIR/results" --out "$OUT_DIR/results/RESULTS.md" \
   > "$OUT_DIR/log-page.txt" 2>&1 || true
 python3 - "$OUT_DIR" "$BUDGET" <<'PY'
-import sys, torch
+import sys
 from pathlib import Path
+from balanced_vae.checkpoint import CheckpointError, slim_checkpoint
 out, budget = Path(sys.argv[1]), sys.argv[2]
 for ds in ("mnist", "fashion-mnist"):
     run = out / "results" / f"{ds}-{budget}" / "runs" / "learned"
     for name in ("checkpoint.pt", "stage1.pt"):
         if (run / name).is_file():
-            ck = torch.load(run / name, map_location="cpu", weights_only=True)
-            keep = {k: ck[k] for k in ("format_version", "model", "stage", "epoch", "shape", "sigma2_star", "done")
-                    if k in ck}
-            torch.save(keep, out / f"weights-{ds}-{name}")
+            try:
+                slim_checkpoint(run / name, out / f"weights-{ds}-{name}")
+            except CheckpointError as e:   # an unfinished run: its full checkpoint stays in the run folder
+                print(e, file=sys.stderr)
 PY
 tar czf "$OUT_DIR/results.tgz" -C "$OUT_DIR" --exclude='*.pt' --exclude='fid-cache' --exclude='tensorboard' results \
   environment.json $(cd "$OUT_DIR" && ls log-*.txt status.txt 2>/dev/null)

@@ -22,6 +22,8 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"          # the test-split numbers of a finished run
 FORMAT_VERSION = 1
+# what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
+RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng")
 
 
 class CheckpointError(RuntimeError):
@@ -57,6 +59,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a balanced-vae checkpoint of format {FORMAT_VERSION}")
     return ckpt
+
+
+def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[int, int]:
+    """Write ``path`` without its :data:`RESUME_KEYS` (Adam's moments, twice the model's size, and
+    the RNG states) to ``out`` (default: in place), atomically; returns the bytes (before, after).
+
+    The model, stage, epoch, history, stops and commits stay, so the run can still be evaluated,
+    sampled and reported, and ``reproduce`` still counts it finished; only ``train --resume``
+    can no longer continue it. Only a finished run's ``checkpoint.pt`` may be slimmed.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    if "optimiser" in ckpt and not ckpt.get("done", False):   # stage1.pt holds no optimiser
+        raise CheckpointError(f"{path}: the run has not finished (stage {ckpt.get('stage')}, epoch "
+                                  f"{ckpt.get('epoch')}); slimming would drop what resuming needs: "
+                                  f"finish it with `balanced-vae train --resume {path.parent}` first")
+    before = path.stat().st_size
+    out = Path(out) if out is not None else path
+    save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS and k != "format_version"})
+    return before, out.stat().st_size
 
 
 def __getattr__(name: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import DiskFullError, write_json_atomic
-from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError
+from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
 from .config import TrainConfig
 from .data import DataError, load_dataset
 from .demo import DEMO_CONFIG, run_demo
@@ -568,6 +568,27 @@ def _run_results_page(args) -> int:
     return 0
 
 
+def _add_slim(sub) -> None:
+    p = sub.add_parser(
+        "slim", help="drop the optimiser and random states from finished runs' checkpoints (to commit or share)",
+        description="Rewrite RUN/checkpoint.pt and RUN/stage1.pt of each finished run with weights only: Adam's "
+                    "moments (twice the model's size) and the random states go; the model, stage, epoch, history "
+                    "and commits stay. The run can still be evaluated, sampled, reported and reused by reproduce; "
+                    "`train --resume` can no longer continue it. Each file is replaced atomically.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder made by `balanced-vae train` or reproduce")
+
+
+def _run_slim(args) -> int:
+    for run in map(Path, args.runs):
+        if not (run / CHECKPOINT).is_file():
+            raise CheckpointError(f"{run}: no {CHECKPOINT}; give a run folder made by `balanced-vae train`")
+        for name in (CHECKPOINT, STAGE1):
+            if (run / name).is_file():
+                before, after = slim_checkpoint(run / name)
+                print(f"{run / name}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train),
     "sample": (_add_sample, _run_sample),
@@ -583,6 +604,7 @@ COMMANDS = {
     "fid": (_add_fid, _run_fid),
     "reproduce": (_add_reproduce, _run_reproduce),
     "results-page": (_add_results_page, _run_results_page),
+    "slim": (_add_slim, _run_slim),
 }
 
 

@@ -526,10 +526,11 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
 def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: int, device) -> tuple[_State, object]:
     """Load a checkpoint into the model, the shuffle and the RNGs; returns the state and the optimiser.
 
+    A slimmed checkpoint (weights only) of a finished run loads as finished; continuing it is refused.
     A finished run whose last stage was ended by a cap that has since been raised (more
     ``--epochs``, ``--max-minutes``) is reopened.
     """
-    st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"]),
+    st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt.get("history", [])),
                 sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
                 stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]),
                 commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
@@ -540,6 +541,12 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
         model.to(device)
     optimiser = make_optimiser(model, config)
     model.load_state_dict(ckpt["model"])
+    if "optimiser" not in ckpt:   # slimmed (`balanced-vae slim`): finished, and can only stay so
+        if not st.done or _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config):
+            raise CheckpointError(
+                f"{out / CHECKPOINT}: holds weights only (slimmed for sharing), without the optimiser and "
+                "random states that training further needs; train into a new folder instead")
+        return st, optimiser
     optimiser.load_state_dict(ckpt["optimiser"])
     shuffle.set_state(ckpt["shuffle_rng"])
     states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]

@@ -48,7 +48,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; train first with `balanced-vae train --out {path.parent}`")
+        raise CheckpointError(f"{path}: checkpoint not found; train first with "
+                              f"`balanced-vae train --out {path.parent}`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for damaged files
@@ -73,8 +74,8 @@ def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[in
     ckpt = load_checkpoint(path)
     if "optimiser" in ckpt and not ckpt.get("done", False):   # stage1.pt holds no optimiser
         raise CheckpointError(f"{path}: the run has not finished (stage {ckpt.get('stage')}, epoch "
-                                  f"{ckpt.get('epoch')}); slimming would drop what resuming needs: "
-                                  f"finish it with `balanced-vae train --resume {path.parent}` first")
+                              f"{ckpt.get('epoch')}); slimming would drop what resuming needs: "
+                              f"finish it with `balanced-vae train --resume {path.parent}` first")
     before = path.stat().st_size
     out = Path(out) if out is not None else path
     save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS and k != "format_version"})

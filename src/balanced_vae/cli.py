@@ -74,7 +74,8 @@ def _add_train(sub) -> None:
                    help="digits (embedded), mnist, fashion-mnist, celeba, folder:PATH or npz:PATH")
     p.add_argument("--data-dir", default=_D.data_dir, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
-    p.add_argument("--image-size", type=_POS_INT, default=_D.image_size, help="resize celeba/folder images to this size")
+    p.add_argument("--image-size", type=_POS_INT, default=_D.image_size,
+                   help="resize celeba/folder images to this size")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="objective and likelihood (default: learned, or fixed with --variance fixed)")
     p.add_argument("--variance", choices=["learned", "fixed"], default=None,
@@ -82,10 +83,12 @@ def _add_train(sub) -> None:
     p.add_argument("--sigma2", type=_POS_FLOAT, default=_D.sigma2, help="decoder variance for --variance fixed")
     p.add_argument("--sigma2-mode", choices=["closed_form", "gradient"], default=_D.sigma2_mode,
                    help="how the global sigma^2 is learned in stage 1")
-    p.add_argument("--stages", type=_POS_INT, choices=[1, 2], default=_D.stages, help="stages of Algorithm 1 (learned only)")
+    p.add_argument("--stages", type=_POS_INT, choices=[1, 2], default=_D.stages,
+                   help="stages of Algorithm 1 (learned only)")
     p.add_argument("--pixel-floor", type=_NONNEG_FLOAT, default=_D.pixel_floor,
                    help="floor of the per-pixel variance in stage 2 (default: the stage-1 sigma*^2; 0 allowed)")
-    p.add_argument("--latent-dim", type=_POS_INT, default=_D.latent_dim, help="latent size (default 16; 8 for tiny images)")
+    p.add_argument("--latent-dim", type=_POS_INT, default=_D.latent_dim,
+                   help="latent size (default 16; 8 for tiny images)")
     p.add_argument("--width", type=_POS_INT, default=_D.width, help="network width (default from the image shape)")
     p.add_argument("--batch-size", type=_POS_INT, default=_D.batch_size)
     p.add_argument("--lr", type=_POS_FLOAT, default=_D.lr)
@@ -101,7 +104,8 @@ def _add_train(sub) -> None:
     p.add_argument("--n-val", type=_NONNEG_INT, default=_D.n_val,
                    help="training images held out (the last ones) for the stopping rule; default 10%% of them, "
                         "at most 5000. The test split is never used for stopping")
-    p.add_argument("--max-minutes", type=_POS_FLOAT, default=_D.max_minutes, help="wall-clock cap per stage, in minutes")
+    p.add_argument("--max-minutes", type=_POS_FLOAT, default=_D.max_minutes,
+                   help="wall-clock cap per stage, in minutes")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=_NONNEG_INT, default=_D.seed)
     p.add_argument("--n-train", type=_POS_INT, default=_D.n_train, help="use only the first N training images")
@@ -163,7 +167,8 @@ def _run_train_local(args, quiet: bool = False) -> int:
     method = args.method or ("fixed" if args.variance == "fixed" else "learned")
     if args.variance and args.method and method != ("fixed" if args.variance == "fixed" else "learned"):
         raise ValueError(f"--variance {args.variance} contradicts --method {args.method}; give one of them")
-    fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}   # options named like fields
+    # the options named like TrainConfig's fields
+    fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}
     config = TrainConfig(**{f: getattr(args, f) for f in fields}, method=method,
                          hparams=_parse_hparams(args.hparam))
 

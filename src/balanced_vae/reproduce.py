@@ -165,9 +165,9 @@ def write_table(ctx: Context, name: str, columns: list[str], rows: list[dict], *
     md = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
     md += [f"| {' | '.join(format_number(r.get(c)) for c in columns)} |" for r in rows]
     write_text_atomic(ctx.folder / f"{name}.md", f"### {title}\n\n" + "\n".join(md) + "\n")
-    write_json_atomic(ctx.folder / f"{name}.json", {"name": name, "title": title, "columns": columns, "rows": rows,
-                                                     "protocol": protocol, "seconds": round(seconds, 1),
-                                                     "compute": ctx.compute()})
+    write_json_atomic(ctx.folder / f"{name}.json",
+                      {"name": name, "title": title, "columns": columns, "rows": rows, "protocol": protocol,
+                       "seconds": round(seconds, 1), "compute": ctx.compute()})
     return ctx.folder / f"{name}.json"
 
 
@@ -354,12 +354,12 @@ def fig1(ctx: Context) -> Path:
     save_fig(fig, ctx.folder / "fig1.png")
     cols = ["run", "sigma2", "learned", "test_elbo", "fid_prior", "fid_gmm", "kl_gmm", "commit"]
     write_table(ctx, "fig1_data", cols, rows, title="Figure 1 data", protocol=ctx.protocol(), seconds=0)
+    protocol = ctx.protocol(kl_runs=ctx.budget.kl_runs, K=ctx.k_default, kl_gmm_fit_on="sample", n_fid=n,
+                            real_fid_same_n=_real_fid(ctx, n),
+                            learned_point="test ELBO and KL of stage1.pt (global sigma^2); FID of the final "
+                                          "model's decoder means")
     return _figure_record(ctx, "fig1", f"Figure 1 ({ctx.dataset}): ELBO, FID and KL gap against sigma^2",
-                          ["fig1.png"], ctx.protocol(kl_runs=ctx.budget.kl_runs, K=ctx.k_default, kl_gmm_fit_on="sample", n_fid=n,
-                                                     real_fid_same_n=_real_fid(ctx, n),
-                                                     learned_point="test ELBO and KL of stage1.pt (global sigma^2); FID of the final "
-                                                                   "model's decoder means"),
-                          time.perf_counter() - t0, rows, cols)
+                          ["fig1.png"], protocol, time.perf_counter() - t0, rows, cols)
 
 
 def fig2(ctx: Context) -> Path:
@@ -409,8 +409,8 @@ def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
         out += [(m, "fid", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs)]
     elif name == "table3":
         out += [("learned", "iwae", {"sampler": "gmm", "which": STAGE1})]
-        out += [(m, "iwae", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs, "vae", "beta-vae",
-                                                           "dip-vae-i")]
+        out += [(m, "iwae", {"sampler": "gmm"})
+                for m in ("learned", *ctx.extra_runs, "vae", "beta-vae", "dip-vae-i")]
     elif name in ("table4", "fig1"):
         n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
         if name == "table4":

@@ -535,6 +535,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
                 stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]),
                 commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
                 lr_dropped_at=int(ckpt.get("lr_dropped_at", 0)))
+    reopen = st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
     if st.stage == 2:
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
                                   init_sigma2=st.sigma2_star)
@@ -542,7 +543,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     optimiser = make_optimiser(model, config)
     model.load_state_dict(ckpt["model"])
     if "optimiser" not in ckpt:   # slimmed (`balanced-vae slim`): finished, and can only stay so
-        if not st.done or _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config):
+        if not st.done or reopen:
             raise CheckpointError(
                 f"{out / CHECKPOINT}: holds weights only (slimmed for sharing), without the optimiser and "
                 "random states that training further needs; train into a new folder instead")
@@ -558,7 +559,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
         torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
     if rank == 0:
         _truncate_metrics(out / METRICS, st.stage, st.epoch)
-    if st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config):
+    if reopen:
         log.info("%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)", out,
                  config.epochs, config.max_minutes)
         st.stops.pop(str(st.stage), None)

@@ -1,4 +1,4 @@
-"""Table of the GPU ablation records (bench/gpu_ablation.sh): FID of ours against width and stopping.
+"""Table of the ablation records (bench/ablation.sh): FID of ours against width, stopping and learning rate.
 
     python bench/summarise_ablation.py results/gpu-ablation      -> prints Markdown, writes SUMMARY.md there
 """
@@ -9,21 +9,21 @@ from pathlib import Path
 from balanced_vae.provenance import short_commit
 
 folder = Path(sys.argv[1])
-lines = ["| run | width | tol | lr drops | stage 1 | stage 2 | sigma*^2 | test ELBO | FID GMM K=32 | FID prior "
-         "| commit |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| run | device | precision | width | tol | lr drops | stage 1 | stage 2 | sigma*^2 | test ELBO "
+         "| FID GMM K=32 | FID prior | commit |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for run in sorted(p for p in folder.iterdir() if (p / "final.json").is_file()):
     cfg = json.loads((run / "config.json").read_text())
     final = json.loads((run / "final.json").read_text())
     fid = {s: json.loads((run / f"eval-fid-{s}.json").read_text())["metrics"]["fid"] for s in ("gmm", "prior")}
     stops = final["stops"]
     stage = lambda k: f"{stops[k]['reason']} @ {stops[k]['epochs']} ep" if k in stops else "-"  # noqa: E731
-    lines.append(f"| {run.name} | {cfg['width']} | {cfg['tol']:g} | {cfg.get('lr_drops', 0)} | {stage('1')} | "
+    lines.append(f"| {run.name} | {final.get('device', '-')} | {cfg.get('precision', 'fp32')} | {cfg['width']} | {cfg['tol']:g} | {cfg.get('lr_drops', 0)} | {stage('1')} | "
                  f"{stage('2')} | "
                  f"{final['sigma2_star']:.4g} | {final['test']['elbo']:.1f} | {fid['gmm']['values']['fid']:.2f} | "
                  f"{fid['prior']['values']['fid']:.2f} | `{short_commit(fid['gmm']['provenance'])}` |")
-text = ("# GPU ablation of ours at the paper's FID protocol (10,000 vs 10,000 test images)\n\n"
-        "Written by `python bench/summarise_ablation.py` from the records of `bench/gpu_ablation.sh`.\n\n"
+text = ("# Ablation of ours at the paper's FID protocol (10,000 vs 10,000 test images)\n\n"
+        "Written by `python bench/summarise_ablation.py` from the records of `bench/ablation.sh`.\n\n"
         + "\n".join(lines) + "\n\n"
         "`+dirty`: the tree the run was computed from had uncommitted changes to tracked files (records written\n"
         "before provenance listed which files; see `git_dirty_files` in newer records).\n")

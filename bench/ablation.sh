@@ -7,7 +7,7 @@
 #   DATASETS   "mnist fashion-mnist"   WIDTHS "32 64"   TOL 2e-4 (nats/dim; the paper-cpu budget uses 1e-3)
 #   DEVICE     cuda (grid points run side by side) or cpu (one after another, OMP_NUM_THREADS each)
 #   MAX_MINUTES 1.75 per stage on cuda, none on cpu ("" = no cap)
-#   N_FID 10000 (images per side);  TRAIN_ARGS more `train` options, e.g. "--lr-drops 2 --precision bf16"; SUFFIX names the folders apart
+#   N_FID 10000 (images per side); SAMPLERS "gmm prior";  TRAIN_ARGS more `train` options, e.g. "--lr-drops 2 --precision bf16"; SUFFIX names the folders apart
 # Each run's folder is OUT/<data set>-w<width><SUFFIX>; a finished run is reused, an interrupted one resumed.
 # The H200 ablation of issue 16 was `bench/ablation.sh OUT` with the defaults (DEVICE=cuda).
 set -uo pipefail
@@ -27,7 +27,7 @@ job() {
     $B train --dataset "$ds" --width "$w" --latent-dim 16 --tol "${TOL:-2e-4}" --epochs 200 --min-epochs 10 \
       ${CAP:+--max-minutes "$CAP"} --device "$DEVICE" ${TRAIN_ARGS:-} --out "$r" > "$r.log" 2>&1
   fi || { echo "train failed: see $r.log" >&2; return 1; }
-  for s in gmm prior; do
+  for s in ${SAMPLERS:-gmm prior}; do
     [ -f "$r/eval-fid-$s.json" ] || $B evaluate "$r" --metrics fid --sampler "$s" --n-fid "${N_FID:-10000}" --device "$DEVICE" \
       --out "$r/eval-fid-$s.json" >> "$r.log" 2>&1
   done

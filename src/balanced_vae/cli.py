@@ -116,6 +116,10 @@ def _add_train(sub) -> None:
                    help="objective hyperparameter, e.g. --hparam lambda=10 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (required unless --resume)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--branch-from", default=None, metavar="RUN",
+                   help="start the new run --out at RUN's stage switch instead of training stage 1 again: its "
+                        "config is RUN's, and only --pixel-floor, --data-dir and --device may be given, e.g. "
+                        "--branch-from runs/learned --pixel-floor 0")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
@@ -146,8 +150,7 @@ def _run_train_local(args, quiet: bool = False) -> int:
     if args.resume:
         run = Path(args.resume)
         config = TrainConfig.load(run / CONFIG)
-        defaults = vars(build_parser().parse_args(["train"]))
-        given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+        given = _given_options(args)
         refused = sorted(given - {"resume", "device", "data_dir", "epochs", "max_minutes", "verbose", "dry_run"})
         if refused:
             raise ValueError(f"--resume {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot change "
@@ -164,6 +167,8 @@ def _run_train_local(args, quiet: bool = False) -> int:
         return 0
     if not args.out and not args.dry_run:
         raise ValueError("train needs --out RUN_FOLDER (or --resume RUN)")
+    if args.branch_from:
+        return _run_branch(args, quiet)
     method = args.method or ("fixed" if args.variance == "fixed" else "learned")
     if args.variance and args.method and method != ("fixed" if args.variance == "fixed" else "learned"):
         raise ValueError(f"--variance {args.variance} contradicts --method {args.method}; give one of them")
@@ -180,6 +185,34 @@ def _run_train_local(args, quiet: bool = False) -> int:
                           "n_train": len(data.x_train), "n_test": len(data.x_test)}, indent=2, sort_keys=True))
         return 0
     train(config, args.out, device=args.device)
+    if not quiet:
+        print(f"run finished: {args.out}")
+    return 0
+
+
+def _given_options(args) -> set[str]:
+    """The `train` options given on the command line (those that differ from their defaults)."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+
+
+def _run_branch(args, quiet: bool) -> int:
+    """`train --branch-from RUN --out NEW`: stage 2 of RUN's config (a new floor) from RUN's switch."""
+    run = Path(args.branch_from)
+    config = TrainConfig.load(run / CONFIG) if (run / CONFIG).is_file() else None
+    if config is None:
+        raise ValueError(f"--branch-from {run}: {run / CONFIG} not found; give the folder of a run of Algorithm 1")
+    may = {"pixel_floor", "data_dir"}
+    refused = sorted(_given_options(args) - may - {"branch_from", "out", "device", "verbose", "dry_run"})
+    if refused:
+        raise ValueError(f"--branch-from {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot "
+                         f"be given (stage 1 was trained with the values in {run / CONFIG}); only --pixel-floor, "
+                         "--data-dir and --device may")
+    config = dataclasses.replace(config, **{k: getattr(args, k) for k in may & _given_options(args)})
+    if args.dry_run:
+        print(config.to_json())
+        return 0
+    train(config, args.out, device=args.device, branch_from=run)
     if not quiet:
         print(f"run finished: {args.out}")
     return 0

@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, CONFIG, FINAL, load_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, FINAL, STAGE1, load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .train import train
+from .train import BranchError, train
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,19 @@ def ensure_run(out: str | Path, dataset: str, budget: Budget, name: str, *, data
             return path
         raise ValueError(f"{path} holds a run with another config; delete it or use another --out")
     data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)
-    log.info("training %s (%s)", path, "resume" if (path / CHECKPOINT).exists() else "new")
-    return train(config, path, data=data, progress=progress, resume=(path / CHECKPOINT).exists(), device=device)
+    resume = (path / CHECKPOINT).exists()
+    if not resume:   # a run that shares another's stage 1 (learned-floor0) starts at that run's switch
+        for other in run_specs(dataset, budget):
+            source = run_dir(out, dataset, budget, other)
+            if other != name and (source / STAGE1).is_file():
+                try:
+                    run = train(config, path, data=data, progress=progress, device=device, branch_from=source)
+                except BranchError as e:
+                    log.info("%s cannot start at %s's stage switch (%s)", name, other, e)
+                    continue
+                return run
+    log.info("training %s (%s)", path, "resume" if resume else "new")
+    return train(config, path, data=data, progress=progress, resume=resume, device=device)
 
 
 def resolved_budget(budget: Budget) -> dict:

@@ -65,12 +65,13 @@ class Context:
     def compute(self) -> dict[str, float]:
         """The work behind the numbers read since :meth:`start_experiment`, wherever and whenever it
         ran (cached runs and evaluations included): training seconds summed over the runs' stages
-        (``final.json``) and seconds summed over the evaluations (their records)."""
+        (``final.json``; a stage taken from another run at its switch counts there, once) and seconds
+        summed over the evaluations (their records)."""
         train = 0.0
         for name in self._runs_read:
             final = run_dir(self.out, self.dataset, self.budget, name) / FINAL
             stops = json.loads(final.read_text()).get("stops", {}) if final.exists() else {}
-            train += sum(s.get("seconds") or 0.0 for s in stops.values())
+            train += sum(s.get("seconds") or 0.0 for s in stops.values() if "branched_from" not in s)
         return {"training_seconds": round(train, 1), "evaluation_seconds": round(self._eval_seconds, 1)}
 
     def note_commit(self, record: dict | None = None) -> None:

@@ -48,6 +48,10 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run."""
 
 
+class BranchError(CheckpointError):
+    """A run cannot start at another run's stage switch (see :func:`branch_source`); nothing was written."""
+
+
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
 
@@ -281,7 +285,8 @@ def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: Dataset | None = None,
-          progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu") -> Path:
+          progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu",
+          branch_from: str | Path | None = None) -> Path:
     """Train ``config`` into the run folder ``out`` (Algorithm 1); returns the folder.
 
     ``data`` may be given to skip loading: a :class:`~balanced_vae.data.Dataset`, or a tensor,
@@ -291,6 +296,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     ends this call after that many epochs (checkpoint written), for time-boxed jobs.
     ``device`` ("cpu", "cuda", "cuda:N" or "auto") is where the model and the data live
     during training; checkpoints are device-independent, so a run resumes anywhere.
+
+    ``branch_from`` (a run of Algorithm 1 past its stage switch) starts the new run ``out`` at
+    that run's switch, so stage 1 is not trained again: its ``stage1.pt`` holds the weights and
+    the random states of the switch, and ``config`` may differ from that run's only in
+    :data:`BRANCH_MAY_DIFFER` (the floor, the data folder). The branch equals a run trained from scratch
+    with ``config``, bit for bit on one device (e.g. ``--pixel-floor 0`` beside the floored run).
     """
     out = Path(out).expanduser()
     dev = resolve_device(device)
@@ -302,15 +313,44 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)   # validates hyperparameters before any file is written
     split_train(data, config)             # validates n_val before any file is written
+    branch = None
+    if branch_from is not None and not resume:
+        branch = branch_source(Path(branch_from).expanduser(), config)
     rank, world = rank_world()
     if rank != 0:
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
     out.mkdir(parents=True, exist_ok=True)
     with _run_lock(out):   # nothing is written into the folder before its lock is held
         _prepare_run_dir(out, config, resume)
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
+
+
+BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
+
+
+def branch_source(run: Path, config: TrainConfig) -> Path:
+    """``run``'s ``stage1.pt`` when a run of ``config`` may start at ``run``'s stage switch; else a
+    :class:`BranchError` that says why (no switch yet, no random states, another config)."""
+    if not (run / CONFIG).is_file():
+        raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
+    saved = TrainConfig.load(run / CONFIG)
+    differ = [f.name for f in dataclasses.fields(TrainConfig)
+              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in BRANCH_MAY_DIFFER]
+    if differ:
+        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {', '.join(differ)} "
+                          f"({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)}); a branch may "
+                          f"change only {', '.join(BRANCH_MAY_DIFFER)}")
+    if n_stages(config) < 2:
+        raise BranchError(f"--branch-from {run}: the new run has one stage; only stage 2 can branch")
+    path = run / STAGE1
+    if not path.is_file():
+        raise BranchError(f"{path}: {run} has not reached its stage switch yet; branch once stage 1 ended")
+    if "shuffle_rng" not in load_checkpoint(path):
+        raise BranchError(f"{path}: holds no random states of the stage switch (written before branching "
+                          "existed, or slimmed); train the new run from scratch instead")
+    return path
 
 
 def _reopen(stop: dict, epoch: int, stage_seconds: float, config: TrainConfig) -> bool:
@@ -436,7 +476,7 @@ class _State:
     lr_dropped_at: int = 0                        # len(history) at the last drop
 
 
-def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device) -> Path:
+def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None) -> Path:
     """The loop of :func:`train`, run while holding the run folder's lock: one epoch, the stopping
     rule, the stage switch, the log line and the checkpoint, until done."""
     x_fit, x_val = (t.to(device) for t in split_train(data, config))
@@ -459,6 +499,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         if st.done:
             log.info("%s: training already finished", out)
             return out
+    elif branch is not None:
+        st, optimiser = _branch(branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
     source = source_commit()
     if not st.commits or st.commits[-1] != source:
         st.commits.append(source)
@@ -504,7 +546,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                                        **({"lr_drops": st.lr_drops} if config.lr_drops else {})}
             row["stop"] = reason
             if st.stage < n_stages(config):
-                optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device)
+                optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
                 step = _stepper(model, objective, device)
             else:
                 st.done = True
@@ -549,14 +591,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
                 "random states that training further needs; train into a new folder instead")
         return st, optimiser
     optimiser.load_state_dict(ckpt["optimiser"])
-    shuffle.set_state(ckpt["shuffle_rng"])
-    states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
-    if len(states) != world:
-        log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
-                    "uninterrupted run", out, len(states), world)
-    torch.set_rng_state(states[rank % len(states)])
-    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+    _set_rng_states(ckpt, shuffle, out, rank, world, device)
     if rank == 0:
         _truncate_metrics(out / METRICS, st.stage, st.epoch)
     if reopen:
@@ -565,6 +600,38 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
         st.stops.pop(str(st.stage), None)
         st.done = False
     return st, optimiser
+
+
+def _set_rng_states(ckpt: dict, shuffle, out: Path, rank: int, world: int, device) -> None:
+    """Put the checkpoint's shuffle, torch (this rank's) and CUDA random states back."""
+    shuffle.set_state(ckpt["shuffle_rng"])
+    states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
+    if len(states) != world:
+        log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
+                    "uninterrupted run", out, len(states), world)
+    torch.set_rng_state(states[rank % len(states)])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+
+
+def _branch(path: Path, model, shuffle, config, out: Path, data, fingerprint: dict, rank: int, world: int,
+            device) -> tuple[_State, object]:
+    """Start ``out`` at the stage switch saved in ``path`` (another run's ``stage1.pt``, checked by
+    :func:`branch_source`): its stage-1 weights, state, random states and log lines, then the
+    switch itself under this run's config (its own floor). Returns the state and the optimiser."""
+    ckpt = load_checkpoint(path)
+    check_fingerprint(ckpt.get("data"), data, config, path)
+    model.load_state_dict(ckpt["model"])
+    _set_rng_states(ckpt, shuffle, out, rank, world, device)
+    st = _State(stage=1, epoch=int(ckpt["epoch"]), history=list(ckpt["history"]), sigma2_star=ckpt["sigma2_star"],
+                stops=dict(ckpt["stops"]), stage_seconds=float(ckpt["stage_seconds"]), commits=list(ckpt["commits"]))
+    st.stops["1"] = {**st.stops["1"], "branched_from": str(path.parent)}   # its seconds were spent there
+    if rank == 0:
+        rows = [ln for ln in (path.parent / METRICS).read_text().splitlines()
+                if ln.strip() and json.loads(ln)["stage"] == 1] if (path.parent / METRICS).is_file() else []
+        write_text_atomic(out / METRICS, "".join(r + "\n" for r in rows))
+        log.info("%s: stage 1 taken from %s (%d epochs); training stage 2", out, path, st.epoch)
+    return st, _enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
 
 
 def _check_finite(model, bad_step: int | None, st: _State, config, out: Path) -> None:
@@ -615,11 +682,19 @@ def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
     return None
 
 
-def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device):
-    """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, new Adam."""
+def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device, shuffle, data_fp):
+    """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, new Adam.
+
+    ``stage1.pt`` also holds the state and the random states from before the head is drawn, so
+    another run may start here (:func:`branch_source`)."""
+    rng_states = gather_rng_states()   # a collective: every rank takes part
     if rank == 0:
-        save_checkpoint(out / STAGE1, {"model": _cpu_state(model), "stage": 1, "epoch": st.epoch,
-                                       "shape": list(shape), "sigma2_star": st.sigma2_star})
+        save_checkpoint(out / STAGE1, {
+            "model": _cpu_state(model), "stage": 1, "epoch": st.epoch, "shape": list(shape),
+            "sigma2_star": st.sigma2_star, "history": st.history, "stops": st.stops,
+            "stage_seconds": st.stage_seconds, "commits": st.commits, "data": data_fp,
+            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
     model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
     model.to(device)

@@ -171,6 +171,14 @@ def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
 SAFE_ON_RESUME = ("epochs", "max_minutes", "data_dir")
 
 
+def _differences(saved: TrainConfig, config: TrainConfig, allowed: tuple[str, ...]) -> str:
+    """The fields (but ``allowed``) where ``config`` differs from ``saved``, with the saved values:
+    ``"lr, width (lr=0.001, width=32)"``; empty when none."""
+    differ = [f.name for f in dataclasses.fields(TrainConfig)
+              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in allowed]
+    return f"{', '.join(differ)} ({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)})" if differ else ""
+
+
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
     if (out / CHECKPOINT).exists() and not resume:
         raise RunExistsError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
@@ -178,11 +186,9 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
     if resume:
         saved = TrainConfig.load(out / CONFIG)
-        differ = [f.name for f in dataclasses.fields(TrainConfig)
-                  if getattr(saved, f.name) != getattr(config, f.name) and f.name not in SAFE_ON_RESUME]
+        differ = _differences(saved, config, SAFE_ON_RESUME)
         if differ:
-            raise CheckpointError(f"{out / CONFIG}: the run was trained with other {', '.join(differ)} "
-                                  f"({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)}); only "
+            raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
                                   f"{', '.join(SAFE_ON_RESUME)} may change on resume")
         if saved == config:
             return
@@ -335,12 +341,9 @@ def branch_source(run: Path, config: TrainConfig) -> Path:
     :class:`BranchError` that says why (no switch yet, no random states, another config)."""
     if not (run / CONFIG).is_file():
         raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
-    saved = TrainConfig.load(run / CONFIG)
-    differ = [f.name for f in dataclasses.fields(TrainConfig)
-              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in BRANCH_MAY_DIFFER]
+    differ = _differences(TrainConfig.load(run / CONFIG), config, BRANCH_MAY_DIFFER)
     if differ:
-        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {', '.join(differ)} "
-                          f"({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)}); a branch may "
+        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
                           f"change only {', '.join(BRANCH_MAY_DIFFER)}")
     if n_stages(config) < 2:
         raise BranchError(f"--branch-from {run}: the new run has one stage; only stage 2 can branch")

@@ -628,7 +628,8 @@ def _branch(path: Path, model, shuffle, config, out: Path, data, fingerprint: di
     _set_rng_states(ckpt, shuffle, out, rank, world, device)
     st = _State(stage=1, epoch=int(ckpt["epoch"]), history=list(ckpt["history"]), sigma2_star=ckpt["sigma2_star"],
                 stops=dict(ckpt["stops"]), stage_seconds=float(ckpt["stage_seconds"]), commits=list(ckpt["commits"]))
-    st.stops["1"] = {**st.stops["1"], "branched_from": str(path.parent)}   # its seconds were spent there
+    # where stage 1 (and its seconds) came from, relative to this run, so records stay portable
+    st.stops["1"] = {**st.stops["1"], "branched_from": os.path.relpath(path.parent.resolve(), out.resolve())}
     if rank == 0:
         rows = [ln for ln in (path.parent / METRICS).read_text().splitlines()
                 if ln.strip() and json.loads(ln)["stage"] == 1] if (path.parent / METRICS).is_file() else []

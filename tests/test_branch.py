@@ -90,7 +90,8 @@ def test_reproduce_starts_the_unfloored_run_at_the_floored_runs_switch(digits, t
     ensure_run(tmp_path, "digits", budget, "learned", data=digits, progress=False)
     branched = ensure_run(tmp_path, "digits", budget, "learned-floor0", data=digits, progress=False)
     stops = json.loads((branched / "final.json").read_text())["stops"]
-    assert (branched / stops["1"]["branched_from"]).resolve() == run_dir(tmp_path, "digits", budget, "learned").resolve()
+    source = run_dir(tmp_path, "digits", budget, "learned")
+    assert (branched / stops["1"]["branched_from"]).resolve() == source.resolve()
     assert stops["1"]["branched_from"] == "../learned"                    # relative: the records stay portable
     fresh = ensure_run(tmp_path / "fresh", "digits", budget, "learned-floor0", data=digits, progress=False)
     assert "branched_from" not in json.loads((fresh / "final.json").read_text())["stops"]["1"]

@@ -31,7 +31,7 @@ from .report import build_report
 from .reproduce import reproduce
 from .results_page import build_page
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
-from .train import train
+from .train import BRANCH_MAY_DIFFER, train
 
 
 def _number(kind: type, low: float, inclusive: bool):
@@ -199,16 +199,16 @@ def _given_options(args) -> set[str]:
 def _run_branch(args, quiet: bool) -> int:
     """`train --branch-from RUN --out NEW`: stage 2 of RUN's config (a new floor) from RUN's switch."""
     run = Path(args.branch_from)
-    config = TrainConfig.load(run / CONFIG) if (run / CONFIG).is_file() else None
-    if config is None:
+    if not (run / CONFIG).is_file():
         raise ValueError(f"--branch-from {run}: {run / CONFIG} not found; give the folder of a run of Algorithm 1")
-    may = {"pixel_floor", "data_dir"}
-    refused = sorted(_given_options(args) - may - {"branch_from", "out", "device", "verbose", "dry_run"})
+    config = TrainConfig.load(run / CONFIG)
+    given, may = _given_options(args), set(BRANCH_MAY_DIFFER)
+    refused = sorted(given - may - {"branch_from", "out", "device", "verbose", "dry_run"})
     if refused:
         raise ValueError(f"--branch-from {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot "
                          f"be given (stage 1 was trained with the values in {run / CONFIG}); only --pixel-floor, "
                          "--data-dir and --device may")
-    config = dataclasses.replace(config, **{k: getattr(args, k) for k in may & _given_options(args)})
+    config = dataclasses.replace(config, **{k: getattr(args, k) for k in may & given})
     if args.dry_run:
         print(config.to_json())
         return 0

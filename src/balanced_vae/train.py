@@ -336,9 +336,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
 BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
 
 
-def branch_source(run: Path, config: TrainConfig) -> Path:
-    """``run``'s ``stage1.pt`` when a run of ``config`` may start at ``run``'s stage switch; else a
-    :class:`BranchError` that says why (no switch yet, no random states, another config)."""
+def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
+    """``run``'s ``stage1.pt`` (path, checkpoint) when a run of ``config`` may start at ``run``'s stage
+    switch; else a :class:`BranchError` that says why (no switch yet, no random states, another config)."""
     if not (run / CONFIG).is_file():
         raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
     differ = _differences(TrainConfig.load(run / CONFIG), config, BRANCH_MAY_DIFFER)
@@ -350,10 +350,11 @@ def branch_source(run: Path, config: TrainConfig) -> Path:
     path = run / STAGE1
     if not path.is_file():
         raise BranchError(f"{path}: {run} has not reached its stage switch yet; branch once stage 1 ended")
-    if "shuffle_rng" not in load_checkpoint(path):
+    ckpt = load_checkpoint(path)
+    if "shuffle_rng" not in ckpt:
         raise BranchError(f"{path}: holds no random states of the stage switch (written before branching "
                           "existed, or slimmed); train the new run from scratch instead")
-    return path
+    return path, ckpt
 
 
 def _reopen(stop: dict, epoch: int, stage_seconds: float, config: TrainConfig) -> bool:
@@ -503,7 +504,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
             log.info("%s: training already finished", out)
             return out
     elif branch is not None:
-        st, optimiser = _branch(branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
+        st, optimiser = _branch(*branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
     source = source_commit()
     if not st.commits or st.commits[-1] != source:
         st.commits.append(source)
@@ -556,11 +557,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         rng_states = gather_rng_states()   # a collective: every rank takes part
         if rank == 0:
             _log_row(out, writer, row, config)
-            save_checkpoint(out / CHECKPOINT, {
-                "model": _cpu_state(model), "optimiser": _cpu_state(optimiser), **dataclasses.asdict(st),
-                "shape": list(data.shape), "data": fingerprint, "shuffle_rng": shuffle.get_state(),
-                "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            save_checkpoint(out / CHECKPOINT, {"optimiser": _cpu_state(optimiser), **_resumable(
+                model, st, data.shape, fingerprint, shuffle, rng_states, device)})
     if writer is not None:
         writer.close()
     if rank == 0 and st.done:
@@ -575,11 +573,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     A finished run whose last stage was ended by a cap that has since been raised (more
     ``--epochs``, ``--max-minutes``) is reopened.
     """
-    st = _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt.get("history", [])),
-                sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
-                stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt["done"]),
-                commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
-                lr_dropped_at=int(ckpt.get("lr_dropped_at", 0)))
+    st = _state_of(ckpt)
     reopen = st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
     if st.stage == 2:
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
@@ -605,6 +599,23 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     return st, optimiser
 
 
+def _state_of(ckpt: dict) -> _State:
+    """The :class:`_State` a checkpoint (``checkpoint.pt``, or ``stage1.pt`` at the switch) holds."""
+    return _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt.get("history", [])),
+                  sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
+                  stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt.get("done", False)),
+                  commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
+                  lr_dropped_at=int(ckpt.get("lr_dropped_at", 0)))
+
+
+def _resumable(model, st: _State, shape, data_fp: dict, shuffle, rng_states: list, device) -> dict:
+    """What a checkpoint holds to go on from here exactly (but the optimiser): the weights, the
+    state, the data fingerprint and the random states (``rng_states``: every rank's torch state)."""
+    return {"model": _cpu_state(model), **dataclasses.asdict(st), "shape": list(shape), "data": data_fp,
+            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
 def _set_rng_states(ckpt: dict, shuffle, out: Path, rank: int, world: int, device) -> None:
     """Put the checkpoint's shuffle, torch (this rank's) and CUDA random states back."""
     shuffle.set_state(ckpt["shuffle_rng"])
@@ -617,17 +628,15 @@ def _set_rng_states(ckpt: dict, shuffle, out: Path, rank: int, world: int, devic
         torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
 
 
-def _branch(path: Path, model, shuffle, config, out: Path, data, fingerprint: dict, rank: int, world: int,
-            device) -> tuple[_State, object]:
-    """Start ``out`` at the stage switch saved in ``path`` (another run's ``stage1.pt``, checked by
+def _branch(path: Path, ckpt: dict, model, shuffle, config, out: Path, data, fingerprint: dict, rank: int,
+            world: int, device) -> tuple[_State, object]:
+    """Start ``out`` at the stage switch saved in ``ckpt`` (another run's ``stage1.pt`` at ``path``, from
     :func:`branch_source`): its stage-1 weights, state, random states and log lines, then the
     switch itself under this run's config (its own floor). Returns the state and the optimiser."""
-    ckpt = load_checkpoint(path)
     check_fingerprint(ckpt.get("data"), data, config, path)
     model.load_state_dict(ckpt["model"])
     _set_rng_states(ckpt, shuffle, out, rank, world, device)
-    st = _State(stage=1, epoch=int(ckpt["epoch"]), history=list(ckpt["history"]), sigma2_star=ckpt["sigma2_star"],
-                stops=dict(ckpt["stops"]), stage_seconds=float(ckpt["stage_seconds"]), commits=list(ckpt["commits"]))
+    st = _state_of(ckpt)
     # where stage 1 (and its seconds) came from, relative to this run, so records stay portable
     st.stops["1"] = {**st.stops["1"], "branched_from": os.path.relpath(path.parent.resolve(), out.resolve())}
     if rank == 0:
@@ -693,12 +702,7 @@ def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device
     another run may start here (:func:`branch_source`)."""
     rng_states = gather_rng_states()   # a collective: every rank takes part
     if rank == 0:
-        save_checkpoint(out / STAGE1, {
-            "model": _cpu_state(model), "stage": 1, "epoch": st.epoch, "shape": list(shape),
-            "sigma2_star": st.sigma2_star, "history": st.history, "stops": st.stops,
-            "stage_seconds": st.stage_seconds, "commits": st.commits, "data": data_fp,
-            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+        save_checkpoint(out / STAGE1, _resumable(model, st, shape, data_fp, shuffle, rng_states, device))
     floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
     model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
     model.to(device)

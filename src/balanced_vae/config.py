@@ -28,7 +28,8 @@ class TrainConfig:
     ``networks`` names your own networks as an importable factory ``"module:function"``
     (or ``"/path/file.py:function"``), called as ``function(data_shape, latent_dim,
     **network_args)`` and returning ``(encoder, decoder)`` (see :mod:`balanced_vae.factories`);
-    ``None`` uses the built-in networks of :mod:`balanced_vae.nets` (and ``width``).
+    ``None`` uses the built-in networks of :mod:`balanced_vae.nets` (and ``width`` and ``blocks``,
+    the residual blocks per coarse level of a conv network; 0 is the shallow default).
     """
 
     dataset: str = "digits"
@@ -41,6 +42,7 @@ class TrainConfig:
     pixel_floor: float | None = None
     latent_dim: int | None = None
     width: int | None = None
+    blocks: int = 0
     batch_size: int = 128
     lr: float = 1e-3
     epochs: int = 30
@@ -71,7 +73,7 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
-        for name in ("min_epochs", "seed", "lr_drops") + (("n_val",) if self.n_val is not None else ()):
+        for name in ("min_epochs", "seed", "lr_drops", "blocks") + (("n_val",) if self.n_val is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")
@@ -79,6 +81,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 bad(name, "a finite number > 0")
+        if self.blocks and self.networks is not None:
+            bad("blocks", "0 with your own `networks` (give their depth in network_args instead)")
         for name in ("tol",) + (("pixel_floor",) if self.pixel_floor is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

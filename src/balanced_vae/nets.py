@@ -10,6 +10,12 @@ Three families, all sharing one contract:
 28x28 images (MNIST, Fashion-MNIST) and ``Conv64`` 64x64 images (CelebA, folders).
 Defaults are sized to train in seconds per epoch on two CPU cores; their cost is
 given by :func:`count_macs`.
+
+Depth: ``blocks`` > 0 (conv families only) adds that many residual blocks
+``h + conv3x3(relu(conv3x3(relu(h))))`` after each of the two coarsest feature maps of the
+encoder and before each of the two coarsest upsamplings of the decoder. The last conv of
+every block starts at zero, so a deeper network starts as the function of the shallow one
+it extends; ``blocks=0`` builds exactly the shallow network (same modules, same random draws).
 """
 from __future__ import annotations
 
@@ -21,11 +27,18 @@ from torch import nn
 
 @dataclass(frozen=True)
 class NetSpec:
-    """What a network family needs to know: input shape ``(C, H, W)``, latent size, width."""
+    """What a network family needs to know: input shape ``(C, H, W)``, latent size, width, and
+    residual blocks per coarse level (``blocks``, conv families only)."""
 
     shape: tuple[int, int, int]
     latent_dim: int
     width: int
+    blocks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.blocks and self.family == "mlp":
+            raise ValueError(f"blocks={self.blocks}: residual blocks need a conv network (28x28 or 64x64 "
+                             f"images), not the MLP of images of shape {self.shape}; fix: --blocks 0")
 
     @property
     def family(self) -> str:
@@ -46,6 +59,23 @@ def default_width(shape: tuple[int, int, int]) -> int:
     """Default base width for a shape: hidden units (MLP) or first-layer channels (conv)."""
     family = NetSpec(shape, 2, 1).family
     return {"mlp": 256, "conv28": 32, "conv64": 32}[family]
+
+
+class _Residual(nn.Module):
+    """``h + conv3x3(relu(conv3x3(relu(h))))`` on ``(B, c, H, W)``; the last conv starts at zero."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1))
+        nn.init.zeros_(self.f[3].weight)
+        nn.init.zeros_(self.f[3].bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.f(h)
+
+
+def _res(c: int, n: int) -> list[nn.Module]:
+    return [_Residual(c) for _ in range(n)]
 
 
 class _Reshape(nn.Module):
@@ -76,8 +106,8 @@ def _mlp_decoder(s: NetSpec) -> nn.Module:
 def _conv28_encoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
-        nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(),            # (B, w, 14, 14)
-        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),        # (B, 2w, 7, 7)
+        nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(), *_res(w, s.blocks),              # (B, w, 14, 14)
+        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),      # (B, 2w, 7, 7)
         nn.Flatten(), nn.Linear(2 * w * 49, 8 * w), nn.ReLU(),
         nn.Linear(8 * w, 2 * s.latent_dim),
     )
@@ -87,9 +117,9 @@ def _conv28_decoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
         nn.Linear(s.latent_dim, 8 * w), nn.ReLU(),
-        nn.Linear(8 * w, 2 * w * 49), nn.ReLU(), _Reshape(2 * w, 7, 7),
-        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),   # (B, w, 14, 14)
-        nn.ConvTranspose2d(w, c, 4, 2, 1),                  # (B, C, 28, 28)
+        nn.Linear(8 * w, 2 * w * 49), nn.ReLU(), _Reshape(2 * w, 7, 7), *_res(2 * w, s.blocks),
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(), *_res(w, s.blocks),   # (B, w, 14, 14)
+        nn.ConvTranspose2d(w, c, 4, 2, 1),                                      # (B, C, 28, 28)
     )
 
 
@@ -98,8 +128,8 @@ def _conv64_encoder(s: NetSpec) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(),             # (B, w, 32, 32)
         nn.Conv2d(w, w, 4, 2, 1), nn.ReLU(),             # (B, w, 16, 16)
-        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),         # (B, 2w, 8, 8)
-        nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(),     # (B, 2w, 4, 4)
+        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),        # (B, 2w, 8, 8)
+        nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),    # (B, 2w, 4, 4)
         nn.Flatten(), nn.Linear(2 * w * 16, 8 * w), nn.ReLU(),
         nn.Linear(8 * w, 2 * s.latent_dim),
     )
@@ -109,9 +139,9 @@ def _conv64_decoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
         nn.Linear(s.latent_dim, 8 * w), nn.ReLU(),
-        nn.Linear(8 * w, 2 * w * 16), nn.ReLU(), _Reshape(2 * w, 4, 4),
-        nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(),   # (B, 2w, 8, 8)
-        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),       # (B, w, 16, 16)
+        nn.Linear(8 * w, 2 * w * 16), nn.ReLU(), _Reshape(2 * w, 4, 4), *_res(2 * w, s.blocks),
+        nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),   # (B, 2w, 8, 8)
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),                               # (B, w, 16, 16)
         nn.ConvTranspose2d(w, w, 4, 2, 1), nn.ReLU(),           # (B, w, 32, 32)
         nn.ConvTranspose2d(w, c, 4, 2, 1),                      # (B, C, 64, 64)
     )

@@ -116,7 +116,8 @@ class TrainConfig:
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by `balanced-vae train`?") from None
+            raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by "
+                                    "`balanced-vae train`?") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
         return cls.from_dict(d, source=str(path))

@@ -228,7 +228,8 @@ def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, wh
         raise CheckpointError(
             f"{where}: the run was trained on other data ({saved['n_train']} train / {saved['n_test']} test images "
             f"of shape {tuple(saved['shape'])}, sha256 {str(saved.get('sha256'))[:12]}) than the data given now "
-            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, sha256 {str(now.get('sha256'))[:12]}); "
+            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, "
+            f"sha256 {str(now.get('sha256'))[:12]}); "
             f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
 
 
@@ -334,6 +335,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
 
 
 BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
+COLLAPSE_KL = 0.1   # nats per image: below this at a stage's end the decoder ignores z
 
 
 def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
@@ -549,6 +551,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
             st.stops[str(st.stage)] = {"reason": reason, "epochs": st.epoch, "seconds": round(st.stage_seconds, 1),
                                        **({"lr_drops": st.lr_drops} if config.lr_drops else {})}
             row["stop"] = reason
+            _check_collapse(out, st, val)
             if st.stage < n_stages(config):
                 optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
                 step = _stepper(model, objective, device)
@@ -671,6 +674,20 @@ def _epoch_row(st: _State, sums: dict, n_seen: int, val: dict, model, closed_for
     log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", st.stage, st.epoch,
              val.get("loss", float("nan")), row["sigma2"])
     return row
+
+
+def _check_collapse(out: Path, st: _State, val: dict) -> None:
+    """Record and warn when a stage ends with KL(q(z|x) || p(z)) < COLLAPSE_KL on the validation images
+    (posterior collapse: every x is coded as the prior, so every sample is the same image)."""
+    kl = val.get("kl")
+    if kl is None or kl >= COLLAPSE_KL:
+        return
+    st.stops[str(st.stage)]["posterior_collapse"] = {"val_kl": kl}
+    log.warning("%s: stage %d ended with the posterior collapsed: KL(q(z|x) || p(z)) = %.3g nats on the "
+                "validation images, so the decoder ignores z and every sample is the same image. Early epochs pass "
+                "through this phase, and wide or deep networks at --lr 1e-3 can stay in it; fix: more --min-epochs "
+                "if the stage ended early, else train again with a lower --lr (3e-4) or another --seed",
+                out, st.stage, kl)
 
 
 def _drop_lr(optimiser, st: _State) -> float:

@@ -1,0 +1,27 @@
+"""Active latent dimensions of trained runs: Var_x E[z|x] and the KL per dimension on test images.
+
+    python bench/active_units.py results/mnist-paper/runs/learned results/fashion-mnist-paper/runs/learned
+
+Prints JSON per run. A dimension is active when Var_x E[z|x] > 0.01 (Burda et al. 2016); a collapsed
+posterior has none (see `stops.N.posterior_collapse` in final.json).
+"""
+import json
+import sys
+
+import torch
+
+from balanced_vae.data import load_dataset
+from balanced_vae.runs import load_run
+from balanced_vae.train import test_images
+
+N = 5000
+for path in sys.argv[1:]:
+    run = load_run(path)
+    x = test_images(load_dataset(run.config.dataset, data_dir=run.config.data_dir), run.config)[:N]
+    with torch.no_grad():
+        mu, logvar = run.model.encode(x.float())
+    var_mu = mu.var(0)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+    print(json.dumps({"run": path, "n_test": len(x), "active": int((var_mu > 0.01).sum()),
+                      "latent_dim": mu.shape[1], "var_mu": [round(v, 3) for v in var_mu.tolist()],
+                      "kl_per_dim": [round(v, 2) for v in kl.tolist()]}))

@@ -8,9 +8,9 @@ posterior has none (see `stops.N.posterior_collapse` in final.json).
 import json
 import sys
 
-import torch
-
 from balanced_vae.data import load_dataset
+from balanced_vae.model import encode_dataset
+from balanced_vae.objectives import kl_standard_normal
 from balanced_vae.runs import load_run
 from balanced_vae.train import test_images
 
@@ -18,10 +18,9 @@ N = 5000
 for path in sys.argv[1:]:
     run = load_run(path)
     x = test_images(load_dataset(run.config.dataset, data_dir=run.config.data_dir), run.config)[:N]
-    with torch.no_grad():
-        mu, logvar = run.model.encode(x.float())
+    mu, logvar = encode_dataset(run.model, x.float())                    # (N, L) each, eval mode
     var_mu = mu.var(0)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+    kl = kl_standard_normal(mu.T[..., None], logvar.T[..., None]).mean(1)  # (L,): per dimension, mean over x
     print(json.dumps({"run": path, "n_test": len(x), "active": int((var_mu > 0.01).sum()),
                       "latent_dim": mu.shape[1], "var_mu": [round(v, 3) for v in var_mu.tolist()],
                       "kl_per_dim": [round(v, 2) for v in kl.tolist()]}))

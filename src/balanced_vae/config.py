@@ -11,6 +11,10 @@ from typing import Any
 from .nets import default_width
 
 
+#: the decoder mean g(z) of :attr:`TrainConfig.output`
+OUTPUTS = ("sigmoid", "identity")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; ``None`` fields are resolved from the data.
@@ -30,6 +34,13 @@ class TrainConfig:
     **network_args)`` and returning ``(encoder, decoder)`` (see :mod:`balanced_vae.factories`);
     ``None`` uses the built-in networks of :mod:`balanced_vae.nets` (and ``width`` and ``blocks``,
     the residual blocks per coarse level of a conv network; 0 is the shallow default).
+
+    ``output`` is the decoder mean g(z) as a function of the decoder network's output:
+    ``"sigmoid"`` for data in [0, 1] (images, the paper's setting), ``"identity"`` for
+    real-valued data (standardised tables: ``csv:PATH``, a 2-D ``npz:PATH``,
+    :class:`~balanced_vae.estimator.BalancedVAE`); ``None`` means sigmoid for images and is
+    resolved to ``"identity"`` for a real-valued table (so configs saved before this field
+    existed still compare equal on resume).
     """
 
     dataset: str = "digits"
@@ -59,6 +70,7 @@ class TrainConfig:
     hparams: dict[str, Any] = field(default_factory=dict)
     networks: str | None = None
     network_args: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that would be silently replaced or crash later, naming the field."""
@@ -83,21 +95,29 @@ class TrainConfig:
                 bad(name, "a finite number > 0")
         if self.blocks and self.networks is not None:
             bad("blocks", "0 with your own `networks` (give their depth in network_args instead)")
+        if self.output not in OUTPUTS + (None,):
+            bad("output", f"one of {', '.join(OUTPUTS)} (or None: from the data)")
         for name in ("tol",) + (("pixel_floor",) if self.pixel_floor is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 bad(name, "a finite number >= 0")
 
-    def resolved(self, shape: tuple[int, ...], n_train_images: int | None = None) -> "TrainConfig":
+    def resolved(self, shape: tuple[int, ...], n_train_images: int | None = None, *,
+                 real_valued: bool = False) -> "TrainConfig":
         """Fill ``latent_dim`` and ``width`` from one example's shape (C, H, W) (any shape with
-        ``networks``), and ``n_val`` from the number of training images (before the ``n_train`` subset)."""
+        ``networks``), ``n_val`` from the number of training images (before the ``n_train`` subset)
+        and ``output`` from whether the data are ``real_valued`` (a table, not images in [0, 1])."""
+        if real_valued and self.output == "sigmoid":
+            raise ValueError("TrainConfig.output='sigmoid' bounds the decoder mean to (0, 1), but the data are a "
+                             "real-valued table; fix: output='identity' (command line: --output identity) or None")
+        output = (self.output or "identity") if real_valued else self.output
         latent = self.latent_dim or (8 if len(shape) == 3 and shape[1] <= 16 else 16)
         width = self.width or (default_width(shape) if self.networks is None else None)
         n_val = self.n_val
         if n_val is None and n_train_images is not None:
             n = min(self.n_train, n_train_images) if self.n_train else n_train_images
             n_val = min(5000, n // 10)
-        return dataclasses.replace(self, latent_dim=latent, width=width, n_val=n_val)
+        return dataclasses.replace(self, latent_dim=latent, width=width, n_val=n_val, output=output)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -134,14 +134,15 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     """
     resolve_hparams(config)  # every method rejects hyperparameters it does not know
     likelihood = get_method(config.method).likelihood(config)
+    output = config.output or "sigmoid"   # None: images (configs saved before the field existed)
     if config.networks is None:
-        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks), likelihood)
+        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks), likelihood, output=output)
 
     def make():
         return build_networks(config.networks, shape, config.latent_dim, config.network_args)
     encoder, decoder = make()
     model = VAE(encoder, decoder, likelihood, latent_dim=config.latent_dim, data_shape=tuple(shape),
-                variance_head=lambda: make()[1])
+                variance_head=lambda: make()[1], output=output)
     return model.check(torch.zeros(2, *shape))
 
 

@@ -99,7 +99,9 @@ class VAE(nn.Module):
     ``VAE(encoder, decoder, likelihood)`` takes any networks that follow the contract of the
     module docstring; ``VAE(spec, likelihood)`` builds the built-in networks of a
     :class:`~balanced_vae.nets.NetSpec`. The decoder mean g(z) is a sigmoid of the decoder
-    network's output, so it lies in (0, 1) like the data.
+    network's output, so it lies in (0, 1) like the data; ``output="identity"`` takes the
+    output as it is, for real-valued data such as standardised tables
+    (:attr:`~balanced_vae.config.TrainConfig.output`).
 
     Args:
         latent_dim: L; inferred from the encoder by :meth:`check` when not given.
@@ -107,13 +109,19 @@ class VAE(nn.Module):
             layout (C, H, W) the batches arrive in.
         variance_head: the stage-2 head (Eq. 11): a module, or a callable returning a fresh
             one. Default: a re-initialised copy of the decoder.
+        output: ``"sigmoid"`` (default) or ``"identity"``: the decoder mean g(z) as a function
+            of the decoder network's output.
     """
 
     def __init__(self, encoder: nn.Module | NetSpec, decoder: nn.Module | Likelihood,
                  likelihood: Likelihood | None = None, *, latent_dim: int | None = None,
                  data_shape: tuple[int, ...] | None = None,
-                 variance_head: nn.Module | Callable[[], nn.Module] | None = None) -> None:
+                 variance_head: nn.Module | Callable[[], nn.Module] | None = None,
+                 output: str = "sigmoid") -> None:
         super().__init__()
+        if output not in ("sigmoid", "identity"):
+            raise NetworkError(f"VAE output={output!r}; choose 'sigmoid' (data in [0, 1]) or 'identity' (real values)")
+        self.output = output
         if isinstance(encoder, NetSpec):   # VAE(spec, likelihood): the built-in networks
             spec, likelihood = encoder, decoder
             encoder, decoder = make_encoder(spec), make_decoder(spec)
@@ -169,8 +177,9 @@ class VAE(nn.Module):
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, L) -> g(z) (B, C, H, W) in (0, 1)."""
-        return self._from_networks(torch.sigmoid(self.decoder(z).float()))
+        """z (B, L) -> g(z) (B, C, H, W): in (0, 1), or unbounded for ``output="identity"``."""
+        out = self.decoder(z).float()
+        return self._from_networks(torch.sigmoid(out) if self.output == "sigmoid" else out)
 
     def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, L) -> mean (B, C, H, W), decoder log-variance broadcastable to it.

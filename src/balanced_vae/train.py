@@ -200,7 +200,8 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     folder means the same data from any working directory."""
     data_dir = str(Path(config.data_dir).expanduser().resolve()) if config.data_dir else None
     kind, sep, arg = config.dataset.partition(":")
-    dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz") else config.dataset
+    dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz", "csv") \
+        else config.dataset
     return dataclasses.replace(config, data_dir=data_dir, dataset=dataset)
 
 
@@ -315,7 +316,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     config = absolute_paths(config)
     data = as_data(data) if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
                                                                image_size=config.image_size, seed=config.seed)
-    config = config.resolved(data.shape, len(data.x_train))
+    config = config.resolved(data.shape, len(data.x_train), real_valued=getattr(data, "real_valued", False))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)   # validates hyperparameters before any file is written

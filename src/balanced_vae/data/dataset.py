@@ -9,6 +9,7 @@ intensity levels that survives a resize.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,10 @@ class Dataset:
         levels: the number of intensity levels the images were quantised to (256 for 8-bit
             images, 17 for digits), or None when they are not quantised (resized with
             interpolation, float arrays); bits per dimension need it.
+        real_valued: False for images in [0, 1]; True for tables of real values (standardised
+            features, :mod:`.table`, layout (N, D, 1, 1)), which are checked finite but not
+            range-checked and are modelled with an identity decoder mean
+            (``TrainConfig.output``).
     """
 
     name: str
@@ -51,12 +56,13 @@ class Dataset:
     y_train: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
     levels: int | None = None
+    real_valued: bool = False
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             source = f"dataset {self.name!r} x_{split}"
-            validate_images(x, source)
+            validate_images(x, source, unit_range=not self.real_valued)
             if x.dtype != torch.float32 or not x.is_contiguous():
                 raise DataError(
                     f"{source}: dtype {x.dtype}, contiguous={x.is_contiguous()}; "
@@ -88,8 +94,9 @@ class Dataset:
         )
 
 
-def validate_images(x: torch.Tensor, source: str) -> torch.Tensor:
-    """Check that ``x`` is a non-empty (N, C, H, W) float batch, finite, in [0, 1].
+def validate_images(x: torch.Tensor, source: str, *, unit_range: bool = True) -> torch.Tensor:
+    """Check that ``x`` is a non-empty (N, C, H, W) float batch, finite, in [0, 1]
+    (``unit_range=False``: finite only, for real-valued tables).
 
     Returns ``x`` unchanged. Raises DataError naming ``source``, the bad shape or
     value and the fix.
@@ -112,7 +119,9 @@ def validate_images(x: torch.Tensor, source: str) -> torch.Tensor:
     if lo != lo or hi != hi:
         n_nan = int(torch.isnan(x).sum())
         raise DataError(f"{source}: {n_nan} NaN values; fix: remove or replace them")
-    if lo < 0.0 or hi > 1.0:
+    if not unit_range and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise DataError(f"{source}: {int(torch.isinf(x).sum())} infinite values; fix: remove or replace them")
+    if unit_range and (lo < 0.0 or hi > 1.0):
         raise DataError(
             f"{source}: values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; fix: rescale to "
             "[0, 1] (divide 0..255 data by 255) and remove infinities"

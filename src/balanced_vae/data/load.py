@@ -3,7 +3,8 @@
 ``digits`` is scikit-learn's 1,797 real 8x8 digits, shipped with scikit-learn: the default
 that needs no download. The other names are loaded by :mod:`.idx` (``mnist``,
 ``fashion-mnist``), :mod:`.folders` (``celeba``, ``folder:PATH``) and :mod:`.npz`
-(``npz:PATH``).
+(``npz:PATH``, images or a 2-D table) and :mod:`.table` (``csv:PATH``, a table of real
+numbers, standardised).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from .folders import load_celeba, load_folder
 from .idx import IDX_DATASETS, load_idx_dataset
 from .npz import load_npz
 from .paths import data_root
+from .table import load_csv
 
 __all__ = ["DATASETS", "load_dataset"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "celeba")  # plus "folder:PATH", "npz:PATH"
-_VALID_NAMES = ", ".join(DATASETS) + ", folder:PATH, npz:PATH"
+DATASETS = ("digits", "mnist", "fashion-mnist", "celeba")  # plus "folder:PATH", "npz:PATH", "csv:PATH"
+_VALID_NAMES = ", ".join(DATASETS) + ", folder:PATH, npz:PATH, csv:PATH[?target=COLUMN]"
 _DIGITS_N_TEST = 300
 
 
@@ -34,10 +36,12 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
 ) -> Dataset:
-    """Load a dataset as float32 tensors in [0, 1], (N, C, H, W).
+    """Load a dataset as float32 tensors in [0, 1], (N, C, H, W); a table (``csv:PATH``, a 2-D
+    ``npz:PATH``) as standardised real values (N, D, 1, 1) (:mod:`.table`, ``real_valued``).
 
     Args:
-        name: one of ``DATASETS`` or ``"folder:PATH"`` / ``"npz:PATH"``.
+        name: one of ``DATASETS`` or ``"folder:PATH"`` / ``"npz:PATH"`` / ``"csv:PATH"``
+            (``"csv:PATH?target=COLUMN"`` leaves that column out).
         data_dir: root holding ``mnist/``, ``fashion-mnist/``, ``celeba/``;
             see :func:`balanced_vae.data.resolve_data_dir`.
         image_size: output side S. Default: native size (8 for digits, 28 for
@@ -60,7 +64,9 @@ def load_dataset(
     if sep and kind == "folder" and arg:
         return load_folder(arg, image_size or 64, seed)
     if sep and kind == "npz" and arg:
-        return load_npz(arg, image_size)
+        return load_npz(arg, image_size, seed)
+    if sep and kind == "csv" and arg:
+        return load_csv(arg, seed)
     raise DataError(f"unknown dataset {name!r}; valid names: {_VALID_NAMES}")
 
 

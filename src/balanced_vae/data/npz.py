@@ -1,6 +1,7 @@
 """The user's own arrays: ``npz:PATH``, an ``np.savez`` archive of ``x_train``, ``x_test``
 (uint8 0..255 or float in [0, 1]; (N, H, W), (N, C, H, W) or (N, H, W, C)) and optional
-``y_train``, ``y_test`` integer labels.
+``y_train``, ``y_test`` integer labels. Arrays of shape (N, D) are a table of real values
+(any range), standardised by :mod:`.table`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import torch
 
 from .dataset import DataError, Dataset, resize, validate_images
 from .paths import user_path
+from .table import table_dataset
 
 __all__ = ["load_npz"]
 
 
-def load_npz(arg: str, image_size: int | None) -> Dataset:
-    """User arrays ``x_train``, ``x_test`` (+ optional ``y_train``, ``y_test``)."""
+def load_npz(arg: str, image_size: int | None, seed: int = 0) -> Dataset:
+    """User arrays ``x_train``, ``x_test`` (+ optional ``y_train``, ``y_test``); 2-D arrays are a table."""
     path = user_path(arg, "npz file")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -37,6 +39,11 @@ def load_npz(arg: str, image_size: int | None) -> Dataset:
                 f"{path}: missing arrays {missing} (has {sorted(archive.files)}); "
                 "fix: np.savez(path, x_train=..., x_test=..., [y_train=..., y_test=...])"
             )
+        if _npz_array(archive, "x_train", path).ndim == 2:   # (N, D): a table of real values
+            if image_size is not None:
+                raise DataError(f"{path}: x_train is a table (N, D); --image-size applies to images; fix: drop it")
+            return table_dataset(f"npz:{path}", _npz_array(archive, "x_train", path),
+                                 _npz_array(archive, "x_test", path), seed=seed)[0]
         x = {k: _npz_images(archive, k, path, image_size) for k in ("x_train", "x_test")}
         y = {
             k: _npz_labels(archive, k, path, len(x[f"x{k[1:]}"])) if k in archive.files else None

@@ -17,8 +17,9 @@ from pathlib import Path
 from . import __version__
 from .atomic import DiskFullError, write_json_atomic
 from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
-from .config import TrainConfig
+from .config import OUTPUTS, TrainConfig
 from .data import DataError, load_dataset
+from .data.table import TARGET_SEP
 from .demo import DEMO_CONFIG, run_demo
 from .distributed import init_from_env, rank_world, shutdown
 from .evaluate import METRICS, evaluate_run, fid_between, real_data_fid, reconstruct_run
@@ -71,7 +72,13 @@ def _add_train(sub) -> None:
                     "head (Eq. 11). Methods: " + "; ".join(f"{k}: {v.doc}" for k, v in METHODS.items()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default=_D.dataset,
-                   help="digits (embedded), mnist, fashion-mnist, celeba, folder:PATH or npz:PATH")
+                   help="digits (embedded), mnist, fashion-mnist, celeba, folder:PATH, npz:PATH (images, or a "
+                        "table (N, D) of real values) or csv:PATH (a table: header row, numeric columns)")
+    p.add_argument("--target", default=None, metavar="COLUMN",
+                   help="csv:PATH only: the column to leave out (e.g. the label); recorded as csv:PATH?target=COLUMN")
+    p.add_argument("--output", choices=list(OUTPUTS), default=_D.output,
+                   help="decoder mean: sigmoid (data in [0, 1]) or identity (real values); default: identity for "
+                        "a table (csv:, 2-D npz:), sigmoid for images")
     p.add_argument("--data-dir", default=_D.data_dir, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
     p.add_argument("--image-size", type=_POS_INT, default=_D.image_size,
@@ -178,11 +185,17 @@ def _run_train_local(args, quiet: bool = False) -> int:
     fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}
     config = TrainConfig(**{f: getattr(args, f) for f in fields}, method=method,
                          hparams=_parse_hparams(args.hparam))
+    if args.target is not None:
+        if not config.dataset.startswith("csv:"):
+            raise ValueError(f"--target {args.target}: leaves a column of a csv:PATH table out, but --dataset is "
+                             f"{config.dataset!r}; fix: drop --target")
+        config = dataclasses.replace(config, dataset=f"{config.dataset}{TARGET_SEP}{args.target}")
 
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
     if args.dry_run:
         data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-        print(json.dumps({**dataclasses.asdict(config.resolved(data.shape, len(data.x_train))),
+        print(json.dumps({**dataclasses.asdict(config.resolved(data.shape, len(data.x_train),
+                                                               real_valued=data.real_valued)),
                           "image_shape": list(data.shape),
                           "n_train": len(data.x_train), "n_test": len(data.x_test)}, indent=2, sort_keys=True))
         return 0

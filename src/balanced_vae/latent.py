@@ -29,6 +29,7 @@ from .likelihoods import PixelVariance
 from .model import encode_dataset
 from .plots import grid, save_fig, save_grid
 from .runs import Run, as_run, fit_gmm_for_run, make_sampler
+from .table_run import is_table_run, write_table_samples
 from .samplers import SAMPLER_KINDS, AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, kl_monte_carlo
 
 log = logging.getLogger(__name__)
@@ -133,21 +134,28 @@ def write_samples(run: Run | str | Path, out_dir: str | Path, *, sampler: str = 
     per_pixel = isinstance(run.model.likelihood, PixelVariance)
     n_grid = min(n, GRID_MAX)
     nrow = nrow or math.ceil(math.sqrt(n_grid))
-    files = [save_grid(means[:n_grid], out / f"{sampler}_means.png", nrow=nrow, scale=scale),
-             _save_npy(out / f"{sampler}_z.npy", z.numpy()),
-             _save_npy(out / f"{sampler}_means.npy", means.numpy())]
+    table = is_table_run(run)
+    files = [_save_npy(out / f"{sampler}_z.npy", z.numpy()), _save_npy(out / f"{sampler}_means.npy", means.numpy())]
+    if table:   # a table: CSV files in its original units instead of image grids
+        files += write_table_samples(run, out, sampler, means, sigma, seed)
+        compare, n_grid = False, 0
+    else:
+        files.insert(0, save_grid(means[:n_grid], out / f"{sampler}_means.png", nrow=nrow, scale=scale))
     summary = {"run": str(run.path), "stage": run.stage, "sampler": sampler, "name": _sampler_name(sampler, s),
-               "n": n, "n_grid": n_grid, "seed": seed, "image_shape": list(means.shape[1:]),
+               "n": n, "n_grid": n_grid, "seed": seed, "image_shape": list(means.shape[1:]), "table": table,
                "per_pixel_sigma": per_pixel,
                ("sigma2_floor" if per_pixel else "sigma2_global"): run.model.likelihood.sigma2}
     if sampler == "gmm":
         summary.update(components=k, fit_on=fit_on)
-    if per_pixel:
+    if per_pixel and table:
+        files.append(_save_npy(out / f"{sampler}_sigma.npy", sigma.numpy()))
+        summary["sigma_mean"] = float(sigma.mean())
+    elif per_pixel:
         files += [save_value_grid(sigma[:n_grid], out / f"{sampler}_sigma.png", nrow=nrow, label="decoder sigma",
                                   title=f"per-pixel sigma of {sampler} samples"),
                   _save_npy(out / f"{sampler}_sigma.npy", sigma.numpy())]
         summary["sigma_mean"] = float(sigma.mean())
-    else:
+    elif not table:
         log.info("%s: one global sigma = %.4g (no per-pixel head); no sigma grid written",
                  run.path, math.sqrt(run.model.likelihood.sigma2))
     if compare:

@@ -34,6 +34,8 @@ from .plots import plot_curves, read_metrics, save_rows
 from .provenance import provenance
 from .runs import load_run, make_sampler
 from .samplers import PriorSampler
+from .table_run import is_table_run, plot_reconstructions, plot_sample_moments
+from .table_run import scaling as table_scaling
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
         figs.append(("Learning curves", "Train and validation ELBO per epoch (stages separated by a grey line) and "
                      "the decoder variance sigma^2: the global sigma^2 in stage 1, the floor sigma*^2 and the mean "
                      "predicted sigma^2 in stage 2.", plot_curves(read_metrics(metrics_file), tmp / "curves.png")))
+    if is_table_run(run):
+        return figs + _table_figures(run, data, tmp, n=n, seed=seed, components=components)
     x = data.x_test[:n]
     rows, cmaps = [("data", x)], [None]
     if stage1 is not None:
@@ -147,6 +151,32 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
     if per_pixel:
         figs.append(("Samples: prior vs GMM", "Per-pixel sigma of the GMM samples above (Figure 4).",
                      save_value_grid(s_gmm, tmp / "samples_sigma.png", nrow=8, label="decoder sigma")))
+    if run.model.latent_dim == 2:
+        figs.append(("Latent space (2-D)", "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
+                     "its GMM (Eq. 13) on one grid and colour scale.",
+                     latent_plot_for_run(run, tmp / "latent.png", components=components, data=data)))
+    return figs
+
+
+def _table_figures(run, data, tmp: Path, *, n: int, seed: int, components: int | None) -> list[tuple[str, str, str]]:
+    """The figures of a run on a table: rows with their reconstructions and sigma, and the moments of
+    GMM and prior draws beside the test rows' (:mod:`balanced_vae.table_run`)."""
+    _, columns = table_scaling(run)
+    x = data.x_test[:min(n, 6)]
+    mean, sigma = run.model.reconstruct(x)                                          # (n, D, 1, 1)
+    figs = [("Reconstructions and uncertainty", f"First {len(x)} test rows (dots), reconstructions g(mu(x)) and "
+             "+-2 decoder sigma per feature, standardised units.",
+             plot_reconstructions(x, mean, sigma, tmp / "recon.png", columns))]
+    gmm = make_sampler("gmm", run, components=components, data=data)
+    g = torch.Generator().manual_seed(seed)
+    draws = {}
+    for name, z in (("prior N(0, I)", PriorSampler(run.model.latent_dim).sample(1000, generator=g)),
+                    (f"GMM K={gmm.n_components}", gmm.sample(1000, generator=g))):
+        m, s = decode_samples(run.model, z)
+        draws[name] = m + s * torch.randn(m.shape, generator=g)
+    figs.append(("Samples: prior vs GMM", f"Per-feature mean +- one standard deviation of the test rows and of 1,000 "
+                 f"draws g(z) + sigma eps from the prior and from the GMM (Eq. 13), seed {seed}.",
+                 plot_sample_moments(data.x_test, draws, tmp / "samples.png", columns)))
     if run.model.latent_dim == 2:
         figs.append(("Latent space (2-D)", "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
                      "its GMM (Eq. 13) on one grid and colour scale.",

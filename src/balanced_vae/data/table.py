@@ -31,7 +31,7 @@ import torch
 from .dataset import DataError, Dataset, split_indices
 from .paths import user_path
 
-__all__ = ["Standardiser", "check_table", "load_csv", "read_csv", "table_dataset"]
+__all__ = ["Standardiser", "check_table", "load_csv", "load_table", "read_csv", "table_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def check_table(x: np.ndarray, columns: list[str], source: str, *, header: bool 
     bad = ~np.isfinite(x)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise DataError(f"{source}: {_row_name(int(i), header)}, column {columns[j]!r} is {x[i, j]} "
+        raise DataError(f"{source}: {_row_name(int(i), header)}, column {columns[j]!r} (column {j + 1}) is {x[i, j]} "
                         f"({int(bad.sum())} non-finite cell(s) in all); fix: remove those rows or impute the values")
     const = np.flatnonzero(x.max(0) == x.min(0)) if training else []
     if len(const):
@@ -185,9 +185,25 @@ def table_dataset(name: str, x_train: np.ndarray, x_test: np.ndarray | None = No
 
 def load_csv(arg: str, seed: int = 0) -> Dataset:
     """``csv:PATH`` or ``csv:PATH?target=COLUMN`` as a standardised real-valued data set (see module docstring)."""
-    path_arg, sep, target = arg.partition(TARGET_SEP)
-    path = user_path(path_arg, "CSV file")
-    x, columns = read_csv(path, target if sep else None)
-    return table_dataset(f"csv:{path}" + (f"{TARGET_SEP}{target}" if sep else ""), x, seed=seed,
-                         columns=columns)[0]
+    return load_table(f"csv:{arg}", seed)[0]
 
+
+def load_table(name: str, seed: int = 0) -> tuple[Dataset, Standardiser, list[str]]:
+    """A table data set by name (``csv:PATH[?target=COLUMN]`` or a 2-D ``npz:PATH``) with the
+    :class:`Standardiser` of its training rows and its column names, to put a run's numbers
+    back into the original units."""
+    kind, _, arg = name.partition(":")
+    if kind == "csv":
+        path_arg, sep, target = arg.partition(TARGET_SEP)
+        path = user_path(path_arg, "CSV file")
+        x, columns = read_csv(path, target if sep else None)
+        data, scaler = table_dataset(f"csv:{path}" + (f"{TARGET_SEP}{target}" if sep else ""), x, seed=seed,
+                                     columns=columns)
+        return data, scaler, columns
+    if kind == "npz":
+        path = user_path(arg, "npz file")
+        with np.load(path, allow_pickle=False) as archive:
+            x_train, x_test = archive["x_train"], archive["x_test"]
+        data, scaler = table_dataset(f"npz:{path}", x_train, x_test, seed=seed)
+        return data, scaler, [f"x{j}" for j in range(x_train.shape[1])]
+    raise DataError(f"{name}: not a table (csv:PATH or a 2-D npz:PATH)")

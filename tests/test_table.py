@@ -76,6 +76,17 @@ def test_standardised_by_training_rows_with_its_jacobian(tmp_path):
     assert load_dataset(f"npz:{tmp_path / 't.npz'}").real_valued
 
 
+def test_bad_npz_table_names_the_array_row_and_column(tmp_path):
+    x = np.arange(12.0).reshape(4, 3)
+    x[2, 1] = np.inf
+    np.savez(tmp_path / "t.npz", x_train=x, x_test=np.ones((2, 3)))
+    with pytest.raises(DataError, match=r"\[x_train\]: row 2, column 'x1' \(column 2\) is inf"):
+        load_dataset(f"npz:{tmp_path / 't.npz'}")
+    np.savez(tmp_path / "t.npz", x_train=np.arange(12.0).reshape(4, 3), x_test=np.ones((2, 4)))
+    with pytest.raises(DataError, match="3 training columns but 4 test columns"):
+        load_dataset(f"npz:{tmp_path / 't.npz'}")
+
+
 def test_sigmoid_output_on_a_table_is_refused_and_identity_is_unbounded():
     with pytest.raises(ValueError, match="--output identity"):
         TrainConfig(output="sigmoid").resolved((3, 1, 1), 10, real_valued=True)

@@ -29,8 +29,8 @@ from .likelihoods import PixelVariance
 from .model import encode_dataset
 from .plots import grid, save_fig, save_grid
 from .runs import Run, as_run, fit_gmm_for_run, make_sampler
-from .table_run import is_table_run, write_table_samples
 from .samplers import SAMPLER_KINDS, AggregatePosteriorSampler, GaussianMixtureSampler, PriorSampler, kl_monte_carlo
+from .table_run import is_table_run, write_table_samples
 
 log = logging.getLogger(__name__)
 

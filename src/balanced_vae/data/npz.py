@@ -15,7 +15,7 @@ import torch
 
 from .dataset import DataError, Dataset, resize, validate_images
 from .paths import user_path
-from .table import table_dataset
+from .table import check_table, table_dataset
 
 __all__ = ["load_npz"]
 
@@ -42,8 +42,11 @@ def load_npz(arg: str, image_size: int | None, seed: int = 0) -> Dataset:
         if _npz_array(archive, "x_train", path).ndim == 2:   # (N, D): a table of real values
             if image_size is not None:
                 raise DataError(f"{path}: x_train is a table (N, D); --image-size applies to images; fix: drop it")
-            return table_dataset(f"npz:{path}", _npz_array(archive, "x_train", path),
-                                 _npz_array(archive, "x_test", path), seed=seed)[0]
+            x_train, x_test = (_npz_array(archive, k, path) for k in ("x_train", "x_test"))
+            columns = [f"x{j}" for j in range(x_train.shape[1])]
+            check_table(x_train, columns, f"{path} [x_train]")
+            check_table(x_test, columns, f"{path} [x_test]", training=False)
+            return table_dataset(f"npz:{path}", x_train, x_test, seed=seed)[0]
         x = {k: _npz_images(archive, k, path, image_size) for k in ("x_train", "x_test")}
         y = {
             k: _npz_labels(archive, k, path, len(x[f"x{k[1:]}"])) if k in archive.files else None

@@ -149,3 +149,23 @@ def test_bad_input_errors():
         fitted.transform(np.ones((2, 4)))
     with pytest.raises(ValueError, match=r"\(n_samples, 2\)"):
         fitted.inverse_transform(np.ones((2, 3)))
+
+
+def test_anomaly_example_runs():
+    """examples/anomaly_detection.py end to end, on a few epochs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import balanced_vae
+    example = Path(__file__).resolve().parents[1] / "examples" / "anomaly_detection.py"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join([str(Path(balanced_vae.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(example), "--epochs", "5"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout[out.stdout.index("{"):])
+    assert 0.5 < doc["BalancedVAE"]["auroc"] <= 1.0 and "least certain features" in out.stdout

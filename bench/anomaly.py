@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/anomaly.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    prov = provenance()   # the code as it was when the run started
     runs: dict = {}
     for name, (normal, anomalous) in datasets(args.digits_outlier).items():
         for seed in range(args.seeds):
@@ -108,7 +109,7 @@ def main() -> None:
            "protocol": __doc__.split("Protocol")[1].strip(), "vae_args": VAE_ARGS,
            "n": {name: {"train_normal": int(0.7 * len(nm)), "test_normal": len(nm) - int(0.7 * len(nm)),
                         "test_anomalous": len(an)} for name, (nm, an) in datasets(args.digits_outlier).items()},
-           "summary": summary, "per_seed": runs, "provenance": provenance()}
+           "summary": summary, "per_seed": runs, "provenance": prov}
     write_json_atomic(Path(args.out), doc)
     print(markdown(doc))
 

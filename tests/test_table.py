@@ -124,5 +124,9 @@ def test_csv_end_to_end_train_sample_evaluate_report(tmp_path):
     res = json.loads((run / "results.json").read_text())
     assert math.isfinite(res["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"])
     assert math.isfinite(res["metrics"]["elbo"]["values"]["elbo"]["mean"])
+    proto = res["metrics"]["iwae"]["protocol"]
+    assert proto["units"] == "nats per row of the standardised table"
+    scaler = load_table(f"csv:{path}?target=label")[1]   # the training rows' spread: about 10, 2 and 100
+    assert proto["log_det_scaling"] == pytest.approx(scaler.log_det()) == pytest.approx(math.log(2000), abs=0.5)
     assert main(["report", str(run)]) == 0
     assert (run / "report.html").stat().st_size > 10_000

@@ -51,6 +51,7 @@ from .precision_recall import improved_precision_recall
 from .provenance import provenance
 from .runs import load_run, make_sampler, model_sha256
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
+from .table_run import is_table_run, table_units
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         else:
             entry = _metric_calibration(run, x_test)
         entry["protocol"] = {"dataset": c.dataset, **entry["protocol"], **extra}
+        if name in ("elbo", "iwae") and is_table_run(run):   # a table: densities of its standardised rows
+            entry["protocol"].update(table_units(run))
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["provenance"] = prov
         results[name] = entry

@@ -43,6 +43,14 @@ def scaling(run) -> tuple[Standardiser, list[str]]:
     return scaler, columns
 
 
+def table_units(run) -> dict:
+    """The protocol lines of a table run's ELBO and IWAE: they are nats per row of the standardised
+    table; ``log_det_scaling`` (sum_d log s_d) converts them to the table's own units."""
+    scaler, _ = scaling(run)
+    return {"units": "nats per row of the standardised table", "log_det_scaling": scaler.log_det(),
+            "original_units": "log p(x) = value - log_det_scaling (change of variables x' = (x - m) / s)"}
+
+
 def _csv(rows: np.ndarray, columns: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -24,7 +24,6 @@ Protocol (every number in the JSON; nothing is downloaded):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path

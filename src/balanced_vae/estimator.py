@@ -113,9 +113,10 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             raise ValueError(f"components={self.components!r}: K must be an integer >= 1")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         scaler = Standardiser.fit(X)
-        if np.any(scaler.scale == 1.0) and np.any(X.max(0) == X.min(0)):
-            log.warning("BalancedVAE: constant feature(s) %s are only centred; their density is not defined",
-                        np.flatnonzero(X.max(0) == X.min(0)).tolist())
+        constant = np.flatnonzero(X.max(0) == X.min(0))
+        if len(constant):
+            log.warning("BalancedVAE: constant feature(s) %s are only centred (scale 1); their density is not "
+                        "defined, so log p(x) of rows that differ there is meaningless; drop them", constant.tolist())
         x = to_examples(scaler.apply(X))                                 # (N, D, 1, 1)
         # the test split only feeds the run folder's final.json, which the estimator discards
         data = Dataset("array", x, x[-max(1, len(x) // 10):].contiguous(), real_valued=True)
@@ -136,7 +137,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         mu, _ = self._encode(X)
         n_distinct = len(np.unique(mu.numpy(), axis=0))
         self.gmm_ = GaussianMixtureSampler(n_components=min(int(self.components), n_distinct),
-                                           random_state=seed % (2 ** 31)).fit(mu)
+                                           random_state=seed).fit(mu)
         return self
 
     @property
@@ -154,7 +155,8 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     def _encode(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters mu, logvar (n, L) of rows X (n, D), one row at a time, so each row's
-        result does not depend on the others (scikit-learn's invariance checks)."""
+        result does not depend on the others or their order, bit for bit (float32 matrix products of
+        different batch sizes may round differently; scikit-learn checks this invariance)."""
         x = self._examples(X)
         with eval_mode(self.model_):
             pairs = [self.model_.encode(x[i:i + 1]) for i in range(len(x))]

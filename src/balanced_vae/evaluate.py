@@ -51,6 +51,7 @@ from .precision_recall import improved_precision_recall
 from .provenance import provenance
 from .runs import load_run, make_sampler, model_sha256
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
+from .writes import save
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +348,10 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         old = {}
     doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
            "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, doc)
+    def write():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, doc)
+    save(path, doc, write)   # a run that cannot be written: the caller gets the results in the error
     log.info("results written to %s", path)
     return {**doc, "path": str(path)}
 
@@ -388,8 +391,11 @@ def _write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
     """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
     if out is not None:
         out = Path(out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, doc)
+
+        def write():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out, doc)
+        save(out, doc, write)
 
 
 def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,

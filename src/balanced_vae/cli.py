@@ -76,7 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--data-dir", default=_D.data_dir, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
     p.add_argument("--image-size", type=_POS_INT, default=_D.image_size,
-                   help="resize celeba/folder images to this size")
+                   help="centre-crop and resize celeba/folder images to this size (default: 64 for celeba; a "
+                        "folder's own size when its images are square and of one size, else 64, with a warning)")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="objective and likelihood (default: learned, or fixed with --variance fixed)")
     p.add_argument("--variance", choices=["learned", "fixed"], default=None,

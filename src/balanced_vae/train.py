@@ -366,6 +366,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     config = absolute_paths(config)
     data = as_data(data) if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
                                                                image_size=config.image_size, seed=config.seed)
+    if not resume and config.image_size is None and config.dataset.startswith("folder:"):
+        config = dataclasses.replace(config, image_size=data.shape[-1])   # config.json says the size used
     config = config.resolved(data.shape, len(data.x_train))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")

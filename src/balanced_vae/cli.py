@@ -455,7 +455,10 @@ def _run_kl(args) -> int:
     else:
         doc = kl_gap(args.run, components=args.components, n=args.n, runs=args.runs, seed=args.seed,
                      aggregate=not args.no_aggregate, data_dir=args.data_dir, fit_on=args.fit_on, progress=True)
-        writes.save(out, doc, lambda: write_json_atomic(out, doc))
+        def write():
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out, doc)
+        writes.save(out, doc, write)
         pr = doc["protocol"]
         print(f"protocol: n={pr['n']} samples x runs={pr['runs']}, seed={pr['seed']}, K={pr['K']} "
               f"(fit on {pr['fit_on']}), {pr['n_train_codes']} training codes, p = N(0, I)")

@@ -219,16 +219,16 @@ def _check_caps(out: Path, config: TrainConfig) -> dict:
     return {"stage": st.stage, "epoch": st.epoch}
 
 
-def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
-    """Write ``config.json`` of a new run; on resume, check the config and note what it changes in
-    ``resumes.jsonl`` (``config.json`` stays as the run was created)."""
+def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
+    """Write ``config.json`` of a new run; on resume, check the config and return what it changes, for
+    :func:`_note_resume` once the checkpoint has loaded (``config.json`` stays as the run was created)."""
     if (out / CHECKPOINT).exists() and not resume:
         raise RunExistsError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
     if not resume:
         write_text_atomic(out / CONFIG, config.to_json() + "\n")
-        return
+        return None
     saved = run_config(out)
     differ = _differences(saved, config, SAFE_ON_RESUME)
     if differ:
@@ -237,13 +237,18 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
     where = _check_caps(out, config)
     changes = {k: {"from": getattr(saved, k), "to": getattr(config, k)} for k in SAFE_ON_RESUME
                if getattr(saved, k) != getattr(config, k)}
-    if changes:
-        line = json.dumps({"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where,
-                           "changes": changes}, allow_nan=False)
-        with open(out / RESUMES, "a") as f:
-            f.write(line + "\n")
-        log.info("%s: resumed with %s (noted in %s)", out, ", ".join(f"{k}={v['to']}" for k, v in changes.items()),
-                 RESUMES)
+    return {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where, "changes": changes} \
+        if changes else None
+
+
+def _note_resume(out: Path, note: dict | None) -> None:
+    """Append what a resume changed to ``resumes.jsonl`` (see :func:`run_config`)."""
+    if note is None:
+        return
+    with open(out / RESUMES, "a") as f:
+        f.write(json.dumps(note, allow_nan=False) + "\n")
+    log.info("%s: resumed with %s (noted in %s)", out,
+             ", ".join(f"{k}={v['to']}" for k, v in note["changes"].items()), RESUMES)
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -389,8 +394,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     if not resume:
         writes.record("train", folders=[writes.Folder(out, "run")])
     with _run_lock(out):   # nothing is written into the folder before its lock is held
-        _prepare_run_dir(out, config, resume)
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
+        note = _prepare_run_dir(out, config, resume)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch, note)
 
 
 BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
@@ -541,7 +546,8 @@ class _State:
     lr_dropped_at: int = 0                        # len(history) at the last drop
 
 
-def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None) -> Path:
+def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None,
+           note=None) -> Path:
     """The loop of :func:`train`, run while holding the run folder's lock: one epoch, the stopping
     rule, the stage switch, the log line and the checkpoint, until done."""
     x_fit, x_val = (t.to(device) for t in split_train(data, config))
@@ -561,6 +567,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
         st, optimiser = _restore(ckpt, model, shuffle, config, out, rank, world, device)
+        if rank == 0:
+            _note_resume(out, note)   # only once the run's weights have loaded: a failed resume changes nothing
         if st.done:
             log.info("%s: training already finished", out)
             return out

@@ -315,7 +315,8 @@ def _add_reconstruct(sub) -> None:
 
 def _run_reconstruct(args) -> int:
     out = Folder(Path(args.out), names=("reconstructions.png",))
-    writes.check("reconstruct", folders=[out], inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
+    writes.check("reconstruct", folders=[out],
+                 inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
     path = reconstruct_run(args.run, args.out, n=args.n, which=args.checkpoint, split=args.split,
                            data_dir=args.data_dir, error=args.error)
     writes.record("reconstruct", folders=[out])
@@ -406,8 +407,8 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    names = tuple(f"{args.sampler}_{n}" for n in ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy",
-                                                   "samples.json")) + (("compare_prior_gmm.png",) if args.compare else ())
+    kinds = ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy", "samples.json")
+    names = tuple(f"{args.sampler}_{n}" for n in kinds) + (("compare_prior_gmm.png",) if args.compare else ())
     out = Folder(Path(args.out), names=names)
     writes.check("sample", folders=[out], inputs=[Input(Path(args.run), "run")])
     s = write_samples(args.run, args.out, sampler=args.sampler, components=args.components, n=args.n,

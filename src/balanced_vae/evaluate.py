@@ -421,7 +421,8 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
                                        batch_size=batch_size, device=device, progress=progress, backend=backend)
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
     warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
-    doc = {**({"warning": warning} if warning else {}), "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
+    doc = {**({"warning": warning} if warning else {}),
+           "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
            "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
            "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
            "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
@@ -467,7 +468,8 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
         sides[label] = (mu, cov, info)
     fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
     warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    doc = {**({"warning": warning} if warning else {}), "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
+    doc = {**({"warning": warning} if warning else {}),
+           "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
     _write_record(out, doc)

@@ -36,7 +36,8 @@ from typing import Iterable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Folder", "Input", "NotSaved", "WriteRefused", "check", "is_run", "made_by_balanced_vae", "record", "state_dir"]
+__all__ = ["Folder", "Input", "NotSaved", "WriteRefused", "check", "input_of", "is_run", "made_by_balanced_vae",
+           "record", "save", "state_dir"]
 
 # a run's own record: written by `train` (and `slim`) only, read by every other command
 CONFIG, CHECKPOINT, STAGE1, METRICS, FINAL, RESUMES = ("config.json", "checkpoint.pt", "stage1.pt", "metrics.jsonl",
@@ -256,8 +257,6 @@ def _check_file(command: str, path: Path, inputs: list[Input], made: dict, writa
     if path.exists() and not made_by_balanced_vae(path, made):
         _refuse(path, "exists and was not written by balanced-vae (or was changed since)",
                 "choose a new path, or move the file away if it may be replaced")
-    if path.exists() and writable and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
-        _refuse(path, "is read-only", "choose another output path")
     _check_parent(path, writable)
 
 

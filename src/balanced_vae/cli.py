@@ -724,9 +724,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"balanced-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:   # the environment: a read-only or missing folder, no permission, a full disk
+        if e.strerror is None:   # raised by balanced-vae with a message that names the path and the fix
+            print(f"balanced-vae {args.command}: error: {e}", file=sys.stderr)
+            return 2
         where = f"{e.filename}: " if e.filename else ""
-        print(f"balanced-vae {args.command}: error: {where}{e.strerror or e}; fix: choose a path that exists and "
-              "can be written (e.g. --out in your own folder), or fix its permissions", file=sys.stderr)
+        print(f"balanced-vae {args.command}: error: {where}{e.strerror}; fix: choose a path that exists and can "
+              "be written (e.g. --out in your own folder), or fix its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run = getattr(args, "resume", None) or getattr(args, "out", None)

@@ -185,18 +185,19 @@ def made_by_balanced_vae(path: str | Path, made: dict[str, dict] | None = None) 
     """Whether the existing file ``path`` was written by balanced-vae and not changed since (module docstring)."""
     path = _real(path)
     made = _made() if made is None else made
+    run = _run_of(path, made)
+    if run is not None:   # a run's outputs under their default names are the run's, whoever wrote them last
+        rel = path.relative_to(_real(run)).as_posix()
+        if rel not in RUN_RECORD and any(fnmatch.fnmatch(rel, p) for p in RUN_OUTPUTS):
+            return True
+    if any(_folder_kind(p, made) in ("results", "demo") for p in path.parents):
+        return True   # reproduce's and demo's folders are wholly theirs
     row = made.get(str(path))
     if row and row.get("kind") == "file":
         try:
             return _sha256(path) == row.get("sha256")
         except OSError:
             return False
-    run = _run_of(path, made)
-    if run is not None:
-        rel = path.relative_to(_real(run)).as_posix()
-        return rel not in RUN_RECORD and any(fnmatch.fnmatch(rel, p) for p in RUN_OUTPUTS)
-    if any(_folder_kind(p, made) in ("results", "demo") for p in path.parents):
-        return True   # reproduce's and demo's folders are wholly theirs
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             head = fh.read(200)

@@ -241,6 +241,18 @@ def test_reproduce_and_demo_refuse_a_folder_they_did_not_make(tmp_path, capsys):
     assert _digests(tmp_path) == before
 
 
+def test_sample_and_ood_never_replace_a_users_file(run, tmp_path, capsys):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "prior_means.png").write_bytes(b"my picture")
+    before = _digests(tmp_path)
+    assert main(["sample", str(run), "--sampler", "prior", "--out", str(user)]) == 2
+    _fails_cleanly(capsys, user / "prior_means.png", "not written by balanced-vae")
+    assert main(["ood", str(run), "--out", "digits", "--results", str(user / "prior_means.png")]) == 2
+    _fails_cleanly(capsys, user / "prior_means.png", "is a file")
+    assert _digests(tmp_path) == before
+
+
 def test_a_file_balanced_vae_wrote_may_be_replaced_unless_changed_since(run, tmp_path, capsys):
     out = tmp_path / "kl.json"
     argv = ["kl", str(run), "--n", "50", "--runs", "1", "--components", "2", "--no-aggregate", "--out", str(out)]

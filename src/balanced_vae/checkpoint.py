@@ -70,8 +70,10 @@ def load_weights(model, state: dict[str, Any], path: str | Path, config_path: st
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__   # the first mismatch
         raise CheckpointError(
-            f"{path}: weights do not fit the model of {config_path} ({str(e).splitlines()[0]} ...); the config "
+            f"{path}: weights do not fit the model of {config_path} ({detail}); the config "
             "was edited after training or the checkpoint belongs to another run: undo the edit of "
             f"{Path(config_path).name}, or train a new run with the new values") from None
 

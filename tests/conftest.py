@@ -16,6 +16,18 @@ def _missing(name: str, path: Path, hint: str) -> None:
     pytest.skip(f"real {name} data not found at {path}; {hint}")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _made_paths_record(tmp_path_factory):
+    """Keep the record of paths balanced-vae made (:mod:`balanced_vae.writes`) out of the user's home."""
+    old = os.environ.get("BALANCED_VAE_STATE")
+    os.environ["BALANCED_VAE_STATE"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if old is None:
+        os.environ.pop("BALANCED_VAE_STATE", None)
+    else:
+        os.environ["BALANCED_VAE_STATE"] = old
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Directory holding mnist/ and fashion-mnist/ IDX files.

@@ -390,7 +390,7 @@ def test_folder_greyscale(tmp_path):
 def test_folder_mixed_is_rgb(tmp_path):
     _save(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     _save(tmp_path / "b.bmp", np.zeros((8, 8, 3), np.uint8))
-    assert load_dataset(f"folder:{tmp_path}").shape == (3, 64, 64)
+    assert load_dataset(f"folder:{tmp_path}").shape == (3, 8, 8)   # their own size (issue 28)
 
 
 def test_folder_empty(tmp_path):

@@ -134,7 +134,10 @@ def test_resume_honours_data_dir(tmp_path, data_dir):
                          n_train=300, n_test=100, width=4)
     train(config, run, progress=False, stop_after=1)
     assert main(["train", "--resume", str(run), "--data-dir", str(moved), "--device", "cpu"]) == 0
-    assert json.loads((run / "config.json").read_text())["data_dir"] == str(moved)
+    from balanced_vae.train import run_config
+
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data_dir)   # as created
+    assert run_config(run).data_dir == str(moved)                                        # noted in resumes.jsonl
     assert (run / "final.json").exists()
 
 
@@ -149,7 +152,9 @@ def test_resume_applies_more_epochs_and_refuses_the_rest(digits, tmp_path, capsy
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1      # config.json stays as created
+    [change] = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+    assert change["changes"] == {"epochs": {"from": 1, "to": 3}} and change["time_utc"]
 
 
 # ---------------------------------------------------------------- 7: torn log line

@@ -21,6 +21,7 @@ STAGE1 = "stage1.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"          # the test-split numbers of a finished run
+RESUMES = "resumes.jsonl"     # what each resume changed (raised caps, the data's new place), with its time
 FORMAT_VERSION = 1
 # what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
 RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng")
@@ -60,6 +61,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a balanced-vae checkpoint of format {FORMAT_VERSION}")
     return ckpt
+
+
+def load_weights(model, state: dict[str, Any], path: str | Path, config_path: str | Path) -> None:
+    """``model.load_state_dict(state)``, or a :class:`CheckpointError` naming both files when the weights
+    in ``path`` do not fit the model that ``config_path`` describes (a config edited by hand, say).
+    Every command that loads a run's weights goes through here, so all give the same error."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__   # the first mismatch
+        raise CheckpointError(
+            f"{path}: weights do not fit the model of {config_path} ({detail}); the config "
+            "was edited after training or the checkpoint belongs to another run: undo the edit of "
+            f"{Path(config_path).name}, or train a new run with the new values") from None
 
 
 def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[int, int]:

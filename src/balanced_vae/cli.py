@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, writes
 from .atomic import DiskFullError, write_json_atomic
 from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
 from .config import OUTPUTS, TrainConfig
@@ -32,7 +32,8 @@ from .report import build_report
 from .reproduce import reproduce
 from .results_page import build_page
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
-from .train import BRANCH_MAY_DIFFER, train
+from .train import BRANCH_MAY_DIFFER, run_config, train
+from .writes import Folder, Input, input_of
 
 
 def _number(kind: type, low: float, inclusive: bool):
@@ -82,7 +83,8 @@ def _add_train(sub) -> None:
     p.add_argument("--data-dir", default=_D.data_dir, help="folder holding mnist/, fashion-mnist/, celeba/ "
                    "(default: $BALANCED_VAE_DATA, else ~/.cache/balanced-vae)")
     p.add_argument("--image-size", type=_POS_INT, default=_D.image_size,
-                   help="resize celeba/folder images to this size")
+                   help="centre-crop and resize celeba/folder images to this size (default: 64 for celeba; a "
+                        "folder's own size when its images are square and of one size, else 64, with a warning)")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="objective and likelihood (default: learned, or fixed with --variance fixed)")
     p.add_argument("--variance", choices=["learned", "fixed"], default=None,
@@ -158,7 +160,7 @@ def _run_train_local(args, quiet: bool = False) -> int:
     """`train` in this process: a new run from the options, or --resume RUN under raised caps."""
     if args.resume:
         run = Path(args.resume)
-        config = TrainConfig.load(run / CONFIG)
+        config = run_config(run)
         given = _given_options(args)
         refused = sorted(given - {"resume", "device", "data_dir", "epochs", "max_minutes", "verbose", "dry_run"})
         if refused:
@@ -216,7 +218,7 @@ def _run_branch(args, quiet: bool) -> int:
     run = Path(args.branch_from)
     if not (run / CONFIG).is_file():
         raise ValueError(f"--branch-from {run}: {run / CONFIG} not found; give the folder of a run of Algorithm 1")
-    config = TrainConfig.load(run / CONFIG)
+    config = run_config(run)
     given, may = _given_options(args), set(BRANCH_MAY_DIFFER)
     refused = sorted(given - may - {"branch_from", "out", "device", "verbose", "dry_run"})
     if refused:
@@ -243,7 +245,9 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
+    writes.check("demo", folders=[Folder(Path(args.out), "demo")])
     summary = run_demo(args.out, config=dataclasses.replace(DEMO_CONFIG, seed=args.seed))
+    writes.record("demo", folders=[Folder(Path(args.out), "demo")])
     print(f"demo report in {args.out}/")
     for k, v in summary.items():
         print(f"  {k}: {v}")
@@ -291,6 +295,10 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
+    run, stem = Path(args.run), Path(args.checkpoint).stem
+    out = args.out or run / ("results.json" if args.checkpoint == CHECKPOINT else f"results_{stem}.json")
+    # a run that cannot be written is no reason to refuse: the results are printed when they cannot be saved
+    writes.check("evaluate", files=[out], inputs=[Input(run, "run"), Input(run / args.checkpoint)], writable=False)
     doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
                        gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
                        n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
@@ -299,6 +307,7 @@ def _run_evaluate(args) -> int:
                        fid_backend=args.fid_backend, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
+    writes.record("evaluate", files=[doc["path"]])
     print(f"results written to {doc['path']}")
     return 0
 
@@ -318,8 +327,12 @@ def _add_reconstruct(sub) -> None:
 
 
 def _run_reconstruct(args) -> int:
+    out = Folder(Path(args.out), names=("reconstructions.png",))
+    writes.check("reconstruct", folders=[out],
+                 inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
     path = reconstruct_run(args.run, args.out, n=args.n, which=args.checkpoint, split=args.split,
                            data_dir=args.data_dir, error=args.error)
+    writes.record("reconstruct", folders=[out])
     print(f"wrote {path}")
     return 0
 
@@ -347,9 +360,11 @@ def _add_fid_real(sub) -> None:
 
 
 def _run_fid_real(args) -> int:
+    writes.check("fid-real", files=[args.out], inputs=[Input(Path(args.data_dir))] if args.data_dir else [])
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                         batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
                         paper_value=PAPER["table2"].get(args.dataset, {}).get("real"), out=args.out)
+    writes.record("fid-real", files=[args.out] if args.out else [])
     print(json.dumps(doc, indent=2, sort_keys=True))
     return 0
 
@@ -373,8 +388,10 @@ def _add_fid(sub) -> None:
 
 
 def _run_fid(args) -> int:
+    writes.check("fid", files=[args.out], inputs=[input_of(args.a), input_of(args.b)])
     doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                       batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
+    writes.record("fid", files=[args.out] if args.out else [])
     print(json.dumps(doc, indent=2, sort_keys=True))
     return 0
 
@@ -403,8 +420,13 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
+    kinds = ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy", "samples.json")
+    names = tuple(f"{args.sampler}_{n}" for n in kinds) + (("compare_prior_gmm.png",) if args.compare else ())
+    out = Folder(Path(args.out), names=names)
+    writes.check("sample", folders=[out], inputs=[Input(Path(args.run), "run")])
     s = write_samples(args.run, args.out, sampler=args.sampler, components=args.components, n=args.n,
                       seed=args.seed, compare=args.compare, data_dir=args.data_dir, fit_on=args.fit_on)
+    writes.record("sample", folders=[out])
     note = (f"per-pixel sigma, mean {s['sigma_mean']:.4g}" if s["per_pixel_sigma"]
             else f"global sigma {s['sigma2_global'] ** 0.5:.4g} (no per-pixel head: no sigma grid)")
     print(f"{s['n']} samples from {s['name']} ({note}) in {args.out}/: {', '.join(s['files'])}")
@@ -436,18 +458,21 @@ def _add_kl(sub) -> None:
 
 
 def _run_kl(args) -> int:
+    out = args.out or str(Path(args.run) / ("gmm_ablation.json" if args.ablation else "kl.json"))
+    writes.check("kl", files=[out], inputs=[Input(Path(args.run), "run")])
     if args.ablation:
-        out = args.out or str(Path(args.run) / "gmm_ablation.json")
         doc = gmm_ablation_for_run(args.run, args.ablation, fit_on=args.fit_on, data_dir=args.data_dir, out=out)
         print(f"{'K':>6} {'held-out ll':>12} {'train ll':>10} {'fit s':>8} {'iters':>6}")
         for r in doc["rows"]:
             print(f"{r['K']:>6} {r['heldout_ll']:>12.4f} {r['train_ll']:>10.4f} {r['fit_seconds']:>8.2f} "
                   f"{r['n_iter']:>6}{'' if r['converged'] else '  (not converged)'}")
     else:
-        out = args.out or str(Path(args.run) / "kl.json")
         doc = kl_gap(args.run, components=args.components, n=args.n, runs=args.runs, seed=args.seed,
                      aggregate=not args.no_aggregate, data_dir=args.data_dir, fit_on=args.fit_on, progress=True)
-        write_json_atomic(out, doc)
+        def write():
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out, doc)
+        writes.save(out, doc, write)
         pr = doc["protocol"]
         print(f"protocol: n={pr['n']} samples x runs={pr['runs']}, seed={pr['seed']}, K={pr['K']} "
               f"(fit on {pr['fit_on']}), {pr['n_train_codes']} training codes, p = N(0, I)")
@@ -455,6 +480,7 @@ def _run_kl(args) -> int:
             if key in doc:
                 std = doc[key]["std"]
                 print(f"{name}: {doc[key]['mean']:.4f}" + (f" +- {std:.4f} (std over runs)" if std is not None else ""))
+    writes.record("kl", files=[out])
     print(f"written to {out}")
     return 0
 
@@ -479,8 +505,11 @@ def _add_latent_plot(sub) -> None:
 
 
 def _run_latent_plot(args) -> int:
+    writes.check("latent-plot", files=[args.out or Path(args.run) / "latent_density.png"],
+                 inputs=[Input(Path(args.run), "run")])
     path = latent_plot_for_run(args.run, args.out, components=args.components, resolution=args.resolution,
                                lim=args.lim, span=args.span, data_dir=args.data_dir, fit_on=args.fit_on)
+    writes.record("latent-plot", files=[path])
     print(f"wrote {path}")
     return 0
 
@@ -510,12 +539,20 @@ def _add_ood(sub) -> None:
 
 
 def _run_ood(args) -> int:
+    results = Path(args.results) if args.results else Path(args.run) / "ood"
+    inputs = [Input(Path(args.run), "run"), input_of(args.in_dataset), input_of(args.out_dataset)]
+    writes.check("ood", folders=[Folder(results)], inputs=inputs)
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
     doc = ood_for_run(args.run, out_dataset=args.out_dataset, in_dataset=args.in_dataset, checkpoints=checkpoints,
                       n=args.n, n_ref=args.n_ref, k=args.k, components=args.components, seed=args.seed,
                       data_dir=args.data_dir)
     print(ood_markdown(doc))
-    for path in write_ood(doc, args.results or Path(args.run) / "ood"):
+    stem = f"{doc['trained_on']}-run_{doc['in']}-vs-{doc['out']}"
+    out = Folder(results, names=(f"{stem}.json", f"{stem}.md"))
+    writes.check("ood", folders=[out], inputs=inputs)   # the names are known now; the result is printed above
+    paths = write_ood(doc, results)
+    writes.record("ood", folders=[out])
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -540,8 +577,11 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
+    writes.check("report", files=[args.out or Path(args.run) / "report.html"],
+                 inputs=[Input(Path(args.run), "run"), *(Input(Path(r)) for r in args.records)])
     path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
                         data_dir=args.data_dir, records=args.records)
+    writes.record("report", files=[path])
     print(f"wrote {path}")
     return 0
 
@@ -566,8 +606,12 @@ def _add_latent_walk(sub) -> None:
 
 
 def _run_latent_walk(args) -> int:
+    png = Path(args.out) if args.out else Path(args.run) / "latent_walk.png"
+    writes.check("latent-walk", files=[png, png.with_suffix(".json")],
+                 inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
     path = latent_walk_for_run(args.run, args.out, which=args.checkpoint, pair=tuple(args.pair), dims=args.dims,
                                n_dims=args.n_dims, steps=args.steps, span=args.span, data_dir=args.data_dir)
+    writes.record("latent-walk", files=[path, path.with_suffix(".json")])
     print(f"wrote {path}")
     return 0
 
@@ -603,10 +647,12 @@ def _run_reproduce(args) -> int:
         for name, cfg in run_specs(args.dataset, budget).items():
             print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
+    writes.check("reproduce", folders=[Folder(Path(args.out), "results")])
     for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out,
                           device=args.device, jobs=args.jobs, fid_backend=args.fid_backend,
                           extra_runs=args.extra_runs):
         print(f"wrote {path}")
+    writes.record("reproduce", folders=[Folder(Path(args.out), "results")])
     return 0
 
 
@@ -617,7 +663,10 @@ def _add_results_page(sub) -> None:
 
 
 def _run_results_page(args) -> int:
-    print(f"wrote {build_page(args.results, args.out)}")
+    writes.check("results-page", files=[args.out], inputs=[Input(Path(args.results), "folder")])
+    path = build_page(args.results, args.out)
+    writes.record("results-page", files=[path])
+    print(f"wrote {path}")
     return 0
 
 
@@ -632,6 +681,7 @@ def _add_slim(sub) -> None:
 
 
 def _run_slim(args) -> int:
+    writes.check("slim", folders=[Folder(Path(run), "run") for run in args.runs])
     for run in map(Path, args.runs):
         for name in (CHECKPOINT, STAGE1):
             if name == CHECKPOINT or (run / name).is_file():   # a missing checkpoint.pt is named by the loader
@@ -679,9 +729,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][1](args)
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, DiskFullError,
-            FloatingPointError) as e:
+    except writes.NotSaved as e:   # computed but not saved: print it rather than lose it
+        print(json.dumps(e.result, indent=2, sort_keys=True))
+        print(f"balanced-vae {args.command}: error: {e.strerror}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, ValueError, DiskFullError, FloatingPointError) as e:
         print(f"balanced-vae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # the environment: a read-only or missing folder, no permission, a full disk
+        if e.strerror is None:   # raised by balanced-vae with a message that names the path and the fix
+            print(f"balanced-vae {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"balanced-vae {args.command}: error: {where}{e.strerror}; fix: choose a path that exists and can "
+              "be written (e.g. --out in your own folder), or fix its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run = getattr(args, "resume", None) or getattr(args, "out", None)

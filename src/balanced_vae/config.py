@@ -128,7 +128,11 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{source}: unknown config field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:   # a hand edit: one clear error, naming the file, for every command
+            raise ValueError(f"{source}: {e}; fix: undo the edit (a run's config.json must stay as train "
+                             "wrote it)") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

@@ -42,7 +42,7 @@ from .atomic import write_json_atomic
 from .checkpoint import CHECKPOINT
 from .data import load_dataset
 from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
-                  resolve_backend)
+                  resolve_backend, small_n_warning)
 from .image_sets import load_image_set
 from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_distance, gaussian_statistics,
                       iwae_log_likelihood)
@@ -52,6 +52,7 @@ from .provenance import provenance
 from .runs import load_run, make_sampler, model_sha256
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
 from .table_run import is_table_run, table_units
+from .writes import save
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,12 @@ def _metric_fid(run, sampler, x_test: torch.Tensor, *, n: int, seed: int, datase
                                cache_dir=cache_dir, progress=progress, desc="generated features")
     mu_g, cov_g = gaussian_statistics(feats)
     fid = frechet_distance(mu_g, cov_g, mu_r, cov_r)
+    warning = small_n_warning(n, f"FID of {dataset}")
     return {"values": {"fid": fid, "seconds": round(time.perf_counter() - t0, 1)},
             "protocol": {"generated": {"n": n, "seed": seed, "images": "decoder means g(z), z from the sampler"},
                          "real": {k: real[k] for k in ("dataset", "split", "n", "images", "cache_hit", "backend")},
-                         "inception": inception_protocol(), "backend": backend_protocol(backend, device)}}
+                         "inception": inception_protocol(), "backend": backend_protocol(backend, device),
+                         **({"warning": warning} if warning else {})}}
 
 
 def _metric_pr(run, samplers: dict[str, Any], x_test: torch.Tensor, *, n: int, k: int, seed: int,
@@ -350,8 +353,10 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
         old = {}
     doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
            "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, doc)
+    def write():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, doc)
+    save(path, doc, write)   # a run that cannot be written: the caller gets the results in the error
     log.info("results written to %s", path)
     return {**doc, "path": str(path)}
 
@@ -391,8 +396,11 @@ def _write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
     """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
     if out is not None:
         out = Path(out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, doc)
+
+        def write():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out, doc)
+        save(out, doc, write)
 
 
 def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
@@ -415,7 +423,9 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
         stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
                                        batch_size=batch_size, device=device, progress=progress, backend=backend)
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
-    doc = {"fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
+    warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
+    doc = {**({"warning": warning} if warning else {}),
+           "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
            "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
            "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
            "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
@@ -460,7 +470,9 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
             mu, cov = gaussian_statistics(feats)
         sides[label] = (mu, cov, info)
     fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
-    doc = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
+    warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
+    doc = {**({"warning": warning} if warning else {}),
+           "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
            "inception": inception_protocol(), "provenance": provenance()}
     _write_record(out, doc)

@@ -420,6 +420,19 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def small_n_warning(n: int, what: str = "FID") -> str | None:
+    """A warning (logged and returned) when FID comes from fewer images than the :data:`FEATURE_DIM` Inception
+    features: the covariance of the features is then rank-deficient and the estimate biased upwards, so it
+    compares only with FIDs from the same n. None when n is large enough."""
+    if n >= FEATURE_DIM:
+        return None
+    msg = (f"{what}: from n = {n} images, fewer than the {FEATURE_DIM} Inception features: the estimate is biased "
+           f"(upwards, more so for smaller n); compare it only with FIDs from the same n, and use n >= "
+           f"{FEATURE_DIM} (the paper: 10,000) for a number to report")
+    log.warning(msg)
+    return msg
+
+
 def check_fid_images(x: torch.Tensor, source: str = "images", *, min_n: int = 2) -> torch.Tensor:
     """One clear error for images FID cannot score: not (N, 1|3, H, W), NaN, outside [0, 1], N < ``min_n``.
 

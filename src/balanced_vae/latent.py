@@ -279,7 +279,8 @@ def latent_plot_for_run(run: Run | str | Path, out: str | Path | None = None, *,
     gmm = fit_gmm_for_run(run, k, data=data, fit_on=fit_on, data_dir=data_dir)
     if lim is None:
         lim = max(4.0, 1.1 * float(torch.quantile(mu.abs().flatten(), 0.999)))
-    out = Path(out) if out is not None else run.path / "latent_density.png"
+    out = Path(out).expanduser() if out is not None else run.path / "latent_density.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     return plot_latent_densities({"prior N(0, I)": PriorSampler(2),
                                   f"aggregate posterior (Eq. 12, N={agg.n_components})": agg,
                                   f"GMM (Eq. 13, K={k}, fit on {fit_on})": gmm},
@@ -333,5 +334,6 @@ def gmm_ablation_for_run(run: Run | str | Path, components: Sequence[int] = (8, 
                            "ll": "mean log q_GMM(code) per code, nats"},
               "rows": gmm_ablation(codes["train"], codes["test"], components, random_state=random_state)}
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
     return result

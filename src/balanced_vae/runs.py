@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .methods import build_model
 from .model import encode_dataset
 from .samplers import (CELEBA_COMPONENTS, DEFAULT_COMPONENTS, GMM_META, SAMPLER_KINDS, AggregatePosteriorSampler,
                        GaussianMixtureSampler, PriorSampler, Sampler)
-from .train import check_fingerprint, test_images
+from .train import check_fingerprint, run_config, test_images
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,12 @@ class Run:
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run folder")
-        config = TrainConfig.load(run_dir / CONFIG)
+        config = run_config(run_dir)
         ckpt = load_checkpoint(run_dir / which)
         model = build_model(config, tuple(ckpt["shape"]))
         if ckpt["stage"] == 2:
             model.with_pixel_variance(float(ckpt["sigma2_star"]))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"{run_dir / which}: weights do not fit the model of {run_dir / CONFIG} ({e}); "
-                "the config was edited after training or the checkpoint belongs to another run") from None
+        load_weights(model, ckpt["model"], run_dir / which, run_dir / CONFIG)
         model.eval()
         return cls(run_dir, config, model, int(ckpt["stage"]), ckpt, which)
 
@@ -167,9 +162,15 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
     s = GaussianMixtureSampler(k, covariance_type=covariance_type, fit_on=fit_on, random_state=random_state)
     s.fit(mu, logvar)
     if cached:
-        s.save(folder, extra={"model_sha256": weights_sha, "stage": run.stage, "epoch": run.checkpoint.get("epoch"),
-                              "dataset": run.config.dataset, "n_codes": len(mu)})
-        s.source = json.loads((folder / GMM_META).read_text())["source"]
+        try:
+            s.save(folder, extra={"model_sha256": weights_sha, "stage": run.stage,
+                                  "epoch": run.checkpoint.get("epoch"), "dataset": run.config.dataset,
+                                  "n_codes": len(mu)})
+        except OSError as e:   # a read-only run: the fit is used, only not kept for the next command
+            log.warning("%s: cannot keep the GMM fit there (%s); it is fitted again next time", folder,
+                        e.strerror or e)
+        else:
+            s.source = json.loads((folder / GMM_META).read_text())["source"]
     return s
 
 

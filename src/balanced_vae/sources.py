@@ -46,6 +46,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset, default_collate
 
 from .data import DataError, Dataset
+from .data.dataset import range_error
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,7 @@ def _check_range(x: torch.Tensor, where: str) -> None:
     if lo != lo or hi != hi:
         raise DataError(f"{where}: {int(torch.isnan(x).sum())} NaN values; fix: remove or replace them")
     if lo < 0.0 or hi > 1.0:
-        raise DataError(f"{where}: values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; fix: rescale to [0, 1] "
-                        "(divide 0..255 data by 255, or pass them as uint8) and remove infinities")
+        raise DataError(range_error(where, lo, hi))
 
 
 class TensorSource:

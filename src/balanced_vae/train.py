@@ -24,14 +24,17 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import writes
 from .atomic import DiskFullError, write_json_atomic, write_text_atomic
-from .checkpoint import CHECKPOINT, CONFIG, FINAL, METRICS, STAGE1, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, CONFIG, FINAL, METRICS, RESUMES, STAGE1, CheckpointError, load_checkpoint,
+                         load_weights, save_checkpoint)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
@@ -179,20 +182,73 @@ def _differences(saved: TrainConfig, config: TrainConfig, allowed: tuple[str, ..
     return f"{', '.join(differ)} ({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)})" if differ else ""
 
 
-def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
+def run_config(folder: str | Path) -> TrainConfig:
+    """The config a run folder trains under now: ``config.json`` as `train` created it, with the changes of
+    each resume (``resumes.jsonl``: raised caps, the data's new place) applied in order."""
+    folder = Path(folder).expanduser()
+    config = TrainConfig.load(folder / CONFIG)
+    path = folder / RESUMES
+    if not path.is_file():
+        return config
+    for i, ln in enumerate(path.read_text().splitlines()):
+        try:
+            changes = json.loads(ln)["changes"]
+            config = dataclasses.replace(config, **{k: v["to"] for k, v in changes.items() if k in SAFE_ON_RESUME})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            log.warning("%s: line %d is not a resume record; ignored", path, i + 1)
+    return config
+
+
+def _check_caps(out: Path, config: TrainConfig) -> dict:
+    """Refuse caps below what the run already ran (its config could no longer re-create it); returns the
+    state of its checkpoint (stage, epoch)."""
+    ckpt = load_checkpoint(out / CHECKPOINT)
+    st = _state_of(ckpt)
+    ran = {str(st.stage): {"epochs": st.epoch, "seconds": st.stage_seconds}, **{
+        s: {"epochs": v.get("epochs", 0), "seconds": v.get("seconds", 0.0)} for s, v in st.stops.items()}}
+    stage, most = max(ran.items(), key=lambda kv: kv[1]["epochs"])
+    if config.epochs < most["epochs"]:
+        raise ValueError(f"--epochs {config.epochs}: stage {stage} of {out} already ran {most['epochs']} epochs; "
+                         "a lower cap would leave a folder its config cannot re-create. Fix: give --epochs >= "
+                         f"{most['epochs']} (or leave it out), or train a new run with the lower cap")
+    stage, most = max(ran.items(), key=lambda kv: kv[1]["seconds"] or 0.0)
+    if config.max_minutes is not None and 60 * config.max_minutes < (most["seconds"] or 0.0):
+        raise ValueError(f"--max-minutes {config.max_minutes:g}: stage {stage} of {out} already ran "
+                         f"{most['seconds'] / 60:.2f} minutes; fix: give --max-minutes >= "
+                         f"{math.ceil(most['seconds'] / 60 * 100) / 100:g} (or leave it out), or train a new run")
+    return {"stage": st.stage, "epoch": st.epoch}
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
+    """Write ``config.json`` of a new run; on resume, check the config and return what it changes, for
+    :func:`_note_resume` once the checkpoint has loaded (``config.json`` stays as the run was created)."""
     if (out / CHECKPOINT).exists() and not resume:
         raise RunExistsError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
-    if resume:
-        saved = TrainConfig.load(out / CONFIG)
-        differ = _differences(saved, config, SAFE_ON_RESUME)
-        if differ:
-            raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
-                                  f"{', '.join(SAFE_ON_RESUME)} may change on resume")
-        if saved == config:
-            return
-    write_text_atomic(out / CONFIG, config.to_json() + "\n")
+    if not resume:
+        write_text_atomic(out / CONFIG, config.to_json() + "\n")
+        return None
+    saved = run_config(out)
+    differ = _differences(saved, config, SAFE_ON_RESUME)
+    if differ:
+        raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
+                              f"{', '.join(SAFE_ON_RESUME)} may change on resume")
+    where = _check_caps(out, config)
+    changes = {k: {"from": getattr(saved, k), "to": getattr(config, k)} for k in SAFE_ON_RESUME
+               if getattr(saved, k) != getattr(config, k)}
+    return {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where, "changes": changes} \
+        if changes else None
+
+
+def _note_resume(out: Path, note: dict | None) -> None:
+    """Append what a resume changed to ``resumes.jsonl`` (see :func:`run_config`)."""
+    if note is None:
+        return
+    with open(out / RESUMES, "a") as f:
+        f.write(json.dumps(note, allow_nan=False) + "\n")
+    log.info("%s: resumed with %s (noted in %s)", out,
+             ", ".join(f"{k}={v['to']}" for k, v in note["changes"].items()), RESUMES)
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -316,6 +372,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     config = absolute_paths(config)
     data = as_data(data) if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
                                                                image_size=config.image_size, seed=config.seed)
+    if not resume and config.image_size is None and config.dataset.startswith("folder:"):
+        config = dataclasses.replace(config, image_size=data.shape[-1])   # config.json says the size used
     config = config.resolved(data.shape, len(data.x_train), real_valued=getattr(data, "real_valued", False))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
@@ -329,10 +387,16 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
+    if not resume:   # the one write rule: a new folder, an empty one, or a run that train made
+        writes.check("train", folders=[writes.Folder(out, "run")], inputs=[
+            writes.input_of(config.dataset), writes.Input(Path(config.data_dir)) if config.data_dir else None,
+            writes.Input(Path(branch_from).expanduser(), "run") if branch_from is not None else None])
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        writes.record("train", folders=[writes.Folder(out, "run")])
     with _run_lock(out):   # nothing is written into the folder before its lock is held
-        _prepare_run_dir(out, config, resume)
-        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
+        note = _prepare_run_dir(out, config, resume)
+        return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch, note)
 
 
 BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
@@ -483,7 +547,8 @@ class _State:
     lr_dropped_at: int = 0                        # len(history) at the last drop
 
 
-def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None) -> Path:
+def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None,
+           note=None) -> Path:
     """The loop of :func:`train`, run while holding the run folder's lock: one epoch, the stopping
     rule, the stage switch, the log line and the checkpoint, until done."""
     x_fit, x_val = (t.to(device) for t in split_train(data, config))
@@ -503,6 +568,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
         st, optimiser = _restore(ckpt, model, shuffle, config, out, rank, world, device)
+        if rank == 0:
+            _note_resume(out, note)   # only once the run's weights have loaded: a failed resume changes nothing
         if st.done:
             log.info("%s: training already finished", out)
             return out
@@ -584,7 +651,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
                                   init_sigma2=st.sigma2_star)
         model.to(device)
     optimiser = make_optimiser(model, config)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], out / CHECKPOINT, out / CONFIG)
     if "optimiser" not in ckpt:   # slimmed (`balanced-vae slim`): finished, and can only stay so
         if not st.done or reopen:
             raise CheckpointError(
@@ -638,7 +705,7 @@ def _branch(path: Path, ckpt: dict, model, shuffle, config, out: Path, data, fin
     :func:`branch_source`): its stage-1 weights, state, random states and log lines, then the
     switch itself under this run's config (its own floor). Returns the state and the optimiser."""
     check_fingerprint(ckpt.get("data"), data, config, path)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path, path.parent / CONFIG)
     _set_rng_states(ckpt, shuffle, out, rank, world, device)
     st = _state_of(ckpt)
     # where stage 1 (and its seconds) came from, relative to this run, so records stay portable

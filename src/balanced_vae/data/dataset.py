@@ -20,6 +20,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "quantisation_levels",
+    "range_error",
     "resize",
     "split_indices",
     "to_float",
@@ -122,11 +123,26 @@ def validate_images(x: torch.Tensor, source: str, *, unit_range: bool = True) ->
     if not unit_range and not (math.isfinite(lo) and math.isfinite(hi)):
         raise DataError(f"{source}: {int(torch.isinf(x).sum())} infinite values; fix: remove or replace them")
     if unit_range and (lo < 0.0 or hi > 1.0):
-        raise DataError(
-            f"{source}: values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; fix: rescale to "
-            "[0, 1] (divide 0..255 data by 255) and remove infinities"
-        )
+        raise DataError(range_error(source, lo, hi))
     return x
+
+
+def range_error(source: str, lo: float, hi: float) -> str:
+    """The message for values outside [0, 1]: the real range (to the digit that matters) and the fix that
+    fits it, e.g. a clip for 1.0000001 (rounding), not a division by 255."""
+    span = f"values span [{lo:.8g}, {hi:.8g}], outside [0, 1]"
+    if lo != lo or hi != hi or math.isinf(lo) or math.isinf(hi):
+        fix = "remove or replace the infinite values"
+    elif lo >= -1e-3 and hi <= 1 + 1e-3:
+        fix = (f"the values stray from [0, 1] by at most {max(-lo, hi - 1):.2g} (rounding): clip them, "
+               "e.g. x.clamp(0, 1) or np.clip(x, 0, 1)")
+    elif lo >= -1.0 and hi <= 1.0:
+        fix = "the data look like [-1, 1] images: map them with (x + 1) / 2"
+    elif lo >= 0.0 and hi <= 255.0:
+        fix = "the data look like 0..255 images: divide 0..255 data by 255 (or store them as uint8)"
+    else:
+        fix = f"rescale them to [0, 1], e.g. (x - {lo:.4g}) / ({hi:.4g} - {lo:.4g})"
+    return f"{source}: {span}; fix: {fix}"
 
 
 # --------------------------------------------------------------------------- conversions

@@ -145,8 +145,13 @@ def _write_cache(cache: Path, images: np.ndarray, names: list[str]) -> None:
     logger.info("wrote cache %s", cache)
 
 
-def load_folder(arg: str, size: int, seed: int) -> Dataset:
-    """User images under a folder (recursive, sorted): RGB, or grey if all are grey."""
+def load_folder(arg: str, size: int | None, seed: int) -> Dataset:
+    """User images under a folder (recursive, sorted): RGB, or grey if all are grey.
+
+    ``size=None`` keeps the images' own size when they share one square size; images of several
+    sizes, or not square, are centre-cropped and resized to 64x64, with a warning that says so and
+    names ``--image-size`` (a run records the size it used in its config.json).
+    """
     folder = user_path(arg, "image folder")
     if not folder.is_dir():
         raise DataError(f"{folder} is not a directory; fix: use folder:PATH with a folder")
@@ -159,11 +164,39 @@ def load_folder(arg: str, size: int, seed: int) -> Dataset:
             f"image folder {folder} holds {len(paths)} images, need at least 2 "
             f"({', '.join(sorted(_IMAGE_SUFFIXES))}, searched recursively); fix: add images"
         )
+    if size is None:
+        size = _own_size(folder, paths)
     images, grey = _decode_images(paths, size, crop=None, desc=f"decoding {folder.name}")
     if grey.all():
         images = images[:, :1]  # (N, 1, S, S)
     train, test = split_indices(len(paths), max(1, round(0.1 * len(paths))), seed)
     return Dataset(f"folder:{folder}", to_float(images[train]), to_float(images[test]), levels=256)
+
+
+FOLDER_RESIZE = 64   # the side images of several sizes (or not square) are brought to without --image-size
+
+
+def _own_size(folder: Path, paths: list[Path]) -> int:
+    """The side of the images when all are square and of one size (read from their headers); else
+    :data:`FOLDER_RESIZE`, announced with a warning."""
+    sizes: dict[tuple[int, int], Path] = {}
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                w, h = img.size   # a square stays square under any EXIF rotation
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+                Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {p} ({type(e).__name__}: {e}); fix: remove or replace the file") from e
+        sizes.setdefault((w, h), p)
+    if len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]:
+        side = next(iter(sizes))[0]
+        logger.info("folder:%s: %d images of their own size %dx%d", folder, len(paths), side, side)
+        return side
+    found = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:3])
+    logger.warning("folder:%s: the images are %s (%s); each is centre-cropped to a square and resized to %dx%d. "
+                   "Pass --image-size S to choose the size", folder,
+                   "of several sizes" if len(sizes) > 1 else "not square", found, FOLDER_RESIZE, FOLDER_RESIZE)
+    return FOLDER_RESIZE
 
 
 def _decode_images(

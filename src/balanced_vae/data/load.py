@@ -45,7 +45,8 @@ def load_dataset(
         data_dir: root holding ``mnist/``, ``fashion-mnist/``, ``celeba/``;
             see :func:`balanced_vae.data.resolve_data_dir`.
         image_size: output side S. Default: native size (8 for digits, 28 for
-            MNIST, the array's size for npz) and 64 for celeba and folders.
+            MNIST, the array's size for npz, the images' own size for a folder of
+            square images of one size) and 64 for celeba and other folders.
         seed: seeds the train/test split where the source has none
             (digits, folders, celeba without a partition file).
         download: fetch missing MNIST / Fashion-MNIST files from the official
@@ -62,7 +63,7 @@ def load_dataset(
     if key == "celeba":
         return load_celeba(data_root(data_dir), image_size or 64, seed)
     if sep and kind == "folder" and arg:
-        return load_folder(arg, image_size or 64, seed)
+        return load_folder(arg, image_size, seed)
     if sep and kind == "npz" and arg:
         return load_npz(arg, image_size, seed)
     if sep and kind == "csv" and arg:

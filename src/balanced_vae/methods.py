@@ -135,7 +135,8 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     resolve_hparams(config)  # every method rejects hyperparameters it does not know
     likelihood = get_method(config.method).likelihood(config)
     if config.networks is None:
-        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks), likelihood)
+        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks, config.net),
+                   likelihood)
 
     def make():
         return build_networks(config.networks, shape, config.latent_dim, config.network_args)

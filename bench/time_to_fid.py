@@ -10,7 +10,8 @@ jobs share the machine. Each copy is then scored by FID: a K = 32 GMM on the tra
 10,000 samples against the 10,000 test images, TF-Inception features.
 
 Resumable: the clock and each copy are written atomically under ``--work``, so a killed run
-continues where it stopped (the epoch in flight is trained again and its CPU time counted once).
+continues where it stopped (the epoch in flight is trained again and its CPU time counted once),
+and a call with more budgets trains on from the last copy and scores only the copies not yet scored.
 
     OMP_NUM_THREADS=1 python bench/time_to_fid.py --budgets 5,15,30 --work /tmp/ttf \\
         > bench/results/time_to_fid.json
@@ -104,8 +105,11 @@ def main(argv=None) -> None:
     rows = []
     for s in snapshots:
         t0 = time.perf_counter()
-        res = evaluate_run(s["path"], metrics="fid", sampler="gmm", n_fid=a.n_fid, data=data,
-                           fid_backend=a.fid_backend, progress=False, out=Path(s["path"]) / "fid.json")
+        saved = Path(s["path"]) / "fid.json"   # a copy scored by an earlier call (budgets added later)
+        res = _read(saved, None)
+        if res is None or res["metrics"]["fid"]["protocol"]["generated"]["n"] != a.n_fid:
+            res = evaluate_run(s["path"], metrics="fid", sampler="gmm", n_fid=a.n_fid, data=data,
+                               fid_backend=a.fid_backend, progress=False, out=saved)
         fid = res["metrics"]["fid"]
         rows.append({**{k: v for k, v in s.items() if k != "path"}, "fid": fid["values"]["fid"],
                      "fid_wall_seconds": round(time.perf_counter() - t0, 1), "fid_protocol": fid["protocol"]})

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__, writes
 from .atomic import DiskFullError, write_json_atomic
 from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
-from .config import OUTPUTS, TrainConfig
+from .config import OUTPUTS, STOPPING, TrainConfig
 from .data import DataError, load_dataset
 from .data.table import TARGET_SEP
 from .demo import DEMO_CONFIG, run_demo
@@ -27,6 +27,7 @@ from .experiments import BUDGETS, EXPERIMENTS, PAPER, get_budget, resolved_budge
 from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
 from .latent_walk import latent_walk_for_run
 from .methods import METHODS, resolve_hparams
+from .nets import NETS
 from .ood import ood_for_run, ood_markdown, write_ood
 from .report import build_report
 from .reproduce import reproduce
@@ -101,6 +102,15 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=_POS_INT, default=_D.width, help="network width (default from the image shape)")
     p.add_argument("--blocks", type=_NONNEG_INT, default=_D.blocks,
                    help="residual 3x3 blocks per coarse level of the conv networks (0: the shallow default)")
+    p.add_argument("--net", choices=NETS, default=_D.net,
+                   help="network family: small (fast), paper (the WAE/RAE conv net, about 20x small's "
+                        "parameters; a GPU job), res (residual, between the two)")
+    p.add_argument("--kl-warmup", type=_NONNEG_INT, default=_D.kl_warmup,
+                   help="epochs over which the KL weight rises from 0 to 1 at the start of stage 1, against "
+                        "posterior collapse of large networks (the converged objective is the ELBO itself)")
+    p.add_argument("--stopping", choices=STOPPING, default=_D.stopping,
+                   help="convergence rule: best = best of the last --window epochs vs the best before; "
+                        "endpoints = last epoch vs --window epochs before (the rule before 0.2)")
     p.add_argument("--batch-size", type=_POS_INT, default=_D.batch_size)
     p.add_argument("--lr", type=_POS_FLOAT, default=_D.lr)
     p.add_argument("--epochs", type=_POS_INT, default=_D.epochs, help="maximum epochs per stage")

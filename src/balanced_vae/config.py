@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .nets import default_width
+from .nets import NETS, default_latent_dim, default_width
+
+
+#: convergence rules of a stage (``TrainConfig.stopping``)
+STOPPING = ("best", "endpoints")
+
+#: what a field missing from a saved config.json meant when that run was made: runs written
+#: before the field existed re-create (and resume) as they were trained
+LEGACY: dict[str, Any] = {"stopping": "endpoints", "kl_warmup": 0, "net": "small"}
 
 
 #: the decoder mean g(z) of :attr:`TrainConfig.output`
@@ -28,6 +36,19 @@ class TrainConfig:
     ``lr_drops`` > 0 lets a stage go on when its convergence rule fires: the learning rate is
     divided by 10 and the rule's window starts again, up to ``lr_drops`` times per stage; the
     stage ends at the next firing after the last drop (0: Algorithm 1 as the paper states it).
+
+    ``kl_warmup`` > 0 weighs the KL term by ``min(1, step / (kl_warmup x steps per epoch))`` in
+    the first ``kl_warmup`` epochs of the first stage, so that large networks learn to use z before
+    the prior pulls q(z|x) onto it (without it they can settle on the mean image: posterior
+    collapse); from then on the objective is the ELBO itself, and the stopping rule only compares
+    epochs after the warm-up. ``stopping`` picks the convergence rule: ``"best"`` (the default)
+    ends a stage when the best validation objective of the last ``window`` epochs beats the best
+    before them by less than ``tol`` nats per dimension; ``"endpoints"`` (the rule before 0.2)
+    compares only the last epoch with the one ``window`` epochs earlier, which validation noise
+    can fire while the objective still rises.
+
+    ``net`` names the built-in network family (:data:`balanced_vae.nets.NETS`): ``small`` (the
+    default), ``paper`` (the WAE/RAE conv net) or ``res`` (an efficient residual net).
 
     ``networks`` names your own networks as an importable factory ``"module:function"``
     (or ``"/path/file.py:function"``), called as ``function(data_shape, latent_dim,
@@ -54,6 +75,7 @@ class TrainConfig:
     latent_dim: int | None = None
     width: int | None = None
     blocks: int = 0
+    net: str = "small"
     batch_size: int = 128
     lr: float = 1e-3
     epochs: int = 30
@@ -61,6 +83,8 @@ class TrainConfig:
     tol: float = 1e-3
     window: int = 3
     lr_drops: int = 0
+    kl_warmup: int = 0
+    stopping: str = "best"
     n_val: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -85,7 +109,7 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
-        for name in ("min_epochs", "seed", "lr_drops", "blocks") + (("n_val",) if self.n_val is not None else ()):
+        for name in ("min_epochs", "seed", "lr_drops", "blocks", "kl_warmup") + (("n_val",) if self.n_val is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")
@@ -93,6 +117,15 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 bad(name, "a finite number > 0")
+        if self.net not in NETS:
+            bad("net", f"one of {', '.join(NETS)}")
+        if self.net != "small" and self.networks is not None:
+            bad("net", "'small' with your own `networks` (they replace the built-in families)")
+        if self.stopping not in STOPPING:
+            bad("stopping", f"one of {', '.join(STOPPING)}")
+        if self.kl_warmup >= self.epochs:
+            bad("kl_warmup", f"shorter than the epoch cap (--epochs {self.epochs}), so that the stage can "
+                             "converge on the ELBO itself")
         if self.blocks and self.networks is not None:
             bad("blocks", "0 with your own `networks` (give their depth in network_args instead)")
         if self.output not in OUTPUTS + (None,):
@@ -111,8 +144,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.output='sigmoid' bounds the decoder mean to (0, 1), but the data are a "
                              "real-valued table; fix: output='identity' (command line: --output identity) or None")
         output = (self.output or "identity") if real_valued else self.output
-        latent = self.latent_dim or (8 if len(shape) == 3 and shape[1] <= 16 else 16)
-        width = self.width or (default_width(shape) if self.networks is None else None)
+        latent = self.latent_dim or default_latent_dim(shape, self.net)
+        width = self.width or (default_width(shape, self.net) if self.networks is None else None)
         n_val = self.n_val
         if n_val is None and n_train_images is not None:
             n = min(self.n_train, n_train_images) if self.n_train else n_train_images
@@ -129,7 +162,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         try:
-            return cls(**d)
+            return cls(**{**LEGACY, **d})
         except (TypeError, ValueError) as e:   # a hand edit: one clear error, naming the file, for every command
             raise ValueError(f"{source}: {e}; fix: undo the edit (a run's config.json must stay as train "
                              "wrote it)") from None

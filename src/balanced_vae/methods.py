@@ -136,7 +136,8 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     likelihood = get_method(config.method).likelihood(config)
     output = config.output or "sigmoid"   # None: images (configs saved before the field existed)
     if config.networks is None:
-        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks), likelihood, output=output)
+        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks, config.net),
+                   likelihood, output=output)
 
     def make():
         return build_networks(config.networks, shape, config.latent_dim, config.network_args)

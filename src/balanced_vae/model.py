@@ -219,7 +219,7 @@ class VAE(nn.Module):
         init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
         extra = init - floor if init > floor else 0.01 * max(floor, 1e-8)
         head = make_decoder(self.spec)
-        last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+        last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
         with torch.no_grad():
             last.weight.zero_()
             last.bias.fill_(math.log(extra))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
@@ -79,11 +80,37 @@ class ELBO:
     method (``learned``), the plain VAE (fixed sigma^2 = 0.5) or the paper's beta-VAE
     (fixed sigma^2 = 1)."""
 
+    kl_coef: ClassVar[float] = 1.0   # the weight of KL(q(z|x) || p(z)) in ``loss`` (see :class:`KLWarmup`)
+
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = elbo_terms(model, x)
         out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out["loss"] = -out["elbo"]
         return out
+
+
+class KLWarmup:
+    """An objective whose KL(q(z|x) || p(z)) term is weighed by ``weight`` in [0, 1]:
+
+        loss_w = loss - (1 - weight) kl_coef KL,
+
+    so ``weight = 1`` is the objective itself (for :class:`ELBO`: -E_q log p(x|z) + w KL).
+    The trainer sets ``weight`` before each step of the warm-up (``TrainConfig.kl_warmup``);
+    Bowman et al. (2016) and Sonderby et al. (2016) use such a ramp against posterior collapse.
+    Objectives without a KL term (WAE-MMD) are refused.
+    """
+
+    def __init__(self, objective: Callable) -> None:
+        coef = getattr(objective, "kl_coef", None)
+        if coef is None:
+            raise ValueError(f"{type(objective).__name__} has no KL term to warm up; fix: --kl-warmup 0")
+        self.objective, self.kl_coef, self.weight = objective, float(coef), 1.0
+
+    def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = self.objective(model, x)
+        if self.weight < 1.0:
+            t["loss"] = t["loss"] - (1.0 - self.weight) * self.kl_coef * t["kl"]
+        return t
 
 
 # --------------------------------------------------------------------------- beta-VAE
@@ -111,6 +138,10 @@ class BetaVAE:
     """
 
     beta: float = 2.0
+
+    @property
+    def kl_coef(self) -> float:
+        return self.beta
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
@@ -269,6 +300,7 @@ class DIPVAE:
     kind: str = "i"
     lambda_od: float = 10.0
     lambda_d: float = 100.0
+    kl_coef: ClassVar[float] = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("i", "ii"):

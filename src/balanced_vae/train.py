@@ -40,7 +40,7 @@ from .data import Dataset, load_dataset
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
 from .methods import build_model, build_objective, n_stages
 from .model import eval_mode
-from .objectives import LOG_2PI, NOT_TERMS, elbo_terms
+from .objectives import LOG_2PI, NOT_TERMS, KLWarmup, elbo_terms
 from .provenance import provenance, source_commit
 from .sources import as_data, epoch_batches, rows
 
@@ -140,16 +140,21 @@ def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size
 
 
 def _converged(history: list[float], config: TrainConfig, dims: int, since: int = 0) -> bool:
-    """The validation objective moved by less than ``tol`` nats per dimension over ``window`` epochs.
+    """The validation objective improved by less than ``tol`` nats per dimension over ``window`` epochs.
 
-    Absolute, not relative: the ELBO carries the constant -D/2 log(2 pi sigma^2), so a
+    ``stopping="best"``: the best of the last ``window`` epochs against the best before them, so
+    one lucky or unlucky epoch neither ends nor prolongs a stage; ``"endpoints"``: the last epoch
+    against the one ``window`` epochs before (the rule of runs made before 0.2). Absolute, not relative: the ELBO carries the constant -D/2 log(2 pi sigma^2), so a
     relative rule stops runs near -480 nats early and never stops runs near 0. ``since``:
-    the epochs of ``history`` before it (those before a learning-rate drop) are not compared.
+    the epochs of ``history`` before it (before a learning-rate drop, or in the KL warm-up) are not compared.
     """
     w = config.window
     if len(history) < max(config.min_epochs, since + w + 1):
         return False
-    return abs(history[-1] - history[-1 - w]) / dims < config.tol
+    h = history[since:]
+    if config.stopping == "endpoints":   # two noisy points: fires while the trend still rises
+        return abs(h[-1] - h[-1 - w]) / dims < config.tol
+    return (max(h[-w:]) - max(h[:-w])) / dims < config.tol
 
 
 def split_train(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -479,9 +484,11 @@ def _batches(n: int, batch_size: int, world: int) -> int:
     return steps - 1 if world > 1 and 0 < n % batch_size < world else steps
 
 
-def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world) -> tuple[dict, int | None]:
+def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world,
+                 warmup=None) -> tuple[dict, int | None]:
     """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
-    first step whose loss was non-finite (None if none).
+    first step whose loss was non-finite (None if none). ``warmup``: ``(objective, weight_of_step)``,
+    a :class:`~balanced_vae.objectives.KLWarmup` and the KL weight of each step of the epoch.
 
     Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are
     accumulated on the device (no host sync per step).
@@ -495,6 +502,8 @@ def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, ran
         batches = (x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]] for b in range(len(bar)))
     for b in bar:
         x = next(batches)
+        if warmup is not None:
+            warmup[0].weight = warmup[1](b)
         with autocast():
             terms = step(x)
         optimiser.zero_grad(set_to_none=True)
@@ -583,7 +592,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         model.likelihood.reduce_step = all_reduce_sum
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.precision == "bf16" \
         else nullcontext
-    step = _stepper(model, objective, device)
+    warm = KLWarmup(objective) if config.kl_warmup else None
+    step = _stepper(model, warm if warm is not None and st.stage == 1 else objective, device)
     writer = _tensorboard(out) if rank == 0 else None
     for _ in itertools.count() if stop_after is None else range(stop_after):
         if st.done:
@@ -595,7 +605,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         bar = tqdm(range(n_batches), desc=f"stage {st.stage} epoch {st.epoch + 1}",
                    disable=not progress or rank != 0, leave=False)
         sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
-                                      autocast=autocast, bar=bar, rank=rank, world=world)
+                                      autocast=autocast, bar=bar, rank=rank, world=world,
+                                      warmup=_warmup(warm, st, config, n_batches))
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
         if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
@@ -609,6 +620,8 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         row = _epoch_row(st, sums, min(len(perm), n_batches * config.batch_size), val, model, closed_form, dims,
                          time.perf_counter() - t0)
         row["lr"] = optimiser.param_groups[0]["lr"]
+        if warm is not None and st.stage == 1:
+            row["kl_weight"] = warm.weight
         if st.stage == 1:
             st.sigma2_star = model.likelihood.sigma2
         reason = broadcast(_stop_reason(st, config, dims, bool(val)))   # every rank stops with rank 0
@@ -769,9 +782,21 @@ def _drop_lr(optimiser, st: _State) -> float:
     return optimiser.param_groups[0]["lr"]
 
 
+def _warmup(warm: KLWarmup | None, st: _State, config, n_batches: int):
+    """``(warm, weight_of_step)`` for an epoch of stage 1 inside the KL warm-up, else None: the weight
+    rises linearly over the warm-up's steps, ``min(1, steps done / (kl_warmup x steps per epoch))``."""
+    if warm is None or st.stage != 1 or st.epoch >= config.kl_warmup:
+        if warm is not None:
+            warm.weight = 1.0
+        return None
+    total = config.kl_warmup * n_batches
+    return warm, lambda b: min(1.0, (st.epoch * n_batches + b + 1) / total)
+
+
 def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
     """Why the current stage ends after this epoch: converged, max_epochs, max_minutes, or None."""
-    if validated and _converged(st.history, config, dims, since=st.lr_dropped_at):
+    since = max(st.lr_dropped_at, config.kl_warmup if st.stage == 1 else 0)
+    if validated and _converged(st.history, config, dims, since=since):
         return "converged"
     if st.epoch >= config.epochs:
         return "max_epochs"

@@ -16,6 +16,7 @@ steps, and the ratio to plain fp32:
 
     OMP_NUM_THREADS=2 python bench/train_levers.py > bench/results/train_levers.json
     OMP_NUM_THREADS=2 python bench/train_levers.py --width 64 --levers fp32,bf16   (cost of a wider net)
+    OMP_NUM_THREADS=2 python bench/train_levers.py --net res --levers fp32,bf16,channels_last   (a family)
 """
 from __future__ import annotations
 
@@ -70,12 +71,14 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--levers", default=",".join(LEVERS))
-    p.add_argument("--width", type=int, default=32, help="network width (base channels) of the model timed")
+    p.add_argument("--width", type=int, default=None, help="network width (base channels; default: the family's)")
+    p.add_argument("--net", default="small", help="network family timed: small, paper or res (default small)")
     a = p.parse_args(argv)
     levers = a.levers.split(",")
     data = load_dataset("mnist", data_dir=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
     x = data.x_train[: 256 * a.steps + 256]
-    cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=a.width).resolved((1, 28, 28))
+    cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=a.width,
+                      net=a.net).resolved((1, 28, 28))
     objective = build_objective(cfg)
     built, warmup = {}, {}
     for lever in levers:            # build once; the warm-up pays compilation and first-touch costs
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
     print(json.dumps({"bench": "train_levers", "images_per_s": med,
                       "ratio_vs_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items()} if "fp32" in med
                       else None,
-                      "warmup_seconds": warmup, "width": a.width, "rounds": a.rounds, "steps": a.steps,
+                      "warmup_seconds": warmup, "net": cfg.net, "width": cfg.width, "rounds": a.rounds, "steps": a.steps,
                       "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "machine": platform.machine(),
                       "cpu_flags": sorted({f for f in open("/proc/cpuinfo").read().split()

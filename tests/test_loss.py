@@ -19,7 +19,8 @@ def _plain_loop(config, data, epochs):
     model = build_model(config, data.shape)            # the same initial weights as the trainer's
     enc, dec = model.encoder, model.decoder
     loss_fn = BalancedLoss()
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=config.lr)
+    adam = torch.optim.RAdam if config.optimiser == "radam" else torch.optim.Adam   # the trainer's optimiser
+    opt = adam([*enc.parameters(), *dec.parameters()], lr=config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     rows = []
     for _ in range(epochs):

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__, writes
 from .atomic import DiskFullError, write_json_atomic
 from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
-from .config import OUTPUTS, STOPPING, TrainConfig
+from .config import OPTIMISERS, OUTPUTS, STOPPING, TrainConfig
 from .data import DataError, load_dataset
 from .data.table import TARGET_SEP
 from .demo import DEMO_CONFIG, run_demo
@@ -108,6 +108,12 @@ def _add_train(sub) -> None:
     p.add_argument("--kl-warmup", type=_NONNEG_INT, default=_D.kl_warmup,
                    help="epochs over which the KL weight rises from 0 to 1 at the start of stage 1, against "
                         "posterior collapse of large networks (the converged objective is the ELBO itself)")
+    p.add_argument("--lr-warmup", type=_NONNEG_INT, default=_D.lr_warmup,
+                   help="Adam steps over which the learning rate rises linearly to --lr at the start of stage 1 "
+                        "(against the saturated, all-black decoder that wide or deep networks fall into; 0: off)")
+    p.add_argument("--optimiser", choices=OPTIMISERS, default=_D.optimiser,
+                   help="radam: rectified Adam, whose damped first steps keep wide or deep networks from "
+                        "saturating on the all-black image; adam: plain Adam (runs made before 0.2)")
     p.add_argument("--stopping", choices=STOPPING, default=_D.stopping,
                    help="convergence rule: best = best of the last --window epochs vs the best before; "
                         "endpoints = last epoch vs --window epochs before (the rule before 0.2)")

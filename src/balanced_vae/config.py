@@ -16,7 +16,10 @@ STOPPING = ("best", "endpoints")
 
 #: what a field missing from a saved config.json meant when that run was made: runs written
 #: before the field existed re-create (and resume) as they were trained
-LEGACY: dict[str, Any] = {"stopping": "endpoints", "kl_warmup": 0, "net": "small"}
+LEGACY: dict[str, Any] = {"stopping": "endpoints", "kl_warmup": 0, "lr_warmup": 0, "net": "small", "optimiser": "adam"}
+
+#: optimisers of every stage (``TrainConfig.optimiser``)
+OPTIMISERS = ("radam", "adam")
 
 
 #: the decoder mean g(z) of :attr:`TrainConfig.output`
@@ -41,7 +44,13 @@ class TrainConfig:
     the first ``kl_warmup`` epochs of the first stage, so that large networks learn to use z before
     the prior pulls q(z|x) onto it (without it they can settle on the mean image: posterior
     collapse); from then on the objective is the ELBO itself, and the stopping rule only compares
-    epochs after the warm-up. ``stopping`` picks the convergence rule: ``"best"`` (the default)
+    epochs after the warm-up. ``lr_warmup`` > 0 raises the learning rate linearly from
+    ``lr / lr_warmup`` to ``lr`` over the first ``lr_warmup`` Adam steps of stage 1: without it, wide or
+    deep networks at lr 1e-3 drive the decoder's logits to -inf in their first steps (the sigmoid
+    saturates on the all-black image, and no gradient reaches z again). ``optimiser``: ``"radam"``
+    (the default; rectified Adam, Liu et al. 2020, whose first steps are damped until Adam's
+    second-moment estimate is reliable, and which is Adam thereafter) or ``"adam"`` (runs made
+    before 0.2). RAdam is what keeps wide and deep networks out of that saturation at lr 1e-3. ``stopping`` picks the convergence rule: ``"best"`` (the default)
     ends a stage when the best validation objective of the last ``window`` epochs beats the best
     before them by less than ``tol`` nats per dimension; ``"endpoints"`` (the rule before 0.2)
     compares only the last epoch with the one ``window`` epochs earlier, which validation noise
@@ -84,6 +93,8 @@ class TrainConfig:
     window: int = 3
     lr_drops: int = 0
     kl_warmup: int = 0
+    lr_warmup: int = 0
+    optimiser: str = "radam"
     stopping: str = "best"
     n_val: int | None = None
     max_minutes: float | None = None
@@ -109,7 +120,7 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
-        for name in ("min_epochs", "seed", "lr_drops", "blocks", "kl_warmup") + (("n_val",) if self.n_val is not None else ()):
+        for name in ("min_epochs", "seed", "lr_drops", "blocks", "kl_warmup", "lr_warmup") + (("n_val",) if self.n_val is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")
@@ -121,6 +132,8 @@ class TrainConfig:
             bad("net", f"one of {', '.join(NETS)}")
         if self.net != "small" and self.networks is not None:
             bad("net", "'small' with your own `networks` (they replace the built-in families)")
+        if self.optimiser not in OPTIMISERS:
+            bad("optimiser", f"one of {', '.join(OPTIMISERS)}")
         if self.stopping not in STOPPING:
             bad("stopping", f"one of {', '.join(STOPPING)}")
         if self.kl_warmup >= self.epochs:

@@ -50,7 +50,8 @@ class NetSpec:
     def __post_init__(self) -> None:
         if self.net not in NETS:
             raise ValueError(f"unknown network family {self.net!r}; choose one of {', '.join(NETS)} (--net)")
-        if self.blocks and self.family == "mlp":
+        family = self.family   # refuses shapes and families that do not go together
+        if self.blocks and family == "mlp":
             raise ValueError(f"blocks={self.blocks}: residual blocks need a conv network (28x28 or 64x64 "
                              f"images), not the MLP of images of shape {self.shape}; fix: --blocks 0")
         if self.blocks and self.net != "small":

@@ -487,8 +487,8 @@ def _batches(n: int, batch_size: int, world: int) -> int:
 def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world,
                  warmup=None) -> tuple[dict, int | None]:
     """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
-    first step whose loss was non-finite (None if none). ``warmup``: ``(objective, weight_of_step)``,
-    a :class:`~balanced_vae.objectives.KLWarmup` and the KL weight of each step of the epoch.
+    first step whose loss was non-finite (None if none). ``warmup(b)``, when given, is called before
+    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`).
 
     Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are
     accumulated on the device (no host sync per step).
@@ -503,7 +503,7 @@ def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, ran
     for b in bar:
         x = next(batches)
         if warmup is not None:
-            warmup[0].weight = warmup[1](b)
+            warmup(b)
         with autocast():
             terms = step(x)
         optimiser.zero_grad(set_to_none=True)
@@ -535,9 +535,11 @@ def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
 
 
 def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser of every stage: Adam at ``config.lr`` over all of the model's parameters
-    (a fresh one at the stage switch, whose new variance head starts from zero moments)."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+    """The optimiser of every stage: RAdam (or Adam, ``config.optimiser``) at ``config.lr`` over all of
+    the model's parameters (a fresh one at the stage switch, whose new variance head starts from zero
+    moments)."""
+    kind = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[config.optimiser]
+    return kind(model.parameters(), lr=config.lr)
 
 
 @dataclass
@@ -606,7 +608,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                    disable=not progress or rank != 0, leave=False)
         sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
                                       autocast=autocast, bar=bar, rank=rank, world=world,
-                                      warmup=_warmup(warm, st, config, n_batches))
+                                      warmup=_warmup(warm, optimiser, st, config, n_batches))
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
         if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
@@ -782,15 +784,28 @@ def _drop_lr(optimiser, st: _State) -> float:
     return optimiser.param_groups[0]["lr"]
 
 
-def _warmup(warm: KLWarmup | None, st: _State, config, n_batches: int):
-    """``(warm, weight_of_step)`` for an epoch of stage 1 inside the KL warm-up, else None: the weight
-    rises linearly over the warm-up's steps, ``min(1, steps done / (kl_warmup x steps per epoch))``."""
-    if warm is None or st.stage != 1 or st.epoch >= config.kl_warmup:
+def _warmup(warm: KLWarmup | None, optimiser, st: _State, config, n_batches: int):
+    """``on_step(b)`` for an epoch of stage 1 that has a warm-up step, else None (and the warm-ups done).
+
+    Step ``b`` of epoch ``e`` is step ``s = e n_batches + b`` of the stage. The KL weight is
+    ``min(1, (s + 1) / (kl_warmup n_batches))``; the learning rate ``lr min(1, (s + 1) / lr_warmup)``.
+    Both are functions of the step alone, so a resumed run takes the same values.
+    """
+    kl_steps, lr_steps = config.kl_warmup * n_batches, config.lr_warmup
+    first = st.epoch * n_batches
+    if st.stage != 1 or first >= max(kl_steps, lr_steps):
         if warm is not None:
             warm.weight = 1.0
         return None
-    total = config.kl_warmup * n_batches
-    return warm, lambda b: min(1.0, (st.epoch * n_batches + b + 1) / total)
+
+    def on_step(b: int) -> None:
+        s = first + b + 1
+        if warm is not None:
+            warm.weight = min(1.0, s / kl_steps) if kl_steps else 1.0
+        if s <= lr_steps:
+            for group in optimiser.param_groups:
+                group["lr"] = config.lr * s / lr_steps
+    return on_step
 
 
 def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:

@@ -1,0 +1,210 @@
+"""Issue 27: network families by name, the KL warm-up, and the 'best' convergence rule."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from balanced_vae.cli import main
+from balanced_vae.config import TrainConfig
+from balanced_vae.data import load_dataset
+from balanced_vae.likelihoods import FixedVariance
+from balanced_vae.methods import build_model, build_objective
+from balanced_vae.model import VAE
+from balanced_vae.nets import NETS, NetSpec, count_macs, default_latent_dim, default_width, make_decoder, make_encoder
+from balanced_vae.objectives import ELBO, WAEMMD, BetaVAE, KLWarmup, elbo_terms
+from balanced_vae.train import _converged, _warmup, _State, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _layers(net: nn.Module, kind) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 64, 64)])
+def test_every_family_maps_images_to_codes_and_back(net, shape):
+    L, w = default_latent_dim(shape, net), 8
+    spec = NetSpec(shape, L, w, net=net)
+    enc, dec = make_encoder(spec), make_decoder(spec)
+    assert enc(torch.rand(3, *shape)).shape == (3, 2 * L)
+    assert dec(torch.randn(3, L)).shape == (3, *shape)
+
+
+def test_the_paper_net_is_the_wae_rae_architecture():
+    """28x28: zero-padded to 32, 4x4 stride-2 convs at 128-256-512-1024 with BatchNorm, a dense layer to
+    2L; the decoder is dense to 8x8x1024, up-convs to 512 and 256, then one to a single channel."""
+    spec = NetSpec((1, 28, 28), 16, default_width((1, 28, 28), "paper"), net="paper")
+    enc, dec = make_encoder(spec), make_decoder(spec)
+    convs = _layers(enc, nn.Conv2d)
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == \
+           [(128, (4, 4), (2, 2)), (256, (4, 4), (2, 2)), (512, (4, 4), (2, 2)), (1024, (4, 4), (2, 2))]
+    assert len(_layers(enc, nn.BatchNorm2d)) == 4 and _layers(enc, nn.Linear)[-1].out_features == 32
+    assert _layers(dec, nn.Linear)[0].out_features == 8 * 8 * 1024
+    assert [u.out_channels for u in _layers(dec, nn.ConvTranspose2d)] == [512, 256]
+    # CelebA (64x64): 5x5 kernels and a 64-dimensional latent space by default
+    spec64 = NetSpec((3, 64, 64), default_latent_dim((3, 64, 64), "paper"), 128, net="paper")
+    assert spec64.latent_dim == 64
+    assert {c.kernel_size for c in _layers(make_encoder(spec64), nn.Conv2d)} == {(5, 5)}
+    # MACs: the paper net costs hundreds of times the small one (why it is a GPU job)
+    small = NetSpec((1, 28, 28), 16, 32)
+    assert count_macs(dec, (16,)) > 100 * count_macs(make_decoder(small), (16,))
+
+
+def test_the_network_family_is_recorded_and_reloaded(tmp_path):
+    from balanced_vae.runs import load_run
+
+    cfg = TrainConfig(dataset="mnist", net="res", width=4, epochs=1, stages=1, n_train=64, n_test=16)
+    x = torch.rand(80, 1, 28, 28)
+    from balanced_vae.sources import as_data
+    run = train(cfg, tmp_path / "r", data=as_data(x[:64], x[64:]), progress=False)
+    assert json.loads((run / "config.json").read_text())["net"] == "res"
+    assert load_run(run).model.spec.net == "res"
+
+
+def test_bad_families_and_warmups_are_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--net", "huge", "--out", str(out)])
+    assert e.value.code == 2 and "huge" in capsys.readouterr().err
+    assert main(["train", "--kl-warmup", "5", "--epochs", "5", "--out", str(out)]) == 2
+    assert "kl_warmup" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--net small"):
+        NetSpec((1, 8, 8), 4, 8, net="res")              # tiny images have the MLP only
+    with pytest.raises(ValueError, match="--blocks 0"):
+        NetSpec((1, 28, 28), 4, 8, blocks=1, net="paper")
+    with pytest.raises(ValueError, match="no KL term"):
+        KLWarmup(WAEMMD())
+
+
+def _model(sigma2: float = 0.3) -> VAE:
+    torch.manual_seed(0)
+    return VAE(NetSpec((1, 8, 8), 3, 16), FixedVariance(sigma2))
+
+
+@pytest.mark.parametrize("objective", [ELBO(), BetaVAE(beta=2.0)])
+def test_the_warmup_weighs_the_kl_term_only(objective):
+    """loss_w = loss - (1 - w) kl_coef KL: at w = 1 the objective itself, at w = 0 without the KL."""
+    model, x = _model(), torch.rand(5, 1, 8, 8)
+    warm = KLWarmup(objective)
+    for w in (1.0, 0.25, 0.0):
+        warm.weight = w
+        torch.manual_seed(1)
+        got = warm(model, x)
+        torch.manual_seed(1)
+        ref = objective(model, x)
+        kl_coef = 1.0 if isinstance(objective, ELBO) else 2.0
+        assert torch.allclose(got["loss"], ref["loss"] - (1 - w) * kl_coef * ref["kl"])
+        if w == 1.0:
+            assert torch.equal(got["loss"], ref["loss"])
+    # ELBO at w = 0: minus the expected log-likelihood alone
+    warm.weight = 0.0
+    torch.manual_seed(1)
+    got = KLWarmup(ELBO())
+    got.weight = 0.0
+    g = got(model, x)
+    torch.manual_seed(1)
+    t = elbo_terms(model, x)
+    assert torch.allclose(g["loss"], -t["rec"].mean())
+
+
+def test_the_warmups_rise_linearly_and_end_at_the_elbo_and_lr():
+    """Over kl_warmup epochs of n steps the KL weight is (s + 1) / (kl_warmup n), over lr_warmup steps the
+    learning rate is lr (s + 1) / lr_warmup; after them the weight is 1 and the rate lr, so the trainer's
+    objective is the ELBO itself and Algorithm 1 converges to the same objective."""
+    cfg = TrainConfig(kl_warmup=2, lr_warmup=6, epochs=5, lr=1e-3)
+    warm, st, n = KLWarmup(ELBO()), _State(), 4
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    weights, lrs = [], []
+    for epoch in range(4):
+        st.epoch = epoch
+        on_step = _warmup(warm, opt, st, cfg, n)
+        for b in range(n):
+            if on_step:
+                on_step(b)
+            weights.append(warm.weight)
+            lrs.append(opt.param_groups[0]["lr"])
+    assert weights == [(i + 1) / 8 for i in range(8)] + [1.0] * 8
+    assert lrs == pytest.approx([1e-3 * (i + 1) / 6 for i in range(6)] + [1e-3] * 10)
+    st.stage, st.epoch = 2, 0                       # stage 2 never warms up
+    assert _warmup(warm, opt, st, cfg, n) is None and warm.weight == 1.0
+
+
+def test_a_warmed_up_run_logs_its_weights_and_converges_on_the_elbo(tmp_path, digits):
+    cfg = TrainConfig(kl_warmup=1, epochs=3, min_epochs=3, stages=1, n_train=300, n_test=50)
+    run = train(cfg, tmp_path / "r", data=digits, progress=False)
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kl_weight"] for r in rows] == [1.0, 1.0, 1.0]   # the weight at the end of each epoch
+    # the validation loss is always the full objective: the warm-up changes training steps only
+    assert all(abs(r["val_loss"] + r["val_elbo"]) < 1e-3 for r in rows)
+
+
+# validation ELBO of stage 1 of results/mnist-paper/runs/learned (epochs 14-23), which the
+# endpoint rule stopped at epoch 23 although the trend still rose about 1 nat per epoch
+MNIST_STAGE1 = [772.0, 773.3, 772.6, 778.7, 777.2, 777.8, 781.9, 786.0, 783.9, 782.5]
+
+
+def test_the_best_rule_does_not_stop_on_a_noisy_rise_that_the_endpoint_rule_stops_on():
+    best = TrainConfig(min_epochs=1, window=3, tol=1e-3)
+    endpoints = TrainConfig(min_epochs=1, window=3, tol=1e-3, stopping="endpoints")
+    assert _converged(MNIST_STAGE1, endpoints, 784)          # |782.5 - 781.9| = 0.6 < 0.784 nats
+    assert not _converged(MNIST_STAGE1, best, 784)           # the best rose 786.0 - 781.9 = 4.1
+    # a plateau stops both; a fall stops the best rule (nothing to gain from going on)
+    plateau = MNIST_STAGE1 + [786.3, 785.9, 786.2]
+    assert _converged(plateau, best, 784)
+    assert _converged(MNIST_STAGE1 + [780.0, 779.0, 778.0], best, 784)
+    # epochs before `since` (a KL warm-up, a learning-rate drop) are not compared
+    assert not _converged([0.0, 0.0, 0.0, 500.0, 600.0, 700.0, 700.1], best, 784, since=3)
+
+
+def test_configs_saved_before_the_new_fields_re_create_their_runs():
+    old = json.loads(TrainConfig().to_json())
+    for k in ("stopping", "kl_warmup", "net"):
+        old.pop(k)
+    old.pop("lr_warmup")
+    old.pop("optimiser")
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.stopping, cfg.kl_warmup, cfg.lr_warmup, cfg.net, cfg.optimiser) == \
+        ("endpoints", 0, 0, "small", "adam")
+    assert (TrainConfig().stopping, TrainConfig().optimiser) == ("best", "radam")
+
+
+def test_the_optimiser_is_radam_by_default_and_adam_on_request():
+    from balanced_vae.train import make_optimiser
+
+    model = _model()
+    assert type(make_optimiser(model, TrainConfig())) is torch.optim.RAdam
+    assert type(make_optimiser(model, TrainConfig(optimiser="adam"))) is torch.optim.Adam
+    with pytest.raises(ValueError, match="TrainConfig.optimiser"):
+        TrainConfig(optimiser="sgd")
+
+
+@pytest.mark.slow
+def test_the_wide_deep_command_that_collapsed_now_uses_its_latent_code(data_dir, tmp_path):
+    """Issue 27's probe: width 64 with two residual blocks per level, 2 epochs on 6,000 MNIST images. With
+    plain Adam at lr 1e-3 its decoder saturated on the all-black image within 20 steps (validation KL
+    1e-4 nats, sigma*^2 = E[x^2] = 0.112); with the default RAdam the code carries information."""
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--width", "64", "--blocks", "2",
+                 "--n-train", "6000", "--n-test", "500", "--epochs", "2", "--min-epochs", "2", "--stages", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_kl"] > 2.0
+    assert last["sigma2"] < 0.08                     # well below the all-black image's E[x^2] = 0.112
+
+
+def test_every_method_trains_on_every_family():
+    x = torch.rand(6, 1, 28, 28)
+    for method in ("learned", "vae", "beta-vae", "wae-mmd", "dip-vae-i"):
+        for net in NETS:
+            cfg = TrainConfig(dataset="mnist", method=method, net=net, width=4).resolved((1, 28, 28), 6)
+            torch.manual_seed(0)
+            model, objective = build_model(cfg, (1, 28, 28)), build_objective(cfg)
+            loss = objective(model, x)["loss"]
+            loss.backward()
+            assert torch.isfinite(loss)

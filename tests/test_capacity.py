@@ -136,12 +136,22 @@ def test_the_warmups_rise_linearly_and_end_at_the_elbo_and_lr():
 
 
 def test_a_warmed_up_run_logs_its_weights_and_converges_on_the_elbo(tmp_path, digits):
-    cfg = TrainConfig(kl_warmup=1, epochs=3, min_epochs=3, stages=1, n_train=300, n_test=50)
+    cfg = TrainConfig(kl_warmup=2, epochs=4, min_epochs=4, stages=1, n_train=300, n_test=50, batch_size=64)
     run = train(cfg, tmp_path / "r", data=digits, progress=False)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["kl_weight"] for r in rows] == [1.0, 1.0, 1.0]   # the weight at the end of each epoch
+    n = 5   # steps per epoch: 270 fitted images (30 held out) in batches of 64
+    ramp = [(s + 1) / (2 * n) for s in range(2 * n)]
+    assert [r["kl_weight"] for r in rows] == pytest.approx([sum(ramp[:n]) / n, sum(ramp[n:]) / n, 1.0, 1.0])
     # the validation loss is always the full objective: the warm-up changes training steps only
     assert all(abs(r["val_loss"] + r["val_elbo"]) < 1e-3 for r in rows)
+
+
+def test_warmups_that_cannot_apply_are_refused_before_anything_is_written(tmp_path, digits):
+    with pytest.raises(ValueError, match="no KL term"):
+        train(TrainConfig(method="wae-mmd", kl_warmup=1, epochs=3), tmp_path / "w", data=digits, progress=False)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        train(TrainConfig(lr_warmup=10_000, epochs=3), tmp_path / "l", data=digits, progress=False)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "l").exists()
 
 
 # validation ELBO of stage 1 of results/mnist-paper/runs/learned (epochs 14-23), which the
@@ -172,6 +182,12 @@ def test_configs_saved_before_the_new_fields_re_create_their_runs():
     assert (cfg.stopping, cfg.kl_warmup, cfg.lr_warmup, cfg.net, cfg.optimiser) == \
         ("endpoints", 0, 0, "small", "adam")
     assert (TrainConfig().stopping, TrainConfig().optimiser) == ("best", "radam")
+
+
+def test_a_folder_run_saved_before_folders_kept_their_size_reads_as_64(tmp_path):
+    d = {**json.loads(TrainConfig(dataset="folder:/data/imgs").to_json()), "image_size": None}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert TrainConfig.load(tmp_path / "config.json").image_size == 64
 
 
 def test_the_optimiser_is_radam_by_default_and_adam_on_request():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -120,6 +121,14 @@ def test_csv_end_to_end_train_sample_evaluate_report(tmp_path):
     assert rows[0] == ["p", "q", "r"] and len(rows) == 501
     draws = np.array(rows[1:], dtype=float)
     assert abs(draws[:, 2].mean() - 1000) < 100      # the original units, not standardised
+    # sampling again into the same folder replaces its own CSVs; a user's CSV there is never replaced
+    assert main(["sample", str(run), "--sampler", "gmm", "--components", "4", "--n", "10",
+                 "--out", str(tmp_path / "s")]) == 0
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "gmm_means.csv").write_text("precious\n")
+    assert main(["sample", str(run), "--sampler", "gmm", "--n", "10", "--out", str(user)]) == 2
+    assert (user / "gmm_means.csv").read_text() == "precious\n" and sorted(os.listdir(user)) == ["gmm_means.csv"]
     assert main(["evaluate", str(run), "--metrics", "elbo,iwae"]) == 0
     res = json.loads((run / "results.json").read_text())
     assert math.isfinite(res["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"])

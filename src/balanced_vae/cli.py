@@ -436,7 +436,8 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    kinds = ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy", "samples.json")
+    kinds = ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy", "samples.json",
+             "means.csv", "sigma.csv", "rows.csv")   # the CSVs: runs on tables (table_run.write_table_samples)
     names = tuple(f"{args.sampler}_{n}" for n in kinds) + (("compare_prior_gmm.png",) if args.compare else ())
     out = Folder(Path(args.out), names=names)
     writes.check("sample", folders=[out], inputs=[Input(Path(args.run), "run")])

@@ -190,4 +190,6 @@ class TrainConfig:
                                     "`balanced-vae train`?") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
+        if isinstance(d, dict) and str(d.get("dataset", "")).startswith("folder:") and d.get("image_size") is None:
+            d = {**d, "image_size": 64}   # written before folders kept their own size: None meant 64 then
         return cls.from_dict(d, source=str(path))

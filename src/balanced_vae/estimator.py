@@ -126,7 +126,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             width=None if self.width is None else int(self.width), batch_size=int(self.batch_size),
             lr=float(self.lr), epochs=int(self.epochs), n_val=self.n_val, seed=seed, output="identity")
         with tempfile.TemporaryDirectory(prefix="balanced-vae-") as tmp, torch.random.fork_rng(devices=[]):
-            run = load_run(train(config, tmp, data=data, progress=False, device=self.device))
+            run = load_run(train(config, tmp, data=data, progress=False, device=self.device, record=False))
         self.model_ = run.model.cpu().eval()
         self.config_ = run.config
         self.stage_ = run.stage

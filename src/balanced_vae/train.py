@@ -355,7 +355,7 @@ def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: Dataset | None = None,
           progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu",
-          branch_from: str | Path | None = None) -> Path:
+          branch_from: str | Path | None = None, record: bool = True) -> Path:
     """Train ``config`` into the run folder ``out`` (Algorithm 1); returns the folder.
 
     ``data`` may be given to skip loading: a :class:`~balanced_vae.data.Dataset`, or a tensor,
@@ -371,6 +371,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     the random states of the switch, and ``config`` may differ from that run's only in
     :data:`BRANCH_MAY_DIFFER` (the floor, the data folder). The branch equals a run trained from scratch
     with ``config``, bit for bit on one device (e.g. ``--pixel-floor 0`` beside the floored run).
+    ``record=False`` keeps a new folder out of the record of what balanced-vae made (:mod:`.writes`):
+    for callers that own a temporary folder (``BalancedVAE.fit``).
     """
     out = Path(out).expanduser()
     dev = resolve_device(device)
@@ -383,7 +385,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)   # validates hyperparameters before any file is written
-    split_train(data, config)             # validates n_val before any file is written
+    if config.kl_warmup:
+        KLWarmup(objective)               # refuses objectives without a KL term before any file is written
+    x_fit, _ = split_train(data, config)  # validates n_val before any file is written
+    if config.lr_warmup > config.epochs * _batches(len(x_fit), config.batch_size, rank_world()[1]):
+        raise ValueError(f"TrainConfig.lr_warmup={config.lr_warmup}: longer than the epoch cap (--epochs "
+                         f"{config.epochs} x {_batches(len(x_fit), config.batch_size, rank_world()[1])} steps); "
+                         "fix: a shorter --lr-warmup or more --epochs")
     branch = None
     if branch_from is not None and not resume:
         branch = branch_source(Path(branch_from).expanduser(), config)
@@ -392,12 +400,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
-    if not resume:   # the one write rule: a new folder, an empty one, or a run that train made
+    if not resume and record:   # the one write rule: a new folder, an empty one, or a run that train made
         writes.check("train", folders=[writes.Folder(out, "run")], inputs=[
             writes.input_of(config.dataset), writes.Input(Path(config.data_dir)) if config.data_dir else None,
             writes.Input(Path(branch_from).expanduser(), "run") if branch_from is not None else None])
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and record:
         writes.record("train", folders=[writes.Folder(out, "run")])
     with _run_lock(out):   # nothing is written into the folder before its lock is held
         note = _prepare_run_dir(out, config, resume)
@@ -413,7 +421,7 @@ def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
     switch; else a :class:`BranchError` that says why (no switch yet, no random states, another config)."""
     if not (run / CONFIG).is_file():
         raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
-    differ = _differences(TrainConfig.load(run / CONFIG), config, BRANCH_MAY_DIFFER)
+    differ = _differences(run_config(run), config, BRANCH_MAY_DIFFER)
     if differ:
         raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
                           f"change only {', '.join(BRANCH_MAY_DIFFER)}")
@@ -606,9 +614,9 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         n_batches = _batches(len(perm), config.batch_size, world)
         bar = tqdm(range(n_batches), desc=f"stage {st.stage} epoch {st.epoch + 1}",
                    disable=not progress or rank != 0, leave=False)
+        on_step = _warmup(warm, optimiser, st, config, n_batches)
         sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
-                                      autocast=autocast, bar=bar, rank=rank, world=world,
-                                      warmup=_warmup(warm, optimiser, st, config, n_batches))
+                                      autocast=autocast, bar=bar, rank=rank, world=world, warmup=on_step)
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
         if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
@@ -622,8 +630,9 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         row = _epoch_row(st, sums, min(len(perm), n_batches * config.batch_size), val, model, closed_form, dims,
                          time.perf_counter() - t0)
         row["lr"] = optimiser.param_groups[0]["lr"]
-        if warm is not None and st.stage == 1:
-            row["kl_weight"] = warm.weight
+        if warm is not None and st.stage == 1:   # the epoch's mean KL weight (1 after the warm-up)
+            w = on_step.kl_weights if on_step is not None else []
+            row["kl_weight"] = sum(w) / len(w) if w else 1.0
         if st.stage == 1:
             st.sigma2_star = model.likelihood.sigma2
         reason = broadcast(_stop_reason(st, config, dims, bool(val)))   # every rank stops with rank 0
@@ -802,9 +811,11 @@ def _warmup(warm: KLWarmup | None, optimiser, st: _State, config, n_batches: int
         s = first + b + 1
         if warm is not None:
             warm.weight = min(1.0, s / kl_steps) if kl_steps else 1.0
-        if s <= lr_steps:
+            on_step.kl_weights.append(warm.weight)
+        if s <= lr_steps:   # of the rate after any drop (a drop divides by 10)
             for group in optimiser.param_groups:
-                group["lr"] = config.lr * s / lr_steps
+                group["lr"] = config.lr / 10 ** st.lr_drops * s / lr_steps
+    on_step.kl_weights = []
     return on_step
 
 

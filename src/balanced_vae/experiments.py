@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, CONFIG, FINAL, STAGE1, load_checkpoint
+from .checkpoint import CHECKPOINT, FINAL, STAGE1, load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .train import BranchError, train
+from .train import BranchError, run_config, train
 
 log = logging.getLogger(__name__)
 

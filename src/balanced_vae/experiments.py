@@ -16,7 +16,7 @@ from pathlib import Path
 from .checkpoint import CHECKPOINT, CONFIG, FINAL, STAGE1, load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .train import BranchError, train
+from .train import BranchError, run_config, train
 
 log = logging.getLogger(__name__)
 

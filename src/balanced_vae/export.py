@@ -110,8 +110,8 @@ def export_run(run, out: str | Path, *, components: int | None = None, gmm: bool
         raise ValueError(f"{out}: exists and is not an empty folder or a model folder; fix: give a new folder "
                          "to export into")
     ckpt = run.checkpoint
-    gmm_card = None
-    gmm_tensors = None
+    gmm_card: dict[str, Any] | None = None
+    gmm_tensors: dict[str, torch.Tensor] | None = None
     if gmm:
         s = fit_gmm_for_run(run, components if components is not None else run.default_components,
                             fit_on="mean", data_dir=data_dir)
@@ -121,11 +121,11 @@ def export_run(run, out: str | Path, *, components: int | None = None, gmm: bool
     out.mkdir(parents=True, exist_ok=True)
     state = run.model.state_dict()
     _write_safetensors(out / WEIGHTS, state, {"format": CARD_FORMAT, "stage": str(run.stage)})
-    if gmm_tensors is None:
+    if gmm_tensors is None or gmm_card is None:
         (out / GMM_WEIGHTS).unlink(missing_ok=True)   # a model folder exported before, with its GMM
     else:
         _write_safetensors(out / GMM_WEIGHTS, gmm_tensors, {"format": CARD_FORMAT, "kind": "gmm"})
-        gmm_card = {**gmm_card, "file": GMM_WEIGHTS, "sha256": _sha256(out / GMM_WEIGHTS)}
+        gmm_card.update(file=GMM_WEIGHTS, sha256=_sha256(out / GMM_WEIGHTS))
     final = json.loads((run.path / FINAL).read_text()) if (run.path / FINAL).is_file() else {}
     commits = list(ckpt.get("commits") or final.get("trained_by_commits") or [])
     card = {
@@ -275,6 +275,6 @@ def card_gmm(run, components: int, fit_on: str, random_state: int, covariance_ty
         s.reg_covar_ = float(g["reg_covar_abs"])
     if g.get("backend") in ("torch", "sklearn"):
         s.backend_ = g["backend"]
-    s.init_params_, s.tol_ = s.init_params, s.tol
+    _, s.init_params_, s.tol_ = s._resolved()   # the card's settings are the resolved ones of the fit
     s.source = {**(g.get("source") or {}), "model_folder": str(run.path)}
     return s

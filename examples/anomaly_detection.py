@@ -60,7 +60,7 @@ print("most certain features (sigma / std):", ", ".join(f"{bunch.feature_names[j
 
 # %% 5. Generate: rows drawn from the GMM of the codes with per-feature noise, in the original units.
 fake = model.sample(1000, random_state=args.seed)
-print("mean radius of data vs samples: %.2f vs %.2f" % (x_train[:, 0].mean(), fake[:, 0].mean()))
+print(f"mean radius of data vs samples: {x_train[:, 0].mean():.2f} vs {fake[:, 0].mean():.2f}")
 
 print(json.dumps({"BalancedVAE": {k: round(ours[k], 3) for k in ("auroc", "auprc", "fpr_at_95_tpr")},
                   "IsolationForest": {k: round(theirs[k], 3) for k in ("auroc", "auprc", "fpr_at_95_tpr")}},

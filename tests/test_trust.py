@@ -294,7 +294,8 @@ def _argv(command: str, p: dict[str, Path], dest: str) -> list[str]:
             "fid": ["fid", str(p["a"]), str(p["b"]), "--out", dest],
             "fid-real": ["fid-real", "digits", "--n", "4", "--fid-cache", str(p["root"] / "fid-cache"), "--out", dest],
             "results-page": ["results-page", str(p["root"] / "userdir"), "--out", dest],
-            "slim": ["slim", dest]}[command]
+            "slim": ["slim", dest],
+            "export": ["export", run, dest, "--components", "2"]}[command]
 
 
 DESTINATIONS = {   # kind -> path in the sandbox; the first three are never to be written over
@@ -311,10 +312,10 @@ DESTINATIONS = {   # kind -> path in the sandbox; the first three are never to b
 NEVER = ("existing file", "input", "file in a non-run folder")
 
 
-@settings(max_examples=84, deadline=None, derandomize=True,
+@settings(max_examples=91, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(command=st.sampled_from(["train", "sample", "reconstruct", "evaluate", "kl", "latent-walk", "latent-plot",
-                                "report", "fid", "fid-real", "results-page", "slim"]),
+                                "report", "fid", "fid-real", "results-page", "slim", "export"]),
        kind=st.sampled_from(sorted(DESTINATIONS)))
 def test_no_command_changes_a_file_it_does_not_own(base_run, stand_in_inception, capsys, command, kind):
     stand_in_inception()

@@ -707,6 +707,36 @@ def _run_slim(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a model folder to share: safetensors weights, the GMM and a JSON card",
+        description="Write OUT/model.safetensors (the weights `evaluate` scores: the final stage, with the per-pixel "
+                    "variance head), OUT/gmm.safetensors (the GMM of Eq. 13 on the training codes, so `sample` needs "
+                    "no refit; fitting it needs the run's data) and OUT/model.json (config, data fingerprint, "
+                    "sigma*^2, training commits, the run's metrics with their protocol). Every command that takes "
+                    "a RUN, and runs.load_run, accept OUT; loading it never unpickles.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    p.add_argument("out", help="new folder (or a model folder export made) to write")
+    p.add_argument("--components", type=_POS_INT, default=None,
+                   help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)")
+    p.add_argument("--no-gmm", dest="gmm", action="store_false", help="leave the GMM out (no data needed)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+
+
+def _run_export(args) -> int:
+    from .export import MODEL_FILES, export_run
+
+    out = Folder(Path(args.out), names=MODEL_FILES)
+    writes.check("export", folders=[out], inputs=[Input(Path(args.run), "run"),
+                                                  Input(Path(args.run) / CHECKPOINT)])
+    path = export_run(args.run, args.out, components=args.components, gmm=args.gmm, data_dir=args.data_dir)
+    writes.record("export", folders=[out])
+    size = sum(f.stat().st_size for f in path.iterdir() if f.name in MODEL_FILES)
+    print(f"model folder {path}/ ({size / 2**20:.1f} MiB): {', '.join(sorted(f.name for f in path.iterdir()))}")
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train),
     "sample": (_add_sample, _run_sample),
@@ -723,6 +753,7 @@ COMMANDS = {
     "reproduce": (_add_reproduce, _run_reproduce),
     "results-page": (_add_results_page, _run_results_page),
     "slim": (_add_slim, _run_slim),
+    "export": (_add_export, _run_export),
 }
 
 

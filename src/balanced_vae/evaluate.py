@@ -298,7 +298,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo",
     # of q(z), since a fit on means squeezes unused latent dimensions to reg_covar (see samplers)
     fit_sampling = gmm_fit_on or "mean"
     fit_density = gmm_fit_on or "sample"
-    prov = {**provenance(run.path / which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
+    prov = {**provenance(run.path / run.which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
     dataset = _dataset_label(c)
     results: dict[str, Any] = {}
     for name in names:

@@ -221,11 +221,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n: int =
         raise ValueError(f"n={n}: the test split of {c.dataset} has {len(data.x_test)} images; choose 1 <= n <= "
                          f"{len(data.x_test)}")
     final = json.loads((run.path / FINAL).read_text()) if (run.path / FINAL).is_file() else {}
-    prov = provenance(run.path / CHECKPOINT)
+    prov = provenance(run.path / run.which)
     config = dataclasses.asdict(run.config)   # config.json with the changes of each resume (resumes.jsonl)
     protocol = [("run folder", str(run.path)), ("data set", f"{c.dataset}: {len(data.x_train)} training, "
                  f"{len(data.x_test)} test images of shape {tuple(data.shape)}"),
-                ("checkpoint", f"{CHECKPOINT} (stage {run.stage}, epoch {run.checkpoint.get('epoch')}), "
+                ("checkpoint", f"{run.which} (stage {run.stage}, epoch {run.checkpoint.get('epoch')}), "
                  f"sha256 {prov['checkpoint_sha256'][:16]}"),
                 ("decoder variance", json.dumps(run.model.likelihood.describe())),
                 ("sigma*^2 (Eq. 10, end of stage 1)", final.get("sigma2_star", run.checkpoint.get("sigma2_star"))),

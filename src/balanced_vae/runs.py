@@ -47,14 +47,19 @@ class Run:
     stage: int
     checkpoint: dict[str, Any]
     which: str = CHECKPOINT
+    card: dict[str, Any] | None = None   # the card of a model folder (`balanced-vae export`), else None
     _checked: Dataset | None = field(default=None, init=False, repr=False, compare=False)   # data already checked
 
     @classmethod
     def load(cls, run_dir: str | Path, *, which: str = CHECKPOINT) -> "Run":
-        """Rebuild the model of ``run_dir`` from ``config.json`` and the checkpoint file ``which``."""
+        """Rebuild the model of ``run_dir`` from ``config.json`` and the checkpoint file ``which``; a model
+        folder (``balanced-vae export``) is rebuilt from its card and safetensors weights instead."""
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run folder")
+        from .export import is_model_folder, load_model_folder
+        if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():   # safetensors + card: no torch.load
+            return load_model_folder(run_dir, which=which)
         config = run_config(run_dir)
         ckpt = load_checkpoint(run_dir / which)
         model = build_model(config, tuple(ckpt["shape"]))
@@ -110,7 +115,7 @@ class Run:
 
 
 def load_run(run_dir: str | Path, *, which: str = CHECKPOINT) -> Run:
-    """The run in ``run_dir`` (see :meth:`Run.load`)."""
+    """The run in ``run_dir``, a run folder or a model folder written by ``balanced-vae export`` (see :meth:`Run.load`)."""
     return Run.load(run_dir, which=which)
 
 
@@ -143,6 +148,11 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
     run = as_run(run)
     k = n_components if n_components is not None else run.default_components
     settings = {"fit_on": fit_on, "random_state": random_state, "covariance_type": covariance_type}
+    if run.card is not None:   # a model folder: the GMM saved in it, when it is the one asked for
+        from .export import card_gmm
+        saved = card_gmm(run, k, fit_on, random_state, covariance_type)
+        if saved is not None:
+            return saved
     cached = run.which == CHECKPOINT
     folder = run.gmm_dir(k, fit_on)
     weights_sha = model_sha256(run.model)

@@ -424,6 +424,8 @@ class GaussianMixtureSampler:
     ``fit_seconds_``.
     """
 
+    source: dict  # where a saved fit came from (set by ``load``, ``runs.fit_gmm_for_run``, ``export.card_gmm``)
+
     def __init__(self, n_components: int = 32, covariance_type: str = "full", fit_on: str = "mean",
                  random_state: int = 0, max_iter: int = 200, tol: float | None = None, reg_covar: float = 1e-6,
                  n_init: int = 1, init_params: str = "auto", backend: str = "auto") -> None:

@@ -43,7 +43,8 @@ __all__ = ["Folder", "Input", "NotSaved", "WriteRefused", "check", "input_of", "
            "record", "save", "state_dir"]
 
 # a run's own record: written by `train` (and `slim`) only, read by every other command
-RUN_RECORD = (CONFIG, CHECKPOINT, STAGE1, METRICS, FINAL, RESUMES, ".lock")
+RUN_RECORD = (CONFIG, CHECKPOINT, STAGE1, METRICS, FINAL, RESUMES, ".lock",
+              "model.safetensors", "gmm.safetensors", "model.json")   # and a model folder's (export.MODEL_FILES)
 # what the other commands write into a run under their default names (paths relative to the run)
 RUN_OUTPUTS = ("results*.json", "kl.json", "gmm_ablation.json", "report.html", "latent_density.png",
                "latent_walk.png", "latent_walk.json", "eval/*.json", "ood/*", "gmm_K*/*", "tensorboard/*",

@@ -1,6 +1,6 @@
 """Active latent dimensions of trained runs: Var_x E[z|x] and the KL per dimension on test images.
 
-    python bench/active_units.py results/mnist-paper/runs/learned results/fashion-mnist-paper/runs/learned
+    python bench/active_units.py results/mnist-paper/model results/fashion-mnist-paper/model
 
 Prints JSON per run. A dimension is active when Var_x E[z|x] > 0.01 (Burda et al. 2016); a collapsed
 posterior has none (see `stops.N.posterior_collapse` in final.json).

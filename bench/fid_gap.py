@@ -17,7 +17,7 @@ between it and the paper's number is what this decoder loses. Rows whose record 
 and gmm-mean rows are read from RUN/eval/ where ``reproduce`` already computed them for the same
 weights at the same n.
 
-    OMP_NUM_THREADS=2 python bench/fid_gap.py results/mnist-paper-gpu/runs/learned --out results/fid-gap
+    OMP_NUM_THREADS=2 python bench/fid_gap.py results/mnist-paper-gpu/model --out results/fid-gap
     -> OUT/<dataset>-<budget>-<run>/<variant>.json, OUT/SUMMARY.md, OUT/summary.json
 """
 from __future__ import annotations

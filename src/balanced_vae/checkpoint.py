@@ -97,15 +97,3 @@ def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[in
     save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS and k != "format_version"})
     return before, out.stat().st_size
 
-
-def __getattr__(name: str):
-    """``load_run`` and ``LoadedRun`` moved to :mod:`balanced_vae.runs`; the old names still work."""
-    if name in ("load_run", "LoadedRun"):
-        import warnings
-
-        from . import runs
-
-        warnings.warn(f"balanced_vae.checkpoint.{name} moved to balanced_vae.runs "
-                      f"({'load_run' if name == 'load_run' else 'Run'})", DeprecationWarning, stacklevel=2)
-        return runs.load_run if name == "load_run" else runs.Run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

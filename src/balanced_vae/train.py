@@ -14,7 +14,6 @@ rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -37,11 +36,15 @@ from .checkpoint import (CHECKPOINT, CONFIG, FINAL, METRICS, RESUMES, STAGE1, Ch
                          load_weights, save_checkpoint)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
+from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
+from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world, resolve_device
 from .methods import build_model, build_objective, n_stages
 from .model import eval_mode
 from .objectives import LOG_2PI, NOT_TERMS, KLWarmup, elbo_terms
 from .provenance import provenance, source_commit
+from .resume import SAFE_ON_RESUME, branch_source, differences, may_reopen, run_config
+# importable from here as before the rules and the splits moved (resume.py, data/splits.py)
+from .resume import BRANCH_MAY_DIFFER, BranchError  # noqa: F401
 from .sources import as_data, epoch_batches, rows
 
 log = logging.getLogger(__name__)
@@ -51,33 +54,8 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run."""
 
 
-class BranchError(CheckpointError):
-    """A run cannot start at another run's stage switch (see :func:`branch_source`); nothing was written."""
-
-
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; checks that a CUDA device exists."""
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and dev.index is None and local_cuda_index() is not None:
-        dev = torch.device("cuda", local_cuda_index())   # one GPU per rank under torchrun
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
-                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: only cpu and cuda are supported")
-    return dev
 
 
 def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
@@ -157,53 +135,6 @@ def _converged(history: list[float], config: TrainConfig, dims: int, since: int 
     return (max(h[-w:]) - max(h[:-w])) / dims < config.tol
 
 
-def split_train(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images a run fits on and the validation images its stopping rule watches.
-
-    The first ``n_train`` training images (all when None), of which the last ``n_val``
-    are held out. The test split is never touched here.
-    """
-    x = data.x_train[: config.n_train] if config.n_train else data.x_train
-    n_val = config.n_val or 0
-    if n_val >= len(x):
-        raise ValueError(f"n_val={n_val} leaves no training images of {len(x)}; choose a smaller --n-val")
-    return (x[: len(x) - n_val], x[len(x) - n_val:]) if n_val else (x, x[:0])
-
-
-def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
-    """The test images a run is evaluated on: the first ``n_test`` (all when None)."""
-    return data.x_test[: config.n_test] if config.n_test else data.x_test
-
-
-#: fields that may change when a run is resumed: longer training, the data's location
-SAFE_ON_RESUME = ("epochs", "max_minutes", "data_dir")
-
-
-def _differences(saved: TrainConfig, config: TrainConfig, allowed: tuple[str, ...]) -> str:
-    """The fields (but ``allowed``) where ``config`` differs from ``saved``, with the saved values:
-    ``"lr, width (lr=0.001, width=32)"``; empty when none."""
-    differ = [f.name for f in dataclasses.fields(TrainConfig)
-              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in allowed]
-    return f"{', '.join(differ)} ({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)})" if differ else ""
-
-
-def run_config(folder: str | Path) -> TrainConfig:
-    """The config a run folder trains under now: ``config.json`` as `train` created it, with the changes of
-    each resume (``resumes.jsonl``: raised caps, the data's new place) applied in order."""
-    folder = Path(folder).expanduser()
-    config = TrainConfig.load(folder / CONFIG)
-    path = folder / RESUMES
-    if not path.is_file():
-        return config
-    for i, ln in enumerate(path.read_text().splitlines()):
-        try:
-            changes = json.loads(ln)["changes"]
-            config = dataclasses.replace(config, **{k: v["to"] for k, v in changes.items() if k in SAFE_ON_RESUME})
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.warning("%s: line %d is not a resume record; ignored", path, i + 1)
-    return config
-
-
 def _check_caps(out: Path, config: TrainConfig) -> dict:
     """Refuse caps below what the run already ran (its config could no longer re-create it); returns the
     state of its checkpoint (stage, epoch)."""
@@ -235,7 +166,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
         write_text_atomic(out / CONFIG, config.to_json() + "\n")
         return None
     saved = run_config(out)
-    differ = _differences(saved, config, SAFE_ON_RESUME)
+    differ = differences(saved, config, SAFE_ON_RESUME)
     if differ:
         raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
                               f"{', '.join(SAFE_ON_RESUME)} may change on resume")
@@ -264,35 +195,6 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz", "csv") \
         else config.dataset
     return dataclasses.replace(config, data_dir=data_dir, dataset=dataset)
-
-
-def data_fingerprint(data: Dataset, config: TrainConfig) -> dict:
-    """Counts, shape and SHA-256 of the images a run trains and is tested on (its subsets)."""
-    x_train = data.x_train[: config.n_train] if config.n_train else data.x_train
-    x_test = test_images(data, config)
-    h = hashlib.sha256()
-    for x in (x_train, x_test):
-        held = x if isinstance(x, torch.Tensor) else getattr(x, "x", None)   # a TensorSource holds its tensor
-        if not isinstance(held, torch.Tensor):   # a streamed source: reading it all to hash it costs an epoch
-            return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": None}
-        h.update(held.detach().cpu().contiguous().numpy().tobytes())
-    return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": h.hexdigest()}
-
-
-def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, where: Path) -> None:
-    """Refuse data other than the run's own (when the checkpoint recorded it)."""
-    if not saved:
-        return
-    now = data_fingerprint(data, config)
-    if None in (now["sha256"], saved.get("sha256")):   # streamed data: counts and shape only
-        now, saved = ({k: v for k, v in d.items() if k != "sha256"} for d in (now, saved))
-    if now != saved:
-        raise CheckpointError(
-            f"{where}: the run was trained on other data ({saved['n_train']} train / {saved['n_test']} test images "
-            f"of shape {tuple(saved['shape'])}, sha256 {str(saved.get('sha256'))[:12]}) than the data given now "
-            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, "
-            f"sha256 {str(now.get('sha256'))[:12]}); "
-            f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
 
 
 def _tensorboard(out: Path):
@@ -404,38 +306,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch, note)
 
 
-BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
 COLLAPSE_KL = 0.1   # nats per image: below this at a stage's end the decoder ignores z
-
-
-def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
-    """``run``'s ``stage1.pt`` (path, checkpoint) when a run of ``config`` may start at ``run``'s stage
-    switch; else a :class:`BranchError` that says why (no switch yet, no random states, another config)."""
-    if not (run / CONFIG).is_file():
-        raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
-    differ = _differences(TrainConfig.load(run / CONFIG), config, BRANCH_MAY_DIFFER)
-    if differ:
-        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
-                          f"change only {', '.join(BRANCH_MAY_DIFFER)}")
-    if n_stages(config) < 2:
-        raise BranchError(f"--branch-from {run}: the new run has one stage; only stage 2 can branch")
-    path = run / STAGE1
-    if not path.is_file():
-        raise BranchError(f"{path}: {run} has not reached its stage switch yet; branch once stage 1 ended")
-    ckpt = load_checkpoint(path)
-    if "shuffle_rng" not in ckpt:
-        raise BranchError(f"{path}: holds no random states of the stage switch (written before branching "
-                          "existed, or slimmed); train the new run from scratch instead")
-    return path, ckpt
-
-
-def _reopen(stop: dict, epoch: int, stage_seconds: float, config: TrainConfig) -> bool:
-    """Whether a finished run's last stage, ended by a cap, may go on under raised caps."""
-    if stop.get("reason") == "max_epochs":
-        return epoch < config.epochs
-    if stop.get("reason") == "max_minutes":
-        return config.max_minutes is None or stage_seconds < 60 * config.max_minutes
-    return False
 
 
 def _cpu_state(module_or_optimiser) -> dict:
@@ -660,7 +531,7 @@ def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: in
     ``--epochs``, ``--max-minutes``) is reopened.
     """
     st = _state_of(ckpt)
-    reopen = st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
+    reopen = st.done and may_reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
     if st.stage == 2:
         model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
                                   init_sigma2=st.sigma2_star)

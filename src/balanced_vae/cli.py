@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__, writes
 from .atomic import DiskFullError, write_json_atomic
-from .checkpoint import CHECKPOINT, CONFIG, STAGE1, CheckpointError, slim_checkpoint
+from .checkpoint import CHECKPOINT, STAGE1, CheckpointError, slim_checkpoint
 from .config import OPTIMISERS, OUTPUTS, STOPPING, TrainConfig
 from .data import DataError, load_dataset
 from .data.table import TARGET_SEP
@@ -29,11 +29,14 @@ from .latent_walk import latent_walk_for_run
 from .methods import METHODS, resolve_hparams
 from .nets import NETS
 from .ood import ood_for_run, ood_markdown, write_ood
+from .protocol import FID_BACKENDS, PRESETS, QUICK, EvalProtocol, get_protocol
+from .protocol import PAPER as PAPER_PROTOCOL
 from .report import build_report
 from .reproduce import reproduce
 from .results_page import build_page
 from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
-from .train import BRANCH_MAY_DIFFER, run_config, train
+from .resume import branched_config, resumed_config
+from .train import train
 from .writes import Folder, Input, input_of
 
 
@@ -59,9 +62,58 @@ _NONNEG_FLOAT = _number(float, 0.0, True)
 
 
 def _add_fid_backend(p) -> None:
-    p.add_argument("--fid-backend", choices=["auto", "torch", "openvino"], default="auto",
+    p.add_argument("--fid-backend", choices=list(FID_BACKENDS), default=PAPER_PROTOCOL.fid_backend,
                    help="runs the Inception network: torch (CPU or CUDA) or openvino (CPU, FP32, 2-3x faster); "
                         "auto = openvino on the CPU when installed, else torch")
+
+
+#: the options of an evaluation protocol: flag -> (field of EvalProtocol, type, help)
+_PROTOCOL_OPTIONS = {
+    "--sampler": ("sampler", None, "p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set "
+                                   "beside the prior for precision/recall (pr)"),
+    "--components": ("components", _POS_INT, "K of the Gaussian mixture (Eq. 13)"),
+    "--gmm-fit-on": ("gmm_fit_on", None, "codes the GMM is fitted on (none: posterior means for FID sampling, "
+                                         "one z ~ q(z|x) per image where the GMM is a density: IWAE p(z), KL)"),
+    "--n-iwae": ("n_iwae", _POS_INT, "test images for the IWAE bound (a preset's count: all when fewer)"),
+    "--k": ("k", _POS_INT, "importance samples of the IWAE bound"),
+    "--n-fid": ("n_fid", _POS_INT, "generated and real test images for FID (a preset's count: all when fewer)"),
+    "--fid-batch-size": ("fid_batch_size", _POS_INT, "images per Inception pass"),
+    "--fid-backend": ("fid_backend", None, "runs the Inception network: torch (CPU or CUDA) or openvino (CPU, "
+                                           "FP32, 2-3x faster); auto = openvino on the CPU when installed, "
+                                           "else torch"),
+    "--n-pr": ("n_pr", _POS_INT, "generated images per sampler and real test images for precision/recall (pr)"),
+    "--k-pr": ("k_pr", _POS_INT, "nearest neighbours of the precision/recall manifolds"),
+    "--n-kl": ("n_kl", _POS_INT, "Monte-Carlo samples per KL estimate"),
+    "--kl-runs": ("kl_runs", _POS_INT, "independent KL estimates (mean and std reported)"),
+    "--seed": ("seed", _NONNEG_INT, "seed of every sample drawn"),
+}
+_PROTOCOL_CHOICES = {"sampler": list(SAMPLER_KINDS), "gmm_fit_on": ["mean", "sample"],
+                     "fid_backend": list(FID_BACKENDS)}
+
+
+class _Given(argparse.Action):
+    """Stores an option's value and notes that it was given, so it changes any preset, even to the paper's value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def _add_protocol(p) -> None:
+    """``--protocol NAME`` and an option per number of :class:`~balanced_vae.protocol.EvalProtocol`; each
+    default is the paper's preset, stated once there (the help adds the quick preset's where it differs)."""
+    p.add_argument("--protocol", choices=list(PRESETS), default="paper",
+                   help="the preset every number below starts from (paper: Section 5)")
+    for flag, (field, kind, text) in _PROTOCOL_OPTIONS.items():
+        quick = getattr(QUICK, field)
+        p.add_argument(flag, dest=field, type=kind, choices=_PROTOCOL_CHOICES.get(field), action=_Given,
+                       default=getattr(PAPER_PROTOCOL, field),
+                       help=text + (f"; quick: {quick}" if quick != getattr(PAPER_PROTOCOL, field) else ""))
+
+
+def protocol_of(args) -> EvalProtocol:
+    """The evaluation protocol of parsed options: the ``--protocol`` preset changed by the options given."""
+    return get_protocol(args.protocol).replace(**{f: getattr(args, f) for f in getattr(args, "given", ())})
 
 
 def _add_train(sub) -> None:
@@ -176,15 +228,7 @@ def _run_train_local(args, quiet: bool = False) -> int:
     """`train` in this process: a new run from the options, or --resume RUN under raised caps."""
     if args.resume:
         run = Path(args.resume)
-        config = run_config(run)
-        given = _given_options(args)
-        refused = sorted(given - {"resume", "device", "data_dir", "epochs", "max_minutes", "verbose", "dry_run"})
-        if refused:
-            raise ValueError(f"--resume {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot change "
-                             "when a run is resumed (its weights were trained with the values in "
-                             f"{run / CONFIG}); only --epochs, --max-minutes, --data-dir and --device may")
-        config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("epochs", "max_minutes", "data_dir")
-                                                if k in given})
+        config = resumed_config(run, {k: getattr(args, k) for k in _given_options(args) - _HOW - {"resume"}})
         if args.dry_run:
             print(config.to_json())
             return 0
@@ -223,6 +267,10 @@ def _run_train_local(args, quiet: bool = False) -> int:
     return 0
 
 
+#: `train` options that say how to run, not what: never a change of the run's config
+_HOW = {"device", "verbose", "dry_run"}
+
+
 def _given_options(args) -> set[str]:
     """The `train` options given on the command line (those that differ from their defaults)."""
     defaults = vars(build_parser().parse_args(["train"]))
@@ -232,16 +280,7 @@ def _given_options(args) -> set[str]:
 def _run_branch(args, quiet: bool) -> int:
     """`train --branch-from RUN --out NEW`: stage 2 of RUN's config (a new floor) from RUN's switch."""
     run = Path(args.branch_from)
-    if not (run / CONFIG).is_file():
-        raise ValueError(f"--branch-from {run}: {run / CONFIG} not found; give the folder of a run of Algorithm 1")
-    config = run_config(run)
-    given, may = _given_options(args), set(BRANCH_MAY_DIFFER)
-    refused = sorted(given - may - {"branch_from", "out", "device", "verbose", "dry_run"})
-    if refused:
-        raise ValueError(f"--branch-from {run}: {', '.join('--' + k.replace('_', '-') for k in refused)} cannot "
-                         f"be given (stage 1 was trained with the values in {run / CONFIG}); only --pixel-floor, "
-                         "--data-dir and --device may")
-    config = dataclasses.replace(config, **{k: getattr(args, k) for k in may & given})
+    config = branched_config(run, {k: getattr(args, k) for k in _given_options(args) - _HOW - {"branch_from", "out"}})
     if args.dry_run:
         print(config.to_json())
         return 0
@@ -281,31 +320,12 @@ def _add_evaluate(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
-    p.add_argument("--sampler", choices=list(SAMPLER_KINDS), default="prior",
-                   help="p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set beside "
-                        "the prior for precision/recall (pr)")
-    p.add_argument("--components", type=_POS_INT, default=DEFAULT_COMPONENTS, help="K of the Gaussian mixture (Eq. 13)")
-    p.add_argument("--gmm-fit-on", choices=["mean", "sample"], default=None,
-                   help="codes the GMM is fitted on (default: posterior means for FID sampling, one z ~ q(z|x) "
-                        "per image where the GMM is a density: IWAE p(z), KL)")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
-    p.add_argument("--n-iwae", type=_POS_INT, default=None,
-                   help="test images for the IWAE bound (default 500, or all when fewer)")
-    p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bound")
-    p.add_argument("--n-fid", type=_POS_INT, default=None,
-                   help="generated and real test images for FID (default 10000, or all when fewer)")
-    p.add_argument("--fid-batch-size", type=_POS_INT, default=50)
-    p.add_argument("--n-pr", type=_POS_INT, default=500,
-                   help="generated images per sampler and real test images for precision/recall (pr)")
-    p.add_argument("--k-pr", type=_POS_INT, default=3, help="nearest neighbours of the precision/recall manifolds")
-    p.add_argument("--n-kl", type=_POS_INT, default=10_000, help="Monte-Carlo samples per KL estimate")
-    p.add_argument("--kl-runs", type=_POS_INT, default=10, help="independent KL estimates (mean and std reported)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=0)
+    _add_protocol(p)
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--fid-cache", default=None, help="folder for cached real-image FID statistics "
                    "(default: DATA_DIR/fid-stats)")
     p.add_argument("--device", default=None, help="device for the Inception network (default: cuda if available)")
-    _add_fid_backend(p)
     p.add_argument("--out", default=None, help="results file (default: RUN/results.json; "
                    "RUN/results_NAME.json for --checkpoint NAME.pt)")
 
@@ -315,12 +335,8 @@ def _run_evaluate(args) -> int:
     out = args.out or run / ("results.json" if args.checkpoint == CHECKPOINT else f"results_{stem}.json")
     # a run that cannot be written is no reason to refuse: the results are printed when they cannot be saved
     writes.check("evaluate", files=[out], inputs=[Input(run, "run"), Input(run / args.checkpoint)], writable=False)
-    doc = evaluate_run(args.run, metrics=args.metrics, sampler=args.sampler, components=args.components,
-                       gmm_fit_on=args.gmm_fit_on, which=args.checkpoint, n_iwae=args.n_iwae, k=args.k,
-                       n_fid=args.n_fid, n_pr=args.n_pr, k_pr=args.k_pr,
-                       fid_batch_size=args.fid_batch_size, n_kl=args.n_kl, kl_runs=args.kl_runs, seed=args.seed,
-                       data_dir=args.data_dir, cache_dir=args.fid_cache, device=args.device,
-                       fid_backend=args.fid_backend, out=args.out)
+    doc = evaluate_run(args.run, protocol_of(args), args.metrics, which=args.checkpoint, data_dir=args.data_dir,
+                       cache_dir=args.fid_cache, device=args.device, out=args.out)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
     writes.record("evaluate", files=[doc["path"]])

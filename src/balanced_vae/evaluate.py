@@ -29,18 +29,19 @@ figure FID(train, test) of a data set's real images.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .atomic import write_json_atomic
 from .checkpoint import CHECKPOINT
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
                   resolve_backend, small_n_warning)
 from .image_sets import load_image_set
@@ -48,15 +49,15 @@ from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_dis
                       iwae_log_likelihood)
 from .plots import save_rows
 from .precision_recall import improved_precision_recall
+from .protocol import PAPER, EvalProtocol
 from .provenance import provenance
-from .runs import load_run, make_sampler, model_sha256
-from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
+from .runs import Run, load_run, make_sampler, model_sha256
+from .samplers import kl_monte_carlo
 from .table_run import is_table_run, table_units
 from .writes import save
 
 log = logging.getLogger(__name__)
 
-METRICS = ("elbo", "iwae", "fid", "kl", "calibration", "pr")
 RESULTS = "results.json"
 
 
@@ -66,9 +67,9 @@ RESULTS = "results.json"
 def parse_metrics(spec: str | Iterable[str]) -> tuple[str, ...]:
     """``"elbo,iwae"`` or a list -> validated tuple of metric names, in the given order."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    bad = [n for n in names if n not in METRICS]
+    bad = [n for n in names if n not in REGISTRY]
     if bad or not names:
-        raise ValueError(f"unknown or no metrics {bad or names}; choose from {','.join(METRICS)}")
+        raise ValueError(f"unknown or no metrics {bad or names}; choose from {','.join(REGISTRY)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -214,6 +215,115 @@ def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) ->
                          "spearman": "over all test pixels, predicted sigma^2 vs (x - g(mu))^2"}}
 
 
+# --------------------------------------------------------------------------- the registry
+
+
+class EvalRun:
+    """A run under evaluation: the :class:`~balanced_vae.runs.Run`, its checked data and test images,
+    its samplers (each built once) and where the networks run (``device``, FID ``cache_dir``)."""
+
+    def __init__(self, run: Run, protocol: EvalProtocol, data: Dataset, *, data_dir=None, cache_dir=None,
+                 device=None, progress: bool = True) -> None:
+        self.run, self.protocol, self.data = run, protocol, data
+        self.x_test = data.x_test                                            # (N, C, H, W)
+        self.data_dir, self.cache_dir, self.device, self.progress = data_dir, cache_dir, device, progress
+        self._samplers: dict[tuple[str, str], Any] = {}
+
+    @property
+    def model(self):
+        return self.run.model
+
+    def sampler(self, kind: str, fit_on: str = "mean"):
+        """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
+        key = (kind, fit_on if kind == "gmm" else "")
+        if key not in self._samplers:
+            log.info("building the %s sampler", kind)
+            self._samplers[key] = make_sampler(kind, self.run, components=self.protocol.components, data=self.data,
+                                               fit_on=fit_on)
+        return self._samplers[key]
+
+    def label(self, kind: str, fit_on: str = "mean") -> str:
+        return f"gmm_K{self.sampler(kind, fit_on).n_components}" if kind == "gmm" else kind
+
+    def gmm_protocol(self, fit_on: str) -> dict[str, Any]:
+        g = self.sampler("gmm", fit_on)
+        return {"K": g.n_components, "fit_on": g.fit_on, "covariance_type": g.covariance_type,
+                "random_state": g.random_state, "n_fit": g.n_fit_, "converged": g.converged_,
+                "codes": f"{'posterior means' if g.fit_on == 'mean' else 'one z ~ q(z|x) per image'} "
+                         f"of the training images"}
+
+    def with_sampler(self, fit_on: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The prior and, unless it is the prior, the protocol's sampler fitted on ``fit_on``, by label; and the
+        protocol entries that name it (its GMM's fit)."""
+        kind = self.protocol.sampler
+        samplers, extra = {"prior": self.sampler("prior")}, {}
+        if kind != "prior":
+            samplers[self.label(kind, fit_on)] = self.sampler(kind, fit_on)
+            if kind == "gmm":
+                extra["gmm"] = self.gmm_protocol(fit_on)
+        return samplers, extra
+
+
+def _with(entry: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    entry["protocol"].update(extra)
+    return entry
+
+
+def elbo_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The test ELBO (Eq. 9 / Eq. 11) and its two terms over the whole test split."""
+    return _metric_elbo(ev.run, ev.x_test, seed=p.seed)
+
+
+def iwae_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The IWAE bound with the prior and the protocol's sampler as p(z) (its GMM fitted as a density)."""
+    priors, extra = ev.with_sampler(p.fit_density)
+    return _with(_metric_iwae(ev.run, ev.x_test[:p.n_iwae], priors, k=p.k, seed=p.seed, levels=ev.data.levels),
+                 extra)
+
+
+def fid_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """FID of ``n_fid`` decoded samples of the protocol's sampler against the first ``n_fid`` test images."""
+    c = ev.run.config
+    entry = _metric_fid(ev.run, ev.sampler(p.sampler, p.fit_sampling), ev.x_test, n=p.n_fid, seed=p.seed,
+                        dataset=_dataset_label(c), batch_size=p.fid_batch_size, cache_dir=ev.cache_dir,
+                        data_dir=ev.data_dir or c.data_dir, device=ev.device, progress=ev.progress,
+                        backend=p.fid_backend)
+    extra = {"sampler": ev.label(p.sampler, p.fit_sampling)}
+    if p.sampler == "gmm":
+        extra["gmm"] = ev.gmm_protocol(p.fit_sampling)
+    return _with(entry, extra)
+
+
+def pr_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """Improved precision and recall of the prior and the protocol's sampler."""
+    samplers, extra = ev.with_sampler(p.fit_sampling)
+    return _with(_metric_pr(ev.run, samplers, ev.x_test, n=p.n_pr, k=p.k_pr, seed=p.seed,
+                            batch_size=p.fid_batch_size, device=ev.device, progress=ev.progress), extra)
+
+
+def kl_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The three Monte-Carlo KLs between q_agg, q_GMM (fitted as a density) and the prior (Table 1)."""
+    entry = _metric_kl(ev.sampler("aggregate"), ev.sampler("prior"), ev.sampler("gmm", p.fit_density),
+                       n=p.n_kl, runs=p.kl_runs, seed=p.seed, progress=ev.progress)
+    return _with(entry, {"gmm": ev.gmm_protocol(p.fit_density)})
+
+
+def calibration_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """Figure 3's calibration of the predicted per-pixel variance on the test split."""
+    return _metric_calibration(ev.run, ev.x_test)
+
+
+#: every metric of ``balanced-vae evaluate``: name -> f(run under evaluation, protocol) -> record
+REGISTRY: dict[str, Callable[[EvalRun, EvalProtocol], dict[str, Any]]] = {
+    "elbo": elbo_metric, "iwae": iwae_metric, "fid": fid_metric, "kl": kl_metric,
+    "calibration": calibration_metric, "pr": pr_metric}
+METRICS = tuple(REGISTRY)
+#: metrics whose numbers are densities of a table's standardised rows
+TABLE_UNITS = ("elbo", "iwae")
+#: the counts of the protocol each metric reads from the test split
+COUNTS = {"iwae": "n_iwae", "fid": "n_fid", "pr": "n_pr"}
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -226,133 +336,76 @@ def _clipped(name: str, default: int, available: int, dataset: str) -> int:
     return available
 
 
-def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
-                 components: int | None = DEFAULT_COMPONENTS, which: str = CHECKPOINT, n_iwae: int | None = None,
-                 k: int = 20,
-                 n_fid: int | None = None, fid_batch_size: int = 50, n_pr: int = 500, k_pr: int = 3,
-                 n_kl: int = 10_000, kl_runs: int = 10,
-                 seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 gmm_fit_on: str | None = None, device: str | None = None, fid_backend: str = "auto",
-                 out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
+def fit_counts(protocol: EvalProtocol, names: Iterable[str], available: int, dataset: str) -> EvalProtocol:
+    """``protocol`` with its :attr:`~EvalProtocol.clip` counts clipped to the ``available`` test images; a
+    ValueError when a count the metrics ``names`` read exceeds them."""
+    clipped = {c: _clipped(c, getattr(protocol, c), available, dataset) for c in protocol.clip}
+    protocol = dataclasses.replace(protocol, **clipped)
+    for name in names:
+        count = COUNTS.get(name)
+        n = getattr(protocol, count) if count else None
+        if count and not 1 <= n <= available:
+            raise ValueError(f"{count}={n}: the test split of {dataset} has {available} images; "
+                             f"choose 1 <= {count} <= {available}")
+    return protocol
 
-    ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
-    second p(z) of the IWAE bound; the GMM is fitted on the run's training codes and
-    cached beside the checkpoint. ``gmm_fit_on`` chooses those codes: by default the
-    posterior means for sampling (FID, the paper's practice) and one z ~ q(z|x) per image
-    where the GMM serves as a density (IWAE's p(z), KL), because a fit on means squeezes
-    unused latent dimensions to a near-zero variance and inflates every log-density
-    ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a
-    :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
-    whole test split (the first ``n_iwae`` / ``n_fid`` images; by default 500 and 10,000, clipped
-    with a notice to the test images there are).
-    ``pr`` compares the prior with ``sampler`` (both when ``sampler`` is the prior, one entry)
-    on ``n_pr`` samples each, with ``k_pr`` nearest neighbours.
-    Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
-    ``fid_backend`` runs the Inception network (``auto``, ``torch`` or ``openvino``; see
-    :func:`balanced_vae.fid.resolve_backend`); it is recorded in the FID protocol.
-    Returns the results dictionary written.
+
+def _results_path(run: Run, out: str | Path | None) -> Path:
+    if out is not None:
+        return Path(out).expanduser()
+    return run.path / (RESULTS if run.which == CHECKPOINT else f"results_{Path(run.which).stem}.json")
+
+
+def evaluate_run(run: Run | str | Path, protocol: EvalProtocol | None = None,
+                 metrics: str | Iterable[str] = ("elbo", "iwae"), *, data=None, data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, device: str | None = None, out: str | Path | None = None,
+                 progress: bool = True, which: str = CHECKPOINT, **changes) -> dict[str, Any]:
+    """Compute ``metrics`` (names of :data:`REGISTRY`) for ``run`` under ``protocol`` and write them to
+    ``RUN/results.json`` (or ``out``); returns the results dictionary written.
+
+    ``run`` is a :class:`~balanced_vae.runs.Run` or its folder (its checkpoint ``which``); ``protocol``
+    defaults to :data:`~balanced_vae.protocol.PAPER`, and ``changes`` (its field names: ``n_iwae=50``,
+    ``sampler="gmm"``) change it for this call. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
+    loading, ``data_dir`` names the data folder; test metrics use the data set's test split (the
+    protocol's counts of the paper are clipped with a notice to the test images there are).
+    FID and precision/recall run the Inception network on ``device`` with statistics of real
+    images cached in ``cache_dir``. Results of a checkpoint other than ``checkpoint.pt`` go to
+    ``RUN/results_<name>.json``. Entries of metrics not recomputed are kept.
     """
     names = parse_metrics(metrics)
-    if sampler not in SAMPLER_KINDS:
-        raise ValueError(f"sampler={sampler!r}; choose prior, gmm or aggregate")
-    if gmm_fit_on not in (None, "mean", "sample"):
-        raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
+    protocol = (protocol or PAPER).replace(**{k: v for k, v in changes.items() if v is not None})
     if "fid" in names or "pr" in names:
         inception_path()  # fail before any work when the network is not installed
-        resolve_backend(fid_backend, device)
-    run = load_run(run_dir, which=which)
-    c = run.config
+        resolve_backend(protocol.fid_backend, device)
+    run = run if isinstance(run, Run) else load_run(run, which=which)
     data = run.dataset(data, data_dir=data_dir)
-    x_test = data.x_test
-    if n_iwae is None:
-        n_iwae = _clipped("n_iwae", 500, len(x_test), c.dataset)
-    if n_fid is None:
-        n_fid = _clipped("n_fid", 10_000, len(x_test), c.dataset)
-    for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid), ("n_pr", n_pr)):
-        if (name[2:] in names) and not 1 <= n <= len(x_test):
-            raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "
-                             f"choose 1 <= {name} <= {len(x_test)}")
-
-    samplers: dict[tuple[str, str], Any] = {}
-
-    def get_sampler(kind: str, fit_on: str = "mean"):
-        """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
-        key = (kind, fit_on if kind == "gmm" else "")
-        if key not in samplers:
-            log.info("building the %s sampler", kind)
-            samplers[key] = make_sampler(kind, run, components=components, data=data, fit_on=fit_on)
-        return samplers[key]
-
-    def label(kind: str, fit_on: str = "mean") -> str:
-        return f"gmm_K{get_sampler(kind, fit_on).n_components}" if kind == "gmm" else kind
-
-    def gmm_protocol(fit_on: str) -> dict[str, Any]:
-        g = get_sampler("gmm", fit_on)
-        return {"K": g.n_components, "fit_on": g.fit_on, "covariance_type": g.covariance_type,
-                "random_state": g.random_state, "n_fit": g.n_fit_, "converged": g.converged_,
-                "codes": f"{'posterior means' if g.fit_on == 'mean' else 'one z ~ q(z|x) per image'} "
-                         f"of the training images"}
-
-    # sampling follows the paper (GMM on posterior means); a density of q(z) is fitted on samples
-    # of q(z), since a fit on means squeezes unused latent dimensions to reg_covar (see samplers)
-    fit_sampling = gmm_fit_on or "mean"
-    fit_density = gmm_fit_on or "sample"
-    prov = {**provenance(run.path / which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
-    dataset = _dataset_label(c)
+    protocol = fit_counts(protocol, names, len(data.x_test), run.config.dataset)
+    ev = EvalRun(run, protocol, data, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)
+    prov = {**provenance(run.path / run.which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
     results: dict[str, Any] = {}
     for name in names:
         t0 = time.perf_counter()
         log.info("evaluating %s", name)
-        extra: dict[str, Any] = {}
-        if name == "elbo":
-            entry = _metric_elbo(run, x_test, seed=seed)
-        elif name == "iwae":
-            priors = {"prior": get_sampler("prior")}
-            if sampler != "prior":
-                priors[label(sampler, fit_density)] = get_sampler(sampler, fit_density)
-                if sampler == "gmm":
-                    extra["gmm"] = gmm_protocol(fit_density)
-            entry = _metric_iwae(run, x_test[:n_iwae], priors, k=k, seed=seed, levels=data.levels)
-        elif name == "fid":
-            entry = _metric_fid(run, get_sampler(sampler, fit_sampling), x_test, n=n_fid, seed=seed,
-                                dataset=dataset, batch_size=fid_batch_size, cache_dir=cache_dir,
-                                data_dir=data_dir or c.data_dir, device=device, progress=progress,
-                                backend=fid_backend)
-            extra["sampler"] = label(sampler, fit_sampling)
-            if sampler == "gmm":
-                extra["gmm"] = gmm_protocol(fit_sampling)
-        elif name == "pr":
-            pr_samplers = {"prior": get_sampler("prior")}
-            if sampler != "prior":
-                pr_samplers[label(sampler, fit_sampling)] = get_sampler(sampler, fit_sampling)
-                if sampler == "gmm":
-                    extra["gmm"] = gmm_protocol(fit_sampling)
-            entry = _metric_pr(run, pr_samplers, x_test, n=n_pr, k=k_pr, seed=seed, batch_size=fid_batch_size,
-                               device=device, progress=progress)
-        elif name == "kl":
-            entry = _metric_kl(get_sampler("aggregate"), get_sampler("prior"), get_sampler("gmm", fit_density),
-                               n=n_kl, runs=kl_runs, seed=seed, progress=progress)
-            extra["gmm"] = gmm_protocol(fit_density)
-        else:
-            entry = _metric_calibration(run, x_test)
-        entry["protocol"] = {"dataset": c.dataset, **entry["protocol"], **extra}
-        if name in ("elbo", "iwae") and is_table_run(run):   # a table: densities of its standardised rows
+        entry = REGISTRY[name](ev, protocol)
+        entry["protocol"] = {"dataset": run.config.dataset, **entry["protocol"]}
+        if name in TABLE_UNITS and is_table_run(run):   # a table: densities of its standardised rows
             entry["protocol"].update(table_units(run))
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["provenance"] = prov
         results[name] = entry
+    return _write_results(run, results, _results_path(run, out))
 
-    if out is not None:
-        path = Path(out).expanduser()
-    else:
-        path = run.path / (RESULTS if which == CHECKPOINT else f"results_{Path(which).stem}.json")
+
+def _write_results(run: Run, results: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Merge ``results`` into the record at ``path`` (entries of other metrics kept) and write it."""
     old = _load_results(path)
-    if old and old.get("checkpoint") != which:
-        log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), which)
+    if old and old.get("checkpoint") != run.which:
+        log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), run.which)
         old = {}
-    doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
+    c = run.config
+    doc = {"run": str(run.path), "checkpoint": run.which, "stage": run.stage, "dataset": c.dataset,
            "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
+
     def write():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, doc)

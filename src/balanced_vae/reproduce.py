@@ -28,6 +28,7 @@ from . import __version__
 from .atomic import write_json_atomic, write_text_atomic
 from .checkpoint import CHECKPOINT, FINAL, STAGE1, file_digest
 from .data import Dataset, load_dataset
+from .distributed import resolve_device
 from .evaluate import evaluate_run, real_data_fid, reconstruct_run
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,
                           resolved_budget, run_dir)
@@ -36,7 +37,6 @@ from .plots import save_fig
 from .provenance import git_commit, git_dirty, provenance, short_commit
 from .runs import load_run, model_sha256
 from .samplers import DEFAULT_COMPONENTS
-from .train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,9 @@ class Context:
                 self._eval_seconds += entry.get("seconds") or 0.0
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
-        doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
-                           n_iwae=b.n_iwae, k=b.k_iwae, n_fid=n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
-                           seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
-                           progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
+        protocol = b.protocol().replace(sampler=sampler, components=k, n_fid=n_fid, fid_backend=self.fid_backend)
+        doc = evaluate_run(path, protocol, (metric,), which=which, data=self.data, cache_dir=self.out / "fid-cache",
+                           out=cache, progress=self.progress, device=self._inception_device())
         self.note_commit(doc["metrics"][metric]["provenance"])
         self._eval_seconds += doc["metrics"][metric].get("seconds") or 0.0
         return doc["metrics"][metric]

@@ -17,24 +17,16 @@ from pathlib import Path
 from . import __version__, writes
 from .atomic import DiskFullError, write_json_atomic
 from .checkpoint import CHECKPOINT, STAGE1, CheckpointError, slim_checkpoint
-from .config import OPTIMISERS, OUTPUTS, STOPPING, TrainConfig
+from .config import OPTIMISERS, OUTPUTS, STOPPING, TrainConfig, method_of
 from .data import DataError, load_dataset
 from .data.table import TARGET_SEP
-from .demo import DEMO_CONFIG, run_demo
 from .distributed import init_from_env, rank_world, shutdown
-from .evaluate import METRICS, evaluate_run, fid_between, real_data_fid, reconstruct_run
-from .experiments import BUDGETS, EXPERIMENTS, PAPER, get_budget, resolved_budget, run_specs
-from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
-from .latent_walk import latent_walk_for_run
 from .methods import METHODS, resolve_hparams
 from .nets import NETS
-from .ood import ood_for_run, ood_markdown, write_ood
-from .protocol import FID_BACKENDS, PRESETS, QUICK, EvalProtocol, get_protocol
+from .paper.experiments import BUDGETS, EXPERIMENTS, PAPER, get_budget, resolved_budget, run_specs
+from .protocol import (DEFAULT_COMPONENTS, FID_BACKENDS, METRICS, PRESETS, QUICK, SAMPLER_KINDS, EvalProtocol,
+                       get_protocol)
 from .protocol import PAPER as PAPER_PROTOCOL
-from .report import build_report
-from .reproduce import reproduce
-from .results_page import build_page
-from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
 from .resume import branched_config, resumed_config
 from .train import train
 from .writes import Folder, Input, input_of
@@ -240,9 +232,7 @@ def _run_train_local(args, quiet: bool = False) -> int:
         raise ValueError("train needs --out RUN_FOLDER (or --resume RUN)")
     if args.branch_from:
         return _run_branch(args, quiet)
-    method = args.method or ("fixed" if args.variance == "fixed" else "learned")
-    if args.variance and args.method and method != ("fixed" if args.variance == "fixed" else "learned"):
-        raise ValueError(f"--variance {args.variance} contradicts --method {args.method}; give one of them")
+    method = method_of(args.method, args.variance)
     # the options named like TrainConfig's fields
     fields = ({f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))) - {"method"}
     config = TrainConfig(**{f: getattr(args, f) for f in fields}, method=method,
@@ -300,6 +290,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
+    from .demo import DEMO_CONFIG, run_demo   # imported when the command runs: `--help` stays fast
     writes.check("demo", folders=[Folder(Path(args.out), "demo")])
     summary = run_demo(args.out, config=dataclasses.replace(DEMO_CONFIG, seed=args.seed))
     writes.record("demo", folders=[Folder(Path(args.out), "demo")])
@@ -331,6 +322,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
+    from .evaluate import evaluate_run   # imported when the command runs: `--help` stays fast
     run, stem = Path(args.run), Path(args.checkpoint).stem
     out = args.out or run / ("results.json" if args.checkpoint == CHECKPOINT else f"results_{stem}.json")
     # a run that cannot be written is no reason to refuse: the results are printed when they cannot be saved
@@ -359,6 +351,7 @@ def _add_reconstruct(sub) -> None:
 
 
 def _run_reconstruct(args) -> int:
+    from .evaluate import reconstruct_run   # imported when the command runs: `--help` stays fast
     out = Folder(Path(args.out), names=("reconstructions.png",))
     writes.check("reconstruct", folders=[out],
                  inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
@@ -392,6 +385,7 @@ def _add_fid_real(sub) -> None:
 
 
 def _run_fid_real(args) -> int:
+    from .evaluate import real_data_fid   # imported when the command runs: `--help` stays fast
     writes.check("fid-real", files=[args.out], inputs=[Input(Path(args.data_dir))] if args.data_dir else [])
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                         batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
@@ -420,6 +414,7 @@ def _add_fid(sub) -> None:
 
 
 def _run_fid(args) -> int:
+    from .evaluate import fid_between   # imported when the command runs: `--help` stays fast
     writes.check("fid", files=[args.out], inputs=[input_of(args.a), input_of(args.b)])
     doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                       batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)
@@ -452,6 +447,7 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
+    from .latent import write_samples   # imported when the command runs: `--help` stays fast
     kinds = ("means.png", "z.npy", "means.npy", "sigma.png", "sigma.npy", "samples.json")
     names = tuple(f"{args.sampler}_{n}" for n in kinds) + (("compare_prior_gmm.png",) if args.compare else ())
     out = Folder(Path(args.out), names=names)
@@ -490,6 +486,7 @@ def _add_kl(sub) -> None:
 
 
 def _run_kl(args) -> int:
+    from .latent import gmm_ablation_for_run, kl_gap   # imported when the command runs: `--help` stays fast
     out = args.out or str(Path(args.run) / ("gmm_ablation.json" if args.ablation else "kl.json"))
     writes.check("kl", files=[out], inputs=[Input(Path(args.run), "run")])
     if args.ablation:
@@ -537,6 +534,7 @@ def _add_latent_plot(sub) -> None:
 
 
 def _run_latent_plot(args) -> int:
+    from .latent import latent_plot_for_run   # imported when the command runs: `--help` stays fast
     writes.check("latent-plot", files=[args.out or Path(args.run) / "latent_density.png"],
                  inputs=[Input(Path(args.run), "run")])
     path = latent_plot_for_run(args.run, args.out, components=args.components, resolution=args.resolution,
@@ -571,6 +569,7 @@ def _add_ood(sub) -> None:
 
 
 def _run_ood(args) -> int:
+    from .ood import ood_for_run, ood_markdown, write_ood   # imported when the command runs: `--help` stays fast
     results = Path(args.results) if args.results else Path(args.run) / "ood"
     inputs = [Input(Path(args.run), "run"), input_of(args.in_dataset), input_of(args.out_dataset)]
     writes.check("ood", folders=[Folder(results)], inputs=inputs)
@@ -609,6 +608,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
+    from .report import build_report   # imported when the command runs: `--help` stays fast
     writes.check("report", files=[args.out or Path(args.run) / "report.html"],
                  inputs=[Input(Path(args.run), "run"), *(Input(Path(r)) for r in args.records)])
     path = build_report(args.run, args.out, n=args.n, seed=args.seed, components=args.components,
@@ -638,6 +638,7 @@ def _add_latent_walk(sub) -> None:
 
 
 def _run_latent_walk(args) -> int:
+    from .latent_walk import latent_walk_for_run   # imported when the command runs: `--help` stays fast
     png = Path(args.out) if args.out else Path(args.run) / "latent_walk.png"
     writes.check("latent-walk", files=[png, png.with_suffix(".json")],
                  inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)])
@@ -673,6 +674,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
+    from .paper.reproduce import reproduce   # imported when the command runs: `--help` stays fast
     budget = get_budget(args.budget, None if args.extra_runs else ())
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
@@ -695,6 +697,7 @@ def _add_results_page(sub) -> None:
 
 
 def _run_results_page(args) -> int:
+    from .paper.results_page import build_page   # imported when the command runs: `--help` stays fast
     writes.check("results-page", files=[args.out], inputs=[Input(Path(args.results), "folder")])
     path = build_page(args.results, args.out)
     writes.record("results-page", files=[path])

@@ -191,3 +191,12 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
         return cls.from_dict(d, source=str(path))
+
+
+def method_of(method: str | None, variance: str | None) -> str:
+    """The method a run trains: ``method``, else ``"fixed"`` for ``variance="fixed"`` and ``"learned"``
+    (ours, Algorithm 1) otherwise; a ValueError when both are given and disagree."""
+    chosen = method or ("fixed" if variance == "fixed" else "learned")
+    if variance and method and chosen != ("fixed" if variance == "fixed" else "learned"):
+        raise ValueError(f"--variance {variance} contradicts --method {method}; give one of them")
+    return chosen

@@ -49,7 +49,7 @@ from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_dis
                       iwae_log_likelihood)
 from .plots import save_rows
 from .precision_recall import improved_precision_recall
-from .protocol import PAPER, EvalProtocol
+from .protocol import METRICS, PAPER, EvalProtocol
 from .provenance import provenance
 from .runs import Run, load_run, make_sampler, model_sha256
 from .samplers import kl_monte_carlo
@@ -317,7 +317,7 @@ def calibration_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
 REGISTRY: dict[str, Callable[[EvalRun, EvalProtocol], dict[str, Any]]] = {
     "elbo": elbo_metric, "iwae": iwae_metric, "fid": fid_metric, "kl": kl_metric,
     "calibration": calibration_metric, "pr": pr_metric}
-METRICS = tuple(REGISTRY)
+assert tuple(REGISTRY) == METRICS, "protocol.METRICS names the registry's metrics, in its order"
 #: metrics whose numbers are densities of a table's standardised rows
 TABLE_UNITS = ("elbo", "iwae")
 #: the counts of the protocol each metric reads from the test split

@@ -12,8 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS
-
+#: the metrics of :mod:`balanced_vae.evaluate`, in the order of its registry
+METRICS = ("elbo", "iwae", "fid", "kl", "calibration", "pr")
+#: p(z) of samples and of the IWAE bound: the prior, the GMM of Eq. 13, the aggregate posterior of Eq. 12
+SAMPLER_KINDS = ("prior", "gmm", "aggregate")
+#: the paper's K of Eq. 13 for MNIST and Fashion-MNIST (CelebA: :data:`CELEBA_COMPONENTS`)
+DEFAULT_COMPONENTS = 32
+CELEBA_COMPONENTS = 500
 GMM_FITS = (None, "mean", "sample")
 FID_BACKENDS = ("auto", "torch", "openvino")
 

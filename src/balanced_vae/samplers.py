@@ -43,6 +43,8 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write, write_json_atomic
 from .objectives import LOG_2PI
+# the paper's K and the sampler names are protocol numbers; importable from here as before
+from .protocol import CELEBA_COMPONENTS, DEFAULT_COMPONENTS, SAMPLER_KINDS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,6 @@ GMM_ARRAYS = "gmm.npz"
 GMM_META = "gmm.json"
 GMM_FORMAT_VERSION = 1
 FIT_ON = ("mean", "sample")
-SAMPLER_KINDS = ("prior", "gmm", "aggregate")
-#: the paper's K of Eq. 13 for MNIST and Fashion-MNIST (CelebA: :data:`CELEBA_COMPONENTS`)
-DEFAULT_COMPONENTS = 32
-CELEBA_COMPONENTS = 500
 
 
 class Sampler(Protocol):

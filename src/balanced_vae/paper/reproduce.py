@@ -24,19 +24,20 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from . import __version__
-from .atomic import write_json_atomic, write_text_atomic
-from .checkpoint import CHECKPOINT, FINAL, STAGE1, file_digest
-from .data import Dataset, load_dataset
-from .distributed import resolve_device
-from .evaluate import evaluate_run, real_data_fid, reconstruct_run
+from .. import __version__
+from ..atomic import write_json_atomic, write_text_atomic
+from ..checkpoint import CHECKPOINT, FINAL, STAGE1, file_digest
+from ..data import Dataset, load_dataset
+from ..distributed import resolve_device
+from ..evaluate import evaluate_run, real_data_fid, reconstruct_run
+from ..latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
+from ..plots import save_fig
+from ..provenance import git_commit, git_dirty, provenance, short_commit
+from ..runs import load_run, model_sha256
+from ..samplers import DEFAULT_COMPONENTS
 from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,
                           resolved_budget, run_dir)
-from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
-from .plots import save_fig
-from .provenance import git_commit, git_dirty, provenance, short_commit
-from .runs import load_run, model_sha256
-from .samplers import DEFAULT_COMPONENTS
+from .specs import SPECS, Fig1Row, Table1Row, Table2Row, Table3Row, Table4Row
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +202,13 @@ def table1(ctx: Context) -> Path:
         fig = ctx.folder / f"table1_density_{name}.png"
         latent_plot_for_run(run, fig, components=ctx.k_default, data=ctx.data)
         figures.append(fig.name)
-        rows.append({"sigma2": label, "sigma2_value": run.model.likelihood.sigma2,
-                     "kl_gmm_mean": kl["kl_gmm"]["mean"], "kl_gmm_std": kl["kl_gmm"]["std"],
-                     "kl_gmm_means_fit": kl_means["kl_gmm"]["mean"],
-                     "kl_agg_mean": kl["kl_aggregate"]["mean"], "kl_agg_std": kl["kl_aggregate"]["std"],
-                     "paper_kl_gmm": PAPER["table1"]["kl_gmm"][label],
-                     "paper_sigma2": PAPER["table1"]["sigma2_learned"] if label == "learned" else None,
-                     "commit": ctx.take_commits()})
+        rows.append(Table1Row(sigma2=label, sigma2_value=run.model.likelihood.sigma2,
+                              kl_gmm_mean=kl["kl_gmm"]["mean"], kl_gmm_std=kl["kl_gmm"]["std"],
+                              kl_gmm_means_fit=kl_means["kl_gmm"]["mean"],
+                              kl_agg_mean=kl["kl_aggregate"]["mean"], kl_agg_std=kl["kl_aggregate"]["std"],
+                              paper_kl_gmm=PAPER["table1"]["kl_gmm"][label],
+                              paper_sigma2=PAPER["table1"]["sigma2_learned"] if label == "learned" else None,
+                              commit=ctx.take_commits()).to_dict())
     proto = ctx.protocol(latent_dim=2, K=ctx.k_default, kl_samples=ctx.budget.n_kl, kl_runs=ctx.budget.kl_runs,
                          kl_estimator=kl["protocol"]["estimator"], figures=figures,
                          gmm_fit={"kl_gmm_mean": "GMM fitted on one z ~ q(z|x) per training image",
@@ -243,19 +244,17 @@ def table2(ctx: Context) -> Path:
     paper = PAPER["table2"].get(ctx.dataset, {})
     rows = []
     for m in TABLE2_METHODS:
-        rows.append({"method": m, "sampler": "prior", "fid": _fid(ctx, m, "prior"), "paper_fid": None,
-                     "commit": ctx.take_commits()})
+        rows.append(Table2Row(m, "prior", _fid(ctx, m, "prior"), None, ctx.take_commits()).to_dict())
         if m == "learned":
-            rows.append({"method": m, "sampler": f"gmm K={ctx.k_default}", "fid": _fid(ctx, m, "gmm"),
-                         "paper_fid": paper.get(m), "commit": ctx.take_commits()})
+            rows.append(Table2Row(m, f"gmm K={ctx.k_default}", _fid(ctx, m, "gmm"), paper.get(m),
+                                  ctx.take_commits()).to_dict())
             if "learned-floor0" in ctx.extra_runs:
-                rows.append({"method": "learned-floor0", "sampler": f"gmm K={ctx.k_default}",
-                             "fid": _fid(ctx, "learned-floor0", "gmm"), "paper_fid": None,
-                             "commit": ctx.take_commits()})
+                rows.append(Table2Row("learned-floor0", f"gmm K={ctx.k_default}", _fid(ctx, "learned-floor0", "gmm"),
+                                      None, ctx.take_commits()).to_dict())
         else:
             rows[-1]["paper_fid"] = paper.get(m)
-    rows.append({"method": "real images (train vs test)", "sampler": "-", "fid": _real_fid(ctx),
-                 "paper_fid": paper.get("real"), "commit": ctx.take_commits()})
+    rows.append(Table2Row("real images (train vs test)", "-", _real_fid(ctx), paper.get("real"),
+                          ctx.take_commits()).to_dict())
     ev = ctx.evaluate("learned", "fid", sampler="gmm")
     ctx.take_commits()
     proto = ctx.protocol(fid=ev["protocol"], paper_sampler="ours: GMM of the aggregate posterior; baselines: prior")
@@ -279,11 +278,11 @@ def table3(ctx: Context) -> Path:
         proto_iwae = ev["protocol"]
         v = ev["values"]
         gmm_key = next(k for k in v if k.startswith("gmm"))
-        rows.append({"model": label, "iwae_prior": v["prior"]["log_likelihood"]["mean"],
-                     "iwae_gmm": v[gmm_key]["log_likelihood"]["mean"],
-                     "bpd_prior": v["prior"].get("bits_per_dim", {}).get("mean"),
-                     "bpd_gmm": v[gmm_key].get("bits_per_dim", {}).get("mean"),
-                     "paper_iwae": paper.get(label), "commit": ctx.take_commits()})
+        rows.append(Table3Row(model=label, iwae_prior=v["prior"]["log_likelihood"]["mean"],
+                              iwae_gmm=v[gmm_key]["log_likelihood"]["mean"],
+                              bpd_prior=v["prior"].get("bits_per_dim", {}).get("mean"),
+                              bpd_gmm=v[gmm_key].get("bits_per_dim", {}).get("mean"),
+                              paper_iwae=paper.get(label), commit=ctx.take_commits()).to_dict())
     return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm",
                                        "commit"],
                        rows, title=f"Table 3 ({ctx.dataset}): IWAE log-likelihood (nats per image) and "
@@ -307,8 +306,9 @@ def table4(ctx: Context) -> Path:
     for k in ctx.budget.components:
         r = by_k.get(k, {})
         ctx.note_commit()                                    # the held-out score: computed by this code
-        rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k, n=n),
-                     "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"], "commit": ctx.take_commits()})
+        rows.append(Table4Row(K=k, fid=_fid(ctx, "learned", "gmm", components=k, n=n), heldout_loglik=r["heldout_ll"],
+                              fit_seconds=r["fit_seconds"], commit=ctx.take_commits()).to_dict())
+    # the floor of FID at this n: a row without the fit's columns (as records have always held it)
     rows.append({"K": "real images (train vs test)", "fid": _real_fid(ctx, n), "commit": ctx.take_commits()})
     return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds", "commit"], rows,
                        title=f"Table 4 ({ctx.dataset}): FID ({n} generated vs {n} test images) against the number "
@@ -333,10 +333,10 @@ def fig1(ctx: Context) -> Path:
         kl = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=ctx.budget.kl_runs,
                     seed=ctx.budget.seed, data=ctx.data, aggregate=False, fit_on="sample")
         ctx.note_commit()                                    # the KL gap: computed by this code
-        rows.append({"run": name, "sigma2": run.model.likelihood.sigma2 if s2 is None else s2,
-                     "learned": s2 is None, "test_elbo": elbo["values"]["elbo"]["mean"],
-                     "fid_prior": _fid(ctx, name, "prior", n=n), "fid_gmm": _fid(ctx, name, "gmm", n=n),
-                     "kl_gmm": kl["kl_gmm"]["mean"], "commit": ctx.take_commits()})
+        rows.append(Fig1Row(run=name, sigma2=run.model.likelihood.sigma2 if s2 is None else s2,
+                            learned=s2 is None, test_elbo=elbo["values"]["elbo"]["mean"],
+                            fid_prior=_fid(ctx, name, "prior", n=n), fid_gmm=_fid(ctx, name, "gmm", n=n),
+                            kl_gmm=kl["kl_gmm"]["mean"], commit=ctx.take_commits()).to_dict())
     rows.sort(key=lambda r: r["sigma2"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [("test_elbo", "test ELBO (nats)"), (("fid_prior", "fid_gmm"), "FID"), ("kl_gmm", "KL(q_GMM || p)")]
@@ -402,24 +402,10 @@ FUNCTIONS = {"table1": table1, "table2": table2, "table3": table3, "table4": tab
 
 
 def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
-    """The (run, metric, options) evaluations experiment ``name`` reads, for :func:`prefetch`."""
-    out: list[tuple[str, str, dict]] = []
-    if name == "table2":
-        out += [(m, "fid", {"sampler": "prior"}) for m in TABLE2_METHODS]
-        out += [(m, "fid", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs)]
-    elif name == "table3":
-        out += [("learned", "iwae", {"sampler": "gmm", "which": STAGE1})]
-        out += [(m, "iwae", {"sampler": "gmm"})
-                for m in ("learned", *ctx.extra_runs, "vae", "beta-vae", "dip-vae-i")]
-    elif name in ("table4", "fig1"):
-        n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
-        if name == "table4":
-            out += [("learned", "fid", {"sampler": "gmm", "components": k, "n_fid": n}) for k in ctx.budget.components]
-        else:
-            for run in ["learned"] + [fixed_run_name(s2) for s2 in ctx.budget.fixed_sigma2]:   # longest first
-                out.append((run, "elbo", {"which": STAGE1} if run == "learned" else {}))
-                out += [(run, "fid", {"sampler": s, "n_fid": n}) for s in ("prior", "gmm")]
-    return out
+    """The (run, metric, options) evaluations experiment ``name`` reads (its :data:`~.specs.SPECS`
+    entry), for :func:`prefetch`."""
+    spec = SPECS.get(name)
+    return [(e.run, e.metric, dict(e.options)) for e in spec.evaluations(ctx.budget, ctx.extra_runs)] if spec else []
 
 
 def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,

@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, CONFIG, FINAL, STAGE1, load_checkpoint
-from .config import TrainConfig
-from .data import Dataset, load_dataset
-from .protocol import PAPER as PAPER_PROTOCOL
-from .protocol import EvalProtocol
-from .resume import BranchError
-from .train import train
+from ..checkpoint import CHECKPOINT, CONFIG, FINAL, STAGE1, load_checkpoint
+from ..config import TrainConfig
+from ..data import Dataset, load_dataset
+from ..protocol import PAPER as PAPER_PROTOCOL
+from ..protocol import EvalProtocol
+from ..resume import BranchError
+from ..train import train
 
 log = logging.getLogger(__name__)
 

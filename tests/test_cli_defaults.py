@@ -12,7 +12,8 @@ import pytest
 
 from balanced_vae.cli import build_parser
 from balanced_vae.config import TrainConfig
-from balanced_vae.evaluate import fid_between, real_data_fid, reconstruct_run
+from balanced_vae.evaluate import reconstruct_run
+from balanced_vae.fid_sets import fid_between, real_data_fid
 from balanced_vae.latent import kl_gap, latent_plot_for_run, write_samples
 from balanced_vae.latent_walk import latent_walk_for_run
 from balanced_vae.ood import ood_for_run

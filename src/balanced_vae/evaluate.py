@@ -24,8 +24,8 @@ its protocol (data set, split, counts, k, seeds, sampler and K, Inception
 implementation and preprocessing) and its provenance (package version, git commit,
 checkpoint digest, time). Entries of metrics not recomputed are kept.
 
-:func:`reconstruct_run` writes Figure 3's picture, :func:`real_data_fid` the sanity
-figure FID(train, test) of a data set's real images.
+:func:`reconstruct_run` writes Figure 3's picture; FID between image sets (the sanity
+figure FID(train, test)) is :mod:`balanced_vae.fid_sets`.
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ import torch
 
 from .atomic import write_json_atomic
 from .checkpoint import CHECKPOINT
-from .data import Dataset, load_dataset
-from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
-                  resolve_backend, small_n_warning)
-from .image_sets import load_image_set
+from .data import Dataset
+from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, resolve_backend,
+                  small_n_warning)
+from .fid_stats import real_statistics
 from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_distance, gaussian_statistics,
                       iwae_log_likelihood)
 from .plots import save_rows
@@ -55,6 +55,9 @@ from .runs import Run, load_run, make_sampler, model_sha256
 from .samplers import kl_monte_carlo
 from .table_run import is_table_run, table_units
 from .writes import save
+
+# importable from here as before they moved to fid_sets
+from .fid_sets import fid_between, real_data_fid  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +272,23 @@ def _with(entry: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _in_units(entry: dict[str, Any], run: Run) -> dict[str, Any]:
+    """A density metric's entry, with the units of a table run (densities of its standardised rows)."""
+    if is_table_run(run):
+        entry["protocol"].update(table_units(run))
+    return entry
+
+
 def elbo_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
     """The test ELBO (Eq. 9 / Eq. 11) and its two terms over the whole test split."""
-    return _metric_elbo(ev.run, ev.x_test, seed=p.seed)
+    return _in_units(_metric_elbo(ev.run, ev.x_test, seed=p.seed), ev.run)
 
 
 def iwae_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
     """The IWAE bound with the prior and the protocol's sampler as p(z) (its GMM fitted as a density)."""
     priors, extra = ev.with_sampler(p.fit_density)
-    return _with(_metric_iwae(ev.run, ev.x_test[:p.n_iwae], priors, k=p.k, seed=p.seed, levels=ev.data.levels),
-                 extra)
+    entry = _metric_iwae(ev.run, ev.x_test[:p.n_iwae], priors, k=p.k, seed=p.seed, levels=ev.data.levels)
+    return _in_units(_with(entry, extra), ev.run)
 
 
 def fid_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
@@ -318,8 +328,6 @@ REGISTRY: dict[str, Callable[[EvalRun, EvalProtocol], dict[str, Any]]] = {
     "elbo": elbo_metric, "iwae": iwae_metric, "fid": fid_metric, "kl": kl_metric,
     "calibration": calibration_metric, "pr": pr_metric}
 assert tuple(REGISTRY) == METRICS, "protocol.METRICS names the registry's metrics, in its order"
-#: metrics whose numbers are densities of a table's standardised rows
-TABLE_UNITS = ("elbo", "iwae")
 #: the counts of the protocol each metric reads from the test split
 COUNTS = {"iwae": "n_iwae", "fid": "n_fid", "pr": "n_pr"}
 
@@ -348,12 +356,6 @@ def fit_counts(protocol: EvalProtocol, names: Iterable[str], available: int, dat
             raise ValueError(f"{count}={n}: the test split of {dataset} has {available} images; "
                              f"choose 1 <= {count} <= {available}")
     return protocol
-
-
-def _results_path(run: Run, out: str | Path | None) -> Path:
-    if out is not None:
-        return Path(out).expanduser()
-    return run.path / (RESULTS if run.which == CHECKPOINT else f"results_{Path(run.which).stem}.json")
 
 
 def evaluate_run(run: Run | str | Path, protocol: EvalProtocol | None = None,
@@ -388,16 +390,17 @@ def evaluate_run(run: Run | str | Path, protocol: EvalProtocol | None = None,
         log.info("evaluating %s", name)
         entry = REGISTRY[name](ev, protocol)
         entry["protocol"] = {"dataset": run.config.dataset, **entry["protocol"]}
-        if name in TABLE_UNITS and is_table_run(run):   # a table: densities of its standardised rows
-            entry["protocol"].update(table_units(run))
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["provenance"] = prov
         results[name] = entry
-    return _write_results(run, results, _results_path(run, out))
+    return _write_results(run, results, out)
 
 
-def _write_results(run: Run, results: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Merge ``results`` into the record at ``path`` (entries of other metrics kept) and write it."""
+def _write_results(run: Run, results: dict[str, Any], out: str | Path | None) -> dict[str, Any]:
+    """Merge ``results`` into the record at ``out`` (default ``RUN/results.json``, or ``RUN/results_NAME.json``
+    for a checkpoint ``NAME.pt`` other than ``checkpoint.pt``; entries of other metrics kept) and write it."""
+    path = Path(out).expanduser() if out is not None else \
+        run.path / (RESULTS if run.which == CHECKPOINT else f"results_{Path(run.which).stem}.json")
     old = _load_results(path)
     if old and old.get("checkpoint") != run.which:
         log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), run.which)
@@ -443,90 +446,3 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_rows(rows, out_dir / "reconstructions.png", cmaps=cmaps,
                      title=f"{c.dataset} {split}: reconstructions and {kind}")
-
-
-def _write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
-    """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
-    if out is not None:
-        out = Path(out).expanduser()
-
-        def write():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, doc)
-        save(out, doc, write)
-
-
-def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
-                  cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                  backend: str = "auto", paper_value: float | None = None, progress: bool = True,
-                  out: str | Path | None = None) -> dict[str, Any]:
-    """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
-
-    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000; pass it as
-    ``paper_value`` to record it beside ours. Both statistics go through the on-disk
-    cache; the record names the feature backend of each (a cached one keeps the backend
-    that made it) and the wall time. Writes the result to ``out`` when given.
-    """
-    inception_path()  # fail before any work when the network is not installed
-    resolve_backend(backend, device)
-    t0 = time.perf_counter()
-    data = load_dataset(dataset, data_dir=data_dir)
-    stats = {}
-    for split, x in (("train", data.x_train), ("test", data.x_test)):
-        stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                       batch_size=batch_size, device=device, progress=progress, backend=backend)
-    fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
-    warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
-           "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
-           "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
-           "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
-    _write_record(out, doc)
-    return doc
-
-
-def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir: str | Path | None = None,
-                cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                backend: str = "auto", progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
-    """FID between two image sets, each a folder, an ``.npy``/``.npz`` array or ``NAME:SPLIT``.
-
-    The first ``n`` images of each set are used (default: all of a folder or array, the
-    first 10,000 of a data set's split); a data set's statistics are cached like every
-    real set's (:func:`balanced_vae.fid.real_statistics`). Sets of different image sizes
-    or channels are fine: each is resized to 299x299 and grey is repeated to RGB. The
-    record holds both sets' sources and counts, the backend and the Inception protocol;
-    it is written to ``out`` when given.
-    """
-    inception_path()
-    resolve_backend(backend, device)
-    if n is not None and n < 2:
-        raise ValueError(f"n={n}: FID needs at least 2 images per set")
-    t0 = time.perf_counter()
-    sides = {}
-    for label, spec in (("a", a), ("b", b)):
-        s = load_image_set(spec, data_dir=data_dir)
-        m = min(n, len(s.x)) if n is not None else (min(10_000, len(s.x)) if s.kind == "dataset" else len(s.x))
-        if n is not None and n > len(s.x):
-            raise ValueError(f"n={n}: {s.source} holds {len(s.x)} images; lower --n to at most {len(s.x)}")
-        info = {**s.describe(), "n": m, "images": f"first {m}"}
-        if s.kind == "dataset":
-            mu, cov, proto = real_statistics(s.dataset, s.x, split=s.split, n=m, data_dir=data_dir,
-                                             cache_dir=cache_dir, batch_size=batch_size, device=device,
-                                             progress=progress, backend=backend)
-            info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
-        else:
-            feats = inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
-                                       cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
-            mu, cov = gaussian_statistics(feats)
-        sides[label] = (mu, cov, info)
-    fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
-    warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
-    _write_record(out, doc)
-    return doc

@@ -102,7 +102,7 @@ def _add_fid_real(sub) -> None:
 
 
 def _run_fid_real(args) -> int:
-    from ..evaluate import real_data_fid   # imported when the command runs: `--help` stays fast
+    from ..fid_sets import real_data_fid   # imported when the command runs: `--help` stays fast
     writes.check("fid-real", files=[args.out], inputs=[Input(Path(args.data_dir))] if args.data_dir else [])
     doc = real_data_fid(args.dataset, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                         batch_size=args.batch_size, device=args.device, backend=args.fid_backend,
@@ -131,7 +131,7 @@ def _add_fid(sub) -> None:
 
 
 def _run_fid(args) -> int:
-    from ..evaluate import fid_between   # imported when the command runs: `--help` stays fast
+    from ..fid_sets import fid_between   # imported when the command runs: `--help` stays fast
     writes.check("fid", files=[args.out], inputs=[input_of(args.a), input_of(args.b)])
     doc = fid_between(args.a, args.b, n=args.n, data_dir=args.data_dir, cache_dir=args.fid_cache,
                       batch_size=args.batch_size, device=args.device, backend=args.fid_backend, out=args.out)

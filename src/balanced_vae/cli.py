@@ -1,7 +1,8 @@
 """Command-line interface: thin subcommands over the public API.
 
 Each subcommand is a pair ``_add_NAME(subparsers)`` / ``_run_NAME(args)``, registered in
-:data:`COMMANDS`: ``train``, ``demo`` and ``slim`` here, the others in :mod:`balanced_vae.commands`. Errors from the library (bad data, bad checkpoints, bad values) are
+:data:`COMMANDS`: ``train``, ``demo`` and ``slim`` here, the others in :mod:`balanced_vae.commands`.
+Errors from the library (bad data, bad checkpoints, bad values) are
 printed as one line and exit with status 2; no traceback for a user's mistake.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, writes
+from . import writes
 from .atomic import DiskFullError
 from .checkpoint import CHECKPOINT, STAGE1, CheckpointError, slim_checkpoint
 from .commands.evaluate import (_add_evaluate, _add_fid, _add_fid_real, _add_reconstruct, _run_evaluate, _run_fid,
@@ -30,6 +31,7 @@ from .methods import METHODS, resolve_hparams
 from .nets import NETS
 from .resume import branched_config, resumed_config
 from .train import train
+from .version import __version__
 from .writes import Folder
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from .data import resolve_data_dir
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("balanced_vae.fid")   # one logger for FID, as before the module was split
 
 
 def writable(folder: Path) -> bool:

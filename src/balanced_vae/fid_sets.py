@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 
+from . import fid as fid_module   # the network's calls, looked up when used (tests put a stand-in there)
 from .atomic import write_json_atomic
 from .data import load_dataset
-from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, resolve_backend,
-                  small_n_warning)
+from .fid import backend_protocol, resolve_backend, small_n_warning
 from .fid_stats import real_statistics
 from .image_sets import load_image_set
 from .metrics import frechet_distance, gaussian_statistics
@@ -48,7 +48,7 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
     cache; the record names the feature backend of each (a cached one keeps the backend
     that made it) and the wall time. Writes the result to ``out`` when given.
     """
-    inception_path()  # fail before any work when the network is not installed
+    fid_module.inception_path()  # fail before any work when the network is not installed
     resolve_backend(backend, device)
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir=data_dir)
@@ -64,7 +64,7 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
            "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
            "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
+           "inception": fid_module.inception_protocol(), "provenance": provenance()}
     write_record(out, doc)
     return doc
 
@@ -81,7 +81,7 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
     record holds both sets' sources and counts, the backend and the Inception protocol;
     it is written to ``out`` when given.
     """
-    inception_path()
+    fid_module.inception_path()
     resolve_backend(backend, device)
     if n is not None and n < 2:
         raise ValueError(f"n={n}: FID needs at least 2 images per set")
@@ -99,7 +99,7 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
                                              progress=progress, backend=backend)
             info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
         else:
-            feats = inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
+            feats = fid_module.inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
                                        cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
             mu, cov = gaussian_statistics(feats)
         sides[label] = (mu, cov, info)
@@ -108,6 +108,6 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
     doc = {**({"warning": warning} if warning else {}),
            "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
            "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
+           "inception": fid_module.inception_protocol(), "provenance": provenance()}
     write_record(out, doc)
     return doc

@@ -15,14 +15,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import fid as fid_module   # the network's calls, looked up when used (tests put a stand-in there)
 from .atomic import atomic_write
 from .data import load_dataset
 from .metrics import gaussian_statistics
 
-from .fid import backend_protocol, check_fid_images, inception_features, inception_protocol, safe_name
+from .fid import backend_protocol, check_fid_images, safe_name
 from .fid_cache import cache_dirs, requested_cache_dir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("balanced_vae.fid")   # one logger for FID, as before the module was split
 
 
 def statistics_key(dataset: str, split: str, n: int, extractor_id: dict[str, Any]) -> str:
@@ -71,7 +72,7 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
     if extractor is not None and extractor_id is None:
         raise ValueError("real_statistics: a custom extractor needs an extractor_id (a dict) for the cache key")
-    ext_id = extractor_id if extractor is not None else inception_protocol()
+    ext_id = extractor_id if extractor is not None else fid_module.inception_protocol()
     if x is None:
         data = load_dataset(dataset, data_dir=data_dir)
         x = data.x_train if split == "train" else data.x_test
@@ -95,7 +96,7 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
     if extractor is not None:
         feats = extractor(x[:n])
     else:
-        feats = inception_features(x[:n], batch_size=batch_size, device=device, backend=backend,
+        feats = fid_module.inception_features(x[:n], batch_size=batch_size, device=device, backend=backend,
                                    cache_dir=requested_cache_dir(cache_dir, data_dir),
                                    progress=progress, desc=f"{dataset} {split} features")
     mu, cov = gaussian_statistics(feats)

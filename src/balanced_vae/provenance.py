@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .checkpoint import file_digest
 
 MAX_DIRTY_FILES = 20   # modified paths listed in a record's provenance

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..checkpoint import CHECKPOINT, FINAL, file_digest
 from ..data import Dataset, load_dataset
 from ..distributed import resolve_device

@@ -380,10 +380,10 @@ def evaluate_run(run: Run | str | Path, protocol: EvalProtocol | None = None,
         inception_path()  # fail before any work when the network is not installed
         resolve_backend(protocol.fid_backend, device)
     run = run if isinstance(run, Run) else load_run(run, which=which)
+    prov = {**provenance(run.path / run.which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
     data = run.dataset(data, data_dir=data_dir)
     protocol = fit_counts(protocol, names, len(data.x_test), run.config.dataset)
     ev = EvalRun(run, protocol, data, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)
-    prov = {**provenance(run.path / run.which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
     results: dict[str, Any] = {}
     for name in names:
         t0 = time.perf_counter()

@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import file_digest
 from .data import DataError, validate_images
 from .fid_cache import cache_dirs, fid_cache_dir, requested_cache_dir
+from .provenance import file_digest
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from ..version import __version__
-from ..checkpoint import CHECKPOINT, FINAL, file_digest
+from ..checkpoint import CHECKPOINT, FINAL
 from ..data import Dataset, load_dataset
 from ..distributed import resolve_device
 from ..evaluate import evaluate_run
-from ..provenance import git_commit, git_dirty, provenance, short_commit
+from ..provenance import file_digest, git_commit, git_dirty, provenance, short_commit
 from ..runs import load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
 from .experiments import Budget, ensure_run, resolved_budget, run_dir

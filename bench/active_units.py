@@ -12,7 +12,7 @@ from balanced_vae.data import load_dataset
 from balanced_vae.model import encode_dataset
 from balanced_vae.objectives import kl_standard_normal
 from balanced_vae.runs import load_run
-from balanced_vae.train import test_images
+from balanced_vae.data.splits import test_images
 
 N = 5000
 for path in sys.argv[1:]:

@@ -83,7 +83,7 @@ def test_cli_branch(floored, tmp_path, capsys):
 def test_reproduce_starts_the_unfloored_run_at_the_floored_runs_switch(digits, tmp_path):
     """ensure_run: learned-floor0 branches from learned once learned is past its switch (stage 1 is
     not trained twice), equal to learned-floor0 trained from scratch; the stop record says so."""
-    from balanced_vae.experiments import ensure_run, get_budget, run_dir
+    from balanced_vae.paper.experiments import ensure_run, get_budget, run_dir
 
     budget = dataclasses.replace(get_budget("smoke"), extra_runs=("learned-floor0",), n_train=300, n_test=100,
                                  epochs=2, min_epochs=2)

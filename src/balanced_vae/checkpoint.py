@@ -7,14 +7,14 @@ nothing is ever left half-written (temp file in the same folder, then ``os.repla
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# the atomic writers live in .atomic; these names stay importable from here for code written against 0.1
+# the atomic writers live in .atomic, file digests in .provenance; these names stay importable from here
 from .atomic import DiskFullError, atomic_write, write_json_atomic, write_text_atomic  # noqa: F401
+from .provenance import file_digest  # noqa: F401
 
 CHECKPOINT = "checkpoint.pt"
 STAGE1 = "stage1.pt"
@@ -29,15 +29,6 @@ RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda
 
 class CheckpointError(RuntimeError):
     """A missing, damaged or incompatible checkpoint; the message names the file and the fix."""
-
-
-def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes, read in 4 MiB blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -97,15 +88,3 @@ def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[in
     save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS and k != "format_version"})
     return before, out.stat().st_size
 
-
-def __getattr__(name: str):
-    """``load_run`` and ``LoadedRun`` moved to :mod:`balanced_vae.runs`; the old names still work."""
-    if name in ("load_run", "LoadedRun"):
-        import warnings
-
-        from . import runs
-
-        warnings.warn(f"balanced_vae.checkpoint.{name} moved to balanced_vae.runs "
-                      f"({'load_run' if name == 'load_run' else 'Run'})", DeprecationWarning, stacklevel=2)
-        return runs.load_run if name == "load_run" else runs.Run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -193,3 +193,12 @@ class TrainConfig:
         if isinstance(d, dict) and str(d.get("dataset", "")).startswith("folder:") and d.get("image_size") is None:
             d = {**d, "image_size": 64}   # written before folders kept their own size: None meant 64 then
         return cls.from_dict(d, source=str(path))
+
+
+def method_of(method: str | None, variance: str | None) -> str:
+    """The method a run trains: ``method``, else ``"fixed"`` for ``variance="fixed"`` and ``"learned"``
+    (ours, Algorithm 1) otherwise; a ValueError when both are given and disagree."""
+    chosen = method or ("fixed" if variance == "fixed" else "learned")
+    if variance and method and chosen != ("fixed" if variance == "fixed" else "learned"):
+        raise ValueError(f"--variance {variance} contradicts --method {method}; give one of them")
+    return chosen

@@ -1,4 +1,7 @@
-"""Data-parallel helpers for the training loop (torch.distributed, launched by ``torchrun``).
+"""Devices and data parallelism (torch.distributed, launched by ``torchrun``).
+
+:func:`resolve_device` turns ``auto``/``cpu``/``cuda:N`` into a checked device (one GPU
+per rank under torchrun); every command that places a model or a network asks it.
 
 One process per GPU (NCCL) or several CPU processes (gloo). Each step's global batch of
 ``batch_size`` images is split over the ranks, gradients are averaged by
@@ -81,6 +84,27 @@ def local_cuda_index() -> int | None:
     if rank_world()[1] > 1 and "LOCAL_RANK" in os.environ:
         return int(os.environ["LOCAL_RANK"])
     return None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; checks that a CUDA device exists."""
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and dev.index is None and local_cuda_index() is not None:
+        dev = torch.device("cuda", local_cuda_index())   # one GPU per rank under torchrun
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 def shutdown() -> None:

@@ -24,39 +24,43 @@ its protocol (data set, split, counts, k, seeds, sampler and K, Inception
 implementation and preprocessing) and its provenance (package version, git commit,
 checkpoint digest, time). Entries of metrics not recomputed are kept.
 
-:func:`reconstruct_run` writes Figure 3's picture, :func:`real_data_fid` the sanity
-figure FID(train, test) of a data set's real images.
+:func:`reconstruct_run` writes Figure 3's picture; FID between image sets (the sanity
+figure FID(train, test)) is :mod:`balanced_vae.fid_sets`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .atomic import write_json_atomic
 from .checkpoint import CHECKPOINT
-from .data import load_dataset
-from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, real_statistics,
-                  resolve_backend, small_n_warning)
-from .image_sets import load_image_set
+from .data import Dataset
+from .fid import (backend_protocol, inception_features, inception_path, inception_protocol, resolve_backend,
+                  small_n_warning)
+from .fid_stats import real_statistics
 from .metrics import (calibration, dequantised_log_likelihood, elbo, frechet_distance, gaussian_statistics,
                       iwae_log_likelihood)
 from .plots import save_rows
 from .precision_recall import improved_precision_recall
+from .protocol import METRICS, PAPER, EvalProtocol
 from .provenance import provenance
-from .runs import load_run, make_sampler, model_sha256
-from .samplers import DEFAULT_COMPONENTS, SAMPLER_KINDS, kl_monte_carlo
+from .runs import Run, load_run, make_sampler, model_sha256
+from .samplers import kl_monte_carlo
 from .table_run import is_table_run, table_units
 from .writes import save
 
+# importable from here as before they moved to fid_sets
+from .fid_sets import fid_between, real_data_fid  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-METRICS = ("elbo", "iwae", "fid", "kl", "calibration", "pr")
 RESULTS = "results.json"
 
 
@@ -66,9 +70,9 @@ RESULTS = "results.json"
 def parse_metrics(spec: str | Iterable[str]) -> tuple[str, ...]:
     """``"elbo,iwae"`` or a list -> validated tuple of metric names, in the given order."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    bad = [n for n in names if n not in METRICS]
+    bad = [n for n in names if n not in REGISTRY]
     if bad or not names:
-        raise ValueError(f"unknown or no metrics {bad or names}; choose from {','.join(METRICS)}")
+        raise ValueError(f"unknown or no metrics {bad or names}; choose from {','.join(REGISTRY)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -214,6 +218,120 @@ def _metric_calibration(run, x_test: torch.Tensor, *, batch_size: int = 1000) ->
                          "spearman": "over all test pixels, predicted sigma^2 vs (x - g(mu))^2"}}
 
 
+# --------------------------------------------------------------------------- the registry
+
+
+class EvalRun:
+    """A run under evaluation: the :class:`~balanced_vae.runs.Run`, its checked data and test images,
+    its samplers (each built once) and where the networks run (``device``, FID ``cache_dir``)."""
+
+    def __init__(self, run: Run, protocol: EvalProtocol, data: Dataset, *, data_dir=None, cache_dir=None,
+                 device=None, progress: bool = True) -> None:
+        self.run, self.protocol, self.data = run, protocol, data
+        self.x_test = data.x_test                                            # (N, C, H, W)
+        self.data_dir, self.cache_dir, self.device, self.progress = data_dir, cache_dir, device, progress
+        self._samplers: dict[tuple[str, str], Any] = {}
+
+    @property
+    def model(self):
+        return self.run.model
+
+    def sampler(self, kind: str, fit_on: str = "mean"):
+        """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
+        key = (kind, fit_on if kind == "gmm" else "")
+        if key not in self._samplers:
+            log.info("building the %s sampler", kind)
+            self._samplers[key] = make_sampler(kind, self.run, components=self.protocol.components, data=self.data,
+                                               fit_on=fit_on)
+        return self._samplers[key]
+
+    def label(self, kind: str, fit_on: str = "mean") -> str:
+        return f"gmm_K{self.sampler(kind, fit_on).n_components}" if kind == "gmm" else kind
+
+    def gmm_protocol(self, fit_on: str) -> dict[str, Any]:
+        g = self.sampler("gmm", fit_on)
+        return {"K": g.n_components, "fit_on": g.fit_on, "covariance_type": g.covariance_type,
+                "random_state": g.random_state, "n_fit": g.n_fit_, "converged": g.converged_,
+                "codes": f"{'posterior means' if g.fit_on == 'mean' else 'one z ~ q(z|x) per image'} "
+                         f"of the training images"}
+
+    def with_sampler(self, fit_on: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The prior and, unless it is the prior, the protocol's sampler fitted on ``fit_on``, by label; and the
+        protocol entries that name it (its GMM's fit)."""
+        kind = self.protocol.sampler
+        samplers, extra = {"prior": self.sampler("prior")}, {}
+        if kind != "prior":
+            samplers[self.label(kind, fit_on)] = self.sampler(kind, fit_on)
+            if kind == "gmm":
+                extra["gmm"] = self.gmm_protocol(fit_on)
+        return samplers, extra
+
+
+def _with(entry: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    entry["protocol"].update(extra)
+    return entry
+
+
+def _in_units(entry: dict[str, Any], run: Run) -> dict[str, Any]:
+    """A density metric's entry, with the units of a table run (densities of its standardised rows)."""
+    if is_table_run(run):
+        entry["protocol"].update(table_units(run))
+    return entry
+
+
+def elbo_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The test ELBO (Eq. 9 / Eq. 11) and its two terms over the whole test split."""
+    return _in_units(_metric_elbo(ev.run, ev.x_test, seed=p.seed), ev.run)
+
+
+def iwae_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The IWAE bound with the prior and the protocol's sampler as p(z) (its GMM fitted as a density)."""
+    priors, extra = ev.with_sampler(p.fit_density)
+    entry = _metric_iwae(ev.run, ev.x_test[:p.n_iwae], priors, k=p.k, seed=p.seed, levels=ev.data.levels)
+    return _in_units(_with(entry, extra), ev.run)
+
+
+def fid_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """FID of ``n_fid`` decoded samples of the protocol's sampler against the first ``n_fid`` test images."""
+    c = ev.run.config
+    entry = _metric_fid(ev.run, ev.sampler(p.sampler, p.fit_sampling), ev.x_test, n=p.n_fid, seed=p.seed,
+                        dataset=_dataset_label(c), batch_size=p.fid_batch_size, cache_dir=ev.cache_dir,
+                        data_dir=ev.data_dir or c.data_dir, device=ev.device, progress=ev.progress,
+                        backend=p.fid_backend)
+    extra = {"sampler": ev.label(p.sampler, p.fit_sampling)}
+    if p.sampler == "gmm":
+        extra["gmm"] = ev.gmm_protocol(p.fit_sampling)
+    return _with(entry, extra)
+
+
+def pr_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """Improved precision and recall of the prior and the protocol's sampler."""
+    samplers, extra = ev.with_sampler(p.fit_sampling)
+    return _with(_metric_pr(ev.run, samplers, ev.x_test, n=p.n_pr, k=p.k_pr, seed=p.seed,
+                            batch_size=p.fid_batch_size, device=ev.device, progress=ev.progress), extra)
+
+
+def kl_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """The three Monte-Carlo KLs between q_agg, q_GMM (fitted as a density) and the prior (Table 1)."""
+    entry = _metric_kl(ev.sampler("aggregate"), ev.sampler("prior"), ev.sampler("gmm", p.fit_density),
+                       n=p.n_kl, runs=p.kl_runs, seed=p.seed, progress=ev.progress)
+    return _with(entry, {"gmm": ev.gmm_protocol(p.fit_density)})
+
+
+def calibration_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
+    """Figure 3's calibration of the predicted per-pixel variance on the test split."""
+    return _metric_calibration(ev.run, ev.x_test)
+
+
+#: every metric of ``balanced-vae evaluate``: name -> f(run under evaluation, protocol) -> record
+REGISTRY: dict[str, Callable[[EvalRun, EvalProtocol], dict[str, Any]]] = {
+    "elbo": elbo_metric, "iwae": iwae_metric, "fid": fid_metric, "kl": kl_metric,
+    "calibration": calibration_metric, "pr": pr_metric}
+assert tuple(REGISTRY) == METRICS, "protocol.METRICS names the registry's metrics, in its order"
+#: the counts of the protocol each metric reads from the test split
+COUNTS = {"iwae": "n_iwae", "fid": "n_fid", "pr": "n_pr"}
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -226,133 +344,71 @@ def _clipped(name: str, default: int, available: int, dataset: str) -> int:
     return available
 
 
-def evaluate_run(run_dir: str | Path, *, metrics: str | Iterable[str] = ("elbo", "iwae"), sampler: str = "prior",
-                 components: int | None = DEFAULT_COMPONENTS, which: str = CHECKPOINT, n_iwae: int | None = None,
-                 k: int = 20,
-                 n_fid: int | None = None, fid_batch_size: int = 50, n_pr: int = 500, k_pr: int = 3,
-                 n_kl: int = 10_000, kl_runs: int = 10,
-                 seed: int = 0, data=None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 gmm_fit_on: str | None = None, device: str | None = None, fid_backend: str = "auto",
-                 out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Compute ``metrics`` for the run in ``run_dir`` and write them to ``RUN/results.json`` (or ``out``).
+def fit_counts(protocol: EvalProtocol, names: Iterable[str], available: int, dataset: str) -> EvalProtocol:
+    """``protocol`` with its :attr:`~EvalProtocol.clip` counts clipped to the ``available`` test images; a
+    ValueError when a count the metrics ``names`` read exceeds them."""
+    clipped = {c: _clipped(c, getattr(protocol, c), available, dataset) for c in protocol.clip}
+    protocol = dataclasses.replace(protocol, **clipped)
+    for name in names:
+        count = COUNTS.get(name)
+        n = getattr(protocol, count) if count else None
+        if count and not 1 <= n <= available:
+            raise ValueError(f"{count}={n}: the test split of {dataset} has {available} images; "
+                             f"choose 1 <= {count} <= {available}")
+    return protocol
 
-    ``sampler`` ("prior", "gmm" or "aggregate", K = ``components``) is p(z) for FID and the
-    second p(z) of the IWAE bound; the GMM is fitted on the run's training codes and
-    cached beside the checkpoint. ``gmm_fit_on`` chooses those codes: by default the
-    posterior means for sampling (FID, the paper's practice) and one z ~ q(z|x) per image
-    where the GMM serves as a density (IWAE's p(z), KL), because a fit on means squeezes
-    unused latent dimensions to a near-zero variance and inflates every log-density
-    ratio involving them; "mean" or "sample" forces one fit for all. ``data`` (a
-    :class:`~balanced_vae.data.Dataset`) skips loading; test metrics use the data set's
-    whole test split (the first ``n_iwae`` / ``n_fid`` images; by default 500 and 10,000, clipped
-    with a notice to the test images there are).
-    ``pr`` compares the prior with ``sampler`` (both when ``sampler`` is the prior, one entry)
-    on ``n_pr`` samples each, with ``k_pr`` nearest neighbours.
-    Results of a checkpoint other than ``checkpoint.pt`` go to ``RUN/results_<name>.json``.
-    ``fid_backend`` runs the Inception network (``auto``, ``torch`` or ``openvino``; see
-    :func:`balanced_vae.fid.resolve_backend`); it is recorded in the FID protocol.
-    Returns the results dictionary written.
+
+def evaluate_run(run: Run | str | Path, protocol: EvalProtocol | None = None,
+                 metrics: str | Iterable[str] = ("elbo", "iwae"), *, data=None, data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, device: str | None = None, out: str | Path | None = None,
+                 progress: bool = True, which: str = CHECKPOINT, **changes) -> dict[str, Any]:
+    """Compute ``metrics`` (names of :data:`REGISTRY`) for ``run`` under ``protocol`` and write them to
+    ``RUN/results.json`` (or ``out``); returns the results dictionary written.
+
+    ``run`` is a :class:`~balanced_vae.runs.Run` or its folder (its checkpoint ``which``); ``protocol``
+    defaults to :data:`~balanced_vae.protocol.PAPER`, and ``changes`` (its field names: ``n_iwae=50``,
+    ``sampler="gmm"``) change it for this call. ``data`` (a :class:`~balanced_vae.data.Dataset`) skips
+    loading, ``data_dir`` names the data folder; test metrics use the data set's test split (the
+    protocol's counts of the paper are clipped with a notice to the test images there are).
+    FID and precision/recall run the Inception network on ``device`` with statistics of real
+    images cached in ``cache_dir``. Results of a checkpoint other than ``checkpoint.pt`` go to
+    ``RUN/results_<name>.json``. Entries of metrics not recomputed are kept.
     """
     names = parse_metrics(metrics)
-    if sampler not in SAMPLER_KINDS:
-        raise ValueError(f"sampler={sampler!r}; choose prior, gmm or aggregate")
-    if gmm_fit_on not in (None, "mean", "sample"):
-        raise ValueError(f"gmm_fit_on={gmm_fit_on!r}; choose 'mean' or 'sample' (or None for the defaults)")
+    protocol = (protocol or PAPER).replace(**{k: v for k, v in changes.items() if v is not None})
     if "fid" in names or "pr" in names:
         inception_path()  # fail before any work when the network is not installed
-        resolve_backend(fid_backend, device)
-    run = load_run(run_dir, which=which)
-    c = run.config
-    data = run.dataset(data, data_dir=data_dir)
-    x_test = data.x_test
-    if n_iwae is None:
-        n_iwae = _clipped("n_iwae", 500, len(x_test), c.dataset)
-    if n_fid is None:
-        n_fid = _clipped("n_fid", 10_000, len(x_test), c.dataset)
-    for name, n in (("n_iwae", n_iwae), ("n_fid", n_fid), ("n_pr", n_pr)):
-        if (name[2:] in names) and not 1 <= n <= len(x_test):
-            raise ValueError(f"{name}={n}: the test split of {c.dataset} has {len(x_test)} images; "
-                             f"choose 1 <= {name} <= {len(x_test)}")
-
-    samplers: dict[tuple[str, str], Any] = {}
-
-    def get_sampler(kind: str, fit_on: str = "mean"):
-        """The run's sampler of ``kind``; GMMs are cached per ``fit_on``."""
-        key = (kind, fit_on if kind == "gmm" else "")
-        if key not in samplers:
-            log.info("building the %s sampler", kind)
-            samplers[key] = make_sampler(kind, run, components=components, data=data, fit_on=fit_on)
-        return samplers[key]
-
-    def label(kind: str, fit_on: str = "mean") -> str:
-        return f"gmm_K{get_sampler(kind, fit_on).n_components}" if kind == "gmm" else kind
-
-    def gmm_protocol(fit_on: str) -> dict[str, Any]:
-        g = get_sampler("gmm", fit_on)
-        return {"K": g.n_components, "fit_on": g.fit_on, "covariance_type": g.covariance_type,
-                "random_state": g.random_state, "n_fit": g.n_fit_, "converged": g.converged_,
-                "codes": f"{'posterior means' if g.fit_on == 'mean' else 'one z ~ q(z|x) per image'} "
-                         f"of the training images"}
-
-    # sampling follows the paper (GMM on posterior means); a density of q(z) is fitted on samples
-    # of q(z), since a fit on means squeezes unused latent dimensions to reg_covar (see samplers)
-    fit_sampling = gmm_fit_on or "mean"
-    fit_density = gmm_fit_on or "sample"
+        resolve_backend(protocol.fid_backend, device)
+    run = run if isinstance(run, Run) else load_run(run, which=which)
     prov = {**provenance(run.path / run.which), "model_sha256": model_sha256(run.model)}   # the weights, however packed
-    dataset = _dataset_label(c)
+    data = run.dataset(data, data_dir=data_dir)
+    protocol = fit_counts(protocol, names, len(data.x_test), run.config.dataset)
+    ev = EvalRun(run, protocol, data, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)
     results: dict[str, Any] = {}
     for name in names:
         t0 = time.perf_counter()
         log.info("evaluating %s", name)
-        extra: dict[str, Any] = {}
-        if name == "elbo":
-            entry = _metric_elbo(run, x_test, seed=seed)
-        elif name == "iwae":
-            priors = {"prior": get_sampler("prior")}
-            if sampler != "prior":
-                priors[label(sampler, fit_density)] = get_sampler(sampler, fit_density)
-                if sampler == "gmm":
-                    extra["gmm"] = gmm_protocol(fit_density)
-            entry = _metric_iwae(run, x_test[:n_iwae], priors, k=k, seed=seed, levels=data.levels)
-        elif name == "fid":
-            entry = _metric_fid(run, get_sampler(sampler, fit_sampling), x_test, n=n_fid, seed=seed,
-                                dataset=dataset, batch_size=fid_batch_size, cache_dir=cache_dir,
-                                data_dir=data_dir or c.data_dir, device=device, progress=progress,
-                                backend=fid_backend)
-            extra["sampler"] = label(sampler, fit_sampling)
-            if sampler == "gmm":
-                extra["gmm"] = gmm_protocol(fit_sampling)
-        elif name == "pr":
-            pr_samplers = {"prior": get_sampler("prior")}
-            if sampler != "prior":
-                pr_samplers[label(sampler, fit_sampling)] = get_sampler(sampler, fit_sampling)
-                if sampler == "gmm":
-                    extra["gmm"] = gmm_protocol(fit_sampling)
-            entry = _metric_pr(run, pr_samplers, x_test, n=n_pr, k=k_pr, seed=seed, batch_size=fid_batch_size,
-                               device=device, progress=progress)
-        elif name == "kl":
-            entry = _metric_kl(get_sampler("aggregate"), get_sampler("prior"), get_sampler("gmm", fit_density),
-                               n=n_kl, runs=kl_runs, seed=seed, progress=progress)
-            extra["gmm"] = gmm_protocol(fit_density)
-        else:
-            entry = _metric_calibration(run, x_test)
-        entry["protocol"] = {"dataset": c.dataset, **entry["protocol"], **extra}
-        if name in ("elbo", "iwae") and is_table_run(run):   # a table: densities of its standardised rows
-            entry["protocol"].update(table_units(run))
+        entry = REGISTRY[name](ev, protocol)
+        entry["protocol"] = {"dataset": run.config.dataset, **entry["protocol"]}
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["provenance"] = prov
         results[name] = entry
+    return _write_results(run, results, out)
 
-    if out is not None:
-        path = Path(out).expanduser()
-    else:
-        path = run.path / (RESULTS if which == CHECKPOINT else f"results_{Path(which).stem}.json")
+
+def _write_results(run: Run, results: dict[str, Any], out: str | Path | None) -> dict[str, Any]:
+    """Merge ``results`` into the record at ``out`` (default ``RUN/results.json``, or ``RUN/results_NAME.json``
+    for a checkpoint ``NAME.pt`` other than ``checkpoint.pt``; entries of other metrics kept) and write it."""
+    path = Path(out).expanduser() if out is not None else \
+        run.path / (RESULTS if run.which == CHECKPOINT else f"results_{Path(run.which).stem}.json")
     old = _load_results(path)
-    if old and old.get("checkpoint") != which:
-        log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), which)
+    if old and old.get("checkpoint") != run.which:
+        log.warning("%s holds results of %s, not %s; replacing them", path, old.get("checkpoint"), run.which)
         old = {}
-    doc = {"run": str(run.path), "checkpoint": which, "stage": run.stage, "dataset": c.dataset,
+    c = run.config
+    doc = {"run": str(run.path), "checkpoint": run.which, "stage": run.stage, "dataset": c.dataset,
            "method": c.method, "metrics": {**old.get("metrics", {}), **results}}
+
     def write():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, doc)
@@ -390,90 +446,3 @@ def reconstruct_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, wh
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_rows(rows, out_dir / "reconstructions.png", cmaps=cmaps,
                      title=f"{c.dataset} {split}: reconstructions and {kind}")
-
-
-def _write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
-    """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
-    if out is not None:
-        out = Path(out).expanduser()
-
-        def write():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, doc)
-        save(out, doc, write)
-
-
-def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
-                  cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                  backend: str = "auto", paper_value: float | None = None, progress: bool = True,
-                  out: str | Path | None = None) -> dict[str, Any]:
-    """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
-
-    The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000; pass it as
-    ``paper_value`` to record it beside ours. Both statistics go through the on-disk
-    cache; the record names the feature backend of each (a cached one keeps the backend
-    that made it) and the wall time. Writes the result to ``out`` when given.
-    """
-    inception_path()  # fail before any work when the network is not installed
-    resolve_backend(backend, device)
-    t0 = time.perf_counter()
-    data = load_dataset(dataset, data_dir=data_dir)
-    stats = {}
-    for split, x in (("train", data.x_train), ("test", data.x_test)):
-        stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                       batch_size=batch_size, device=device, progress=progress, backend=backend)
-    fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
-    warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
-           "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
-           "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
-           "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
-    _write_record(out, doc)
-    return doc
-
-
-def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir: str | Path | None = None,
-                cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                backend: str = "auto", progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
-    """FID between two image sets, each a folder, an ``.npy``/``.npz`` array or ``NAME:SPLIT``.
-
-    The first ``n`` images of each set are used (default: all of a folder or array, the
-    first 10,000 of a data set's split); a data set's statistics are cached like every
-    real set's (:func:`balanced_vae.fid.real_statistics`). Sets of different image sizes
-    or channels are fine: each is resized to 299x299 and grey is repeated to RGB. The
-    record holds both sets' sources and counts, the backend and the Inception protocol;
-    it is written to ``out`` when given.
-    """
-    inception_path()
-    resolve_backend(backend, device)
-    if n is not None and n < 2:
-        raise ValueError(f"n={n}: FID needs at least 2 images per set")
-    t0 = time.perf_counter()
-    sides = {}
-    for label, spec in (("a", a), ("b", b)):
-        s = load_image_set(spec, data_dir=data_dir)
-        m = min(n, len(s.x)) if n is not None else (min(10_000, len(s.x)) if s.kind == "dataset" else len(s.x))
-        if n is not None and n > len(s.x):
-            raise ValueError(f"n={n}: {s.source} holds {len(s.x)} images; lower --n to at most {len(s.x)}")
-        info = {**s.describe(), "n": m, "images": f"first {m}"}
-        if s.kind == "dataset":
-            mu, cov, proto = real_statistics(s.dataset, s.x, split=s.split, n=m, data_dir=data_dir,
-                                             cache_dir=cache_dir, batch_size=batch_size, device=device,
-                                             progress=progress, backend=backend)
-            info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
-        else:
-            feats = inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
-                                       cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
-            mu, cov = gaussian_statistics(feats)
-        sides[label] = (mu, cov, info)
-    fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
-    warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": inception_protocol(), "provenance": provenance()}
-    _write_record(out, doc)
-    return doc

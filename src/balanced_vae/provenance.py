@@ -6,6 +6,7 @@ carries :func:`provenance`, so a number can be traced to the code that computed 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -13,10 +14,18 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .checkpoint import file_digest
+from .version import __version__
 
 MAX_DIRTY_FILES = 20   # modified paths listed in a record's provenance
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def git_commit() -> str:

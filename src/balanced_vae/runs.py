@@ -21,11 +21,12 @@ import torch
 from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import Dataset, load_dataset
+from .data.splits import check_fingerprint, test_images
 from .methods import build_model
 from .model import encode_dataset
+from .resume import run_config
 from .samplers import (CELEBA_COMPONENTS, DEFAULT_COMPONENTS, GMM_META, SAMPLER_KINDS, AggregatePosteriorSampler,
                        GaussianMixtureSampler, PriorSampler, Sampler)
-from .train import check_fingerprint, run_config, test_images
 
 log = logging.getLogger(__name__)
 

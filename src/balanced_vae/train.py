@@ -14,89 +14,45 @@ rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import logging
 import math
-import os
 import time
-import warnings
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from . import writes
-from .atomic import DiskFullError, write_json_atomic, write_text_atomic
-from .checkpoint import (CHECKPOINT, CONFIG, FINAL, METRICS, RESUMES, STAGE1, CheckpointError, load_checkpoint,
-                         load_weights, save_checkpoint)
+from .atomic import write_json_atomic
+from .checkpoint import CHECKPOINT, FINAL, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .distributed import all_reduce_sum, broadcast, gather_rng_states, local_cuda_index, rank_world
+from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
+from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world, resolve_device
 from .methods import build_model, build_objective, n_stages
 from .model import eval_mode
-from .objectives import LOG_2PI, NOT_TERMS, KLWarmup, elbo_terms
+from .objectives import LOG_2PI, KLWarmup
 from .provenance import provenance, source_commit
-from .sources import as_data, epoch_batches, rows
+from .resume import branch_source
+from .run_folder import log_row, note_resume, prepare_run_dir, run_lock, tensorboard
+from .sources import as_data, rows
+from .train_epoch import n_batches_of, stepper, train_epoch
+from .train_state import TrainState, branch_at, cpu_state, enter_stage2, make_optimiser, restore, resumable
+
+# importable from here as before they moved: the test ELBO (metrics), the resume and branch rules
+# (resume), the run folder's files (run_folder), the loop's state (train_state)
+from .metrics import evaluate_elbo  # noqa: F401
+from .resume import BRANCH_MAY_DIFFER, SAFE_ON_RESUME, BranchError, run_config  # noqa: F401
+from .run_folder import RunExistsError  # noqa: F401
+from .train_state import TrainState as _State  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
-class RunExistsError(FileExistsError):
-    """The output folder already holds a run."""
-
-
-class BranchError(CheckpointError):
-    """A run cannot start at another run's stage switch (see :func:`branch_source`); nothing was written."""
-
-
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; checks that a CUDA device exists."""
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and dev.index is None and local_cuda_index() is not None:
-        dev = torch.device("cuda", local_cuda_index())   # one GPU per rank under torchrun
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
-                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: only cpu and cuda are supported")
-    return dev
-
-
-def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
-
-    One z per image from a generator seeded with ``seed`` (on ``x``'s device), so repeated
-    calls agree. The terms are :func:`~balanced_vae.objectives.elbo_terms`'.
-    """
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    sums: dict[str, float] = {}
-    with eval_mode(model):
-        for i in range(0, len(x), batch_size):
-            xb = rows(x, i, i + batch_size)
-            t = elbo_terms(model, xb, generator=g)
-            t["sigma2_mean"] = t["x_logvar"].exp().expand_as(xb).flatten(1).mean(1)
-            for k, v in t.items():
-                if k not in NOT_TERMS:
-                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
-    return {k: v / len(x) for k, v in sums.items()}
 
 
 def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
@@ -157,105 +113,6 @@ def _converged(history: list[float], config: TrainConfig, dims: int, since: int 
     return (max(h[-w:]) - max(h[:-w])) / dims < config.tol
 
 
-def split_train(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images a run fits on and the validation images its stopping rule watches.
-
-    The first ``n_train`` training images (all when None), of which the last ``n_val``
-    are held out. The test split is never touched here.
-    """
-    x = data.x_train[: config.n_train] if config.n_train else data.x_train
-    n_val = config.n_val or 0
-    if n_val >= len(x):
-        raise ValueError(f"n_val={n_val} leaves no training images of {len(x)}; choose a smaller --n-val")
-    return (x[: len(x) - n_val], x[len(x) - n_val:]) if n_val else (x, x[:0])
-
-
-def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
-    """The test images a run is evaluated on: the first ``n_test`` (all when None)."""
-    return data.x_test[: config.n_test] if config.n_test else data.x_test
-
-
-#: fields that may change when a run is resumed: longer training, the data's location
-SAFE_ON_RESUME = ("epochs", "max_minutes", "data_dir")
-
-
-def _differences(saved: TrainConfig, config: TrainConfig, allowed: tuple[str, ...]) -> str:
-    """The fields (but ``allowed``) where ``config`` differs from ``saved``, with the saved values:
-    ``"lr, width (lr=0.001, width=32)"``; empty when none."""
-    differ = [f.name for f in dataclasses.fields(TrainConfig)
-              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in allowed]
-    return f"{', '.join(differ)} ({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)})" if differ else ""
-
-
-def run_config(folder: str | Path) -> TrainConfig:
-    """The config a run folder trains under now: ``config.json`` as `train` created it, with the changes of
-    each resume (``resumes.jsonl``: raised caps, the data's new place) applied in order."""
-    folder = Path(folder).expanduser()
-    config = TrainConfig.load(folder / CONFIG)
-    path = folder / RESUMES
-    if not path.is_file():
-        return config
-    for i, ln in enumerate(path.read_text().splitlines()):
-        try:
-            changes = json.loads(ln)["changes"]
-            config = dataclasses.replace(config, **{k: v["to"] for k, v in changes.items() if k in SAFE_ON_RESUME})
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.warning("%s: line %d is not a resume record; ignored", path, i + 1)
-    return config
-
-
-def _check_caps(out: Path, config: TrainConfig) -> dict:
-    """Refuse caps below what the run already ran (its config could no longer re-create it); returns the
-    state of its checkpoint (stage, epoch)."""
-    ckpt = load_checkpoint(out / CHECKPOINT)
-    st = _state_of(ckpt)
-    ran = {str(st.stage): {"epochs": st.epoch, "seconds": st.stage_seconds}, **{
-        s: {"epochs": v.get("epochs", 0), "seconds": v.get("seconds", 0.0)} for s, v in st.stops.items()}}
-    stage, most = max(ran.items(), key=lambda kv: kv[1]["epochs"])
-    if config.epochs < most["epochs"]:
-        raise ValueError(f"--epochs {config.epochs}: stage {stage} of {out} already ran {most['epochs']} epochs; "
-                         "a lower cap would leave a folder its config cannot re-create. Fix: give --epochs >= "
-                         f"{most['epochs']} (or leave it out), or train a new run with the lower cap")
-    stage, most = max(ran.items(), key=lambda kv: kv[1]["seconds"] or 0.0)
-    if config.max_minutes is not None and 60 * config.max_minutes < (most["seconds"] or 0.0):
-        raise ValueError(f"--max-minutes {config.max_minutes:g}: stage {stage} of {out} already ran "
-                         f"{most['seconds'] / 60:.2f} minutes; fix: give --max-minutes >= "
-                         f"{math.ceil(most['seconds'] / 60 * 100) / 100:g} (or leave it out), or train a new run")
-    return {"stage": st.stage, "epoch": st.epoch}
-
-
-def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
-    """Write ``config.json`` of a new run; on resume, check the config and return what it changes, for
-    :func:`_note_resume` once the checkpoint has loaded (``config.json`` stays as the run was created)."""
-    if (out / CHECKPOINT).exists() and not resume:
-        raise RunExistsError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
-    if resume and not (out / CHECKPOINT).exists():
-        raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
-    if not resume:
-        write_text_atomic(out / CONFIG, config.to_json() + "\n")
-        return None
-    saved = run_config(out)
-    differ = _differences(saved, config, SAFE_ON_RESUME)
-    if differ:
-        raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
-                              f"{', '.join(SAFE_ON_RESUME)} may change on resume")
-    where = _check_caps(out, config)
-    changes = {k: {"from": getattr(saved, k), "to": getattr(config, k)} for k in SAFE_ON_RESUME
-               if getattr(saved, k) != getattr(config, k)}
-    return {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where, "changes": changes} \
-        if changes else None
-
-
-def _note_resume(out: Path, note: dict | None) -> None:
-    """Append what a resume changed to ``resumes.jsonl`` (see :func:`run_config`)."""
-    if note is None:
-        return
-    with open(out / RESUMES, "a") as f:
-        f.write(json.dumps(note, allow_nan=False) + "\n")
-    log.info("%s: resumed with %s (noted in %s)", out,
-             ", ".join(f"{k}={v['to']}" for k, v in note["changes"].items()), RESUMES)
-
-
 def absolute_paths(config: TrainConfig) -> TrainConfig:
     """The config with its data folder and ``folder:``/``npz:`` paths made absolute, so a run
     folder means the same data from any working directory."""
@@ -264,93 +121,6 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz", "csv") \
         else config.dataset
     return dataclasses.replace(config, data_dir=data_dir, dataset=dataset)
-
-
-def data_fingerprint(data: Dataset, config: TrainConfig) -> dict:
-    """Counts, shape and SHA-256 of the images a run trains and is tested on (its subsets)."""
-    x_train = data.x_train[: config.n_train] if config.n_train else data.x_train
-    x_test = test_images(data, config)
-    h = hashlib.sha256()
-    for x in (x_train, x_test):
-        held = x if isinstance(x, torch.Tensor) else getattr(x, "x", None)   # a TensorSource holds its tensor
-        if not isinstance(held, torch.Tensor):   # a streamed source: reading it all to hash it costs an epoch
-            return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": None}
-        h.update(held.detach().cpu().contiguous().numpy().tobytes())
-    return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": h.hexdigest()}
-
-
-def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, where: Path) -> None:
-    """Refuse data other than the run's own (when the checkpoint recorded it)."""
-    if not saved:
-        return
-    now = data_fingerprint(data, config)
-    if None in (now["sha256"], saved.get("sha256")):   # streamed data: counts and shape only
-        now, saved = ({k: v for k, v in d.items() if k != "sha256"} for d in (now, saved))
-    if now != saved:
-        raise CheckpointError(
-            f"{where}: the run was trained on other data ({saved['n_train']} train / {saved['n_test']} test images "
-            f"of shape {tuple(saved['shape'])}, sha256 {str(saved.get('sha256'))[:12]}) than the data given now "
-            f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, "
-            f"sha256 {str(now.get('sha256'))[:12]}); "
-            f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
-
-
-def _tensorboard(out: Path):
-    """A SummaryWriter into ``out/tensorboard`` when TensorBoard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-@contextmanager
-def _run_lock(out: Path):
-    """Hold ``out/.lock`` (our pid) while training, so two processes never train one run folder."""
-    lock = out / ".lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(lock.read_text() or 0)
-            if pid <= 0:   # an empty or damaged lock (e.g. written on a full disk) names no process
-                raise ValueError(pid)
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):   # stale lock of a process that died
-            lock.unlink(missing_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        else:
-            raise RunExistsError(f"{out} is being trained by process {pid}; wait for it or stop it") from None
-    try:
-        os.write(fd, str(os.getpid()).encode())
-    except OSError as e:
-        os.close(fd)
-        lock.unlink(missing_ok=True)
-        raise DiskFullError(e.errno, f"cannot write {lock} ({e.strerror}): no space left on {out}? free some "
-                                     "space and run the command again") from None
-    os.close(fd)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _truncate_metrics(path: Path, stage: int, epoch: int) -> None:
-    """Drop log lines written after the checkpoint being resumed from."""
-    if not path.exists():
-        return
-    keep = []
-    for i, ln in enumerate(path.read_text().splitlines()):
-        if not ln.strip():
-            continue
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:   # a line torn by a crash or power loss: it was never checkpointed
-            log.warning("%s: dropping unreadable line %d (%r...)", path, i + 1, ln[:40])
-            continue
-        if (row["stage"], row["epoch"]) <= (stage, epoch):
-            keep.append(ln)
-    write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: Dataset | None = None,
@@ -388,10 +158,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     if config.kl_warmup:
         KLWarmup(objective)               # refuses objectives without a KL term before any file is written
     x_fit, _ = split_train(data, config)  # validates n_val before any file is written
-    if config.lr_warmup > config.epochs * _batches(len(x_fit), config.batch_size, rank_world()[1]):
+    steps = n_batches_of(len(x_fit), config.batch_size, rank_world()[1])
+    if config.lr_warmup > config.epochs * steps:
         raise ValueError(f"TrainConfig.lr_warmup={config.lr_warmup}: longer than the epoch cap (--epochs "
-                         f"{config.epochs} x {_batches(len(x_fit), config.batch_size, rank_world()[1])} steps); "
-                         "fix: a shorter --lr-warmup or more --epochs")
+                         f"{config.epochs} x {steps} steps); fix: a shorter --lr-warmup or more --epochs")
     branch = None
     if branch_from is not None and not resume:
         branch = branch_source(Path(branch_from).expanduser(), config)
@@ -407,128 +177,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     out.mkdir(parents=True, exist_ok=True)
     if not resume and record:
         writes.record("train", folders=[writes.Folder(out, "run")])
-    with _run_lock(out):   # nothing is written into the folder before its lock is held
-        note = _prepare_run_dir(out, config, resume)
+    with run_lock(out):   # nothing is written into the folder before its lock is held
+        note = prepare_run_dir(out, config, resume)
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch, note)
 
 
-BRANCH_MAY_DIFFER = ("pixel_floor", "data_dir")   # stage 2's floor; where the same data lie
 COLLAPSE_KL = 0.1   # nats per image: below this at a stage's end the decoder ignores z
-
-
-def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
-    """``run``'s ``stage1.pt`` (path, checkpoint) when a run of ``config`` may start at ``run``'s stage
-    switch; else a :class:`BranchError` that says why (no switch yet, no random states, another config)."""
-    if not (run / CONFIG).is_file():
-        raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
-    differ = _differences(run_config(run), config, BRANCH_MAY_DIFFER)
-    if differ:
-        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
-                          f"change only {', '.join(BRANCH_MAY_DIFFER)}")
-    if n_stages(config) < 2:
-        raise BranchError(f"--branch-from {run}: the new run has one stage; only stage 2 can branch")
-    path = run / STAGE1
-    if not path.is_file():
-        raise BranchError(f"{path}: {run} has not reached its stage switch yet; branch once stage 1 ended")
-    ckpt = load_checkpoint(path)
-    if "shuffle_rng" not in ckpt:
-        raise BranchError(f"{path}: holds no random states of the stage switch (written before branching "
-                          "existed, or slimmed); train the new run from scratch instead")
-    return path, ckpt
-
-
-def _reopen(stop: dict, epoch: int, stage_seconds: float, config: TrainConfig) -> bool:
-    """Whether a finished run's last stage, ended by a cap, may go on under raised caps."""
-    if stop.get("reason") == "max_epochs":
-        return epoch < config.epochs
-    if stop.get("reason") == "max_minutes":
-        return config.max_minutes is None or stage_seconds < 60 * config.max_minutes
-    return False
-
-
-def _cpu_state(module_or_optimiser) -> dict:
-    """A state dict with every tensor on the CPU, so checkpoints load on any device."""
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.detach().cpu()
-        if isinstance(v, dict):
-            return {k: move(u) for k, u in v.items()}
-        if isinstance(v, list):
-            return [move(u) for u in v]
-        return v
-    return move(module_or_optimiser.state_dict())
-
-
-class _Step(nn.Module):
-    """The objective as a module, so DistributedDataParallel sees a forward pass: x -> terms."""
-
-    def __init__(self, model: nn.Module, objective) -> None:
-        super().__init__()
-        self.model, self.objective = model, objective
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.objective(self.model, x)
-
-
-def _stepper(model, objective, device: torch.device):
-    """``step(x) -> terms``: the objective, wrapped in DistributedDataParallel under a process group.
-
-    Buffers are not broadcast: each rank keeps its own closed-form sums, which the trainer
-    adds over ranks itself. Built anew after the stage switch, so every rank starts stage 2
-    from rank 0's variance head.
-    """
-    step = _Step(model, objective)
-    if rank_world()[1] == 1:
-        return step
-    ids = [device.index] if device.type == "cuda" else None
-    with warnings.catch_warnings():   # torch >= 2.12 renames the flag; the rank-local sums need its meaning
-        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-        return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
-
-
-def _batches(n: int, batch_size: int, world: int) -> int:
-    """Steps per epoch: global batches of ``batch_size``; a last batch smaller than the world is dropped."""
-    steps = math.ceil(n / batch_size)
-    return steps - 1 if world > 1 and 0 < n % batch_size < world else steps
-
-
-def _train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world,
-                 warmup=None) -> tuple[dict, int | None]:
-    """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
-    first step whose loss was non-finite (None if none). ``warmup(b)``, when given, is called before
-    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`).
-
-    Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are
-    accumulated on the device (no host sync per step).
-    """
-    sums: dict[str, torch.Tensor] = {}
-    finite = torch.ones((), dtype=torch.bool, device=x_fit.device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=x_fit.device)
-    if world == 1:   # sources stream their batches (a DataLoader's workers); ranks index their share
-        batches = epoch_batches(x_fit, perm, batch_size)
-    else:
-        batches = (x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]] for b in range(len(bar)))
-    for b in bar:
-        x = next(batches)
-        if warmup is not None:
-            warmup(b)
-        with autocast():
-            terms = step(x)
-        optimiser.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimiser.step()
-        ok = torch.isfinite(terms["loss"].detach())
-        first_bad = torch.where(finite & ~ok, torch.full_like(first_bad, b), first_bad)
-        finite = finite & ok
-        for k, v in terms.items():
-            v = v.detach().double() * len(x)
-            sums[k] = sums[k] + v if k in sums else v
-    keys = sorted(sums)
-    total = all_reduce_sum(torch.stack([sums[k] for k in keys] + [(~finite).double()]))   # (K + 1,)
-    bad_step = None
-    if float(total[-1]) > 0:
-        bad_step = int(first_bad) + 1 if not bool(finite) else -1
-    return {k: float(v) for k, v in zip(keys, total[:-1])}, bad_step
 
 
 def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
@@ -540,30 +194,6 @@ def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
     """
     mse, kl = sums["mse"] / n, sums["kl"] / n
     return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
-
-
-def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser of every stage: RAdam (or Adam, ``config.optimiser``) at ``config.lr`` over all of
-    the model's parameters (a fresh one at the stage switch, whose new variance head starts from zero
-    moments)."""
-    kind = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[config.optimiser]
-    return kind(model.parameters(), lr=config.lr)
-
-
-@dataclass
-class _State:
-    """Where Algorithm 1 stands; everything in it goes into the checkpoint."""
-
-    stage: int = 1
-    epoch: int = 0
-    history: list = field(default_factory=list)   # -(validation loss) per epoch of this stage
-    sigma2_star: float | None = None
-    stops: dict = field(default_factory=dict)     # stage -> {reason, epochs, seconds}
-    stage_seconds: float = 0.0
-    done: bool = False
-    commits: list = field(default_factory=list)   # the source commits that trained it ("+dirty" when modified)
-    lr_drops: int = 0                             # learning-rate drops made in this stage
-    lr_dropped_at: int = 0                        # len(history) at the last drop
 
 
 def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None,
@@ -582,18 +212,18 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     shuffle = torch.Generator().manual_seed(config.seed)
     optimiser = make_optimiser(model, config)
     fingerprint = data_fingerprint(data, config)
-    st = _State()
+    st = TrainState()
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
-        st, optimiser = _restore(ckpt, model, shuffle, config, out, rank, world, device)
+        st, optimiser = restore(ckpt, model, shuffle, config, out, rank, world, device)
         if rank == 0:
-            _note_resume(out, note)   # only once the run's weights have loaded: a failed resume changes nothing
+            note_resume(out, note)   # only once the run's weights have loaded: a failed resume changes nothing
         if st.done:
             log.info("%s: training already finished", out)
             return out
     elif branch is not None:
-        st, optimiser = _branch(*branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
+        st, optimiser = branch_at(*branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
     source = source_commit()
     if not st.commits or st.commits[-1] != source:
         st.commits.append(source)
@@ -603,20 +233,20 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.precision == "bf16" \
         else nullcontext
     warm = KLWarmup(objective) if config.kl_warmup else None
-    step = _stepper(model, warm if warm is not None and st.stage == 1 else objective, device)
-    writer = _tensorboard(out) if rank == 0 else None
+    step = stepper(model, warm if warm is not None and st.stage == 1 else objective, device)
+    writer = tensorboard(out) if rank == 0 else None
     for _ in itertools.count() if stop_after is None else range(stop_after):
         if st.done:
             break
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(len(x_fit), generator=shuffle).to(device)   # the same on every rank
-        n_batches = _batches(len(perm), config.batch_size, world)
+        n_batches = n_batches_of(len(perm), config.batch_size, world)
         bar = tqdm(range(n_batches), desc=f"stage {st.stage} epoch {st.epoch + 1}",
                    disable=not progress or rank != 0, leave=False)
         on_step = _warmup(warm, optimiser, st, config, n_batches)
-        sums, bad_step = _train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
-                                      autocast=autocast, bar=bar, rank=rank, world=world, warmup=on_step)
+        sums, bad_step = train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
+                                     autocast=autocast, bar=bar, rank=rank, world=world, warmup=on_step)
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
         if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
@@ -645,14 +275,14 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
             row["stop"] = reason
             _check_collapse(out, st, val)
             if st.stage < n_stages(config):
-                optimiser = _enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
-                step = _stepper(model, objective, device)
+                optimiser = enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
+                step = stepper(model, objective, device)
             else:
                 st.done = True
         rng_states = gather_rng_states()   # a collective: every rank takes part
         if rank == 0:
-            _log_row(out, writer, row, config)
-            save_checkpoint(out / CHECKPOINT, {"optimiser": _cpu_state(optimiser), **_resumable(
+            log_row(out, writer, row, config)
+            save_checkpoint(out / CHECKPOINT, {"optimiser": cpu_state(optimiser), **resumable(
                 model, st, data.shape, fingerprint, shuffle, rng_states, device)})
     if writer is not None:
         writer.close()
@@ -661,88 +291,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     return out
 
 
-def _restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: int, device) -> tuple[_State, object]:
-    """Load a checkpoint into the model, the shuffle and the RNGs; returns the state and the optimiser.
-
-    A slimmed checkpoint (weights only) of a finished run loads as finished; continuing it is refused.
-    A finished run whose last stage was ended by a cap that has since been raised (more
-    ``--epochs``, ``--max-minutes``) is reopened.
-    """
-    st = _state_of(ckpt)
-    reopen = st.done and _reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
-    if st.stage == 2:
-        model.with_pixel_variance(config.pixel_floor if config.pixel_floor is not None else st.sigma2_star,
-                                  init_sigma2=st.sigma2_star)
-        model.to(device)
-    optimiser = make_optimiser(model, config)
-    load_weights(model, ckpt["model"], out / CHECKPOINT, out / CONFIG)
-    if "optimiser" not in ckpt:   # slimmed (`balanced-vae slim`): finished, and can only stay so
-        if not st.done or reopen:
-            raise CheckpointError(
-                f"{out / CHECKPOINT}: holds weights only (slimmed for sharing), without the optimiser and "
-                "random states that training further needs; train into a new folder instead")
-        return st, optimiser
-    optimiser.load_state_dict(ckpt["optimiser"])
-    _set_rng_states(ckpt, shuffle, out, rank, world, device)
-    if rank == 0:
-        _truncate_metrics(out / METRICS, st.stage, st.epoch)
-    if reopen:
-        log.info("%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)", out,
-                 config.epochs, config.max_minutes)
-        st.stops.pop(str(st.stage), None)
-        st.done = False
-    return st, optimiser
-
-
-def _state_of(ckpt: dict) -> _State:
-    """The :class:`_State` a checkpoint (``checkpoint.pt``, or ``stage1.pt`` at the switch) holds."""
-    return _State(stage=int(ckpt["stage"]), epoch=int(ckpt["epoch"]), history=list(ckpt.get("history", [])),
-                  sigma2_star=ckpt["sigma2_star"], stops=dict(ckpt.get("stops", {})),
-                  stage_seconds=float(ckpt.get("stage_seconds", 0.0)), done=bool(ckpt.get("done", False)),
-                  commits=list(ckpt.get("commits", [])), lr_drops=int(ckpt.get("lr_drops", 0)),
-                  lr_dropped_at=int(ckpt.get("lr_dropped_at", 0)))
-
-
-def _resumable(model, st: _State, shape, data_fp: dict, shuffle, rng_states: list, device) -> dict:
-    """What a checkpoint holds to go on from here exactly (but the optimiser): the weights, the
-    state, the data fingerprint and the random states (``rng_states``: every rank's torch state)."""
-    return {"model": _cpu_state(model), **dataclasses.asdict(st), "shape": list(shape), "data": data_fp,
-            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "torch_rng_ranks": rng_states,
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rng_states(ckpt: dict, shuffle, out: Path, rank: int, world: int, device) -> None:
-    """Put the checkpoint's shuffle, torch (this rank's) and CUDA random states back."""
-    shuffle.set_state(ckpt["shuffle_rng"])
-    states = ckpt.get("torch_rng_ranks") or [ckpt["torch_rng"]]
-    if len(states) != world:
-        log.warning("%s was trained by %d process(es), resumed by %d: random draws will differ from an "
-                    "uninterrupted run", out, len(states), world)
-    torch.set_rng_state(states[rank % len(states)])
-    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-
-
-def _branch(path: Path, ckpt: dict, model, shuffle, config, out: Path, data, fingerprint: dict, rank: int,
-            world: int, device) -> tuple[_State, object]:
-    """Start ``out`` at the stage switch saved in ``ckpt`` (another run's ``stage1.pt`` at ``path``, from
-    :func:`branch_source`): its stage-1 weights, state, random states and log lines, then the
-    switch itself under this run's config (its own floor). Returns the state and the optimiser."""
-    check_fingerprint(ckpt.get("data"), data, config, path)
-    load_weights(model, ckpt["model"], path, path.parent / CONFIG)
-    _set_rng_states(ckpt, shuffle, out, rank, world, device)
-    st = _state_of(ckpt)
-    # where stage 1 (and its seconds) came from, relative to this run, so records stay portable
-    st.stops["1"] = {**st.stops["1"], "branched_from": os.path.relpath(path.parent.resolve(), out.resolve())}
-    if rank == 0:
-        rows = [ln for ln in (path.parent / METRICS).read_text().splitlines()
-                if ln.strip() and json.loads(ln)["stage"] == 1] if (path.parent / METRICS).is_file() else []
-        write_text_atomic(out / METRICS, "".join(r + "\n" for r in rows))
-        log.info("%s: stage 1 taken from %s (%d epochs); training stage 2", out, path, st.epoch)
-    return st, _enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
-
-
-def _check_finite(model, bad_step: int | None, st: _State, config, out: Path) -> None:
+def _check_finite(model, bad_step: int | None, st: TrainState, config, out: Path) -> None:
     """Stop with :class:`DivergenceError` when a loss or a weight became non-finite this epoch."""
     if bad_step is None and all(torch.isfinite(p).all() for p in model.parameters()):
         return
@@ -754,7 +303,7 @@ def _check_finite(model, bad_step: int | None, st: _State, config, out: Path) ->
         f"still holds epoch {st.epoch} of stage {st.stage}.")
 
 
-def _epoch_row(st: _State, sums: dict, n_seen: int, val: dict, model, closed_form: bool, dims: int,
+def _epoch_row(st: TrainState, sums: dict, n_seen: int, val: dict, model, closed_form: bool, dims: int,
                seconds: float) -> dict:
     """The epoch's line of ``metrics.jsonl``: training means, validation terms, sigma^2."""
     train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
@@ -768,7 +317,7 @@ def _epoch_row(st: _State, sums: dict, n_seen: int, val: dict, model, closed_for
     return row
 
 
-def _check_collapse(out: Path, st: _State, val: dict) -> None:
+def _check_collapse(out: Path, st: TrainState, val: dict) -> None:
     """Record and warn when a stage ends with KL(q(z|x) || p(z)) < COLLAPSE_KL on the validation images
     (posterior collapse: every x is coded as the prior, so every sample is the same image)."""
     kl = val.get("kl")
@@ -782,7 +331,7 @@ def _check_collapse(out: Path, st: _State, val: dict) -> None:
                 out, st.stage, kl)
 
 
-def _drop_lr(optimiser, st: _State) -> float:
+def _drop_lr(optimiser, st: TrainState) -> float:
     """Divide the learning rate by 10 and restart the convergence window; returns the new rate."""
     for group in optimiser.param_groups:
         group["lr"] = group["lr"] / 10
@@ -793,7 +342,7 @@ def _drop_lr(optimiser, st: _State) -> float:
     return optimiser.param_groups[0]["lr"]
 
 
-def _warmup(warm: KLWarmup | None, optimiser, st: _State, config, n_batches: int):
+def _warmup(warm: KLWarmup | None, optimiser, st: TrainState, config, n_batches: int):
     """``on_step(b)`` for an epoch of stage 1 that has a warm-up step, else None (and the warm-ups done).
 
     Step ``b`` of epoch ``e`` is step ``s = e n_batches + b`` of the stage. The KL weight is
@@ -819,7 +368,7 @@ def _warmup(warm: KLWarmup | None, optimiser, st: _State, config, n_batches: int
     return on_step
 
 
-def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
+def _stop_reason(st: TrainState, config, dims: int, validated: bool) -> str | None:
     """Why the current stage ends after this epoch: converged, max_epochs, max_minutes, or None."""
     since = max(st.lr_dropped_at, config.kl_warmup if st.stage == 1 else 0)
     if validated and _converged(st.history, config, dims, since=since):
@@ -831,34 +380,7 @@ def _stop_reason(st: _State, config, dims: int, validated: bool) -> str | None:
     return None
 
 
-def _enter_stage2(model, st: _State, config, out: Path, shape, rank: int, device, shuffle, data_fp):
-    """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, new Adam.
-
-    ``stage1.pt`` also holds the state and the random states from before the head is drawn, so
-    another run may start here (:func:`branch_source`)."""
-    rng_states = gather_rng_states()   # a collective: every rank takes part
-    if rank == 0:
-        save_checkpoint(out / STAGE1, _resumable(model, st, shape, data_fp, shuffle, rng_states, device))
-    floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
-    model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
-    model.to(device)
-    st.stage, st.epoch, st.history, st.stage_seconds, st.lr_drops, st.lr_dropped_at = 2, 0, [], 0.0, 0, 0
-    return make_optimiser(model, config)
-
-
-def _log_row(out: Path, writer, row: dict, config) -> None:
-    """Append the row to ``metrics.jsonl`` (and TensorBoard when installed)."""
-    with open(out / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    if writer is not None:
-        global_epoch = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
-        for k, v in row.items():
-            if k not in ("stage", "epoch", "stop"):
-                writer.add_scalar(k, v, global_epoch)
-        writer.flush()
-
-
-def _write_final(out, model, objective, config, data, st: _State, device) -> None:
+def _write_final(out, model, objective, config, data, st: TrainState, device) -> None:
     """``final.json``: the test-split numbers of the finished run, computed once, after training.
 
     WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no

@@ -1,26 +1,5 @@
-"""Samplers over the latent space: prior, exact aggregate posterior, Gaussian mixture (Section 3.5).
-
-Every sampler answers the same two calls, so generation and metrics can use any of them
-as p(z):
-
-* ``sample(n, generator=None) -> z (n, L)`` float32, drawn with the caller's
-  ``torch.Generator`` (the global torch RNG when ``None``);
-* ``log_prob(z (n, L)) -> (n,)`` float32, the log-density in nats.
-
-Samplers
---------
-* :class:`PriorSampler` -- p(z) = N(0, I).
-* :class:`AggregatePosteriorSampler` -- the exact aggregate posterior of Eq. 12,
-  q(z) = 1/N sum_n N(z; mu_n, diag exp(logvar_n)), with ``log_prob`` streamed over chunks of
-  components (running logsumexp) so that all 60,000 MNIST posteriors fit in memory.
-* :class:`GaussianMixtureSampler` -- Eq. 13, a K-component Gaussian mixture fitted by EM
-  (scikit-learn's ``GaussianMixture``; from K = 100 on the same EM vectorised in torch),
-  sampled with torch and saved as ``.npz`` + JSON.
-
-Beside them, the Monte-Carlo KL estimator :func:`kl_monte_carlo` behind the KL gaps of Table 1. The
-samplers of a trained run (its codes, the GMM cached beside its checkpoint) are built in
-:mod:`balanced_vae.runs`.
-"""
+"""The Gaussian-mixture sampler of Eq. 13: fitted by EM on a run's codes, sampled with torch, saved as
+``.npz`` + JSON (see :mod:`balanced_vae.samplers`)."""
 from __future__ import annotations
 
 import hashlib
@@ -31,18 +10,18 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
-from tqdm.auto import tqdm
 
-from .atomic import atomic_write, write_json_atomic
-from .objectives import LOG_2PI
+from ..atomic import atomic_write, write_json_atomic
+from ..objectives import LOG_2PI
+
+from .base import check_codes, check_n, check_z
+from .em import GMM_BACKENDS, GMM_INITS, LARGE_K, code_scale, em_full, full_covariances, init_assignments
 
 log = logging.getLogger(__name__)
 
@@ -50,304 +29,6 @@ GMM_ARRAYS = "gmm.npz"
 GMM_META = "gmm.json"
 GMM_FORMAT_VERSION = 1
 FIT_ON = ("mean", "sample")
-SAMPLER_KINDS = ("prior", "gmm", "aggregate")
-#: the paper's K of Eq. 13 for MNIST and Fashion-MNIST (CelebA: :data:`CELEBA_COMPONENTS`)
-DEFAULT_COMPONENTS = 32
-CELEBA_COMPONENTS = 500
-
-
-class Sampler(Protocol):
-    """What every sampler offers: ``sample(n, generator) -> (n, L)``, ``log_prob(z) -> (n,)``."""
-
-    latent_dim: int
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor: ...
-
-
-def _check_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"number of samples n={n!r}; fix: pass a positive integer")
-    return int(n)
-
-
-def _check_z(z: torch.Tensor, latent_dim: int, who: str) -> torch.Tensor:
-    z = torch.as_tensor(z)
-    if z.ndim != 2 or z.shape[1] != latent_dim:
-        raise ValueError(f"{who}.log_prob: z has shape {tuple(z.shape)}, expected (n, {latent_dim}); "
-                         f"fix: pass a batch of {latent_dim}-dimensional codes")
-    return z.detach().to(torch.float64)
-
-
-def _check_codes(mu, logvar, who: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    mu = torch.as_tensor(mu).detach().cpu()
-    if mu.ndim != 2 or mu.shape[0] < 1 or mu.shape[1] < 1:
-        raise ValueError(f"{who}: mu has shape {tuple(mu.shape)}, expected (N, L) with N, L >= 1; "
-                         "fix: pass the encoder means of a batch, e.g. from encode_dataset(model, x)")
-    if not torch.isfinite(mu).all():
-        raise ValueError(f"{who}: mu holds non-finite values; fix: check the encoder / checkpoint")
-    if logvar is None:
-        return mu, None
-    logvar = torch.as_tensor(logvar).detach().cpu()
-    if logvar.shape != mu.shape:
-        raise ValueError(f"{who}: logvar has shape {tuple(logvar.shape)} but mu has {tuple(mu.shape)}; "
-                         "fix: pass the encoder's (mu, logvar) pair")
-    if not torch.isfinite(logvar).all():
-        raise ValueError(f"{who}: logvar holds non-finite values; fix: check the encoder / checkpoint")
-    return mu, logvar
-
-
-class PriorSampler:
-    """The prior p(z) = N(0, I) over ``latent_dim`` dimensions (Eq. 6)."""
-
-    def __init__(self, latent_dim: int) -> None:
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-            raise ValueError(f"latent_dim={latent_dim!r}; fix: pass a positive integer")
-        self.latent_dim = int(latent_dim)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I): (n, L)."""
-        return torch.randn(_check_n(n), self.latent_dim, generator=generator)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; 0, I) summed over latents: (n, L) -> (n,)."""
-        z = _check_z(z, self.latent_dim, "PriorSampler")
-        return (-0.5 * (self.latent_dim * LOG_2PI + z.pow(2).sum(1))).float()  # (n,)
-
-    def __repr__(self) -> str:
-        return f"PriorSampler(latent_dim={self.latent_dim})"
-
-
-class AggregatePosteriorSampler:
-    """The exact aggregate posterior of Eq. 12: q(z) = 1/N sum_n N(z; mu_n, diag exp(logvar_n)).
-
-    Args:
-        mu: (N, L) encoder means of the N training images.
-        logvar: (N, L) encoder log-variances.
-        chunk_size: mixture components scored at a time in :meth:`log_prob`; the batch of z
-            is cut so that one block holds about 2^21 float64 log-densities (16 MiB).
-    """
-
-    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, chunk_size: int = 4096) -> None:
-        mu, logvar = _check_codes(mu, logvar, "AggregatePosteriorSampler")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size!r}; fix: pass a positive integer")
-        self.mu = mu.float()                                       # (N, L)
-        self.logvar = logvar.float()                               # (N, L)
-        self.chunk_size = int(chunk_size)
-        self.latent_dim = mu.shape[1]
-        # log N(z; mu_n, diag v_n) = [z^2, z, 1] . [-1/(2 v_n), mu_n / v_n, c_n]: one matrix product
-        # per block instead of an (n, N, L) tensor; float64 keeps the expanded square exact.
-        lv = self.logvar.double()
-        inv_var = torch.exp(-lv)                                                   # (N, L)
-        mu64 = self.mu.double()
-        const = -0.5 * (self.latent_dim * LOG_2PI + lv.sum(1) + (mu64.pow(2) * inv_var).sum(1))  # (N,)
-        self._weights = torch.cat([-0.5 * inv_var, mu64 * inv_var, const[:, None]], 1)  # (N, 2L + 1)
-
-    @property
-    def n_components(self) -> int:
-        return self.mu.shape[0]
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ q(z) (Eq. 12): pick n ~ U{1..N}, then z = mu_n + exp(logvar_n / 2) eps. (n, L).
-
-        Draws the component indices first, then the noise, both from ``generator``.
-        """
-        n = _check_n(n)
-        idx = torch.randint(self.n_components, (n,), generator=generator)            # (n,)
-        eps = torch.randn(n, self.latent_dim, generator=generator)                   # (n, L)
-        return self.mu[idx] + (0.5 * self.logvar[idx]).exp() * eps                   # (n, L)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log q(z) of Eq. 12 by a chunked logsumexp over the N components: (n, L) -> (n,)."""
-        z = _check_z(z, self.latent_dim, "AggregatePosteriorSampler")
-        rows = max(1, (1 << 21) // min(self.chunk_size, self.n_components))  # block <= 16 MiB of float64
-        out = torch.empty(len(z), dtype=torch.float64)
-        for i in range(0, len(z), rows):
-            zi = z[i:i + rows]                                                    # (b, L)
-            phi = torch.cat([zi.pow(2), zi, torch.ones(len(zi), 1, dtype=torch.float64)], 1)  # (b, 2L + 1)
-            acc = torch.full((len(zi),), -math.inf, dtype=torch.float64)          # (b,)
-            for j in range(0, self.n_components, self.chunk_size):
-                logp = phi @ self._weights[j:j + self.chunk_size].T               # (b, M)
-                acc = torch.logaddexp(acc, torch.logsumexp(logp, dim=1))
-            out[i:i + rows] = acc
-        return (out - math.log(self.n_components)).float()                        # (n,)
-
-    def __repr__(self) -> str:
-        return f"AggregatePosteriorSampler(N={self.n_components}, latent_dim={self.latent_dim})"
-
-
-def _full_covariances(cov: np.ndarray, covariance_type: str, k: int, d: int) -> np.ndarray:
-    """scikit-learn's covariances_ of any type as full matrices (K, L, L)."""
-    if covariance_type == "full":
-        return np.asarray(cov, dtype=np.float64)
-    if covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if covariance_type == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    if covariance_type == "spherical":
-        return np.stack([np.eye(d) * c for c in cov])
-    raise ValueError(f"covariance_type={covariance_type!r}; choose full, tied, diag or spherical")
-
-
-#: the ways :class:`GaussianMixtureSampler` can fit, and its initialisations (scikit-learn's names)
-GMM_BACKENDS = ("auto", "torch", "sklearn")
-GMM_INITS = ("auto", "kmeans", "k-means++")
-#: from this K on (CelebA's 500) :class:`GaussianMixtureSampler` defaults to the large-K fit
-#: measured by ``bench/gmm_fit.py``: torch EM (full covariances), k-means++ seeds, tol 1e-2;
-#: below it, scikit-learn's ``GaussianMixture`` with its defaults (k-means, tol 1e-3)
-LARGE_K = 100
-_RESP_FLOOR = 1e-12          # responsibilities below this are dropped from the M-step sums
-_EM_ROWS = 2048              # codes per block in the E-step
-
-
-def _code_scale(codes: np.ndarray) -> float:
-    """The codes' mean per-dimension variance: the unit of ``reg_covar`` (1 for constant codes)."""
-    v = float(codes.var(axis=0).mean())
-    return v if math.isfinite(v) and v > 0 else 1.0
-
-
-def _init_assignments(x: np.ndarray, k: int, init_params: str, random_state) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's hard initial responsibilities as (code index, component) pairs, all of weight 1.
-
-    ``"kmeans"``: every code in its k-means cluster (one run of Lloyd's algorithm); ``"k-means++"``:
-    the K seeds of k-means++ only, one per component. ``random_state`` is the
-    ``np.random.RandomState`` that scikit-learn's ``GaussianMixture.fit`` would pass.
-    """
-    if init_params == "kmeans":
-        labels = KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(x).labels_
-        return np.arange(len(x)), np.asarray(labels)
-    _, idx = kmeans_plusplus(x, k, random_state=random_state)
-    return np.asarray(idx), np.arange(k)
-
-
-def _triu_features(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """[x_i x_j for i <= j (row-major upper triangle), x, 1] of each code, written into ``out``:
-    (b, L) -> (b, L(L+1)/2 + L + 1). A reused buffer and contiguous row slices keep this cheap."""
-    b, d = x.shape
-    out = out[:b]
-    o = 0
-    for i in range(d):
-        torch.mul(x[:, i:], x[:, i:i + 1], out=out[:, o:o + d - i])
-        o += d - i
-    out[:, o:o + d] = x
-    out[:, -1] = 1.0
-    return out
-
-
-def _m_step(stats: torch.Tensor, iu: torch.Tensor, d: int, reg: float, n: int | None):
-    """Weights, means and regularised covariances from the sums [sum r x x^T (upper), sum r x, sum r]
-    (K, P + L + 1), as scikit-learn's ``_estimate_gaussian_parameters`` (nk + 10 eps)."""
-    p = iu.shape[1]
-    nk_raw = stats[:, -1]
-    nk = nk_raw + 10 * torch.finfo(torch.float64).eps                                   # (K,)
-    means = stats[:, p:p + d] / nk[:, None]                                             # (K, L)
-    sxx = torch.zeros(len(stats), d, d, dtype=torch.float64)
-    sxx[:, iu[0], iu[1]] = stats[:, :p]
-    sxx[:, iu[1], iu[0]] = stats[:, :p]
-    # sum r (x - m)(x - m)^T / nk = sum r x x^T / nk - (2 - nk_raw / nk) m m^T
-    cov = sxx / nk[:, None, None] - (2 - nk_raw / nk)[:, None, None] * means[:, :, None] * means[:, None, :]
-    cov.diagonal(dim1=1, dim2=2).add_(reg)
-    weights = nk / (n if n is not None else nk.sum())
-    return weights, means, cov
-
-
-def _cholesky_or_jitter(cov: torch.Tensor, reg: float, scale: float, k_total: int,
-                        jitter: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Covariances (K, L, L) and their lower Cholesky factors; a component that is not positive definite
-    (identical codes with ``reg_covar=0``, rounding) gets 10x, 100x, ... more on its diagonal, up to 1e-2
-    of the codes' variance, else a ``ValueError``. ``jitter`` (if given) counts the repairs and keeps
-    the largest amount added."""
-    chol, info = torch.linalg.cholesky_ex(cov)
-    extra = max(reg, 1e-10 * scale)               # from reg_covar = 0 too
-    while (info != 0).any():
-        bad = torch.nonzero(info).flatten()
-        extra *= 10
-        if extra > 1e-2 * scale:
-            raise ValueError(f"GaussianMixtureSampler.fit: the covariance of component {int(bad[0])} of "
-                             f"K={k_total} is not positive definite even with {extra / 10:.3g} on its diagonal "
-                             "(its codes are (nearly) identical); fix: lower n_components or raise reg_covar")
-        if jitter is not None:
-            jitter["count"] = jitter.get("count", 0) + len(bad)
-            jitter["max"] = max(jitter.get("max", 0.0), extra)
-        cov = cov.clone()
-        cov[bad] += extra * torch.eye(cov.shape[-1], dtype=cov.dtype)
-        chol[bad], info[bad] = torch.linalg.cholesky_ex(cov[bad])
-    return cov, chol
-
-
-def _em_full(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray], k: int, reg: float, scale: float,
-             tol: float, max_iter: int, on_iter: Callable[..., None] | None = None) -> dict:
-    """EM for a full-covariance Gaussian mixture on codes x (N, L) float64, from hard initial pairs.
-
-    The algorithm, initialisation, lower bound and stopping rule of scikit-learn's
-    ``GaussianMixture.fit`` (one initialisation), vectorised over components: the E-step
-    scores every code against every component with one matrix product per block,
-    log N(x; m, S) = [x x^T (upper), x, 1] . [-Lambda/2 (upper, off-diagonal doubled), Lambda m, c]
-    with Lambda = S^-1 (float64, on codes centred on their mean), and the M-step sums
-    r x x^T over the responsibilities r >= 1e-12 only (a sparse product). Returns the
-    parameters (means in the codes' original frame), ``n_iter``, ``converged`` and
-    ``lower_bound`` (mean log-likelihood per code before the last M-step). ``on_iter``, if
-    given, is called after every M-step as ``on_iter(n_iter, lower_bound, weights, means,
-    covariances)`` (to follow a fit, as ``bench/gmm_fit.py`` does).
-    """
-    n, d = x.shape
-    centre = x.mean(0)
-    xc = x - centre                                                           # (N, L)
-    iu = torch.triu_indices(d, d)                                             # (2, P)
-    p = iu.shape[1]
-    offdiag = (iu[0] != iu[1]).to(torch.float64)                              # (P,)
-
-    feats = torch.empty(min(n, _EM_ROWS), p + d + 1, dtype=torch.float64)    # reused every block
-
-    def add_sums(stats: torch.Tensor, rows: torch.Tensor, comps: torch.Tensor, r: torch.Tensor,
-                 f: torch.Tensor) -> None:
-        """stats (K, P + L + 1) += sum over the pairs (row, comp) of r * f[row] (a sparse product)."""
-        s = torch.sparse_coo_tensor(torch.stack([comps, rows]), r, (k, len(f)), dtype=torch.float64,
-                                    check_invariants=False)
-        stats += torch.sparse.mm(s, f)
-
-    idx, comps = (torch.as_tensor(a, dtype=torch.long) for a in pairs)
-    stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
-    for i in range(0, n, _EM_ROWS):                                           # initial M-step from 0/1 resp.
-        sel = (idx >= i) & (idx < i + _EM_ROWS)
-        if sel.any():
-            add_sums(stats, idx[sel] - i, comps[sel], torch.ones(int(sel.sum()), dtype=torch.float64),
-                     _triu_features(xc[i:i + _EM_ROWS], feats))
-    weights, means, cov = _m_step(stats, iu, d, reg, n)
-    lower_bound, converged, n_iter, jitter = -math.inf, False, 0, {}
-    for n_iter in range(1, max_iter + 1):
-        cov, chol = _cholesky_or_jitter(cov, reg, scale, k, jitter)           # (K, L, L)
-        prec = torch.cholesky_inverse(chol)                                   # (K, L, L)
-        prec_m = torch.einsum("kij,kj->ki", prec, means)                     # (K, L)
-        const = (torch.log(weights) - 0.5 * d * LOG_2PI - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
-                 - 0.5 * (means * prec_m).sum(1))                             # (K,)
-        quad = -0.5 * prec[:, iu[0], iu[1]] * (1 + offdiag)                   # (K, P)
-        w = torch.cat([quad, prec_m, const[:, None]], 1).T.contiguous()       # (P + L + 1, K)
-        stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
-        total = 0.0
-        for i in range(0, n, _EM_ROWS):
-            f = _triu_features(xc[i:i + _EM_ROWS], feats)                     # (b, P + L + 1)
-            logp = f @ w                                                      # (b, K) log w_k N(x; m_k, S_k)
-            norm = torch.logsumexp(logp, 1)                                   # (b,)
-            total += float(norm.sum())
-            r = torch.exp(logp.sub_(norm[:, None]))                           # (b, K) responsibilities
-            rows, cs = torch.nonzero(r >= _RESP_FLOOR, as_tuple=True)
-            add_sums(stats, rows, cs, r[rows, cs], f)
-        prev, lower_bound = lower_bound, total / n
-        weights, means, cov = _m_step(stats, iu, d, reg, None)
-        if on_iter is not None:
-            on_iter(n_iter, lower_bound, weights, means + centre, cov)
-        if abs(lower_bound - prev) < tol:
-            converged = True
-            break
-    cov, _ = _cholesky_or_jitter(cov, reg, scale, k, jitter)                  # the returned fit is usable
-    if jitter:
-        log.warning("GMM K=%d: %d covariance(s) were not positive definite during EM and got up to %.3g more on "
-                    "their diagonal (reg_covar %.3g); fix: raise reg_covar", k, jitter["count"], jitter["max"], reg)
-    return {"weights": weights, "means": means + centre, "covariances": cov, "n_iter": n_iter,
-            "converged": converged, "lower_bound": lower_bound}
 
 
 class GaussianMixtureSampler:
@@ -359,7 +40,7 @@ class GaussianMixtureSampler:
     on (CelebA's K = 500) the defaults are the large-K fit, measured by ``bench/gmm_fit.py``
     on 50,000 x 64 synthetic codes shaped like VAE means (K = 500, one core):
 
-    * ``backend="torch"`` (full covariances): :func:`_em_full`, scikit-learn's EM and stopping
+    * ``backend="torch"`` (full covariances): :func:`em_full`, scikit-learn's EM and stopping
       rule vectorised over components: the same fit (same iterations, held-out
       log-likelihood equal to 1e-10 nats) 8.6x faster (619 s -> 72 s with scikit-learn's
       settings, 17 iterations each);
@@ -484,7 +165,7 @@ class GaussianMixtureSampler:
         samples (default: a generator seeded with ``random_state``). Returns ``self``.
         """
         self._validate_params()
-        mu, logvar = _check_codes(mu, logvar, "GaussianMixtureSampler.fit")
+        mu, logvar = check_codes(mu, logvar, "GaussianMixtureSampler.fit")
         if self.fit_on == "sample":
             if logvar is None:
                 raise ValueError("GaussianMixtureSampler.fit: fit_on='sample' needs logvar (N, L); "
@@ -507,7 +188,7 @@ class GaussianMixtureSampler:
                              f"than K={self.n_components} components (a collapsed encoder?); fix: lower "
                              "n_components or fit on samples (fit_on='sample')")
         x = codes.numpy()
-        scale = _code_scale(x)
+        scale = code_scale(x)
         backend, self.init_params_, self.tol_ = self._resolved()
         t0 = time.perf_counter()
         if backend == "torch":
@@ -552,17 +233,17 @@ class GaussianMixtureSampler:
         self.reg_covar_ = rel * scale
         d = x.shape[1]
         return {"weights": gm.weights_, "means": gm.means_, "n_iter": gm.n_iter_, "converged": gm.converged_,
-                "covariances": _full_covariances(gm.covariances_, self.covariance_type, self.n_components, d),
+                "covariances": full_covariances(gm.covariances_, self.covariance_type, self.n_components, d),
                 "lower_bound": gm.lower_bound_}
 
     def _fit_torch(self, codes: torch.Tensor, scale: float) -> dict:
-        """:func:`_em_full` from scikit-learn's initialisation, ``n_init`` times; the best lower bound wins."""
+        """:func:`em_full` from scikit-learn's initialisation, ``n_init`` times; the best lower bound wins."""
         rng = check_random_state(self.random_state)        # one stream for all inits, as scikit-learn
         self.reg_covar_ = self.reg_covar * scale
         best = None
         for _ in range(self.n_init):
-            pairs = _init_assignments(codes.numpy(), self.n_components, self.init_params_, rng)
-            fit = _em_full(codes, pairs, self.n_components, self.reg_covar_, scale, self.tol_, self.max_iter)
+            pairs = init_assignments(codes.numpy(), self.n_components, self.init_params_, rng)
+            fit = em_full(codes, pairs, self.n_components, self.reg_covar_, scale, self.tol_, self.max_iter)
             if best is None or fit["lower_bound"] > best["lower_bound"]:
                 best = fit
         return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in best.items()}
@@ -618,7 +299,7 @@ class GaussianMixtureSampler:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ q_GMM(z) (Eq. 13): (n, L). Component indices first, then N(0, I) noise, from ``generator``."""
         self._check_fitted()
-        n = _check_n(n)
+        n = check_n(n)
         idx = torch.multinomial(self.weights_, n, replacement=True, generator=generator)     # (n,)
         eps = torch.randn(n, self.n_features_in_, generator=generator, dtype=torch.float64)  # (n, L)
         z = self.means_[idx] + torch.einsum("nij,nj->ni", self._chol[idx], eps)              # (n, L)
@@ -630,7 +311,7 @@ class GaussianMixtureSampler:
         Equals scikit-learn's ``score_samples`` of the same parameters.
         """
         self._check_fitted()
-        z = _check_z(z, self.n_features_in_, "GaussianMixtureSampler")
+        z = check_z(z, self.n_features_in_, "GaussianMixtureSampler")
         n, d = z.shape
         per = max(1, (1 << 22) // max(n * d, 1))                  # components per block: <= 32 MiB
         parts = []
@@ -727,27 +408,3 @@ class GaussianMixtureSampler:
         fitted = f", latent_dim={self.n_features_in_}" if hasattr(self, "weights_") else ", unfitted"
         return (f"GaussianMixtureSampler(n_components={self.n_components}, covariance_type="
                 f"{self.covariance_type!r}, fit_on={self.fit_on!r}{fitted})")
-
-
-# ---------------------------------------------------------------------- estimators
-
-
-def kl_monte_carlo(q, p, n: int = 10_000, runs: int = 10, seed: int = 0, *, progress: bool = False,
-                   desc: str = "KL runs") -> dict:
-    """KL(q || p) = E_q[log q(z) - log p(z)] by Monte Carlo (Table 1's protocol).
-
-    Run r draws ``n`` samples from ``q`` with a generator seeded ``seed + r`` and averages
-    ``log q - log p``; the result reports the mean and sample standard deviation (ddof=1)
-    of the ``runs`` estimates, the standard error of their mean (``sem``) and each estimate.
-    ``q`` needs ``sample`` and ``log_prob``; ``p`` only ``log_prob``.
-    """
-    n, runs = _check_n(n), _check_n(runs)
-    estimates = []
-    for r in tqdm(range(runs), desc=desc, disable=not progress, leave=False):
-        g = torch.Generator().manual_seed(seed + r)
-        z = q.sample(n, generator=g)                                        # (n, L)
-        estimates.append(float((q.log_prob(z).double() - p.log_prob(z).double()).mean()))
-    est = np.asarray(estimates)
-    std = float(est.std(ddof=1)) if runs > 1 else None                    # None, not NaN: stays valid JSON
-    return {"mean": float(est.mean()), "std": std, "sem": std / math.sqrt(runs) if runs > 1 else None,
-            "n": n, "runs": runs, "seed": seed, "estimates": estimates}

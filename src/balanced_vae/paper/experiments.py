@@ -13,10 +13,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, FINAL, STAGE1, load_checkpoint
-from .config import TrainConfig
-from .data import Dataset, load_dataset
-from .train import BranchError, run_config, train
+from ..checkpoint import CHECKPOINT, FINAL, STAGE1, load_checkpoint
+from ..config import TrainConfig
+from ..data import Dataset, load_dataset
+from ..protocol import PAPER as PAPER_PROTOCOL
+from ..protocol import EvalProtocol
+from ..resume import BranchError, run_config
+from ..train import train
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,11 @@ class Budget:
     tol: float = 1e-3                  # convergence rule: nats per data dimension over 3 epochs
     extra_runs: tuple[str, ...] = ()   # runs beyond the paper's, e.g. ours without the variance floor
     n_fid_ablation: int | None = None  # FID images of Table 4 and Figure 1 (None: n_fid), each beside real vs real
+
+    def protocol(self) -> EvalProtocol:
+        """The evaluation protocol of this budget: the paper's with its counts (explicit, so never clipped)."""
+        return PAPER_PROTOCOL.replace(n_iwae=self.n_iwae, k=self.k_iwae, n_fid=self.n_fid, n_kl=self.n_kl,
+                                      kl_runs=self.kl_runs, seed=self.seed)
 
 
 BUDGETS = {

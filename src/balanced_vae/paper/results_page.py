@@ -10,25 +10,23 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from ..atomic import write_text_atomic
+from ..protocol import PAPER as PAPER_PROTOCOL
+from ..provenance import short_commit
 from .experiments import EXPERIMENTS, PAPER
-from .provenance import short_commit
 from .reproduce import format_number
-
-
-def _rows(rec: dict) -> list[dict]:
-    return rec.get("rows", [])
+from .specs import SPECS
 
 
 def _claims_table1(rec: dict) -> list[str]:
-    rows = {r["sigma2"]: r for r in _rows(rec)}
+    rows = {r.sigma2: r for r in SPECS["table1"].rows(rec)}
     out = []
     learned = rows.get("learned")
     if learned:
-        out.append(f"Learned sigma^2 of the 2-D model: {learned['sigma2_value']:.4g} "
+        out.append(f"Learned sigma^2 of the 2-D model: {learned.sigma2_value:.4g} "
                    f"(paper: {PAPER['table1']['sigma2_learned']}).")
     keys = [k for k in PAPER["table1"]["kl_gmm"] if k in rows]
-    order = [rows[k]["kl_gmm_mean"] for k in keys]
+    order = [rows[k].kl_gmm_mean for k in keys]
     increasing = all(a < b for a, b in zip(order, order[1:]))
     out.append(("Agrees" if increasing else "Differs") + " with the paper: the KL gap KL(q_GMM || p) "
                + ("grows" if increasing else "does not grow monotonically") + " as sigma^2 falls "
@@ -38,83 +36,84 @@ def _claims_table1(rec: dict) -> list[str]:
 
 
 def _claims_table2(rec: dict) -> list[str]:
-    rows = _rows(rec)
-    models = [r for r in rows if not r["method"].startswith("real")]
+    rows = SPECS["table2"].rows(rec)
+    models = [r for r in rows if not r.method.startswith("real")]
     if not models:
         return []
-    best = min(models, key=lambda r: r["fid"])
-    ours = [r for r in models if r["method"] == "learned" and r["sampler"].startswith("gmm")]
-    out = [f"Lowest FID: {best['method']} ({best['sampler']}) at {best['fid']:.1f}."]
+    best = min(models, key=lambda r: r.fid)
+    ours = [r for r in models if r.method == "learned" and r.sampler.startswith("gmm")]
+    out = [f"Lowest FID: {best.method} ({best.sampler}) at {best.fid:.1f}."]
     if ours:
         agrees = best is ours[0]
         out.append(("Agrees" if agrees else "Differs") + " with the paper, where ours with GMM samples has the "
                    "lowest FID of all models.")
-        prior = next((r for r in models if r["method"] == "learned" and r["sampler"] == "prior"), None)
+        prior = next((r for r in models if r.method == "learned" and r.sampler == "prior"), None)
         if prior:
-            out.append(f"GMM sampling changes ours' FID from {prior['fid']:.1f} (prior) to {ours[0]['fid']:.1f}.")
+            out.append(f"GMM sampling changes ours' FID from {prior.fid:.1f} (prior) to {ours[0].fid:.1f}.")
         n_fid = rec.get("protocol", {}).get("budget", {}).get("n_fid", 0)
-        if n_fid >= 10_000 and ours[0].get("paper_fid") is not None:
-            reached = ours[0]["fid"] <= ours[0]["paper_fid"]
+        if n_fid >= PAPER_PROTOCOL.n_fid and ours[0].paper_fid is not None:
+            reached = ours[0].fid <= ours[0].paper_fid
             out.append(("Reaches" if reached else "Does not reach") + f" the paper's absolute number at its "
-                       f"protocol (10,000 vs 10,000): ours with GMM {ours[0]['fid']:.1f} vs the paper's "
-                       f"{ours[0]['paper_fid']}.")
+                       f"protocol (10,000 vs 10,000): ours with GMM {ours[0].fid:.1f} vs the paper's "
+                       f"{ours[0].paper_fid}.")
     return out
 
 
 def _claims_table3(rec: dict) -> list[str]:
-    rows = {r["model"]: r for r in _rows(rec)}
+    rows = {r.model: r for r in SPECS["table3"].rows(rec)}
     out = []
     if {"learned-pixel", "learned-global"} <= set(rows):
-        g, p = rows["learned-global"]["iwae_prior"], rows["learned-pixel"]["iwae_prior"]
-        paper = {r["model"]: r.get("paper_iwae") for r in _rows(rec)}
+        g, p = rows["learned-global"].iwae_prior, rows["learned-pixel"].iwae_prior
+        paper = {k: r.paper_iwae for k, r in rows.items()}
         out.append(("Agrees" if p > g else "Differs") + f" with the paper: per-pixel variance {p:.0f} vs global "
                    f"{g:.0f} nats (paper {paper.get('learned-pixel')} vs {paper.get('learned-global')}).")
-        base = [r["iwae_prior"] for k, r in rows.items() if not k.startswith("learned")]
+        base = [r.iwae_prior for k, r in rows.items() if not k.startswith("learned")]
         if base:
             out.append(("Agrees" if g > max(base) else "Differs") + " with the paper: the learned global variance "
                        f"beats every fixed-variance baseline ({g:.0f} vs best baseline {max(base):.0f}).")
         out.append("Dequantised bits/dim (lower is better): " + ", ".join(
-            f"{k} {r['bpd_prior']:.3f}" for k, r in rows.items()) + ". These are bounded by the data's "
+            f"{k} {r.bpd_prior:.3f}" for k, r in rows.items()) + ". These are bounded by the data's "
             "8-bit quantisation, unlike the continuous log-densities, so they are the fair comparison.")
     return out
 
 
 def _claims_table4(rec: dict) -> list[str]:
-    rows = [r for r in _rows(rec) if isinstance(r["K"], int)]
-    real = next((r["fid"] for r in _rows(rec) if not isinstance(r["K"], int)), None)
+    every = SPECS["table4"].rows(rec)
+    rows = [r for r in every if isinstance(r.K, int)]
+    real = next((r.fid for r in every if not isinstance(r.K, int)), None)
     if len(rows) < 2:
         return []
-    best = min(rows, key=lambda r: r["fid"])
-    return [f"FID from K={rows[0]['K']} to K={rows[-1]['K']}: " + ", ".join(f"{r['fid']:.1f}" for r in rows)
-            + f"; best at K={best['K']}" + (f"; real train vs test images at the same n: {real:.1f}." if real
-                                             is not None else ".")]
+    best = min(rows, key=lambda r: r.fid)
+    return [f"FID from K={rows[0].K} to K={rows[-1].K}: " + ", ".join(f"{r.fid:.1f}" for r in rows)
+            + f"; best at K={best.K}" + (f"; real train vs test images at the same n: {real:.1f}." if real
+                                         is not None else ".")]
 
 
 def _claims_fig1(rec: dict) -> list[str]:
-    rows = _rows(rec)
+    rows = SPECS["fig1"].rows(rec)
     if not rows:
         return []
-    learned = next(r for r in rows if r["learned"])
-    fixed = [r for r in rows if not r["learned"]]
-    best_elbo = max(fixed, key=lambda r: r["test_elbo"])
-    best_fid = min(fixed, key=lambda r: r["fid_gmm"])
+    learned = next(r for r in rows if r.learned)
+    fixed = [r for r in rows if not r.learned]
+    best_elbo = max(fixed, key=lambda r: r.test_elbo)
+    best_fid = min(fixed, key=lambda r: r.fid_gmm)
     proto = rec.get("protocol", {})
     out = [
-        ("Agrees" if learned["test_elbo"] >= best_elbo["test_elbo"] else "Differs")
-        + f" with the paper: the learned sigma^2 = {learned['sigma2']:.4g} reaches test ELBO "
-          f"{learned['test_elbo']:.1f} against the best fixed value's {best_elbo['test_elbo']:.1f} "
-          f"(sigma^2 = {best_elbo['sigma2']:g}).",
-        f"GMM-sample FID at the learned sigma^2: {learned['fid_gmm']:.1f}; best fixed: {best_fid['fid_gmm']:.1f} "
-        f"(sigma^2 = {best_fid['sigma2']:g})."
+        ("Agrees" if learned.test_elbo >= best_elbo.test_elbo else "Differs")
+        + f" with the paper: the learned sigma^2 = {learned.sigma2:.4g} reaches test ELBO "
+          f"{learned.test_elbo:.1f} against the best fixed value's {best_elbo.test_elbo:.1f} "
+          f"(sigma^2 = {best_elbo.sigma2:g}).",
+        f"GMM-sample FID at the learned sigma^2: {learned.fid_gmm:.1f}; best fixed: {best_fid.fid_gmm:.1f} "
+        f"(sigma^2 = {best_fid.sigma2:g})."
         + (f" Real train vs test images at the same n ({proto['n_fid']}): {proto['real_fid_same_n']:.1f}."
            if proto.get("real_fid_same_n") is not None and proto.get("n_fid") else ""),
     ]
-    by_s2 = sorted(fixed, key=lambda r: r["sigma2"])
-    falling = all(a["kl_gmm"] >= b["kl_gmm"] for a, b in zip(by_s2, by_s2[1:]))
+    by_s2 = sorted(fixed, key=lambda r: r.sigma2)
+    falling = all(a.kl_gmm >= b.kl_gmm for a, b in zip(by_s2, by_s2[1:]))
     out.append(("Agrees" if falling else "Differs") + " with the paper: KL(q_GMM || p) "
                + ("falls" if falling else "does not fall steadily") + " as the fixed sigma^2 grows ("
-               + ", ".join(f"{r['kl_gmm']:.2f} at {r['sigma2']:g}" for r in by_s2)
-               + f"); the learned sigma^2 gives {learned['kl_gmm']:.2f}.")
+               + ", ".join(f"{r.kl_gmm:.2f} at {r.sigma2:g}" for r in by_s2)
+               + f"); the learned sigma^2 gives {learned.kl_gmm:.2f}.")
     return out
 
 
@@ -155,7 +154,7 @@ def _table_md(rec: dict) -> str:
     table_commit = short_commit(rec.get("protocol")) or "not recorded"
     lines = [f"| {' | '.join(cols)} | commit |", f"|{'---|' * (len(cols) + 1)}"]
     lines += [f"| {' | '.join(format_number(r.get(c)) for c in cols)} | `{r.get('commit') or table_commit}` |"
-              for r in _rows(rec)]
+              for r in rec.get("rows", [])]
     return "\n".join(lines)
 
 
@@ -181,7 +180,7 @@ def _scope(folder: Path) -> list[str]:
              f"{b['n_fid']} test images, IWAE on {b['n_iwae']} test images with k = {b['k_iwae']}, KL with "
              f"{b['n_kl']} samples x {b['kl_runs']} runs."]
     t2 = next((r for r in recs if r["name"] == "table2"), None)
-    real = next((r["fid"] for r in (t2 or {}).get("rows", []) if r["method"].startswith("real")), None)
+    real = next((r.fid for r in SPECS["table2"].rows(t2 or {}) if r.method.startswith("real")), None)
     if b["name"].startswith("paper"):
         cap = (f"; a wall-clock cap of {b['max_minutes']} minutes of training per run, half per stage for "
                "two-stage runs") if b.get("max_minutes") else ""
@@ -194,7 +193,7 @@ def _scope(folder: Path) -> list[str]:
     elif b["name"] != "full":
         lines.append("This is much shorter training than the paper's, so absolute numbers are not the paper's; "
                      "the claims checked below are the paper's comparisons (which model or setting is better).")
-    if real is not None and b["n_fid"] < 10_000:
+    if real is not None and b["n_fid"] < PAPER_PROTOCOL.n_fid:
         lines.append(f"FID is biased upwards at {b['n_fid']} images: real train vs real test images give {real:.1f} "
                      "here (the paper: " + ", ".join(f"{v['real']} on {d}" for d, v in PAPER["table2"].items())
                      + " at 10,000), so compare FIDs within a table, not with the paper's values.")

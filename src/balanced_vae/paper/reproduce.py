@@ -16,7 +16,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -24,125 +23,19 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from . import __version__
-from .atomic import write_json_atomic, write_text_atomic
-from .checkpoint import CHECKPOINT, FINAL, STAGE1, file_digest
-from .data import Dataset, load_dataset
-from .evaluate import evaluate_run, real_data_fid, reconstruct_run
-from .experiments import (EXPERIMENTS, PAPER, TABLE2_METHODS, Budget, ensure_run, fixed_run_name, get_budget,
-                          resolved_budget, run_dir)
-from .latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
-from .plots import save_fig
-from .provenance import git_commit, git_dirty, provenance, short_commit
-from .runs import load_run, model_sha256
-from .samplers import DEFAULT_COMPONENTS
-from .train import resolve_device
+from ..atomic import write_json_atomic, write_text_atomic
+from ..checkpoint import CHECKPOINT, STAGE1
+from ..data import Dataset
+from ..evaluate import reconstruct_run
+from ..fid_sets import real_data_fid
+from ..latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
+from ..plots import save_fig
+from ..runs import load_run
+from .context import Context
+from .experiments import EXPERIMENTS, PAPER, TABLE2_METHODS, fixed_run_name, get_budget, resolved_budget
+from .specs import SPECS, Fig1Row, Table1Row, Table2Row, Table3Row, Table4Row
 
 log = logging.getLogger(__name__)
-
-
-class Context:
-    """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
-
-    def __init__(self, dataset: str, budget: Budget, out: str | Path, *, data: Dataset | None = None,
-                 progress: bool = True, device: str | None = "cpu", fid_backend: str = "auto") -> None:
-        self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
-        self.device = device
-        self.fid_backend = fid_backend  # recorded in each FID protocol; not part of the cache keys
-        self.folder = self.out / f"{dataset}-{budget.name}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.data = data if data is not None else load_dataset(dataset)
-        self.k_default = DEFAULT_COMPONENTS
-        self.extra_runs = budget.extra_runs
-        self._row_commits: list[str] = []   # commits of the numbers read since the last take_commits()
-        self.start_experiment()
-
-    def start_experiment(self) -> None:
-        """Forget the runs and evaluations read so far (see :meth:`compute`)."""
-        self._runs_read: set[str] = set()
-        self._eval_seconds = 0.0
-
-    def compute(self) -> dict[str, float]:
-        """The work behind the numbers read since :meth:`start_experiment`, wherever and whenever it
-        ran (cached runs and evaluations included): training seconds summed over the runs' stages
-        (``final.json``; a stage taken from another run at its switch counts there, once) and seconds
-        summed over the evaluations (their records)."""
-        train = 0.0
-        for name in self._runs_read:
-            final = run_dir(self.out, self.dataset, self.budget, name) / FINAL
-            stops = json.loads(final.read_text()).get("stops", {}) if final.exists() else {}
-            train += sum(s.get("seconds") or 0.0 for s in stops.values() if "branched_from" not in s)
-        return {"training_seconds": round(train, 1), "evaluation_seconds": round(self._eval_seconds, 1)}
-
-    def note_commit(self, record: dict | None = None) -> None:
-        """Note the commit that computed a number of the row being built (the code running now when
-        ``record`` is None, else the provenance ``record`` holds)."""
-        c = short_commit(record if record is not None else {"git_commit": git_commit(), "git_dirty": git_dirty()})
-        self._row_commits.append(c or "unknown")
-
-    def take_commits(self) -> str | None:
-        """The commits of the numbers of the row just built (comma-separated, once each); resets."""
-        out, self._row_commits = ", ".join(dict.fromkeys(self._row_commits)) or None, []
-        return out
-
-    def run(self, name: str) -> Path:
-        self._runs_read.add(name)
-        return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress,
-                          device=self.device)
-
-    def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = CHECKPOINT, n_fid: int | None = None) -> dict[str, Any]:
-        """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
-        b, k = self.budget, components or self.k_default
-        n_fid = n_fid or b.n_fid
-        path = self.run(name)
-        key = self.eval_key(metric, sampler=sampler, components=components, which=which, n_fid=n_fid)
-        cache = path / "eval" / f"{key}.json"
-        if cache.exists():   # valid only for the weights it was computed from
-            entry = json.loads(cache.read_text())["metrics"][metric]
-            if same_weights(entry.get("provenance", {}), path / which):
-                self.note_commit(entry["provenance"])
-                self._eval_seconds += entry.get("seconds") or 0.0
-                return entry
-            log.info("%s: computed from other weights; recomputing", cache)
-        doc = evaluate_run(path, metrics=(metric,), sampler=sampler, components=k, which=which,
-                           n_iwae=b.n_iwae, k=b.k_iwae, n_fid=n_fid, n_kl=b.n_kl, kl_runs=b.kl_runs,
-                           seed=b.seed, data=self.data, cache_dir=self.out / "fid-cache", out=cache,
-                           progress=self.progress, device=self._inception_device(), fid_backend=self.fid_backend)
-        self.note_commit(doc["metrics"][metric]["provenance"])
-        self._eval_seconds += doc["metrics"][metric].get("seconds") or 0.0
-        return doc["metrics"][metric]
-
-    def eval_key(self, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = CHECKPOINT, n_fid: int | None = None) -> str:
-        """The name of the cache file (``RUN/eval/KEY.json``) of one evaluation under this budget."""
-        b, k = self.budget, components or self.k_default
-        return f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
-            {"fid": f"_n{n_fid or b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
-            ("" if which == CHECKPOINT else f"_{Path(which).stem}")
-
-    def _inception_device(self) -> str:
-        return str(resolve_device(self.device))
-
-    def protocol(self, **extra) -> dict[str, Any]:
-        dev = self._inception_device()
-        machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
-        if dev.startswith("cuda"):
-            machine += f", GPU {torch.cuda.get_device_name(torch.device(dev))}"
-        prov = provenance()
-        return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
-                **{k: prov[k] for k in ("git_commit", "git_dirty", "git_dirty_files") if k in prov},
-                "machine": machine, "device": dev, "python": platform.python_version(), **extra}
-
-
-def same_weights(prov: dict, checkpoint: Path) -> bool:
-    """Whether a record (its provenance ``prov``) was computed from the weights in ``checkpoint``:
-    the same file, or the same model weights in a file packed differently (e.g. without the
-    optimiser state, as ``bench/gpu_protocol.sh`` packs the headline models)."""
-    if prov.get("checkpoint_sha256") == file_digest(checkpoint):
-        return True
-    return bool(prov.get("model_sha256")) and prov["model_sha256"] == model_sha256(
-        load_run(checkpoint.parent, which=checkpoint.name).model)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -202,13 +95,13 @@ def table1(ctx: Context) -> Path:
         fig = ctx.folder / f"table1_density_{name}.png"
         latent_plot_for_run(run, fig, components=ctx.k_default, data=ctx.data)
         figures.append(fig.name)
-        rows.append({"sigma2": label, "sigma2_value": run.model.likelihood.sigma2,
-                     "kl_gmm_mean": kl["kl_gmm"]["mean"], "kl_gmm_std": kl["kl_gmm"]["std"],
-                     "kl_gmm_means_fit": kl_means["kl_gmm"]["mean"],
-                     "kl_agg_mean": kl["kl_aggregate"]["mean"], "kl_agg_std": kl["kl_aggregate"]["std"],
-                     "paper_kl_gmm": PAPER["table1"]["kl_gmm"][label],
-                     "paper_sigma2": PAPER["table1"]["sigma2_learned"] if label == "learned" else None,
-                     "commit": ctx.take_commits()})
+        rows.append(Table1Row(sigma2=label, sigma2_value=run.model.likelihood.sigma2,
+                              kl_gmm_mean=kl["kl_gmm"]["mean"], kl_gmm_std=kl["kl_gmm"]["std"],
+                              kl_gmm_means_fit=kl_means["kl_gmm"]["mean"],
+                              kl_agg_mean=kl["kl_aggregate"]["mean"], kl_agg_std=kl["kl_aggregate"]["std"],
+                              paper_kl_gmm=PAPER["table1"]["kl_gmm"][label],
+                              paper_sigma2=PAPER["table1"]["sigma2_learned"] if label == "learned" else None,
+                              commit=ctx.take_commits()).to_dict())
     proto = ctx.protocol(latent_dim=2, K=ctx.k_default, kl_samples=ctx.budget.n_kl, kl_runs=ctx.budget.kl_runs,
                          kl_estimator=kl["protocol"]["estimator"], figures=figures,
                          gmm_fit={"kl_gmm_mean": "GMM fitted on one z ~ q(z|x) per training image",
@@ -244,19 +137,17 @@ def table2(ctx: Context) -> Path:
     paper = PAPER["table2"].get(ctx.dataset, {})
     rows = []
     for m in TABLE2_METHODS:
-        rows.append({"method": m, "sampler": "prior", "fid": _fid(ctx, m, "prior"), "paper_fid": None,
-                     "commit": ctx.take_commits()})
+        rows.append(Table2Row(m, "prior", _fid(ctx, m, "prior"), None, ctx.take_commits()).to_dict())
         if m == "learned":
-            rows.append({"method": m, "sampler": f"gmm K={ctx.k_default}", "fid": _fid(ctx, m, "gmm"),
-                         "paper_fid": paper.get(m), "commit": ctx.take_commits()})
+            rows.append(Table2Row(m, f"gmm K={ctx.k_default}", _fid(ctx, m, "gmm"), paper.get(m),
+                                  ctx.take_commits()).to_dict())
             if "learned-floor0" in ctx.extra_runs:
-                rows.append({"method": "learned-floor0", "sampler": f"gmm K={ctx.k_default}",
-                             "fid": _fid(ctx, "learned-floor0", "gmm"), "paper_fid": None,
-                             "commit": ctx.take_commits()})
+                rows.append(Table2Row("learned-floor0", f"gmm K={ctx.k_default}", _fid(ctx, "learned-floor0", "gmm"),
+                                      None, ctx.take_commits()).to_dict())
         else:
             rows[-1]["paper_fid"] = paper.get(m)
-    rows.append({"method": "real images (train vs test)", "sampler": "-", "fid": _real_fid(ctx),
-                 "paper_fid": paper.get("real"), "commit": ctx.take_commits()})
+    rows.append(Table2Row("real images (train vs test)", "-", _real_fid(ctx), paper.get("real"),
+                          ctx.take_commits()).to_dict())
     ev = ctx.evaluate("learned", "fid", sampler="gmm")
     ctx.take_commits()
     proto = ctx.protocol(fid=ev["protocol"], paper_sampler="ours: GMM of the aggregate posterior; baselines: prior")
@@ -280,11 +171,11 @@ def table3(ctx: Context) -> Path:
         proto_iwae = ev["protocol"]
         v = ev["values"]
         gmm_key = next(k for k in v if k.startswith("gmm"))
-        rows.append({"model": label, "iwae_prior": v["prior"]["log_likelihood"]["mean"],
-                     "iwae_gmm": v[gmm_key]["log_likelihood"]["mean"],
-                     "bpd_prior": v["prior"].get("bits_per_dim", {}).get("mean"),
-                     "bpd_gmm": v[gmm_key].get("bits_per_dim", {}).get("mean"),
-                     "paper_iwae": paper.get(label), "commit": ctx.take_commits()})
+        rows.append(Table3Row(model=label, iwae_prior=v["prior"]["log_likelihood"]["mean"],
+                              iwae_gmm=v[gmm_key]["log_likelihood"]["mean"],
+                              bpd_prior=v["prior"].get("bits_per_dim", {}).get("mean"),
+                              bpd_gmm=v[gmm_key].get("bits_per_dim", {}).get("mean"),
+                              paper_iwae=paper.get(label), commit=ctx.take_commits()).to_dict())
     return write_table(ctx, "table3", ["model", "iwae_prior", "iwae_gmm", "paper_iwae", "bpd_prior", "bpd_gmm",
                                        "commit"],
                        rows, title=f"Table 3 ({ctx.dataset}): IWAE log-likelihood (nats per image) and "
@@ -308,8 +199,9 @@ def table4(ctx: Context) -> Path:
     for k in ctx.budget.components:
         r = by_k.get(k, {})
         ctx.note_commit()                                    # the held-out score: computed by this code
-        rows.append({"K": k, "fid": _fid(ctx, "learned", "gmm", components=k, n=n),
-                     "heldout_loglik": r["heldout_ll"], "fit_seconds": r["fit_seconds"], "commit": ctx.take_commits()})
+        rows.append(Table4Row(K=k, fid=_fid(ctx, "learned", "gmm", components=k, n=n), heldout_loglik=r["heldout_ll"],
+                              fit_seconds=r["fit_seconds"], commit=ctx.take_commits()).to_dict())
+    # the floor of FID at this n: a row without the fit's columns (as records have always held it)
     rows.append({"K": "real images (train vs test)", "fid": _real_fid(ctx, n), "commit": ctx.take_commits()})
     return write_table(ctx, "table4", ["K", "fid", "heldout_loglik", "fit_seconds", "commit"], rows,
                        title=f"Table 4 ({ctx.dataset}): FID ({n} generated vs {n} test images) against the number "
@@ -334,10 +226,10 @@ def fig1(ctx: Context) -> Path:
         kl = kl_gap(run, components=ctx.k_default, n=ctx.budget.n_kl, runs=ctx.budget.kl_runs,
                     seed=ctx.budget.seed, data=ctx.data, aggregate=False, fit_on="sample")
         ctx.note_commit()                                    # the KL gap: computed by this code
-        rows.append({"run": name, "sigma2": run.model.likelihood.sigma2 if s2 is None else s2,
-                     "learned": s2 is None, "test_elbo": elbo["values"]["elbo"]["mean"],
-                     "fid_prior": _fid(ctx, name, "prior", n=n), "fid_gmm": _fid(ctx, name, "gmm", n=n),
-                     "kl_gmm": kl["kl_gmm"]["mean"], "commit": ctx.take_commits()})
+        rows.append(Fig1Row(run=name, sigma2=run.model.likelihood.sigma2 if s2 is None else s2,
+                            learned=s2 is None, test_elbo=elbo["values"]["elbo"]["mean"],
+                            fid_prior=_fid(ctx, name, "prior", n=n), fid_gmm=_fid(ctx, name, "gmm", n=n),
+                            kl_gmm=kl["kl_gmm"]["mean"], commit=ctx.take_commits()).to_dict())
     rows.sort(key=lambda r: r["sigma2"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [("test_elbo", "test ELBO (nats)"), (("fid_prior", "fid_gmm"), "FID"), ("kl_gmm", "KL(q_GMM || p)")]
@@ -403,24 +295,10 @@ FUNCTIONS = {"table1": table1, "table2": table2, "table3": table3, "table4": tab
 
 
 def needs(name: str, ctx: Context) -> list[tuple[str, str, dict]]:
-    """The (run, metric, options) evaluations experiment ``name`` reads, for :func:`prefetch`."""
-    out: list[tuple[str, str, dict]] = []
-    if name == "table2":
-        out += [(m, "fid", {"sampler": "prior"}) for m in TABLE2_METHODS]
-        out += [(m, "fid", {"sampler": "gmm"}) for m in ("learned", *ctx.extra_runs)]
-    elif name == "table3":
-        out += [("learned", "iwae", {"sampler": "gmm", "which": STAGE1})]
-        out += [(m, "iwae", {"sampler": "gmm"})
-                for m in ("learned", *ctx.extra_runs, "vae", "beta-vae", "dip-vae-i")]
-    elif name in ("table4", "fig1"):
-        n = ctx.budget.n_fid_ablation or ctx.budget.n_fid
-        if name == "table4":
-            out += [("learned", "fid", {"sampler": "gmm", "components": k, "n_fid": n}) for k in ctx.budget.components]
-        else:
-            for run in ["learned"] + [fixed_run_name(s2) for s2 in ctx.budget.fixed_sigma2]:   # longest first
-                out.append((run, "elbo", {"which": STAGE1} if run == "learned" else {}))
-                out += [(run, "fid", {"sampler": s, "n_fid": n}) for s in ("prior", "gmm")]
-    return out
+    """The (run, metric, options) evaluations experiment ``name`` reads (its :data:`~.specs.SPECS`
+    entry), for :func:`prefetch`."""
+    spec = SPECS.get(name)
+    return [(e.run, e.metric, dict(e.options)) for e in spec.evaluations(ctx.budget, ctx.extra_runs)] if spec else []
 
 
 def _job(dataset: str, budget: str, out: str, device: str, fid_backend: str, run: str, evals: list,

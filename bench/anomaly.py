@@ -21,6 +21,7 @@ Protocol (every number in the JSON; nothing is downloaded):
 * Metrics (:func:`balanced_vae.ood.ood_metrics`, anomalies positive): AUROC, AUPRC, FPR at 95 % TPR;
   mean and standard deviation over the seeds 0..N-1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def datasets(digits_outlier: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (normal rows, anomalous rows)."""
     bc = load_breast_cancer()
     dg = load_digits()
-    return {"breast_cancer": (bc.data[bc.target == 1], bc.data[bc.target == 0]),
-            "digits": (dg.data[dg.target != digits_outlier], dg.data[dg.target == digits_outlier])}
+    return {
+        "breast_cancer": (bc.data[bc.target == 1], bc.data[bc.target == 0]),
+        "digits": (dg.data[dg.target != digits_outlier], dg.data[dg.target == digits_outlier]),
+    }
 
 
 def _gmm(x: np.ndarray, seed: int) -> GaussianMixture:
@@ -59,6 +62,7 @@ def _gmm(x: np.ndarray, seed: int) -> GaussianMixture:
 
 def detectors(seed: int) -> dict:
     """name -> f(train rows, test rows) -> anomaly scores of the test rows (higher = more anomalous)."""
+
     def vae(**kw):
         return lambda tr, te: -BalancedVAE(random_state=seed, **VAE_ARGS, **kw).fit(tr).score_samples(te)
 
@@ -66,14 +70,17 @@ def detectors(seed: int) -> dict:
         def f(tr, te):
             sc = StandardScaler().fit(tr)
             return make(sc.transform(tr), sc.transform(te))
+
         return f
+
     return {
         "BalancedVAE (per-feature sigma^2, Alg. 1)": vae(stages=2),
         "BalancedVAE (global sigma^2, stage 1)": vae(stages=1),
         "fixed-variance VAE (sigma^2 = 0.5)": vae(method="fixed", sigma2=0.5),
         "IsolationForest": scaled(lambda tr, te: -IsolationForest(random_state=seed).fit(tr).score_samples(te)),
-        "LocalOutlierFactor (novelty)": scaled(lambda tr, te: -LocalOutlierFactor(novelty=True).fit(tr)
-                                               .score_samples(te)),
+        "LocalOutlierFactor (novelty)": scaled(
+            lambda tr, te: -LocalOutlierFactor(novelty=True).fit(tr).score_samples(te)
+        ),
         "GaussianMixture (BIC K)": scaled(lambda tr, te: -_gmm(tr, seed).score_samples(te)),
     }
 
@@ -85,7 +92,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/anomaly.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    prov = provenance()   # the code as it was when the run started
+    prov = provenance()  # the code as it was when the run started
     runs: dict = {}
     for name, (normal, anomalous) in datasets(args.digits_outlier).items():
         for seed in range(args.seeds):
@@ -96,19 +103,35 @@ def main() -> None:
             for det, f in detectors(seed).items():
                 t0 = time.perf_counter()
                 s = f(train, test)
-                m = ood_metrics(s[:len(held)], s[len(held):])
+                m = ood_metrics(s[: len(held)], s[len(held) :])
                 row = runs.setdefault(name, {}).setdefault(det, {k: [] for k in (*METRICS, "seconds")})
                 for k in METRICS:
                     row[k].append(m[k])
                 row["seconds"].append(round(time.perf_counter() - t0, 2))
                 print(f"{name} seed {seed} {det}: " + ", ".join(f"{k} {m[k]:.3f}" for k in METRICS), flush=True)
-    summary = {name: {det: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in row.items()}
-                      for det, row in dets.items()} for name, dets in runs.items()}
-    doc = {"command": f"python bench/anomaly.py --seeds {args.seeds} --digits-outlier {args.digits_outlier}",
-           "protocol": __doc__.split("Protocol")[1].strip(), "vae_args": VAE_ARGS,
-           "n": {name: {"train_normal": int(0.7 * len(nm)), "test_normal": len(nm) - int(0.7 * len(nm)),
-                        "test_anomalous": len(an)} for name, (nm, an) in datasets(args.digits_outlier).items()},
-           "summary": summary, "per_seed": runs, "provenance": prov}
+    summary = {
+        name: {
+            det: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in row.items()}
+            for det, row in dets.items()
+        }
+        for name, dets in runs.items()
+    }
+    doc = {
+        "command": f"python bench/anomaly.py --seeds {args.seeds} --digits-outlier {args.digits_outlier}",
+        "protocol": __doc__.split("Protocol")[1].strip(),
+        "vae_args": VAE_ARGS,
+        "n": {
+            name: {
+                "train_normal": int(0.7 * len(nm)),
+                "test_normal": len(nm) - int(0.7 * len(nm)),
+                "test_anomalous": len(an),
+            }
+            for name, (nm, an) in datasets(args.digits_outlier).items()
+        },
+        "summary": summary,
+        "per_seed": runs,
+        "provenance": prov,
+    }
     write_json_atomic(Path(args.out), doc)
     print(markdown(doc))
 
@@ -118,12 +141,18 @@ def markdown(doc: dict) -> str:
     lines = []
     for name, dets in doc["summary"].items():
         n = doc["n"][name]
-        lines += [f"\n{name} (train {n['train_normal']} normal rows; test {n['test_normal']} normal + "
-                  f"{n['test_anomalous']} anomalous)\n",
-                  "| detector | AUROC | AUPRC | FPR@95%TPR | seconds |", "|---|---|---|---|---|"]
+        lines += [
+            f"\n{name} (train {n['train_normal']} normal rows; test {n['test_normal']} normal + "
+            f"{n['test_anomalous']} anomalous)\n",
+            "| detector | AUROC | AUPRC | FPR@95%TPR | seconds |",
+            "|---|---|---|---|---|",
+        ]
         for det, m in dets.items():
-            lines.append(f"| {det} | " + " | ".join(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS)
-                         + f" | {m['seconds']['mean']:.1f} |")
+            lines.append(
+                f"| {det} | "
+                + " | ".join(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS)
+                + f" | {m['seconds']['mean']:.1f} |"
+            )
     return "\n".join(lines)
 
 

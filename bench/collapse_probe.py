@@ -17,6 +17,7 @@ that many steps, Adam).
 
     OMP_NUM_THREADS=1 python bench/collapse_probe.py > bench/results/collapse_probe.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def probe(name: str, x: torch.Tensor, steps: int, every: int) -> list[dict]:
         if lr_steps:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (s + 1) / lr_steps)
-        xb = x[torch.randint(0, len(x), (cfg.batch_size,), generator=g)]                 # (B, 1, 28, 28)
+        xb = x[torch.randint(0, len(x), (cfg.batch_size,), generator=g)]  # (B, 1, 28, 28)
         t = (warm or objective)(model, xb)
         opt.zero_grad(set_to_none=True)
         t["loss"].backward()
@@ -69,12 +70,20 @@ def probe(name: str, x: torch.Tensor, steps: int, every: int) -> list[dict]:
         if s % every == 0 or s == steps - 1:
             model.eval()
             with torch.no_grad():
-                mu, _ = model.encode(x[:500])                                             # (500, L)
-                logits = model.decoder(mu)                                                # (500, 1, 28, 28)
+                mu, _ = model.encode(x[:500])  # (500, L)
+                logits = model.decoder(mu)  # (500, 1, 28, 28)
             model.train()
-            rows.append({"step": s + 1, "kl": float(t["kl"]), "mse": float(t["mse"]),
-                         "std_mu": float(mu.std(0).mean()), "std_out": float(torch.sigmoid(logits).std(0).mean()),
-                         "logit_mean": float(logits.mean()), "logit_std": float(logits.std(0).mean())})
+            rows.append(
+                {
+                    "step": s + 1,
+                    "kl": float(t["kl"]),
+                    "mse": float(t["mse"]),
+                    "std_mu": float(mu.std(0).mean()),
+                    "std_out": float(torch.sigmoid(logits).std(0).mean()),
+                    "logit_mean": float(logits.mean()),
+                    "logit_std": float(logits.std(0).mean()),
+                }
+            )
     return rows
 
 
@@ -85,13 +94,22 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     a = p.parse_args(argv)
     x = load_dataset("mnist", data_dir=os.environ.get("BALANCED_VAE_DATA")).x_train[:6000]
-    out = {"bench": "collapse_probe", "config": json.loads(BASE.to_json()), "steps": a.steps,
-           "mnist_e_x2": float(x.pow(2).mean()), "mnist_pixel_variance": float(x.var(0).mean()),
-           "threads": torch.get_num_threads(), "provenance": provenance(), "variants": {}}
+    out = {
+        "bench": "collapse_probe",
+        "config": json.loads(BASE.to_json()),
+        "steps": a.steps,
+        "mnist_e_x2": float(x.pow(2).mean()),
+        "mnist_pixel_variance": float(x.var(0).mean()),
+        "threads": torch.get_num_threads(),
+        "provenance": provenance(),
+        "variants": {},
+    }
     for name in a.variants.split(","):
         t0 = time.perf_counter()
-        out["variants"][name] = {"rows": probe(name, x, a.steps, a.every),
-                                 "seconds": round(time.perf_counter() - t0, 1)}
+        out["variants"][name] = {
+            "rows": probe(name, x, a.steps, a.every),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     print(json.dumps(out, indent=1))
 
 

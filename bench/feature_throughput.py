@@ -23,6 +23,7 @@ writes it to a file.
     OMP_NUM_THREADS=2 python bench/feature_throughput.py [--images 48] [--batch-size 16] [--rounds 3]
         [--threads N] [--sweep] [--with-fid-helper] [--out bench/results/feature_throughput.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from balanced_vae.fid import (OPENVINO_CONFIG, OPENVINO_INFER_BATCH, OpenVINOInception, backend_protocol,
-                              inception_features, inception_protocol, load_inception, openvino_ir, preprocess)
+from balanced_vae.fid import (
+    OPENVINO_CONFIG,
+    OPENVINO_INFER_BATCH,
+    OpenVINOInception,
+    backend_protocol,
+    inception_features,
+    inception_protocol,
+    load_inception,
+    openvino_ir,
+    preprocess,
+)
 
 
 def _rate(fn, n: int) -> float:
@@ -64,12 +74,19 @@ def _sweep(xml, pre: torch.Tensor, threads: int, rounds: int) -> list[dict]:
 
                 def run():
                     for i in range(0, len(a), infer_batch):
-                        queue.start_async(a[i:i + infer_batch])
+                        queue.start_async(a[i : i + infer_batch])
                     queue.wait_all()
-            run()                                                  # warm-up
+
+            run()  # warm-up
             r = [_rate(run, len(a)) for _ in range(rounds)]
-            rows.append({"hint": hint, "streams": streams, "infer_batch": infer_batch,
-                         "images_per_second": round(statistics.median(r), 3)})
+            rows.append(
+                {
+                    "hint": hint,
+                    "streams": streams,
+                    "infer_batch": infer_batch,
+                    "images_per_second": round(statistics.median(r), 3),
+                }
+            )
     return rows
 
 
@@ -87,13 +104,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     x = torch.rand(args.images, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    cache = Path(tempfile.mkdtemp(prefix="fid-bench-"))            # a fresh conversion, timed
+    cache = Path(tempfile.mkdtemp(prefix="fid-bench-"))  # a fresh conversion, timed
     t0 = time.perf_counter()
     xml = openvino_ir(cache_dir=cache)
     convert_s = time.perf_counter() - t0
     net = load_inception(device="cpu")
-    pre = preprocess(x)                                            # (N, 3, 299, 299)
-    with torch.inference_mode():                                   # warm-up: TorchScript profiles its first calls
+    pre = preprocess(x)  # (N, 3, 299, 299)
+    with torch.inference_mode():  # warm-up: TorchScript profiles its first calls
         net(pre[:2])
         net(pre[:2])
     inception_features(x[:2], backend="openvino", cache_dir=cache, progress=False)
@@ -101,17 +118,19 @@ def main() -> None:
     def run_network_only():
         with torch.inference_mode():
             for i in range(0, len(pre), args.batch_size):
-                net(pre[i:i + args.batch_size])
+                net(pre[i : i + args.batch_size])
 
     def run_preprocess():
         for i in range(0, len(x), args.batch_size):
-            preprocess(x[i:i + args.batch_size])
+            preprocess(x[i : i + args.batch_size])
 
     fns = {
-        "torch": lambda: inception_features(x, batch_size=args.batch_size, backend="torch", device="cpu",
-                                            progress=False),
-        "openvino": lambda: inception_features(x, batch_size=args.batch_size, backend="openvino", cache_dir=cache,
-                                               progress=False),
+        "torch": lambda: inception_features(
+            x, batch_size=args.batch_size, backend="torch", device="cpu", progress=False
+        ),
+        "openvino": lambda: inception_features(
+            x, batch_size=args.batch_size, backend="openvino", cache_dir=cache, progress=False
+        ),
         "torch_network_only": run_network_only,
         "preprocess_only": run_preprocess,
     }
@@ -122,8 +141,14 @@ def main() -> None:
 
         def run_helper():
             for i in range(0, len(x), args.batch_size):
-                helper.extract_feats(x[i:i + args.batch_size].repeat(1, 3, 1, 1), data_range=(0, 1),
-                                     resize_hw=helper.resize_hw, resample_mode=helper.resample_mode, quant=True)
+                helper.extract_feats(
+                    x[i : i + args.batch_size].repeat(1, 3, 1, 1),
+                    data_range=(0, 1),
+                    resize_hw=helper.resize_hw,
+                    resample_mode=helper.resample_mode,
+                    quant=True,
+                )
+
         fns["fid_helper"] = run_helper
     rates: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):
@@ -131,15 +156,30 @@ def main() -> None:
             rates[k].append(_rate(fn, len(x)))
     med = {k: statistics.median(v) for k, v in rates.items()}
     with torch.inference_mode():
-        diff = float((inception_features(x[:8], backend="openvino", cache_dir=cache, progress=False)
-                      - inception_features(x[:8], backend="torch", device="cpu", progress=False)).abs().max())
+        diff = float(
+            (
+                inception_features(x[:8], backend="openvino", cache_dir=cache, progress=False)
+                - inception_features(x[:8], backend="torch", device="cpu", progress=False)
+            )
+            .abs()
+            .max()
+        )
     out = {
         "benchmark": "inception_feature_throughput",
-        "command": "OMP_NUM_THREADS={} python bench/feature_throughput.py --images {} --batch-size {} --rounds {}{}"
-                   .format(os.environ.get("OMP_NUM_THREADS", "unset"), args.images, args.batch_size, args.rounds,
-                           " --sweep" if args.sweep else ""),
-        "images": args.images, "batch_size": args.batch_size, "rounds": args.rounds, "image_shape": [1, 28, 28],
-        "threads": threads, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "command": "OMP_NUM_THREADS={} python bench/feature_throughput.py --images {} --batch-size {} --rounds {}{}".format(
+            os.environ.get("OMP_NUM_THREADS", "unset"),
+            args.images,
+            args.batch_size,
+            args.rounds,
+            " --sweep" if args.sweep else "",
+        ),
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "image_shape": [1, 28, 28],
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
         "load_average_1min_at_end": None,
         "images_per_second": {k: round(v, 3) for k, v in med.items()},
         "all_rounds": {k: [round(r, 3) for r in v] for k, v in rates.items()},

@@ -20,6 +20,7 @@ weights at the same n.
     OMP_NUM_THREADS=2 python bench/fid_gap.py results/mnist-paper-gpu/model --out results/fid-gap
     -> OUT/<dataset>-<budget>-<run>/<variant>.json, OUT/SUMMARY.md, OUT/summary.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ from balanced_vae.model import encode_dataset, eval_mode
 from balanced_vae.provenance import short_commit
 from balanced_vae.runs import load_run, model_sha256
 
-VARIANTS = {"prior": ("prior", None), "gmm-mean": ("gmm", "mean"), "gmm-sample": ("gmm", "sample"),
-            "aggregate": ("aggregate", None), "means": (None, None)}
+VARIANTS = {
+    "prior": ("prior", None),
+    "gmm-mean": ("gmm", "mean"),
+    "gmm-sample": ("gmm", "sample"),
+    "aggregate": ("aggregate", None),
+    "means": (None, None),
+}
 
 
 def fid_of_means(run_path: Path, target: Path, *, n: int, seed: int = 0, cache_dir=None, backend="auto") -> None:
@@ -46,18 +52,36 @@ def fid_of_means(run_path: Path, target: Path, *, n: int, seed: int = 0, cache_d
     mu, _ = encode_dataset(run.model, run.images("train"))
     idx = torch.randint(len(mu), (n,), generator=torch.Generator().manual_seed(seed))
     with eval_mode(run.model), torch.no_grad():
-        x = torch.cat([run.model.decode_mean(mu[idx[i:i + 1000]]) for i in range(0, n, 1000)])
+        x = torch.cat([run.model.decode_mean(mu[idx[i : i + 1000]]) for i in range(0, n, 1000)])
     images = target.with_suffix(".npy")
     np.save(images, x.clamp(0, 1).numpy())
     doc = fid_between(images, f"{run.config.dataset}:test", n=n, cache_dir=cache_dir, backend=backend)
     images.unlink()
-    doc["provenance"].update(checkpoint=CHECKPOINT, checkpoint_sha256=file_digest(run_path / CHECKPOINT),
-                             model_sha256=model_sha256(run.model))
-    record = {"run": str(run_path), "metrics": {"fid": {
-        "values": {"fid": doc["fid"]}, "provenance": doc["provenance"], "seconds": doc["seconds"],
-        "protocol": {"generated": {"images": "decoder means g(mu(x)) of training images drawn uniformly with "
-                                             "replacement", "n": n, "seed": seed},
-                     "real": doc["b"], "backend": doc["backend"], "inception": doc["inception"]}}}}
+    doc["provenance"].update(
+        checkpoint=CHECKPOINT,
+        checkpoint_sha256=file_digest(run_path / CHECKPOINT),
+        model_sha256=model_sha256(run.model),
+    )
+    record = {
+        "run": str(run_path),
+        "metrics": {
+            "fid": {
+                "values": {"fid": doc["fid"]},
+                "provenance": doc["provenance"],
+                "seconds": doc["seconds"],
+                "protocol": {
+                    "generated": {
+                        "images": "decoder means g(mu(x)) of training images drawn uniformly with replacement",
+                        "n": n,
+                        "seed": seed,
+                    },
+                    "real": doc["b"],
+                    "backend": doc["backend"],
+                    "inception": doc["inception"],
+                },
+            }
+        },
+    }
     target.write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -104,8 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             if v == "means":
                 fid_of_means(run, target, n=args.n_fid, cache_dir=args.fid_cache, backend=args.fid_backend)
             else:
-                evaluate_run(run, metrics="fid", sampler=sampler, components=args.components, gmm_fit_on=fit_on,
-                             n_fid=args.n_fid, cache_dir=args.fid_cache, fid_backend=args.fid_backend, out=target)
+                evaluate_run(
+                    run,
+                    metrics="fid",
+                    sampler=sampler,
+                    components=args.components,
+                    gmm_fit_on=fit_on,
+                    n_fid=args.n_fid,
+                    cache_dir=args.fid_cache,
+                    fid_backend=args.fid_backend,
+                    out=target,
+                )
             print(f"{label(run)} {v}: {time.perf_counter() - t0:.0f} s", flush=True)
     summarise(args.out, args.runs, args.components, args.n_fid)
     return 0
@@ -133,11 +166,15 @@ def summarise(out: Path, runs: list[Path], k: int, n: int) -> None:
         row["commit"] = ", ".join(dict.fromkeys(commits))
         rows.append(row)
     (out / "summary.json").write_text(json.dumps({"components": k, "n_fid": n, "rows": rows}, indent=1) + "\n")
-    lines = [f"# FID of ours under four p(z): {n} generated vs {n} test images, K = {k}", "",
-             "Written by `python bench/fid_gap.py`; see its docstring for the protocol.", "",
-             "| run | prior | GMM on means (paper) | GMM on samples | exact aggregate posterior "
-             "| training posterior means | commit |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# FID of ours under four p(z): {n} generated vs {n} test images, K = {k}",
+        "",
+        "Written by `python bench/fid_gap.py`; see its docstring for the protocol.",
+        "",
+        "| run | prior | GMM on means (paper) | GMM on samples | exact aggregate posterior "
+        "| training posterior means | commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['run']} | " + " | ".join(str(r.get(v, "")) for v in VARIANTS) + f" | `{r['commit']}` |")
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")

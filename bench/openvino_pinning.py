@@ -9,6 +9,7 @@ all threads alone (the plain, single-process case), and the ratio of the summed 
 
     OMP_NUM_THREADS=1 python bench/openvino_pinning.py --n 200 > bench/results/openvino_pinning.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ def _worker(args: tuple[dict | None, int, str | None, int]) -> dict:
     from balanced_vae import fid
     from balanced_vae.fid import OpenVINOInception, openvino_ir, preprocess
 
-    if config is None:                                          # OpenVINO's default: leave the key out
+    if config is None:  # OpenVINO's default: leave the key out
         fid.OPENVINO_CONFIG = {k: v for k, v in fid.OPENVINO_CONFIG.items() if k != "ENABLE_CPU_PINNING"}
     torch.set_num_threads(threads)
     net = OpenVINOInception(openvino_ir(cache_dir=cache), threads=threads, config=config)
     x = preprocess(torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
-    net(x[:4])                                                                     # warm-up
+    net(x[:4])  # warm-up
     t0 = time.perf_counter()
     net(x)
     seconds = time.perf_counter() - t0
@@ -45,16 +46,23 @@ def main() -> None:
     import openvino as ov
 
     out = {"cpus": sorted(os.sched_getaffinity(0)), "openvino": ov.get_version(), "n": args.n, "settings": {}}
-    for name, config in (("default", None), ("YES", {"ENABLE_CPU_PINNING": "YES"}),
-                         ("NO", {"ENABLE_CPU_PINNING": "NO"})):
+    for name, config in (
+        ("default", None),
+        ("YES", {"ENABLE_CPU_PINNING": "YES"}),
+        ("NO", {"ENABLE_CPU_PINNING": "NO"}),
+    ):
         with mp.get_context("spawn").Pool(2) as pool:
             workers = pool.map(_worker, [(config, args.n, args.cache, 1)] * 2)
-        with mp.get_context("spawn").Pool(1) as pool:                 # the plain case: one process, all cores
+        with mp.get_context("spawn").Pool(1) as pool:  # the plain case: one process, all cores
             alone = pool.map(_worker, [(config, args.n, args.cache, len(out["cpus"]))])[0]
-        out["settings"][name] = {"workers": workers, "images_per_s": sum(w["images_per_s"] for w in workers),
-                                 "one_process_all_threads_images_per_s": alone["images_per_s"]}
-    out["ratio_no_pinning_to_default"] = (out["settings"]["NO"]["images_per_s"]
-                                         / out["settings"]["default"]["images_per_s"])
+        out["settings"][name] = {
+            "workers": workers,
+            "images_per_s": sum(w["images_per_s"] for w in workers),
+            "one_process_all_threads_images_per_s": alone["images_per_s"],
+        }
+    out["ratio_no_pinning_to_default"] = (
+        out["settings"]["NO"]["images_per_s"] / out["settings"]["default"]["images_per_s"]
+    )
     print(json.dumps(out, indent=2))
 
 

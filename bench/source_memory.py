@@ -11,6 +11,7 @@ epoch, one epoch per stage; the whole set stays held for the run) and reports
 
     python bench/source_memory.py [--n 200000] [--n-compare 50000] [--fit 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ print(json.dumps({"n": n, "held_as": dtype, "data_gib": x.numel() * x.element_si
 
 def measure(n: int, dtype: str, fit: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), dtype, str(fit)], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n), dtype, str(fit)], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -62,15 +64,23 @@ def main() -> None:
     args = p.parse_args()
     u8, f32 = measure(args.n_compare, "uint8", args.fit), measure(args.n_compare, "float32", args.fit)
     full = measure(args.n, "uint8", args.fit)
-    print(json.dumps({
-        "side_by_side": {"uint8": u8, "float32": f32,
-                         "peak_rss_ratio_float32_over_uint8": round(f32["peak_rss_gib"] / u8["peak_rss_gib"], 2)},
-        "celeba_sized_uint8": full,
-        "celeba_sized_float32_data_gib": args.n * 3 * 64 * 64 * 4 / 2**30,
-        "within_4_gib": full["peak_rss_gib"] < 4.0,
-        "note": "float32 at the full size is not run here (it needs ~10 GiB on a shared machine); "
+    print(
+        json.dumps(
+            {
+                "side_by_side": {
+                    "uint8": u8,
+                    "float32": f32,
+                    "peak_rss_ratio_float32_over_uint8": round(f32["peak_rss_gib"] / u8["peak_rss_gib"], 2),
+                },
+                "celeba_sized_uint8": full,
+                "celeba_sized_float32_data_gib": args.n * 3 * 64 * 64 * 4 / 2**30,
+                "within_4_gib": full["peak_rss_gib"] < 4.0,
+                "note": "float32 at the full size is not run here (it needs ~10 GiB on a shared machine); "
                 "its data alone is celeba_sized_float32_data_gib",
-    }, indent=2))
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

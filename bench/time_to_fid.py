@@ -16,6 +16,7 @@ and a call with more budgets trains on from the last copy and scores only the co
     OMP_NUM_THREADS=1 python bench/time_to_fid.py --budgets 5,15,30 --work /tmp/ttf \\
         > bench/results/time_to_fid.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,27 +57,46 @@ def train_to_budgets(config: TrainConfig, work: Path, budgets: list[float], data
             continue
         while clock["cpu_seconds"] < 60 * budget:
             if (run / "final.json").exists():
-                break   # Algorithm 1 finished before the budget: the finished run is the copy
+                break  # Algorithm 1 finished before the budget: the finished run is the copy
             c0, w0 = time.process_time(), time.perf_counter()
-            train(config, run, resume=(run / "checkpoint.pt").exists(), data=data, progress=False,
-                  stop_after=1, device="cpu")
+            train(
+                config,
+                run,
+                resume=(run / "checkpoint.pt").exists(),
+                data=data,
+                progress=False,
+                stop_after=1,
+                device="cpu",
+            )
             clock["cpu_seconds"] += time.process_time() - c0
             clock["wall_seconds"] += time.perf_counter() - w0
             write_json_atomic(clock_path, clock)
             row = _last_row(run)
-            print(f"cpu {clock['cpu_seconds'] / 60:.1f} min, stage {row.get('stage')} epoch {row.get('epoch')}, "
-                  f"val_elbo {row.get('val_elbo', float('nan')):.1f}", file=sys.stderr, flush=True)
+            print(
+                f"cpu {clock['cpu_seconds'] / 60:.1f} min, stage {row.get('stage')} epoch {row.get('epoch')}, "
+                f"val_elbo {row.get('val_elbo', float('nan')):.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
         snap, tmp = work / f"snap-{budget:g}", work / f"snap-{budget:g}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(run, tmp, ignore=shutil.ignore_patterns("*.lock", "events.*"))
         shutil.rmtree(snap, ignore_errors=True)
         os.replace(tmp, snap)
         row = _last_row(run)
-        clock["snapshots"].append({
-            "budget_cpu_minutes": budget, "cpu_minutes": round(clock["cpu_seconds"] / 60, 2),
-            "wall_minutes": round(clock["wall_seconds"] / 60, 2), "stage": row.get("stage"),
-            "epoch": row.get("epoch"), "val_elbo": row.get("val_elbo"), "sigma2": row.get("sigma2"),
-            "finished": (run / "final.json").exists(), "path": str(snap)})
+        clock["snapshots"].append(
+            {
+                "budget_cpu_minutes": budget,
+                "cpu_minutes": round(clock["cpu_seconds"] / 60, 2),
+                "wall_minutes": round(clock["wall_seconds"] / 60, 2),
+                "stage": row.get("stage"),
+                "epoch": row.get("epoch"),
+                "val_elbo": row.get("val_elbo"),
+                "sigma2": row.get("sigma2"),
+                "finished": (run / "final.json").exists(),
+                "path": str(snap),
+            }
+        )
         write_json_atomic(clock_path, clock)
     return clock["snapshots"]
 
@@ -98,28 +118,60 @@ def main(argv=None) -> None:
     budgets = sorted(float(b) for b in a.budgets.split(","))
     a.work.mkdir(parents=True, exist_ok=True)
     prov = provenance()
-    config = TrainConfig(dataset=a.dataset, data_dir=a.data_dir, epochs=a.epochs, net=a.net, width=a.width,
-                         lr_drops=a.lr_drops, precision=a.precision)
+    config = TrainConfig(
+        dataset=a.dataset,
+        data_dir=a.data_dir,
+        epochs=a.epochs,
+        net=a.net,
+        width=a.width,
+        lr_drops=a.lr_drops,
+        precision=a.precision,
+    )
     data = load_dataset(a.dataset, data_dir=a.data_dir)
     snapshots = train_to_budgets(config, a.work, budgets, data)
     rows = []
     for s in snapshots:
         t0 = time.perf_counter()
-        saved = Path(s["path"]) / "fid.json"   # a copy scored by an earlier call (budgets added later)
+        saved = Path(s["path"]) / "fid.json"  # a copy scored by an earlier call (budgets added later)
         res = _read(saved, None)
         if res is None or res["metrics"]["fid"]["protocol"]["generated"]["n"] != a.n_fid:
-            res = evaluate_run(s["path"], metrics="fid", sampler="gmm", n_fid=a.n_fid, data=data,
-                               fid_backend=a.fid_backend, progress=False, out=saved)
+            res = evaluate_run(
+                s["path"],
+                metrics="fid",
+                sampler="gmm",
+                n_fid=a.n_fid,
+                data=data,
+                fid_backend=a.fid_backend,
+                progress=False,
+                out=saved,
+            )
         fid = res["metrics"]["fid"]
-        rows.append({**{k: v for k, v in s.items() if k != "path"}, "fid": fid["values"]["fid"],
-                     "fid_wall_seconds": round(time.perf_counter() - t0, 1), "fid_protocol": fid["protocol"]})
+        rows.append(
+            {
+                **{k: v for k, v in s.items() if k != "path"},
+                "fid": fid["values"]["fid"],
+                "fid_wall_seconds": round(time.perf_counter() - t0, 1),
+                "fid_protocol": fid["protocol"],
+            }
+        )
         print(f"budget {s['budget_cpu_minutes']:g} CPU-min: FID {rows[-1]['fid']:.2f}", file=sys.stderr, flush=True)
-    print(json.dumps({
-        "bench": "time_to_fid", "config": json.loads(config.to_json()), "rows": rows,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
-        "cpu": _cpu_model(), "provenance": prov,
-        "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
-                "FID: GMM K=32 on posterior means, n generated vs n test images"}, indent=2))
+    print(
+        json.dumps(
+            {
+                "bench": "time_to_fid",
+                "config": json.loads(config.to_json()),
+                "rows": rows,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.processor(),
+                "cpu": _cpu_model(),
+                "provenance": prov,
+                "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
+                "FID: GMM K=32 on posterior means, n generated vs n test images",
+            },
+            indent=2,
+        )
+    )
 
 
 def _cpu_model() -> str:

@@ -18,6 +18,7 @@ steps, and the ratio to plain fp32:
     OMP_NUM_THREADS=2 python bench/train_levers.py --width 64 --levers fp32,bf16   (cost of a wider net)
     OMP_NUM_THREADS=2 python bench/train_levers.py --net res --levers fp32,bf16,channels_last   (a family)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ def make(lever: str, cfg: TrainConfig):
     if lever == "channels_last":
         model = model.to(memory_format=torch.channels_last)
     lr = cfg.lr * (2 if lever == "batch256" else 1)
-    kwargs = {"fused": True} if lever == "fused_adam" else {"foreach": True} if lever == "foreach_adam" else \
-        {"foreach": False}
+    kwargs = (
+        {"fused": True}
+        if lever == "fused_adam"
+        else {"foreach": True}
+        if lever == "foreach_adam"
+        else {"foreach": False}
+    )
     if lever == "compile":
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
@@ -55,7 +61,7 @@ def steps_per_s(lever: str, model, opt, objective, x: torch.Tensor, steps: int) 
     batch = 256 if lever == "batch256" else 128
     t0 = time.perf_counter()
     for b in range(steps):
-        xb = x[(b * batch) % (len(x) - batch):][:batch]                      # (B, 1, 28, 28)
+        xb = x[(b * batch) % (len(x) - batch) :][:batch]  # (B, 1, 28, 28)
         if lever == "channels_last":
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16"):
@@ -77,30 +83,45 @@ def main(argv=None) -> None:
     levers = a.levers.split(",")
     data = load_dataset("mnist", data_dir=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
     x = data.x_train[: 256 * a.steps + 256]
-    cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=a.width,
-                      net=a.net).resolved((1, 28, 28))
+    cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=a.width, net=a.net).resolved(
+        (1, 28, 28)
+    )
     objective = build_objective(cfg)
     built, warmup = {}, {}
-    for lever in levers:            # build once; the warm-up pays compilation and first-touch costs
+    for lever in levers:  # build once; the warm-up pays compilation and first-touch costs
         model, opt = make(lever, cfg)
         t0 = time.perf_counter()
         steps_per_s(lever, model, opt, objective, x, 3)
         warmup[lever] = round(time.perf_counter() - t0, 2)
         built[lever] = (model, opt)
     rates = {lever: [] for lever in levers}
-    for _ in range(a.rounds):       # interleaved, so drifts of a shared machine hit every lever alike
+    for _ in range(a.rounds):  # interleaved, so drifts of a shared machine hit every lever alike
         for lever in levers:
             rates[lever].append(steps_per_s(lever, *built[lever], objective, x, a.steps))
     med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
-    print(json.dumps({"bench": "train_levers", "images_per_s": med,
-                      "ratio_vs_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items()} if "fp32" in med
-                      else None,
-                      "warmup_seconds": warmup, "net": cfg.net, "width": cfg.width, "rounds": a.rounds, "steps": a.steps,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "machine": platform.machine(),
-                      "cpu_flags": sorted({f for f in open("/proc/cpuinfo").read().split()
-                                          if f.startswith(("avx512_bf16", "amx"))}) if os.path.exists("/proc/cpuinfo")
-                      else []}, indent=1))
+    print(
+        json.dumps(
+            {
+                "bench": "train_levers",
+                "images_per_s": med,
+                "ratio_vs_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items()} if "fp32" in med else None,
+                "warmup_seconds": warmup,
+                "net": cfg.net,
+                "width": cfg.width,
+                "rounds": a.rounds,
+                "steps": a.steps,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "cpu_flags": sorted(
+                    {f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512_bf16", "amx"))}
+                )
+                if os.path.exists("/proc/cpuinfo")
+                else [],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ ratio of medians is the figure to watch. Prints one JSON object.
 
     python bench/train_throughput.py [--images 12800] [--rounds 3] [--batch-size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def bare_loop(config: TrainConfig, x: torch.Tensor, eq10_pass: bool = False) -> 
     log_s2 = torch.zeros(())
     t0 = time.perf_counter()
     for i in range(0, len(x), config.batch_size):
-        xb = x[i:i + config.batch_size]
+        xb = x[i : i + config.batch_size]
         mu, logvar = model.encode(xb)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
         mean = model.decode_mean(z)
@@ -46,8 +47,14 @@ def bare_loop(config: TrainConfig, x: torch.Tensor, eq10_pass: bool = False) -> 
         opt.step()
     if eq10_pass:
         with torch.no_grad():
-            sse = sum(float((x[i:i + 1000] - model.decode_mean(model.reparameterise(*model.encode(x[i:i + 1000]))))
-                            .pow(2).sum()) for i in range(0, len(x), 1000))
+            sse = sum(
+                float(
+                    (x[i : i + 1000] - model.decode_mean(model.reparameterise(*model.encode(x[i : i + 1000]))))
+                    .pow(2)
+                    .sum()
+                )
+                for i in range(0, len(x), 1000)
+            )
         log_s2 = torch.tensor(sse / x.numel()).log()
     return len(x) / (time.perf_counter() - t0)
 
@@ -69,28 +76,39 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.images, 1, 28, 28, generator=g)
     data = Dataset("bench", x, x[: args.batch_size])
-    config = TrainConfig(dataset="bench", method="learned", stages=1, epochs=1, min_epochs=1,
-                         batch_size=args.batch_size).resolved(data.shape)
+    config = TrainConfig(
+        dataset="bench", method="learned", stages=1, epochs=1, min_epochs=1, batch_size=args.batch_size
+    ).resolved(data.shape)
     bare_loop(config, x[: 8 * args.batch_size])  # warm-up: allocator, oneDNN kernels
     bare, bare10, our = [], [], []
     for _ in range(args.rounds):
         bare.append(bare_loop(config, x))
         bare10.append(bare_loop(config, x, eq10_pass=True))
         our.append(ours(config, data))
-    print(json.dumps({
-        "benchmark": "train_throughput", "network": "conv28", "width": config.width,
-        "latent_dim": config.latent_dim, "batch_size": args.batch_size, "images": args.images,
-        "threads": torch.get_num_threads(), "rounds": args.rounds,
-        "ours_images_per_s": round(statistics.median(our), 1),
-        "bare_images_per_s": round(statistics.median(bare), 1),
-        "bare_with_eq10_images_per_s": round(statistics.median(bare10), 1),
-        "ratio_ours_over_bare": round(statistics.median(our) / statistics.median(bare), 3),
-        "ratio_ours_over_bare_with_eq10": round(statistics.median(our) / statistics.median(bare10), 3),
-        "note": "images/s = training images / wall time. Ours holds out 10 % for validation (trains on 90 %), "
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_throughput",
+                "network": "conv28",
+                "width": config.width,
+                "latent_dim": config.latent_dim,
+                "batch_size": args.batch_size,
+                "images": args.images,
+                "threads": torch.get_num_threads(),
+                "rounds": args.rounds,
+                "ours_images_per_s": round(statistics.median(our), 1),
+                "bare_images_per_s": round(statistics.median(bare), 1),
+                "bare_with_eq10_images_per_s": round(statistics.median(bare10), 1),
+                "ratio_ours_over_bare": round(statistics.median(our) / statistics.median(bare), 3),
+                "ratio_ours_over_bare_with_eq10": round(statistics.median(our) / statistics.median(bare10), 3),
+                "note": "images/s = training images / wall time. Ours holds out 10 % for validation (trains on 90 %), "
                 "recomputes Eq. 10 on the epoch's final networks (one no-grad pass), evaluates the validation "
                 "split, writes metrics.jsonl, an atomic checkpoint and final.json; the bare loop does none of it, "
                 "bare_with_eq10 adds the Eq. 10 pass",
-    }, indent=2))
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ bought by doing less.
 Ours runs once per ``--precisions`` value each round (default fp32 and bf16 autocast; pythae has
 no bf16 option), so the ratio of each is measured against the same pythae rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def elbo_sigma2_one(encode, decode_mean, x: torch.Tensor, seed: int = 0) -> floa
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), 1000):
-            xb = x[i:i + 1000]
+            xb = x[i : i + 1000]
             mu, logvar = encode(xb)
             z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
             mean = decode_mean(z)
@@ -45,13 +46,27 @@ def elbo_sigma2_one(encode, decode_mean, x: torch.Tensor, seed: int = 0) -> floa
 
 
 def run_ours(data, n: int, out: str, epochs: int, seed: int, precision: str = "fp32"):
-    from balanced_vae.runs import load_run
     from balanced_vae.config import TrainConfig
+    from balanced_vae.runs import load_run
     from balanced_vae.train import train
 
-    config = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, stages=1, n_train=n, n_val=0, n_test=100,
-                         epochs=epochs, min_epochs=epochs, batch_size=128, lr=1e-3, latent_dim=16, width=32,
-                         seed=seed, precision=precision)
+    config = TrainConfig(
+        dataset="mnist",
+        method="fixed",
+        sigma2=1.0,
+        stages=1,
+        n_train=n,
+        n_val=0,
+        n_test=100,
+        epochs=epochs,
+        min_epochs=epochs,
+        batch_size=128,
+        lr=1e-3,
+        latent_dim=16,
+        width=32,
+        seed=seed,
+        precision=precision,
+    )
     t0 = time.perf_counter()
     train(config, out, data=data, progress=False, device="cpu")
     seconds = time.perf_counter() - t0
@@ -87,11 +102,19 @@ def run_pythae(data, n: int, out: str, epochs: int, seed: int):
             return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
 
     torch.manual_seed(seed)
-    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=16, reconstruction_loss="mse"),
-                encoder=Encoder(), decoder=Decoder())
-    cfg = BaseTrainerConfig(output_dir=out, num_epochs=epochs, per_device_train_batch_size=128,
-                            learning_rate=1e-3, optimizer_cls="Adam", steps_saving=None, seed=seed,
-                            no_cuda=True)
+    model = VAE(
+        VAEConfig(input_dim=(1, 28, 28), latent_dim=16, reconstruction_loss="mse"), encoder=Encoder(), decoder=Decoder()
+    )
+    cfg = BaseTrainerConfig(
+        output_dir=out,
+        num_epochs=epochs,
+        per_device_train_batch_size=128,
+        learning_rate=1e-3,
+        optimizer_cls="Adam",
+        steps_saving=None,
+        seed=seed,
+        no_cuda=True,
+    )
     from pythae.data.datasets import BaseDataset
 
     x = data.x_train[:n]
@@ -104,6 +127,7 @@ def run_pythae(data, n: int, out: str, epochs: int, seed: int):
     def encode(xb):
         o = model.encoder(xb)
         return o.embedding, o.log_covariance
+
     return seconds, (encode, lambda z: model.decoder(z).reconstruction)
 
 
@@ -113,8 +137,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1, help="epochs per round")
     p.add_argument("--data-dir", default=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
-    p.add_argument("--precisions", default="fp32,bf16",
-                   help="our trainer's --precision values to run each round (pythae trains in fp32)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="our trainer's --precision values to run each round (pythae trains in fp32)",
+    )
     args = p.parse_args()
     precisions = args.precisions.split(",")
     import logging
@@ -129,8 +156,7 @@ def main() -> None:
         for r in range(args.rounds):
             row = {"round": r}
             for prec in precisions:
-                t_ours, model = run_ours(data, args.images, f"{tmp}/ours{r}{prec}", args.epochs, seed=r,
-                                         precision=prec)
+                t_ours, model = run_ours(data, args.images, f"{tmp}/ours{r}{prec}", args.epochs, seed=r, precision=prec)
                 row[f"ours_{prec}_seconds"] = round(t_ours, 2)
                 row[f"ours_{prec}_test_elbo"] = elbo_sigma2_one(model.encode, model.decode_mean, x_test)
             t_py, (enc, dec) = run_pythae(data, args.images, f"{tmp}/pythae{r}", args.epochs, seed=r)
@@ -143,19 +169,37 @@ def main() -> None:
 
     py = [images / r["pythae_seconds"] for r in rows]
     ours = {prec: [images / r[f"ours_{prec}_seconds"] for r in rows] for prec in precisions}
-    print(json.dumps({
-        "bench": "vs_pythae", "images_per_round": images, "rounds": rows,
-        "pythae_images_per_s": median(py),
-        **{f"ours_{prec}_images_per_s": median(v) for prec, v in ours.items()},
-        **{f"ratio_ours_{prec}_over_pythae": median([o / q for o, q in zip(v, py)]) for prec, v in ours.items()},
-        **{f"ours_{prec}_minus_pythae_elbo": median([r[f"ours_{prec}_test_elbo"] - r["pythae_test_elbo"]
-                                                     for r in rows]) for prec in precisions},
-        "cpu_flags": sorted({f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512_bf16", "amx"))})
-        if os.path.exists("/proc/cpuinfo") else [],
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
-        "note": "median over interleaved rounds; both trainers write their checkpoints; ELBO under sigma^2 = 1 "
+    print(
+        json.dumps(
+            {
+                "bench": "vs_pythae",
+                "images_per_round": images,
+                "rounds": rows,
+                "pythae_images_per_s": median(py),
+                **{f"ours_{prec}_images_per_s": median(v) for prec, v in ours.items()},
+                **{
+                    f"ratio_ours_{prec}_over_pythae": median([o / q for o, q in zip(v, py)]) for prec, v in ours.items()
+                },
+                **{
+                    f"ours_{prec}_minus_pythae_elbo": median(
+                        [r[f"ours_{prec}_test_elbo"] - r["pythae_test_elbo"] for r in rows]
+                    )
+                    for prec in precisions
+                },
+                "cpu_flags": sorted(
+                    {f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512_bf16", "amx"))}
+                )
+                if os.path.exists("/proc/cpuinfo")
+                else [],
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.processor(),
+                "note": "median over interleaved rounds; both trainers write their checkpoints; ELBO under sigma^2 = 1 "
                 "on 2000 test images with one z per image",
-    }, indent=2))
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The run folder records this file's ``make_networks`` as its factory, so the CLI 
     balanced-vae evaluate runs/custom-net --metrics elbo,iwae
     balanced-vae sample runs/custom-net --sampler gmm --out samples/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from balanced_vae.runs import load_run
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import read_idx, resolve_data_dir
 from balanced_vae.factories import factory_ref
-from balanced_vae.plots import save_grid
 from balanced_vae.model import encode_dataset
+from balanced_vae.plots import save_grid
+from balanced_vae.runs import load_run
 from balanced_vae.samplers import GaussianMixtureSampler
 from balanced_vae.sources import TensorSource, as_data
 from balanced_vae.train import train
@@ -38,8 +39,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
-                                  nn.ReLU(), nn.Conv2d(width, width, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -53,13 +55,24 @@ def make_networks(data_shape, latent_dim, width=16):
     c, h, w = data_shape
     w4 = (2 * width, h // 4, w // 4)
     encoder = nn.Sequential(
-        nn.Conv2d(c, width, 4, 2, 1), ResBlock(width),                # (B, width, H/2, W/2)
-        nn.Conv2d(width, 2 * width, 4, 2, 1), ResBlock(2 * width),    # (B, 2 width, H/4, W/4)
-        nn.ReLU(), nn.Flatten(), nn.Linear(w4[0] * w4[1] * w4[2], 2 * latent_dim))
+        nn.Conv2d(c, width, 4, 2, 1),
+        ResBlock(width),  # (B, width, H/2, W/2)
+        nn.Conv2d(width, 2 * width, 4, 2, 1),
+        ResBlock(2 * width),  # (B, 2 width, H/4, W/4)
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(w4[0] * w4[1] * w4[2], 2 * latent_dim),
+    )
     decoder = nn.Sequential(
-        nn.Linear(latent_dim, w4[0] * w4[1] * w4[2]), nn.Unflatten(1, w4), ResBlock(2 * width),
-        nn.ReLU(), nn.ConvTranspose2d(2 * width, width, 4, 2, 1), ResBlock(width),   # (B, width, H/2, W/2)
-        nn.ReLU(), nn.ConvTranspose2d(width, c, 4, 2, 1))                           # (B, C, H, W) logits
+        nn.Linear(latent_dim, w4[0] * w4[1] * w4[2]),
+        nn.Unflatten(1, w4),
+        ResBlock(2 * width),
+        nn.ReLU(),
+        nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+        ResBlock(width),  # (B, width, H/2, W/2)
+        nn.ReLU(),
+        nn.ConvTranspose2d(width, c, 4, 2, 1),
+    )  # (B, C, H, W) logits
     return encoder, decoder
 
 
@@ -88,24 +101,37 @@ def main(argv=None) -> dict:
     # (image, label) batches: the trainer takes the first element as the image, uint8 -> [0, 1] per batch
     loader = DataLoader(train_set, batch_size=128, shuffle=True)
     config = TrainConfig(
-        dataset="fashion-mnist",            # what `balanced-vae evaluate/sample` load for this run
-        data_dir=args.data_dir, networks=factory_ref(make_networks), network_args={"width": args.width},
-        latent_dim=16, epochs=args.epochs, min_epochs=min(3, args.epochs), n_train=args.n_train,
-        n_test=args.n_test, seed=args.seed, batch_size=128)
+        dataset="fashion-mnist",  # what `balanced-vae evaluate/sample` load for this run
+        data_dir=args.data_dir,
+        networks=factory_ref(make_networks),
+        network_args={"width": args.width},
+        latent_dim=16,
+        epochs=args.epochs,
+        min_epochs=min(3, args.epochs),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        batch_size=128,
+    )
     run_dir = train(config, args.out, data=as_data(loader, test_set, name="fashion-mnist-uint8"))
 
-    run = load_run(run_dir)                                    # rebuilt from the factory + weights
-    x = TensorSource(train_set.tensors[0][: args.n_train])     # uint8, converted per batch
-    mu, _ = encode_dataset(run.model, x)                       # (N, L)
+    run = load_run(run_dir)  # rebuilt from the factory + weights
+    x = TensorSource(train_set.tensors[0][: args.n_train])  # uint8, converted per batch
+    mu, _ = encode_dataset(run.model, x)  # (N, L)
     gmm = GaussianMixtureSampler(args.components, random_state=args.seed).fit(mu)
-    z = gmm.sample(64, generator=torch.Generator().manual_seed(args.seed))   # (64, L)
-    mean, sigma = run.model.generate(z)                        # (64, 1, 28, 28) each
+    z = gmm.sample(64, generator=torch.Generator().manual_seed(args.seed))  # (64, L)
+    mean, sigma = run.model.generate(z)  # (64, 1, 28, 28) each
     save_grid(mean, Path(run_dir) / "gmm_samples.png", nrow=8, scale=2)
     save_grid(sigma / sigma.max(), Path(run_dir) / "gmm_sigma.png", nrow=8, scale=2)
     final = json.loads((Path(run_dir) / "final.json").read_text())
-    summary = {"run": str(run_dir), "stage": run.stage, "sigma2_star": final["sigma2_star"],
-               "test_elbo": final["test"]["elbo"], "gmm_converged": gmm.converged_,
-               "samples": str(Path(run_dir) / "gmm_samples.png")}
+    summary = {
+        "run": str(run_dir),
+        "stage": run.stage,
+        "sigma2_star": final["sigma2_star"],
+        "test_elbo": final["test"]["elbo"],
+        "gmm_converged": gmm.converged_,
+        "samples": str(Path(run_dir) / "gmm_samples.png"),
+    }
     print(json.dumps(summary, indent=2))
     return summary
 

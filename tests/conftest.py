@@ -38,18 +38,24 @@ def data_dir() -> Path:
     repo_default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = Path(env).expanduser() if env else repo_default
     if not (path / "mnist").is_dir():
-        _missing("MNIST", path / "mnist", "set BALANCED_VAE_DATA to a directory holding mnist/ and "
-                 "fashion-mnist/ IDX files (CI needs ../shared/data beside the repository)")
+        _missing(
+            "MNIST",
+            path / "mnist",
+            "set BALANCED_VAE_DATA to a directory holding mnist/ and "
+            "fashion-mnist/ IDX files (CI needs ../shared/data beside the repository)",
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def real_dataset(data_dir):
     """``real_dataset(name)``: the folder of data set ``name`` under :func:`data_dir`, or skip (fail under CI)."""
+
     def need(name: str) -> Path:
         if not (data_dir / name).is_dir():
             _missing(name, data_dir / name, f"put the {name}/ IDX files in {data_dir}")
         return data_dir / name
+
     return need
 
 
@@ -78,4 +84,5 @@ def stand_in_inception(monkeypatch):
             if path is not None:
                 monkeypatch.setattr(module, "inception_path", lambda: path)
         return calls
+
     return patch

@@ -1,4 +1,5 @@
 """`train --branch-from`: stage 2 started at another run's stage switch equals a run from scratch."""
+
 import dataclasses
 import json
 
@@ -12,8 +13,9 @@ from balanced_vae.data import load_dataset
 from balanced_vae.plots import read_metrics
 from balanced_vae.train import train
 
-FLOORED = TrainConfig(method="learned", stages=2, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32,
-                      seed=3)
+FLOORED = TrainConfig(
+    method="learned", stages=2, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32, seed=3
+)
 FLOOR0 = dataclasses.replace(FLOORED, pixel_floor=0.0)
 
 
@@ -85,14 +87,15 @@ def test_reproduce_starts_the_unfloored_run_at_the_floored_runs_switch(digits, t
     not trained twice), equal to learned-floor0 trained from scratch; the stop record says so."""
     from balanced_vae.paper.experiments import ensure_run, get_budget, run_dir
 
-    budget = dataclasses.replace(get_budget("smoke"), extra_runs=("learned-floor0",), n_train=300, n_test=100,
-                                 epochs=2, min_epochs=2)
+    budget = dataclasses.replace(
+        get_budget("smoke"), extra_runs=("learned-floor0",), n_train=300, n_test=100, epochs=2, min_epochs=2
+    )
     ensure_run(tmp_path, "digits", budget, "learned", data=digits, progress=False)
     branched = ensure_run(tmp_path, "digits", budget, "learned-floor0", data=digits, progress=False)
     stops = json.loads((branched / "final.json").read_text())["stops"]
     source = run_dir(tmp_path, "digits", budget, "learned")
     assert (branched / stops["1"]["branched_from"]).resolve() == source.resolve()
-    assert stops["1"]["branched_from"] == "../learned"                    # relative: the records stay portable
+    assert stops["1"]["branched_from"] == "../learned"  # relative: the records stay portable
     fresh = ensure_run(tmp_path / "fresh", "digits", budget, "learned-floor0", data=digits, progress=False)
     assert "branched_from" not in json.loads((fresh / "final.json").read_text())["stops"]["1"]
     a, b = load_checkpoint(fresh / "checkpoint.pt")["model"], load_checkpoint(branched / "checkpoint.pt")["model"]

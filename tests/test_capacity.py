@@ -1,4 +1,5 @@
 """Issue 27: network families by name, the KL warm-up, and the 'best' convergence rule."""
+
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from balanced_vae.methods import build_model, build_objective
 from balanced_vae.model import VAE
 from balanced_vae.nets import NETS, NetSpec, count_macs, default_latent_dim, default_width, make_decoder, make_encoder
 from balanced_vae.objectives import ELBO, WAEMMD, BetaVAE, KLWarmup, elbo_terms
-from balanced_vae.train import _converged, _warmup, _State, train
+from balanced_vae.train import _converged, _State, _warmup, train
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,12 @@ def test_the_paper_net_is_the_wae_rae_architecture():
     spec = NetSpec((1, 28, 28), 16, default_width((1, 28, 28), "paper"), net="paper")
     enc, dec = make_encoder(spec), make_decoder(spec)
     convs = _layers(enc, nn.Conv2d)
-    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == \
-           [(128, (4, 4), (2, 2)), (256, (4, 4), (2, 2)), (512, (4, 4), (2, 2)), (1024, (4, 4), (2, 2))]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (128, (4, 4), (2, 2)),
+        (256, (4, 4), (2, 2)),
+        (512, (4, 4), (2, 2)),
+        (1024, (4, 4), (2, 2)),
+    ]
     assert len(_layers(enc, nn.BatchNorm2d)) == 4 and _layers(enc, nn.Linear)[-1].out_features == 32
     assert _layers(dec, nn.Linear)[0].out_features == 8 * 8 * 1024
     assert [u.out_channels for u in _layers(dec, nn.ConvTranspose2d)] == [512, 256]
@@ -61,6 +66,7 @@ def test_the_network_family_is_recorded_and_reloaded(tmp_path):
     cfg = TrainConfig(dataset="mnist", net="res", width=4, epochs=1, stages=1, n_train=64, n_test=16)
     x = torch.rand(80, 1, 28, 28)
     from balanced_vae.sources import as_data
+
     run = train(cfg, tmp_path / "r", data=as_data(x[:64], x[64:]), progress=False)
     assert json.loads((run / "config.json").read_text())["net"] == "res"
     assert load_run(run).model.spec.net == "res"
@@ -75,7 +81,7 @@ def test_bad_families_and_warmups_are_refused_before_anything_is_written(tmp_pat
     assert "kl_warmup" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(ValueError, match="--net small"):
-        NetSpec((1, 8, 8), 4, 8, net="res")              # tiny images have the MLP only
+        NetSpec((1, 8, 8), 4, 8, net="res")  # tiny images have the MLP only
     with pytest.raises(ValueError, match="--blocks 0"):
         NetSpec((1, 28, 28), 4, 8, blocks=1, net="paper")
     with pytest.raises(ValueError, match="no KL term"):
@@ -131,7 +137,7 @@ def test_the_warmups_rise_linearly_and_end_at_the_elbo_and_lr():
             lrs.append(opt.param_groups[0]["lr"])
     assert weights == [(i + 1) / 8 for i in range(8)] + [1.0] * 8
     assert lrs == pytest.approx([1e-3 * (i + 1) / 6 for i in range(6)] + [1e-3] * 10)
-    st.stage, st.epoch = 2, 0                       # stage 2 never warms up
+    st.stage, st.epoch = 2, 0  # stage 2 never warms up
     assert _warmup(warm, opt, st, cfg, n) is None and warm.weight == 1.0
 
 
@@ -139,7 +145,7 @@ def test_a_warmed_up_run_logs_its_weights_and_converges_on_the_elbo(tmp_path, di
     cfg = TrainConfig(kl_warmup=2, epochs=4, min_epochs=4, stages=1, n_train=300, n_test=50, batch_size=64)
     run = train(cfg, tmp_path / "r", data=digits, progress=False)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    n = 5   # steps per epoch: 270 fitted images (30 held out) in batches of 64
+    n = 5  # steps per epoch: 270 fitted images (30 held out) in batches of 64
     ramp = [(s + 1) / (2 * n) for s in range(2 * n)]
     assert [r["kl_weight"] for r in rows] == pytest.approx([sum(ramp[:n]) / n, sum(ramp[n:]) / n, 1.0, 1.0])
     # the validation loss is always the full objective: the warm-up changes training steps only
@@ -162,8 +168,8 @@ MNIST_STAGE1 = [772.0, 773.3, 772.6, 778.7, 777.2, 777.8, 781.9, 786.0, 783.9, 7
 def test_the_best_rule_does_not_stop_on_a_noisy_rise_that_the_endpoint_rule_stops_on():
     best = TrainConfig(min_epochs=1, window=3, tol=1e-3)
     endpoints = TrainConfig(min_epochs=1, window=3, tol=1e-3, stopping="endpoints")
-    assert _converged(MNIST_STAGE1, endpoints, 784)          # |782.5 - 781.9| = 0.6 < 0.784 nats
-    assert not _converged(MNIST_STAGE1, best, 784)           # the best rose 786.0 - 781.9 = 4.1
+    assert _converged(MNIST_STAGE1, endpoints, 784)  # |782.5 - 781.9| = 0.6 < 0.784 nats
+    assert not _converged(MNIST_STAGE1, best, 784)  # the best rose 786.0 - 781.9 = 4.1
     # a plateau stops both; a fall stops the best rule (nothing to gain from going on)
     plateau = MNIST_STAGE1 + [786.3, 785.9, 786.2]
     assert _converged(plateau, best, 784)
@@ -179,8 +185,7 @@ def test_configs_saved_before_the_new_fields_re_create_their_runs():
     old.pop("lr_warmup")
     old.pop("optimiser")
     cfg = TrainConfig.from_dict(old)
-    assert (cfg.stopping, cfg.kl_warmup, cfg.lr_warmup, cfg.net, cfg.optimiser) == \
-        ("endpoints", 0, 0, "small", "adam")
+    assert (cfg.stopping, cfg.kl_warmup, cfg.lr_warmup, cfg.net, cfg.optimiser) == ("endpoints", 0, 0, "small", "adam")
     assert (TrainConfig().stopping, TrainConfig().optimiser) == ("best", "radam")
 
 
@@ -206,12 +211,39 @@ def test_the_wide_deep_command_that_collapsed_now_uses_its_latent_code(data_dir,
     plain Adam at lr 1e-3 its decoder saturated on the all-black image within 20 steps (validation KL
     1e-4 nats, sigma*^2 = E[x^2] = 0.112); with the default RAdam the code carries information."""
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--width", "64", "--blocks", "2",
-                 "--n-train", "6000", "--n-test", "500", "--epochs", "2", "--min-epochs", "2", "--stages", "1",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data_dir),
+                "--width",
+                "64",
+                "--blocks",
+                "2",
+                "--n-train",
+                "6000",
+                "--n-test",
+                "500",
+                "--epochs",
+                "2",
+                "--min-epochs",
+                "2",
+                "--stages",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["val_kl"] > 2.0
-    assert last["sigma2"] < 0.08                     # well below the all-black image's E[x^2] = 0.112
+    assert last["sigma2"] < 0.08  # well below the all-black image's E[x^2] = 0.112
 
 
 def test_every_method_trains_on_every_family():

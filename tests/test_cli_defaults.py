@@ -4,6 +4,7 @@ For each subcommand, an option named like a parameter of the library function it
 field of the config it builds: TrainConfig for ``train``, the evaluation protocol for
 ``evaluate``) has that parameter's default.
 """
+
 import argparse
 import dataclasses
 import inspect
@@ -47,11 +48,16 @@ DERIVED = {
 
 def _defaults(source) -> dict:
     if dataclasses.is_dataclass(source):
-        return {f.name: getattr(source, f.name) if not isinstance(source, type) else f.default
-                for f in dataclasses.fields(source)
-                if not isinstance(source, type) or f.default is not dataclasses.MISSING}
-    return {name: p.default for name, p in inspect.signature(source).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+        return {
+            f.name: getattr(source, f.name) if not isinstance(source, type) else f.default
+            for f in dataclasses.fields(source)
+            if not isinstance(source, type) or f.default is not dataclasses.MISSING
+        }
+    return {
+        name: p.default
+        for name, p in inspect.signature(source).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -79,7 +85,8 @@ def test_cli_defaults_equal_the_library(command):
         default, want = action.default, library[action.dest]
         same = tuple(default) == tuple(want) if isinstance(default, list) else default == want
         if not same:
-            wrong.append(f"{command} --{action.dest.replace('_', '-')}: CLI {action.default!r}, "
-                         f"library {library[action.dest]!r}")
+            wrong.append(
+                f"{command} --{action.dest.replace('_', '-')}: CLI {action.default!r}, library {library[action.dest]!r}"
+            )
     assert not wrong, "\n".join(wrong)
     assert checked, f"{command}: no option shares a name with the library"

@@ -1,4 +1,5 @@
 """Your own networks and data: the VAE contract, sources, factory runs, and one clear error per mistake."""
+
 import json
 
 import numpy as np
@@ -8,14 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from balanced_vae.checkpoint import load_checkpoint
-from balanced_vae.runs import load_run
 from balanced_vae.cli import main
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import DataError
 from balanced_vae.factories import FactoryError, factory_ref
 from balanced_vae.likelihoods import GlobalVariance
-from balanced_vae.model import VAE, NetworkError
-from balanced_vae.model import encode_dataset
+from balanced_vae.model import VAE, NetworkError, encode_dataset
+from balanced_vae.runs import load_run
 from balanced_vae.samplers import GaussianMixtureSampler
 from balanced_vae.sources import DatasetSource, TensorSource, as_data, canonical_shape
 from balanced_vae.train import evaluate_elbo, train
@@ -43,8 +43,9 @@ def conv_networks(data_shape, latent_dim):
             f = self.body(x)
             return self.mu(f), self.logvar(f)
 
-    dec = nn.Sequential(nn.Linear(latent_dim, 4 * h * w // 4), nn.Unflatten(1, (4, h // 2, w // 2)),
-                        nn.ConvTranspose2d(4, c, 4, 2, 1))
+    dec = nn.Sequential(
+        nn.Linear(latent_dim, 4 * h * w // 4), nn.Unflatten(1, (4, h // 2, w // 2)), nn.ConvTranspose2d(4, c, 4, 2, 1)
+    )
     return Enc(), dec
 
 
@@ -84,7 +85,7 @@ def test_canonical_shape_covers_any_example_shape():
 def test_uint8_source_is_held_as_uint8_and_converted_per_batch():
     x = torch.randint(0, 256, (50, 3, 4, 6), dtype=torch.uint8)
     src = TensorSource(x)
-    assert src.x.dtype == torch.uint8 and src.x.data_ptr() == x.data_ptr()     # no copy, no float
+    assert src.x.dtype == torch.uint8 and src.x.data_ptr() == x.data_ptr()  # no copy, no float
     view = src[10:40]
     assert len(view) == 30 and view.x.data_ptr() == x[10:].data_ptr()
     batch = view[torch.tensor([0, 5])]
@@ -94,8 +95,12 @@ def test_uint8_source_is_held_as_uint8_and_converted_per_batch():
 
 def test_flat_vectors_train_two_stages_and_reload(vectors, tmp_path):
     """Any networks on (N, D) vectors: both stages, checkpoint, load_run, the same ELBO after reload."""
-    run = train(_cfg(flat_networks, network_args={"hidden": 16}), tmp_path / "run",
-                data=as_data(vectors[:250], vectors[250:]), progress=False)
+    run = train(
+        _cfg(flat_networks, network_args={"hidden": 16}),
+        tmp_path / "run",
+        data=as_data(vectors[:250], vectors[250:]),
+        progress=False,
+    )
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == [1, 2]
     loaded = load_run(run)
@@ -104,7 +109,7 @@ def test_flat_vectors_train_two_stages_and_reload(vectors, tmp_path):
     final = json.loads((run / "final.json").read_text())
     assert final["test"]["elbo"] == pytest.approx(evaluate_elbo(loaded.model, x, seed=2)["elbo"])
     mean, sigma = loaded.model.generate(torch.zeros(4, 3))
-    assert mean.shape == sigma.shape == (4, 12, 1, 1)                    # the library layout of (12,)
+    assert mean.shape == sigma.shape == (4, 12, 1, 1)  # the library layout of (12,)
     mu, logvar = encode_dataset(loaded.model, x)
     assert mu.shape == (50, 3)
 
@@ -149,10 +154,13 @@ def test_tuples_take_the_first_element_and_workers_stream_batches():
         as_data(TensorDataset(x, torch.arange(40)), key=5)
 
 
-@pytest.mark.parametrize("factory, message", [
-    (odd_encoder, r"encoder output has shape \(2, 7\).*even width"),
-    (wrong_decoder, r"decoder output has shape \(2, 11\).*expected x's shape \(2, 12\)"),
-])
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (odd_encoder, r"encoder output has shape \(2, 7\).*even width"),
+        (wrong_decoder, r"decoder output has shape \(2, 11\).*expected x's shape \(2, 12\)"),
+    ],
+)
 def test_networks_that_do_not_fit_fail_before_the_first_step(factory, message, vectors, tmp_path):
     with pytest.raises(NetworkError, match=message):
         train(_cfg(factory), tmp_path / "run", data=vectors, progress=False)
@@ -189,9 +197,9 @@ def test_vae_takes_any_modules_and_checks_them():
     assert model.latent_dim == 3
     mu, logvar = model.encode(torch.rand(5, 12))
     assert mu.shape == logvar.shape == (5, 3)
-    model.with_pixel_variance(0.02, init_sigma2=0.05)                  # default head: a fresh decoder copy
+    model.with_pixel_variance(0.02, init_sigma2=0.05)  # default head: a fresh decoder copy
     lv = model.likelihood.logvar(torch.randn(5, 3), None)
-    torch.testing.assert_close(lv.exp(), torch.full((5, 12, 1, 1), 0.05))   # library layout
+    torch.testing.assert_close(lv.exp(), torch.full((5, 12, 1, 1), 0.05))  # library layout
     with pytest.raises(NetworkError, match="latent_dim = 4"):
         VAE(enc, dec, GlobalVariance(), latent_dim=4).check(torch.rand(2, 12))
     with pytest.raises(NetworkError, match="expected a torch.nn.Module"):
@@ -202,7 +210,7 @@ def test_gmm_fits_any_codes_and_samples_with_the_callers_generator():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[-4.0, 0.0, 1.0], [4.0, 2.0, -1.0]])
     codes = centres[torch.arange(400) % 2] + 0.1 * torch.randn(400, 3, generator=g)
-    gmm = GaussianMixtureSampler(2, random_state=0).fit(codes.numpy())             # arrays or tensors
+    gmm = GaussianMixtureSampler(2, random_state=0).fit(codes.numpy())  # arrays or tensors
     assert gmm.n_features_in_ == 3 and gmm.converged_
     order = gmm.means_[:, 0].argsort()
     torch.testing.assert_close(gmm.means_[order].float(), centres, atol=0.05, rtol=0)

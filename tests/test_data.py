@@ -12,11 +12,11 @@ import PIL.Image
 import pytest
 import torch
 
-from balanced_vae.data import idx
 from balanced_vae.data import (
     DATASETS,
     DataError,
     Dataset,
+    idx,
     load_dataset,
     read_idx,
     resolve_data_dir,
@@ -390,7 +390,7 @@ def test_folder_greyscale(tmp_path):
 def test_folder_mixed_is_rgb(tmp_path):
     _save(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     _save(tmp_path / "b.bmp", np.zeros((8, 8, 3), np.uint8))
-    assert load_dataset(f"folder:{tmp_path}").shape == (3, 8, 8)   # their own size (issue 28)
+    assert load_dataset(f"folder:{tmp_path}").shape == (3, 8, 8)  # their own size (issue 28)
 
 
 def test_folder_empty(tmp_path):
@@ -443,7 +443,7 @@ def test_npz_float_nhwc(tmp_path):
     [
         (np.full((4, 8, 8), np.nan, np.float32), "NaN"),
         (np.full((4, 8, 8), 1.5, np.float32), r"outside \[0, 1\]"),
-        (np.zeros((4,), np.float32), r"shape \(4,\)"),   # (N, D) is a table now: tests/test_table.py
+        (np.zeros((4,), np.float32), r"shape \(4,\)"),  # (N, D) is a table now: tests/test_table.py
         (np.zeros((4, 8, 8, 5), np.float32), r"shape \(4, 8, 8, 5\)"),
         (np.zeros((4, 8, 8), np.int64), "dtype int64"),
     ],
@@ -463,8 +463,9 @@ def test_npz_missing_key_and_bad_labels(tmp_path):
     np.savez(path, x_train=np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(DataError, match="x_test"):
         load_dataset(f"npz:{path}")
-    np.savez(path, x_train=np.zeros((3, 4, 4), np.uint8), x_test=np.zeros((1, 4, 4), np.uint8),
-             y_train=np.zeros(2, np.int64))
+    np.savez(
+        path, x_train=np.zeros((3, 4, 4), np.uint8), x_test=np.zeros((1, 4, 4), np.uint8), y_train=np.zeros(2, np.int64)
+    )
     with pytest.raises(DataError, match="y_train"):
         load_dataset(f"npz:{path}")
 

@@ -1,4 +1,5 @@
 """Data-parallel training under torchrun (gloo, 2 CPU processes) against one process (issue 11)."""
+
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import torch
 
 from balanced_vae.checkpoint import load_checkpoint
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from balanced_vae import train as train_mod
@@ -39,18 +40,35 @@ SCRIPT = textwrap.dedent('''
     with open(f"{out}/sigma2_rank{rank}.json", "w") as f:
         json.dump(seen, f)
     shutdown()
-''')
+""")
 
 
-def _run(tmp_path, out, data_dir, *, procs, method="learned", epochs=1, stop_after=0, resume=False,
-         deterministic=True):
+def _run(tmp_path, out, data_dir, *, procs, method="learned", epochs=1, stop_after=0, resume=False, deterministic=True):
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
-    args = [str(out), str(data_dir), method, str(epochs), str(stop_after), "1" if resume else "0",
-            "1" if deterministic else "0"]
-    cmd = [sys.executable, str(script), *args] if procs == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-         str(script), *args]
+    args = [
+        str(out),
+        str(data_dir),
+        method,
+        str(epochs),
+        str(stop_after),
+        "1" if resume else "0",
+        "1" if deterministic else "0",
+    ]
+    cmd = (
+        [sys.executable, str(script), *args]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+            str(script),
+            *args,
+        ]
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if procs > 1 and done.returncode != 0 and "SIGABRT" in done.stderr:
@@ -79,18 +97,15 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, da
     assert b["sigma2_star"] == pytest.approx(a["sigma2_star"], rel=1e-5)
     r0 = json.loads((tmp_path / "two" / "sigma2_rank0.json").read_text())
     r1 = json.loads((tmp_path / "two" / "sigma2_rank1.json").read_text())
-    assert r0 == r1 and r0 == pytest.approx(json.loads((tmp_path / "one" / "sigma2_rank0.json").read_text()),
-                                            rel=1e-5)
+    assert r0 == r1 and r0 == pytest.approx(json.loads((tmp_path / "one" / "sigma2_rank0.json").read_text()), rel=1e-5)
 
 
 def test_torchrun_resume_equals_uninterrupted(tmp_path, data_dir_):
     """Stochastic z, 2 ranks: stop after the first epoch, resume under torchrun, same weights bit for bit."""
     _run(tmp_path, tmp_path / "straight", data_dir_, procs=2, method="vae", epochs=2, deterministic=False)
-    _run(tmp_path, tmp_path / "part", data_dir_, procs=2, method="vae", epochs=2, stop_after=1,
-         deterministic=False)
+    _run(tmp_path, tmp_path / "part", data_dir_, procs=2, method="vae", epochs=2, stop_after=1, deterministic=False)
     assert not (tmp_path / "part" / "final.json").exists()
-    _run(tmp_path, tmp_path / "part", data_dir_, procs=2, method="vae", epochs=2, resume=True,
-         deterministic=False)
+    _run(tmp_path, tmp_path / "part", data_dir_, procs=2, method="vae", epochs=2, resume=True, deterministic=False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert a["done"] and b["done"]

@@ -1,5 +1,6 @@
 """BalancedVAE, the scikit-learn estimator: scikit-learn's own checks, composition, and log p(x)
 against torch.distributions and the change of variables of the standardisation."""
+
 from __future__ import annotations
 
 import math
@@ -54,11 +55,11 @@ def test_score_samples_is_iwae_k1_by_torch_distributions(fitted):
     got = model.score_samples(x[:4], k=1)
     vae = model.model_
     for i in range(4):
-        xs = torch.from_numpy(((x[i] - model.mean_) / model.scale_).astype(np.float32))   # (D,)
-        mu, logvar = vae.encode(xs.reshape(1, -1, 1, 1))                                    # (1, L)
+        xs = torch.from_numpy(((x[i] - model.mean_) / model.scale_).astype(np.float32))  # (D,)
+        mu, logvar = vae.encode(xs.reshape(1, -1, 1, 1))  # (1, L)
         eps = torch.randn((1, 1, 2), generator=torch.Generator().manual_seed(model._seed + 1))
-        z = (mu + (0.5 * logvar).exp() * eps).reshape(1, -1)                                # (1, L)
-        mean, x_logvar = vae.decode(z)                                                      # (1, D, 1, 1)
+        z = (mu + (0.5 * logvar).exp() * eps).reshape(1, -1)  # (1, L)
+        mean, x_logvar = vae.decode(z)  # (1, D, 1, 1)
         log_px_z = Normal(mean.flatten(), (0.5 * x_logvar).exp().expand_as(mean).flatten()).log_prob(xs).sum()
         log_pz = Normal(0.0, 1.0).log_prob(z).sum()
         log_qz = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum()
@@ -73,8 +74,9 @@ def test_score_samples_includes_the_jacobian(fitted):
     c, b = 7.5, -3.0
     scaled = pickle.loads(pickle.dumps(model))
     scaled.mean_, scaled.scale_ = model.mean_ * c + b, model.scale_ * c
-    np.testing.assert_allclose(scaled.score_samples(x * c + b), model.score_samples(x) - 5 * math.log(c),
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        scaled.score_samples(x * c + b), model.score_samples(x) - 5 * math.log(c), rtol=0, atol=1e-4
+    )
     np.testing.assert_allclose(scaled.predict_uncertainty(x * c + b), c * model.predict_uncertainty(x), rtol=1e-6)
 
 
@@ -101,15 +103,16 @@ def test_sample_is_seeded_and_in_original_units(fitted):
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     np.testing.assert_array_equal(model.sample(5, generator=g1), model.sample(5, generator=g2))
     s = model.sample(2000, random_state=0)
-    assert np.all(np.abs(s.mean(0) - x.mean(0)) < x.std(0))   # original units: around 100, not 0
+    assert np.all(np.abs(s.mean(0) - x.mean(0)) < x.std(0))  # original units: around 100, not 0
 
 
 def test_fixed_variance_method_has_one_stage():
     x = _table(60, 3)
     model = BalancedVAE(method="fixed", sigma2=0.5, epochs=2, width=16, random_state=0).fit(x)
     assert model.stage_ == 1 and model.sigma2_ == pytest.approx(0.5)
-    np.testing.assert_allclose(model.predict_uncertainty(x[:3]), np.sqrt(0.5) * np.tile(model.scale_, (3, 1)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_uncertainty(x[:3]), np.sqrt(0.5) * np.tile(model.scale_, (3, 1)), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="method='nope'"):
         BalancedVAE(method="nope").fit(x)
 
@@ -160,12 +163,16 @@ def test_anomaly_example_runs():
     from pathlib import Path
 
     import balanced_vae
+
     example = Path(__file__).resolve().parents[1] / "examples" / "anomaly_detection.py"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": os.pathsep.join([str(Path(balanced_vae.__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(example), "--epochs", "5"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": os.pathsep.join([str(Path(balanced_vae.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(example), "--epochs", "5"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    doc = json.loads(out.stdout[out.stdout.index("{"):])
+    doc = json.loads(out.stdout[out.stdout.index("{") :])
     assert 0.5 < doc["BalancedVAE"]["auroc"] <= 1.0 and "least certain features" in out.stdout

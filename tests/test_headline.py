@@ -2,6 +2,7 @@
 computed the committed paper-protocol numbers, and they reproduce Table 3's IWAE on this CPU without
 retraining. They are shared as `balanced-vae export` folders (safetensors and a JSON card): loading
 them never calls torch.load."""
+
 import json
 from pathlib import Path
 
@@ -45,9 +46,13 @@ def test_committed_models_load_without_torch_load(dataset, budget, monkeypatch):
     assert model_sha256(run.model) == card["weights"]["model_sha256"]
     # the card keeps the run's records with their protocol, and the GMM of Eq. 13 the FID was drawn from
     assert card["metrics"][IWAE_RECORD] == json.loads((folder.parent / "runs" / "learned" / IWAE_RECORD).read_text())
-    assert {k: card["gmm"][k] for k in ("n_components", "fit_on", "covariance_type", "random_state", "n_fit")} == \
-        {"n_components": 32, "fit_on": "mean", "covariance_type": "full", "random_state": 0,
-         "n_fit": 60000}
+    assert {k: card["gmm"][k] for k in ("n_components", "fit_on", "covariance_type", "random_state", "n_fit")} == {
+        "n_components": 32,
+        "fit_on": "mean",
+        "covariance_type": "full",
+        "random_state": 0,
+        "n_fit": 60000,
+    }
 
 
 def test_table2_headline_fid_recomputed_on_this_cpu_from_the_committed_weights():
@@ -58,10 +63,13 @@ def test_table2_headline_fid_recomputed_on_this_cpu_from_the_committed_weights()
     folder = _model("mnist", "paper-gpu")
     card = json.loads((folder / CARD).read_text())
     assert rec["provenance"]["checkpoint_sha256"] == card["source"]["checkpoint_sha256"]
-    assert model_sha256(load_run(folder).model) == card["weights"]["model_sha256"]   # the weights exported then
+    assert model_sha256(load_run(folder).model) == card["weights"]["model_sha256"]  # the weights exported then
     gmm = rec["protocol"]["gmm"]
-    assert (card["gmm"]["n_components"], card["gmm"]["fit_on"], card["gmm"]["n_fit"]) == \
-        (gmm["K"], gmm["fit_on"], gmm["n_fit"])
+    assert (card["gmm"]["n_components"], card["gmm"]["fit_on"], card["gmm"]["n_fit"]) == (
+        gmm["K"],
+        gmm["fit_on"],
+        gmm["n_fit"],
+    )
     table2 = json.loads((RESULTS / "mnist-paper-gpu" / "table2.json").read_text())["rows"]
     gpu = next(r["fid"] for r in table2 if r["method"] == "learned" and r["sampler"].startswith("gmm"))
     assert rec["values"]["fid"] == pytest.approx(gpu, abs=0.05)
@@ -75,11 +83,21 @@ def test_committed_models_reproduce_table3_on_this_cpu(dataset, budget, data_dir
     real_dataset(dataset)
     folder = _model(dataset, budget)
     rec = read_card(folder)["metrics"][IWAE_RECORD]["metrics"]["iwae"]["values"]["prior"]
-    doc = evaluate_run(folder, metrics="iwae", sampler="prior", n_iwae=500, k=20, seed=0, data_dir=data_dir,
-                       out=tmp_path / "iwae.json", progress=False)
+    doc = evaluate_run(
+        folder,
+        metrics="iwae",
+        sampler="prior",
+        n_iwae=500,
+        k=20,
+        seed=0,
+        data_dir=data_dir,
+        out=tmp_path / "iwae.json",
+        progress=False,
+    )
     now = doc["metrics"]["iwae"]["values"]["prior"]
     assert now["log_likelihood"]["mean"] == pytest.approx(rec["log_likelihood"]["mean"], abs=0.01)
     assert now["bits_per_dim"]["mean"] == pytest.approx(rec["bits_per_dim"]["mean"], abs=1e-4)
     table3 = json.loads((RESULTS / f"{dataset}-{budget}" / "table3.json").read_text())["rows"]
-    assert next(r for r in table3 if r["model"] == "learned-pixel")["iwae_prior"] == \
-        pytest.approx(now["log_likelihood"]["mean"], abs=0.01)
+    assert next(r for r in table3 if r["model"] == "learned-pixel")["iwae_prior"] == pytest.approx(
+        now["log_likelihood"]["mean"], abs=0.01
+    )

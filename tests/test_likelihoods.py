@@ -1,4 +1,5 @@
 """Closed forms of the Gaussian ELBO: Eq. 8-10 against torch.distributions and numerical optima."""
+
 import math
 
 import pytest
@@ -87,12 +88,12 @@ def test_global_variance_closed_form_epoch_update_is_the_mean_squared_residual()
     torch.manual_seed(7)
     total, count = 0.0, 0
     for batch in x.split(32):
-        t = elbo_terms(model, batch)            # training mode: accumulates residuals
+        t = elbo_terms(model, batch)  # training mode: accumulates residuals
         total += float(t["mse"].detach().sum()) * batch[0].numel()
         count += batch.numel()
     likelihood.end_epoch()
     assert likelihood.sigma2 == pytest.approx(total / count, rel=1e-6)
-    assert likelihood.count.item() == 0          # sums reset for the next epoch
+    assert likelihood.count.item() == 0  # sums reset for the next epoch
 
 
 def test_closed_form_training_step_uses_the_batch_maximiser():

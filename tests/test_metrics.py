@@ -1,4 +1,5 @@
 """Metrics against closed forms: IWAE, dequantisation, Frechet distance, calibration; evaluate/reconstruct."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,18 @@ from torch import nn
 
 from balanced_vae.config import TrainConfig
 from balanced_vae.likelihoods import FixedVariance
-from balanced_vae.metrics import (bits_per_dim, calibration, dequantise, dequantised_log_likelihood, elbo,
-                                  frechet_distance, frechet_distance_features, gaussian_statistics, iwae_log_likelihood,
-                                  log_importance_weights)
+from balanced_vae.metrics import (
+    bits_per_dim,
+    calibration,
+    dequantise,
+    dequantised_log_likelihood,
+    elbo,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_statistics,
+    iwae_log_likelihood,
+    log_importance_weights,
+)
 from balanced_vae.model import VAE
 from balanced_vae.nets import NetSpec
 from balanced_vae.objectives import elbo_terms, gaussian_log_prob
@@ -60,27 +70,28 @@ def test_batched_log_weights_equal_a_per_sample_loop(stage2):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         mu, logvar = model.encode(x)
-        z = model.reparameterise(mu, logvar, g, k=k)                                         # (k, B, L)
+        z = model.reparameterise(mu, logvar, g, k=k)  # (k, B, L)
         for j in range(k):
             mean, x_logvar = model.decode(z[j])
             lq = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(z[j]).sum(-1)
             lp = torch.distributions.Normal(0.0, 1.0).log_prob(z[j]).sum(-1)
-            torch.testing.assert_close(log_w[j], gaussian_log_prob(x, mean, x_logvar) + lp - lq,
-                                       rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(log_w[j], gaussian_log_prob(x, mean, x_logvar) + lp - lq, rtol=1e-5, atol=1e-4)
 
 
 def test_iwae_k1_averages_to_the_analytic_elbo_and_grows_with_k():
     model, x = _vae(), _images(8)
     reps = 200
-    xr = x.repeat(reps, 1, 1, 1)                                                             # (reps B, ...)
+    xr = x.repeat(reps, 1, 1, 1)  # (reps B, ...)
     t = elbo(model, xr, generator=torch.Generator().manual_seed(0))
-    d = (t["elbo"] - t["elbo_mc"]).reshape(reps, -1)                 # analytic KL vs its one-sample estimate
+    d = (t["elbo"] - t["elbo_mc"]).reshape(reps, -1)  # analytic KL vs its one-sample estimate
     assert ((d.mean(0)).abs() < 4 * d.std(0) / math.sqrt(reps)).all()
-    e = t["elbo"].reshape(reps, -1).mean(0)                           # (B,) ELBO averaged over z
-    means = [float(iwae_log_likelihood(model, xr[:8 * 50], k, generator=torch.Generator().manual_seed(2)).mean())
-             for k in (1, 10, 100)]
+    e = t["elbo"].reshape(reps, -1).mean(0)  # (B,) ELBO averaged over z
+    means = [
+        float(iwae_log_likelihood(model, xr[: 8 * 50], k, generator=torch.Generator().manual_seed(2)).mean())
+        for k in (1, 10, 100)
+    ]
     assert means[0] < means[1] < means[2]
-    assert means[1] > float(e.mean())                                  # IWAE not below the ELBO on average
+    assert means[1] > float(e.mean())  # IWAE not below the ELBO on average
 
 
 class LinearGaussianVAE(nn.Module):
@@ -97,19 +108,19 @@ class LinearGaussianVAE(nn.Module):
         g = torch.Generator().manual_seed(0)
         d, latent = 6, 2
         q, _ = torch.linalg.qr(torch.randn(d, latent, generator=g, dtype=torch.float64))
-        self.W = q * torch.tensor([1.5, 0.7], dtype=torch.float64)                          # (D, L)
-        self.b = 0.5 + 0.1 * torch.randn(d, generator=g, dtype=torch.float64)              # (D,)
+        self.W = q * torch.tensor([1.5, 0.7], dtype=torch.float64)  # (D, L)
+        self.b = 0.5 + 0.1 * torch.randn(d, generator=g, dtype=torch.float64)  # (D,)
         self.s2 = 0.05
-        prec = torch.eye(latent, dtype=torch.float64) + self.W.T @ self.W / self.s2        # diagonal
-        self.post_var = torch.diagonal(torch.linalg.inv(prec))                              # (L,)
+        prec = torch.eye(latent, dtype=torch.float64) + self.W.T @ self.W / self.s2  # diagonal
+        self.post_var = torch.diagonal(torch.linalg.inv(prec))  # (L,)
         self.exact = exact
 
     latent_dim = 2
     reparameterise = staticmethod(VAE.reparameterise)
 
     def encode(self, x):
-        r = x.reshape(len(x), -1).double() - self.b                                         # (B, D)
-        mu = (r @ self.W / self.s2) * self.post_var                                         # (B, L)
+        r = x.reshape(len(x), -1).double() - self.b  # (B, D)
+        mu = (r @ self.W / self.s2) * self.post_var  # (B, L)
         logvar = self.post_var.log().expand_as(mu)
         if not self.exact:
             mu, logvar = mu + 0.7 * self.post_var.sqrt(), logvar + math.log(1.5)
@@ -123,8 +134,7 @@ class LinearGaussianVAE(nn.Module):
         m = torch.zeros(2, dtype=torch.float64) if prior_mean is None else prior_mean
         v = torch.ones(2, dtype=torch.float64) if prior_var is None else prior_var
         cov = self.W @ torch.diag(v) @ self.W.T + self.s2 * torch.eye(6, dtype=torch.float64)
-        return torch.distributions.MultivariateNormal(self.b + self.W @ m, cov).log_prob(
-            x.reshape(len(x), -1).double())
+        return torch.distributions.MultivariateNormal(self.b + self.W @ m, cov).log_prob(x.reshape(len(x), -1).double())
 
 
 def _lg_data(model, n=5, seed=3):
@@ -152,9 +162,9 @@ def test_iwae_approaches_the_exact_log_likelihood_of_a_linear_gaussian_model():
         iw = iwae_log_likelihood(model, x, k, generator=torch.Generator().manual_seed(0)).double()
         gaps.append(float((exact - iw).mean()))
     # KL(q || posterior) = 0.5 (1.5 - 1 - log 1.5 + 0.49) per latent: the k = 1 gap is about 0.58
-    assert gaps[0] > 0.3                                  # the proposal is really off ...
+    assert gaps[0] > 0.3  # the proposal is really off ...
     assert gaps[0] > gaps[1] > gaps[2]
-    assert abs(gaps[2]) < 0.01                            # ... and k = 3000 closes the gap
+    assert abs(gaps[2]) < 0.01  # ... and k = 3000 closes the gap
 
 
 class _ShiftedPrior:
@@ -174,7 +184,7 @@ def test_iwae_uses_any_prior_log_prob():
     exact = model.log_px(x, m, v)
     iw = iwae_log_likelihood(model, x, 3000, prior=_ShiftedPrior(m, v), generator=torch.Generator().manual_seed(0))
     assert abs(float((exact - iw.double()).mean())) < 0.02
-    assert float((model.log_px(x) - exact).abs().mean()) > 0.3    # the prior mattered
+    assert float((model.log_px(x) - exact).abs().mean()) > 0.3  # the prior mattered
 
 
 def test_prior_with_wrong_output_shape_is_rejected():
@@ -199,8 +209,8 @@ def test_dequantise_adds_uniform_noise_within_one_bin():
 
 def test_bits_per_dim_closed_forms():
     d = 784
-    assert bits_per_dim(d * math.log(256), d) == pytest.approx(0.0, abs=1e-12)     # all mass in the bin
-    assert bits_per_dim(0.0, d) == pytest.approx(8.0)                               # uniform on the unit cube
+    assert bits_per_dim(d * math.log(256), d) == pytest.approx(0.0, abs=1e-12)  # all mass in the bin
+    assert bits_per_dim(0.0, d) == pytest.approx(8.0)  # uniform on the unit cube
     assert bits_per_dim(-d * math.log(2), d) == pytest.approx(9.0)
 
 
@@ -212,8 +222,9 @@ def test_dequantised_likelihood_is_the_exact_density_of_the_noisy_data():
     u = dequantise(torch.zeros_like(x), generator=torch.Generator().manual_seed(5))
     exact = model.log_px(x + u)
     torch.testing.assert_close(out["log_likelihood"].double(), exact, rtol=0, atol=2e-4)
-    torch.testing.assert_close(out["bits_per_dim"].double(), -(exact - 6 * math.log(256)) / (6 * math.log(2)),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        out["bits_per_dim"].double(), -(exact - 6 * math.log(256)) / (6 * math.log(2)), rtol=0, atol=1e-4
+    )
 
 
 # --------------------------------------------------------------------------- Frechet distance
@@ -233,9 +244,9 @@ def test_frechet_distance_of_identical_statistics_is_zero():
 def test_frechet_distance_1d_closed_form():
     m1, s1, m2, s2 = 0.3, 1.7, -1.1, 0.4
     expected = (m1 - m2) ** 2 + (s1 - s2) ** 2
-    assert frechet_distance([m1], [[s1 ** 2]], [m2], [[s2 ** 2]]) == pytest.approx(expected, rel=1e-12)
-    d = frechet_distance(np.array([m1, 0.0]), np.diag([s1 ** 2, 4.0]), np.array([m2, 0.0]), np.diag([s2 ** 2, 1.0]))
-    assert d == pytest.approx(expected + 1.0, rel=1e-12)    # diagonal: sum of 1-D terms
+    assert frechet_distance([m1], [[s1**2]], [m2], [[s2**2]]) == pytest.approx(expected, rel=1e-12)
+    d = frechet_distance(np.array([m1, 0.0]), np.diag([s1**2, 4.0]), np.array([m2, 0.0]), np.diag([s2**2, 1.0]))
+    assert d == pytest.approx(expected + 1.0, rel=1e-12)  # diagonal: sum of 1-D terms
 
 
 def test_frechet_distance_matches_scipy_sqrtm_formula():
@@ -250,13 +261,13 @@ def test_frechet_distance_matches_scipy_sqrtm_formula():
 
 def test_frechet_distance_with_singular_covariances():
     """Fewer samples than features: covariances are singular. A pure shift c gives exactly ||c||^2."""
-    f = np.random.default_rng(5).normal(size=(20, 64))               # rank <= 19 in 64 dims
+    f = np.random.default_rng(5).normal(size=(20, 64))  # rank <= 19 in 64 dims
     c = np.linspace(-1, 1, 64)
     mu1, cov1 = gaussian_statistics(f)
     mu2, cov2 = gaussian_statistics(f + c)
     d = frechet_distance(mu1, cov1, mu2, cov2)
     # rounding noise eps on the zero eigenvalues enters as sqrt(eps): about 1e-7 relative here
-    assert np.isfinite(d) and d == pytest.approx(np.sum(c ** 2), rel=1e-6)
+    assert np.isfinite(d) and d == pytest.approx(np.sum(c**2), rel=1e-6)
 
 
 @pytest.mark.parametrize("n1,n2", [(7, 12), (20, 29), (29, 29)])
@@ -308,7 +319,7 @@ def test_calibration_of_the_true_variance():
     assert c["mse"] == pytest.approx(float((x - mean).double().pow(2).mean()))
     s = [b["sigma2"] for b in c["bins"]]
     assert s == sorted(s) and sum(b["n_pixels"] for b in c["bins"]) == x.numel()
-    for b in c["bins"]:                                   # calibrated: error matches the prediction per bin
+    for b in c["bins"]:  # calibrated: error matches the prediction per bin
         assert b["squared_error"] == pytest.approx(b["sigma2"], rel=0.1)
 
 
@@ -341,13 +352,23 @@ def digits_run(tmp_path_factory):
 
 
 def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
-    from balanced_vae.runs import load_run
     from balanced_vae.evaluate import evaluate_run
+    from balanced_vae.runs import load_run
     from balanced_vae.train import evaluate_elbo
 
     run_dir, data = digits_run
-    doc = evaluate_run(run_dir, metrics="elbo,iwae,kl,calibration", sampler="gmm", components=3, n_iwae=50,
-                       k=5, n_kl=200, kl_runs=2, data=data, progress=False)
+    doc = evaluate_run(
+        run_dir,
+        metrics="elbo,iwae,kl,calibration",
+        sampler="gmm",
+        components=3,
+        n_iwae=50,
+        k=5,
+        n_kl=200,
+        kl_runs=2,
+        data=data,
+        progress=False,
+    )
     saved = json.loads((run_dir / "results.json").read_text())
     assert doc.pop("path") == str(run_dir / "results.json")
     assert saved == json.loads(json.dumps(doc))
@@ -367,13 +388,17 @@ def test_evaluate_run_writes_every_number_with_its_protocol(digits_run):
     assert set(iw["values"]) == {"prior", "gmm_K3"}
     ll = iwae_log_likelihood(model, data.x_test[:50], 5, generator=torch.Generator().manual_seed(0))
     assert iw["values"]["prior"]["log_likelihood"]["mean"] == pytest.approx(float(ll.mean()), rel=1e-5)
-    assert m["kl"]["values"]["KL(q_GMM || p)"]["runs"] == 2 and "KL(q_agg || q_GMM)" in m["kl"]["values"] and m["kl"]["protocol"]["gmm"]["fit_on"] == "sample"
-    assert m["calibration"]["values"]["spearman"] is not None      # a two-stage run has a variance head
+    assert (
+        m["kl"]["values"]["KL(q_GMM || p)"]["runs"] == 2
+        and "KL(q_agg || q_GMM)" in m["kl"]["values"]
+        and m["kl"]["protocol"]["gmm"]["fit_on"] == "sample"
+    )
+    assert m["calibration"]["values"]["spearman"] is not None  # a two-stage run has a variance head
     # a second call adds metrics without dropping the first ones
     s1 = evaluate_run(run_dir, metrics=["elbo", "calibration"], which="stage1.pt", data=data, progress=False)
     assert s1["path"] == str(run_dir / "results_stage1.json") and s1["stage"] == 1
     assert set(json.loads((run_dir / "results_stage1.json").read_text())["metrics"]) == {"elbo", "calibration"}
-    assert s1["metrics"]["calibration"]["values"]["spearman"] is None             # stage 1: one global sigma^2
+    assert s1["metrics"]["calibration"]["values"]["spearman"] is None  # stage 1: one global sigma^2
     assert s1["metrics"]["elbo"]["values"]["elbo"]["mean"] != m["elbo"]["values"]["elbo"]["mean"]
     evaluate_run(run_dir, metrics="elbo", seed=1, data=data, progress=False)
     again = json.loads((run_dir / "results.json").read_text())["metrics"]
@@ -385,8 +410,9 @@ def test_cli_evaluate_and_reconstruct(digits_run, tmp_path, capsys, monkeypatch)
 
     run_dir, _ = digits_run
     out = tmp_path / "r.json"
-    assert main(["evaluate", str(run_dir), "--metrics", "elbo,iwae", "--n-iwae", "20", "--k", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", str(run_dir), "--metrics", "elbo,iwae", "--n-iwae", "20", "--k", "3", "--out", str(out)]) == 0
+    )
     assert set(json.loads(out.read_text())["metrics"]) == {"elbo", "iwae"}
     assert main(["reconstruct", str(run_dir), "--n", "8", "--out", str(tmp_path / "fig"), "--error"]) == 0
     png = tmp_path / "fig" / "reconstructions.png"
@@ -408,12 +434,10 @@ def test_bits_per_dim_use_the_data_sets_levels_and_are_absent_without_them(tmp_p
     from balanced_vae.train import train
 
     data = load_dataset("digits")
-    run = train(TrainConfig(method="vae", epochs=1, n_train=200, n_test=50), tmp_path / "r", data=data,
-                progress=False)
+    run = train(TrainConfig(method="vae", epochs=1, n_train=200, n_test=50), tmp_path / "r", data=data, progress=False)
     doc = evaluate_run(run, metrics="iwae", n_iwae=20, k=2, data=data, progress=False)
     assert doc["metrics"]["iwae"]["protocol"]["levels"] == 17
     assert "bits_per_dim" in doc["metrics"]["iwae"]["values"]["prior"]
-    doc = evaluate_run(run, metrics="iwae", n_iwae=20, k=2, data=dataclasses.replace(data, levels=None),
-                       progress=False)
+    doc = evaluate_run(run, metrics="iwae", n_iwae=20, k=2, data=dataclasses.replace(data, levels=None), progress=False)
     assert "bits_per_dim" not in doc["metrics"]["iwae"]["values"]["prior"]
     assert "not quantised" in doc["metrics"]["iwae"]["protocol"]["bits_per_dim"]

@@ -1,4 +1,5 @@
 """The built-in networks' depth option (``blocks``): exact sizes, identity at start, and a run with it."""
+
 import json
 
 import pytest
@@ -16,7 +17,7 @@ def _n(net: nn.Module) -> int:
 
 
 def _res_params(c: int) -> int:
-    return 2 * (9 * c * c + c)                                  # two 3x3 convs c -> c with biases
+    return 2 * (9 * c * c + c)  # two 3x3 convs c -> c with biases
 
 
 @pytest.mark.parametrize("blocks", [0, 2])
@@ -55,7 +56,7 @@ def test_a_residual_block_learns_from_its_zero_start():
     block = _Residual(4)
     h = torch.randn(2, 4, 7, 7)
     assert torch.equal(block(h), h)
-    block(h).pow(2).sum().backward()   # d/dW of the last conv is relu(conv(relu(h))) x 2 h: not zero
+    block(h).pow(2).sum().backward()  # d/dW of the last conv is relu(conv(relu(h))) x 2 h: not zero
     assert block.f[3].weight.grad.abs().sum() > 0
     torch.optim.SGD(block.parameters(), lr=0.1).step()
     assert not torch.allclose(block(h), h)
@@ -63,7 +64,7 @@ def test_a_residual_block_learns_from_its_zero_start():
 
 def test_blocks_are_refused_where_they_cannot_apply():
     with pytest.raises(ValueError, match=r"--blocks 0"):
-        NetSpec((1, 8, 8), 4, 32, 1)                    # the MLP of tiny images
+        NetSpec((1, 8, 8), 4, 32, 1)  # the MLP of tiny images
     with pytest.raises(ValueError, match=r"TrainConfig.blocks=-1"):
         TrainConfig(blocks=-1)
     with pytest.raises(ValueError, match=r"network_args"):
@@ -72,8 +73,30 @@ def test_blocks_are_refused_where_they_cannot_apply():
 
 def test_cli_trains_and_reloads_a_run_with_blocks(data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--blocks", "1", "--width", "8",
-                 "--n-train", "300", "--n-test", "50", "--epochs", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data_dir),
+                "--blocks",
+                "1",
+                "--width",
+                "8",
+                "--n-train",
+                "300",
+                "--n-test",
+                "50",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["blocks"] == 1
     run = load_run(out)
-    assert sum(isinstance(m, _Residual) for m in run.model.modules()) == 6   # 2 encoder, 2 decoder, 2 head
+    assert sum(isinstance(m, _Residual) for m in run.model.modules()) == 6  # 2 encoder, 2 decoder, 2 head

@@ -4,6 +4,7 @@ Ground truths: a direct double-loop MMD estimator, ``torch.cov``, Monte-Carlo sa
 the aggregate posterior, closed-form covariances of whitened codes, the Gaussian ELBO of
 Eq. 9 at sigma^2 = beta / 2, and autograd.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,15 +14,14 @@ import math
 import pytest
 import torch
 
-from balanced_vae.runs import load_run
 from balanced_vae.cli import main as cli_main
 from balanced_vae.config import TrainConfig
 from balanced_vae.likelihoods import FixedVariance
 from balanced_vae.methods import METHODS, build_model, build_objective, resolve_hparams
 from balanced_vae.model import VAE
 from balanced_vae.nets import NetSpec
-from balanced_vae.objectives import (ELBO, WAE_SCALES, BetaVAE, DIPVAE, WAEMMD, dip_covariance, dip_penalty,
-                                     mmd_imq)
+from balanced_vae.objectives import DIPVAE, ELBO, WAE_SCALES, WAEMMD, BetaVAE, dip_covariance, dip_penalty, mmd_imq
+from balanced_vae.runs import load_run
 from balanced_vae.train import evaluate_elbo, train
 
 BASELINES = ["vae", "beta-vae", "wae-mmd", "dip-vae-i", "dip-vae-ii"]
@@ -51,8 +51,12 @@ def _mmd_biased(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = a.new_zeros(())
     for s in WAE_SCALES:
         c = 2 * L * s
-        out = out + (c / (c + torch.cdist(a, a) ** 2)).mean() + (c / (c + torch.cdist(b, b) ** 2)).mean() \
+        out = (
+            out
+            + (c / (c + torch.cdist(a, a) ** 2)).mean()
+            + (c / (c + torch.cdist(b, b) ** 2)).mean()
             - 2 * (c / (c + torch.cdist(a, b) ** 2)).mean()
+        )
     return out
 
 
@@ -81,17 +85,18 @@ def test_mmd_matches_pairwise_definition():
     a, b = torch.randn(7, 3, generator=g), torch.randn(5, 3, generator=g) * 1.5 + 0.3
     assert float(mmd_imq(a, b)) == pytest.approx(_mmd_loop(a, b), rel=1e-5, abs=1e-6)
     assert float(mmd_imq(a, b, sigma2_z=2.0, scales=(0.5, 3.0))) == pytest.approx(
-        _mmd_loop(a, b, scales=(0.5, 3.0), sigma2_z=2.0), rel=1e-5, abs=1e-6)
+        _mmd_loop(a, b, scales=(0.5, 3.0), sigma2_z=2.0), rel=1e-5, abs=1e-6
+    )
     assert float(mmd_imq(a, b)) == pytest.approx(float(mmd_imq(b, a)), abs=1e-6)
 
 
 def test_mmd_near_zero_for_same_distribution_and_positive_for_shifted():
     g = torch.Generator().manual_seed(1)
     n, L = 200, 4
-    same = torch.stack([mmd_imq(torch.randn(n, L, generator=g), torch.randn(n, L, generator=g))
-                        for _ in range(6)])
-    shifted = torch.stack([mmd_imq(torch.randn(n, L, generator=g), torch.randn(n, L, generator=g) + 1.0)
-                           for _ in range(6)])
+    same = torch.stack([mmd_imq(torch.randn(n, L, generator=g), torch.randn(n, L, generator=g)) for _ in range(6)])
+    shifted = torch.stack(
+        [mmd_imq(torch.randn(n, L, generator=g), torch.randn(n, L, generator=g) + 1.0) for _ in range(6)]
+    )
     assert same.abs().max() < 0.1 * shifted.min()
     assert shifted.min() > 0
     # more shift, more discrepancy
@@ -109,8 +114,8 @@ def test_mmd_is_unbiased_and_the_v_statistic_is_not():
         v.append(_mmd_biased(a, b))
     u, v = torch.stack(u), torch.stack(v)
     se_u, se_v = u.std() / math.sqrt(runs), v.std() / math.sqrt(runs)
-    assert abs(float(u.mean())) < 4 * float(se_u)          # E[U] = MMD^2 = 0
-    assert float(v.mean()) > 4 * float(se_v)               # the V-statistic is biased upwards
+    assert abs(float(u.mean())) < 4 * float(se_u)  # E[U] = MMD^2 = 0
+    assert float(v.mean()) > 4 * float(se_v)  # the V-statistic is biased upwards
 
 
 def test_mmd_rejects_bad_shapes():
@@ -131,7 +136,7 @@ def test_dip_covariance_matches_torch_cov_and_aggregate_samples():
     expected = torch.cov(mu.T, correction=0) + torch.diag(logvar.exp().mean(0))
     torch.testing.assert_close(dip_covariance(mu, logvar), expected, rtol=1e-5, atol=1e-6)
     # Monte Carlo: the covariance of samples of the aggregate posterior q(z) = 1/B sum_i N(mu_i, Sigma_i)
-    z = torch.distributions.Normal(mu, (0.5 * logvar).exp()).sample((4000,)).reshape(-1, 3)   # (4000 B, L)
+    z = torch.distributions.Normal(mu, (0.5 * logvar).exp()).sample((4000,)).reshape(-1, 3)  # (4000 B, L)
     torch.testing.assert_close(torch.cov(z.T, correction=0), dip_covariance(mu, logvar), rtol=0.05, atol=0.02)
 
 
@@ -155,9 +160,9 @@ def test_dip_penalty_grows_with_correlation():
     penalties = []
     for rho in (0.0, 0.2, 0.5, 0.8):
         # z2 = rho z1 + sqrt(1 - rho^2) w2 has unit variance and correlation rho with z1
-        mu = torch.stack([w[:, 0], rho * w[:, 0] + math.sqrt(1 - rho ** 2) * w[:, 1]], dim=1)
+        mu = torch.stack([w[:, 0], rho * w[:, 0] + math.sqrt(1 - rho**2) * w[:, 1]], dim=1)
         out = dip_penalty(dip_covariance(mu), lambda_od=3.0, lambda_d=7.0)
-        assert float(out["off_diag"]) == pytest.approx(2 * rho ** 2, abs=1e-5)
+        assert float(out["off_diag"]) == pytest.approx(2 * rho**2, abs=1e-5)
         assert float(out["diag"]) == pytest.approx(0.0, abs=1e-5)
         penalties.append(float(out["penalty"]))
     assert all(b > a for a, b in zip(penalties, penalties[1:]))
@@ -191,7 +196,7 @@ def test_beta_vae_is_elbo_at_sigma2_beta_over_two_up_to_constant(beta):
         torch.manual_seed(seed)
         lb = BetaVAE(beta)(model, x)["loss"]
         torch.manual_seed(seed)
-        le = ELBO()(model, x)["loss"]          # -ELBO with the model's sigma^2 = beta / 2
+        le = ELBO()(model, x)["loss"]  # -ELBO with the model's sigma^2 = beta / 2
         diffs.append(float((lb - beta * le).detach()))
         # the same gradients up to the factor beta
         model.zero_grad()
@@ -227,10 +232,10 @@ def test_wae_loss_is_scaled_squared_error_plus_lambda_mmd():
     torch.manual_seed(11)
     t = WAEMMD(lam=3.0, rec_scale=0.2)(model, x)
     mu, _ = model.encode(x)
-    mean = model.decode_mean(mu)                                  # deterministic encoder: z = mu
+    mean = model.decode_mean(mu)  # deterministic encoder: z = mu
     sse = (x - mean).pow(2).sum((1, 2, 3)).mean()
     torch.manual_seed(11)
-    z_p = torch.randn(mu.shape)                                   # the same prior draws, global RNG
+    z_p = torch.randn(mu.shape)  # the same prior draws, global RNG
     expected = 0.2 * sse + 3.0 * mmd_imq(mu, z_p)
     torch.testing.assert_close(t["loss"], expected)
     torch.testing.assert_close(t["sse"], sse)
@@ -254,8 +259,7 @@ def test_objectives_stay_fp32_under_bf16_autocast(objective):
 
 
 def test_hparams_resolve_with_defaults_and_reject_unknown_keys():
-    assert resolve_hparams(TrainConfig(method="wae-mmd")) == {"lambda": 10.0, "rec_scale": 0.05,
-                                                              "stochastic": False}
+    assert resolve_hparams(TrainConfig(method="wae-mmd")) == {"lambda": 10.0, "rec_scale": 0.05, "stochastic": False}
     assert resolve_hparams(TrainConfig(method="wae-mmd", hparams={"lambda": 5, "stochastic": True}))["lambda"] == 5.0
     with pytest.raises(ValueError, match=r"unknown hparam\(s\) \['lamda'\].*lambda \(default 10.0\)"):
         resolve_hparams(TrainConfig(method="wae-mmd", hparams={"lamda": 5}))
@@ -272,8 +276,9 @@ def test_dip_lambda_d_follows_lambda_od_as_in_kumar_et_al():
     assert build_objective(TrainConfig(method="dip-vae-ii")) == DIPVAE("ii", 10.0, 10.0)
     assert build_objective(TrainConfig(method="dip-vae-i", hparams={"lambda_od": 2})) == DIPVAE("i", 2.0, 20.0)
     assert build_objective(TrainConfig(method="dip-vae-ii", hparams={"lambda_od": 2})) == DIPVAE("ii", 2.0, 2.0)
-    assert build_objective(TrainConfig(method="dip-vae-i", hparams={"lambda_od": 2, "lambda_d": 5})) \
-        == DIPVAE("i", 2.0, 5.0)
+    assert build_objective(TrainConfig(method="dip-vae-i", hparams={"lambda_od": 2, "lambda_d": 5})) == DIPVAE(
+        "i", 2.0, 5.0
+    )
 
 
 def test_every_method_is_registered_with_documented_hparams():
@@ -285,12 +290,27 @@ def test_every_method_is_registered_with_documented_hparams():
 
 
 def test_cli_reports_unknown_hparam_in_one_line(tmp_path, capsys):
-    rc = cli_main(["train", "--method", "wae-mmd", "--hparam", "lamda=3", "--epochs", "1",
-                   "--n-train", "64", "--n-test", "32", "--out", str(tmp_path / "run")])
+    rc = cli_main(
+        [
+            "train",
+            "--method",
+            "wae-mmd",
+            "--hparam",
+            "lamda=3",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--n-test",
+            "32",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert "lamda" in err and "lambda" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "run").exists()       # rejected before a run folder is made
+    assert not (tmp_path / "run").exists()  # rejected before a run folder is made
 
 
 # --------------------------------------------------------------------------- training
@@ -313,7 +333,7 @@ def _objective_on(model, objective, x, seed: int = 123) -> float:
     model.train()
     torch.manual_seed(seed)
     with torch.no_grad():
-        vals = [float(objective(model, x[i:i + 64])["loss"]) * len(x[i:i + 64]) for i in range(0, len(x), 64)]
+        vals = [float(objective(model, x[i : i + 64])["loss"]) * len(x[i : i + 64]) for i in range(0, len(x), 64)]
     return sum(vals) / len(x)
 
 
@@ -332,7 +352,7 @@ def test_each_baseline_trains_lowers_its_objective_and_can_be_evaluated(method, 
     assert json.loads((run_dir / "final.json").read_text())["stage"] == 1
     x = digits.x_train[: config.n_train]
     objective = build_objective(config)
-    torch.manual_seed(config.seed)                    # the trainer's initialisation
+    torch.manual_seed(config.seed)  # the trainer's initialisation
     fresh = build_model(config, digits.shape)
     before, after = _objective_on(fresh, objective, x), _objective_on(run.model, objective, x)
     assert after < before, f"{method}: objective {before:.3f} -> {after:.3f}"

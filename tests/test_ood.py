@@ -1,5 +1,6 @@
 """OOD detection: the detection metrics against scikit-learn and closed forms, and the scores of a
 hand-built model whose answer is known."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,13 @@ def test_auroc_and_fpr_match_the_closed_form_of_two_gaussians():
 
 
 def test_perfect_inverted_and_hand_checked_rankings():
-    assert ood_metrics([0, 1, 2], [3, 4, 5]) == {"auroc": 1.0, "auprc": 1.0, "fpr_at_95_tpr": 0.0,
-                                                 "mean_in": 1.0, "mean_out": 4.0}
+    assert ood_metrics([0, 1, 2], [3, 4, 5]) == {
+        "auroc": 1.0,
+        "auprc": 1.0,
+        "fpr_at_95_tpr": 0.0,
+        "mean_in": 1.0,
+        "mean_out": 4.0,
+    }
     inv = ood_metrics([3, 4, 5], [0, 1, 2])
     assert inv["auroc"] == 0.0 and inv["fpr_at_95_tpr"] == 1.0
     # in 0, 2; out 1, 3: pairs (out > in): (1>0), (3>0), (3>2) of 4 -> 0.75; all OOD flagged at t=1: FPR 1/2
@@ -56,7 +62,7 @@ def flat_model():
     last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.zero_()                                        # sigmoid(0) = 0.5
+        last.bias.zero_()  # sigmoid(0) = 0.5
         model.likelihood.log_sigma2.fill_(math.log(0.01))
     return model.eval()
 
@@ -74,7 +80,7 @@ def test_known_answer_on_a_hand_built_model(flat_model):
     ref = _images(2, 0.05)
     ll = {name: log_likelihoods(flat_model, x, k=4, seed=0) for name, x in (("near", near), ("far", far))}
     ll_ref = log_likelihoods(flat_model, ref, k=4, seed=0, estimates=("iwae_prior",))["iwae_prior"]
-    assert set(ll["near"]) == {"elbo", "iwae_prior", "dequantised"}                 # no GMM given
+    assert set(ll["near"]) == {"elbo", "iwae_prior", "dequantised"}  # no GMM given
     s_near, s_far = ood_scores(ll["near"], ll_ref), ood_scores(ll["far"], ll_ref)
     for name in ("elbo", "iwae_prior", "dequantised", "typicality"):
         assert ood_metrics(s_near[name], s_far[name])["auroc"] == 1.0, name
@@ -100,12 +106,29 @@ def test_gmm_prior_score_and_reproducibility(flat_model):
 
 def test_markdown_puts_global_and_per_pixel_side_by_side():
     row = {"auroc": 0.3, "auprc": 0.4, "fpr_at_95_tpr": 0.9, "mean_in": 0.0, "mean_out": 0.0}
-    model = {"checkpoint": "x.pt", "likelihood": "L", "metrics": {"elbo": row},
-             "log_likelihood": {"in": {"elbo": 1.0}, "out": {"elbo": 2.0}}, "reference_log_likelihood": 1.0}
-    doc = {"trained_on": "a", "in": "a", "out": "b", "models": {"global": model, "per_pixel": model},
-           "protocol": {"n_in": 10, "n_out": 10, "k": 2, "seed": 0, "gmm": {"K": 3, "fit_on": "sample"},
-                        "reference": {"n": 5, "images": "val"}, "command": "balanced-vae ood R --in a --out b"},
-           "provenance": {"git_commit": "abc", "git_dirty": False}}
+    model = {
+        "checkpoint": "x.pt",
+        "likelihood": "L",
+        "metrics": {"elbo": row},
+        "log_likelihood": {"in": {"elbo": 1.0}, "out": {"elbo": 2.0}},
+        "reference_log_likelihood": 1.0,
+    }
+    doc = {
+        "trained_on": "a",
+        "in": "a",
+        "out": "b",
+        "models": {"global": model, "per_pixel": model},
+        "protocol": {
+            "n_in": 10,
+            "n_out": 10,
+            "k": 2,
+            "seed": 0,
+            "gmm": {"K": 3, "fit_on": "sample"},
+            "reference": {"n": 5, "images": "val"},
+            "command": "balanced-vae ood R --in a --out b",
+        },
+        "provenance": {"git_commit": "abc", "git_dirty": False},
+    }
     md = ood_markdown(doc)
     assert "| global AUROC | global AUPRC | global FPR@95%TPR | per_pixel AUROC" in md
     assert "| 0.300 | 0.400 | 0.900 | 0.300 | 0.400 | 0.900 |" in md

@@ -1,4 +1,5 @@
 """Improved precision and recall (Kynkaanniemi et al. 2019) on small synthetic feature matrices."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,8 @@ def test_hand_checked_one_dimensional_case():
     np.testing.assert_allclose(knn_radii(real, k=1), [1, 1, 1, 1])
     np.testing.assert_allclose(knn_radii(gen, k=1), [3, 3, 6.5])
     out = improved_precision_recall(real, gen, k=1)
-    assert out["precision"] == pytest.approx(2 / 3)      # 10 lies outside every real ball
-    assert out["recall"] == 1.0                          # every real point lies in a generated ball
+    assert out["precision"] == pytest.approx(2 / 3)  # 10 lies outside every real ball
+    assert out["recall"] == 1.0  # every real point lies in a generated ball
 
 
 def test_mode_collapse_keeps_precision_and_loses_recall():
@@ -46,8 +47,9 @@ def test_mode_collapse_keeps_precision_and_loses_recall():
 def test_coverage_by_chunk_matches_unchunked_and_torch_inputs_work():
     real, gen = _points(seed=0), _points(seed=1, shift=0.5)
     radii = knn_radii(real, 3)
-    np.testing.assert_array_equal(manifold_coverage(real, radii, gen, chunk=7),
-                                  manifold_coverage(real, radii, gen, chunk=10_000))
+    np.testing.assert_array_equal(
+        manifold_coverage(real, radii, gen, chunk=7), manifold_coverage(real, radii, gen, chunk=10_000)
+    )
     a = improved_precision_recall(torch.as_tensor(real, dtype=torch.float32), torch.as_tensor(gen), k=3)
     b = improved_precision_recall(real.astype(np.float32), gen, k=3)
     assert a == b
@@ -69,13 +71,17 @@ def test_evaluate_pr_compares_prior_and_gmm_on_shared_real_features(stand_in_inc
     from balanced_vae.evaluate import evaluate_run
     from balanced_vae.train import train
 
-    calls = stand_in_inception(pool=2, path=tmp_path)                            # (N, 16) for 8x8
+    calls = stand_in_inception(pool=2, path=tmp_path)  # (N, 16) for 8x8
     data = load_dataset("digits")
-    run = train(TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
-                tmp_path / "run", data=data, progress=False)
+    run = train(
+        TrainConfig(dataset="digits", stages=1, epochs=1, min_epochs=1, n_train=300, seed=0),
+        tmp_path / "run",
+        data=data,
+        progress=False,
+    )
     doc = evaluate_run(run, metrics="pr", sampler="gmm", components=3, n_pr=60, data=data, progress=False)
     entry = doc["metrics"]["pr"]
-    assert calls == [60, 60, 60]                                    # real once, then prior and GMM
+    assert calls == [60, 60, 60]  # real once, then prior and GMM
     assert set(entry["values"]) == {"prior", "gmm_K3"}
     for v in entry["values"].values():
         assert 0.0 <= v["precision"] <= 1.0 and 0.0 <= v["recall"] <= 1.0

@@ -1,4 +1,5 @@
 """Provenance names the commit and, when the tree was modified, which tracked files differed."""
+
 import shutil
 import subprocess
 
@@ -20,7 +21,7 @@ def test_dirty_files_are_the_modified_tracked_files_only(tmp_path):
     _git(tmp_path, "add", "a.py", "b.py")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     assert git_dirty_files(tmp_path) == [] and git_dirty(tmp_path) is False
-    (tmp_path / "untracked.json").write_text("{}")          # outputs beside the code do not count
+    (tmp_path / "untracked.json").write_text("{}")  # outputs beside the code do not count
     assert git_dirty(tmp_path) is False
     (tmp_path / "b.py").write_text("x = 2\n")
     assert git_dirty_files(tmp_path) == [" M b.py"] and git_dirty(tmp_path) is True

@@ -1,5 +1,6 @@
 """Reliability (issue 10): every failure is a clear non-zero exit, no run folder is ever damaged,
 no silent wrong result. Each test here failed on the code before the issue was worked."""
+
 import json
 import os
 import subprocess
@@ -48,6 +49,7 @@ def test_full_disk_while_saving_says_so_and_leaves_the_run_resumable(digits, tmp
 
     class Usage:
         free = 0
+
     monkeypatch.setattr(ck.torch, "save", torch_save_on_a_full_disk)
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: Usage())
     with pytest.raises(DiskFullError, match=f"no space left on {run}"):
@@ -55,7 +57,7 @@ def test_full_disk_while_saving_says_so_and_leaves_the_run_resumable(digits, tmp
     assert (run / "checkpoint.pt").read_bytes() == good and not (run / ".lock").exists()
     assert not list(run.glob(".checkpoint.pt.*.tmp"))
     monkeypatch.undo()
-    train(config, run, data=digits, progress=False, resume=True)    # space freed: it resumes
+    train(config, run, data=digits, progress=False, resume=True)  # space freed: it resumes
     assert (run / "final.json").exists()
 
 
@@ -64,6 +66,7 @@ def test_full_disk_is_a_clean_cli_error(digits, tmp_path, monkeypatch, capsys):
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
     code = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r")])
     assert code == 2 and "no space left on" in capsys.readouterr().err
@@ -72,10 +75,23 @@ def test_full_disk_is_a_clean_cli_error(digits, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- 4: bad option values
 
 
-@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"), ("--latent-dim", "0"),
-                                           ("--width", "0"), ("--n-train", "0"), ("--n-train", "-5"),
-                                           ("--sigma2", "inf"), ("--latent-dim", "-3"), ("--batch-size", "0"),
-                                           ("--lr", "nan"), ("--epochs", "2.5"), ("--max-minutes", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--epochs", "0"),
+        ("--epochs", "-1"),
+        ("--latent-dim", "0"),
+        ("--width", "0"),
+        ("--n-train", "0"),
+        ("--n-train", "-5"),
+        ("--sigma2", "inf"),
+        ("--latent-dim", "-3"),
+        ("--batch-size", "0"),
+        ("--lr", "nan"),
+        ("--epochs", "2.5"),
+        ("--max-minutes", "0"),
+    ],
+)
 def test_bad_numeric_options_name_the_option_and_write_nothing(option, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--dataset", "digits", "--out", str(tmp_path / "r"), option, value])
@@ -84,8 +100,15 @@ def test_bad_numeric_options_name_the_option_and_write_nothing(option, value, tm
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("command", [["evaluate", "RUN", "--n-fid", "0"], ["sample", "RUN", "--n", "-1"],
-                                     ["kl", "RUN", "--runs", "0"], ["reproduce", "table2", "--jobs", "0"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "RUN", "--n-fid", "0"],
+        ["sample", "RUN", "--n", "-1"],
+        ["kl", "RUN", "--runs", "0"],
+        ["reproduce", "table2", "--jobs", "0"],
+    ],
+)
 def test_other_commands_validate_their_numbers(command, capsys):
     with pytest.raises(SystemExit):
         main(command)
@@ -117,8 +140,24 @@ def test_evaluating_or_resuming_on_other_data_is_an_error(tmp_path, capsys):
     arr = rng.random((60, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x_train=arr[:50], x_test=arr[50:])
     run = tmp_path / "r"
-    assert main(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--epochs", "2", "--out", str(run),
-                 "--stages", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"npz:{tmp_path / 'd.npz'}",
+                "--epochs",
+                "2",
+                "--out",
+                str(run),
+                "--stages",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     np.savez(tmp_path / "d.npz", x_train=rng.random((50, 8, 8)).astype(np.float32), x_test=arr[50:])
     assert main(["evaluate", str(run), "--metrics", "elbo"]) == 2
     assert "trained on other data" in capsys.readouterr().err
@@ -130,14 +169,15 @@ def test_resume_honours_data_dir(tmp_path, data_dir):
     moved = tmp_path / "moved"
     shutil.copytree(data_dir / "mnist", moved / "mnist")
     run = tmp_path / "r"
-    config = TrainConfig(dataset="mnist", data_dir=str(data_dir), method="vae", epochs=2, min_epochs=2,
-                         n_train=300, n_test=100, width=4)
+    config = TrainConfig(
+        dataset="mnist", data_dir=str(data_dir), method="vae", epochs=2, min_epochs=2, n_train=300, n_test=100, width=4
+    )
     train(config, run, progress=False, stop_after=1)
     assert main(["train", "--resume", str(run), "--data-dir", str(moved), "--device", "cpu"]) == 0
     from balanced_vae.train import run_config
 
-    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data_dir)   # as created
-    assert run_config(run).data_dir == str(moved)                                        # noted in resumes.jsonl
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data_dir)  # as created
+    assert run_config(run).data_dir == str(moved)  # noted in resumes.jsonl
     assert (run / "final.json").exists()
 
 
@@ -152,7 +192,7 @@ def test_resume_applies_more_epochs_and_refuses_the_rest(digits, tmp_path, capsy
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert json.loads((run / "config.json").read_text())["epochs"] == 1      # config.json stays as created
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1  # config.json stays as created
     [change] = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
     assert change["changes"] == {"epochs": {"from": 1, "to": 3}} and change["time_utc"]
 
@@ -164,7 +204,7 @@ def test_a_torn_last_metrics_line_does_not_block_resume(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=200, n_test=50)
     run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
     with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"stage": 1, "epoch": 2, "val_el')            # power loss mid-line
+        f.write('{"stage": 1, "epoch": 2, "val_el')  # power loss mid-line
     train(config, run, data=digits, progress=False, resume=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -186,6 +226,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(cli_module, "train", interrupted)
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
@@ -213,12 +254,22 @@ def test_ci_fails_instead_of_skipping_when_real_data_is_missing(tmp_path):
     conftest = Path(__file__).with_name("conftest.py")
     (tmp_path / "conftest.py").write_text(conftest.read_text())
     env = dict(os.environ, CI="true", BALANCED_VAE_DATA=str(tmp_path / "nowhere"))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0 and "real MNIST data not found" in done.stdout
     env["CI"] = "false"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0 and "skipped" in done.stdout
 
 
@@ -231,8 +282,9 @@ def _valid_idx() -> bytes:
     return header + bytes(range(48))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzz_idx_reader_loads_or_raises_data_error(tmp_path, data):
     buf = bytearray(_valid_idx())
@@ -249,13 +301,15 @@ def test_fuzz_idx_reader_loads_or_raises_data_error(tmp_path, data):
     assert isinstance(arr, np.ndarray) and arr.size * arr.itemsize <= len(buf)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(shape=st.lists(st.integers(0, 6), min_size=0, max_size=5),
-       dtype=st.sampled_from(["uint8", "float32", "float64", "int16", "bool", "complex64"]),
-       scale=st.sampled_from([1.0, 255.0, -1.0, float("nan")]), drop=st.booleans())
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.lists(st.integers(0, 6), min_size=0, max_size=5),
+    dtype=st.sampled_from(["uint8", "float32", "float64", "int16", "bool", "complex64"]),
+    scale=st.sampled_from([1.0, 255.0, -1.0, float("nan")]),
+    drop=st.booleans(),
+)
 def test_fuzz_npz_reader_loads_or_raises_data_error(tmp_path, shape, dtype, scale, drop):
-    with np.errstate(invalid="ignore"):   # NaN cast to integers is part of the fuzz
+    with np.errstate(invalid="ignore"):  # NaN cast to integers is part of the fuzz
         x = (np.random.default_rng(0).random(shape) * scale).astype(dtype) if shape else np.zeros((), dtype)
     path = tmp_path / "d.npz"
     arrays = {"x_train": x} if drop else {"x_train": x, "x_test": x}
@@ -267,8 +321,7 @@ def test_fuzz_npz_reader_loads_or_raises_data_error(tmp_path, shape, dtype, scal
     assert ds.x_train.ndim == 4 and float(ds.x_train.min()) >= 0 and float(ds.x_train.max()) <= 1
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 400), flip=st.integers(0, 399), byte=st.integers(0, 255))
 def test_fuzz_truncated_or_flipped_npz_and_images(tmp_path, cut, flip, byte):
     from PIL import Image
@@ -301,6 +354,9 @@ def test_reliability_doc_names_only_tests_that_exist():
     import re
 
     names = set(re.findall(r"`(test_[a-z0-9_]+)`", doc))
-    defined = {m for f in Path(__file__).parent.glob("test_*.py")
-               for m in re.findall(r"^def (test_[a-z0-9_]+)", f.read_text(), re.M)}
+    defined = {
+        m
+        for f in Path(__file__).parent.glob("test_*.py")
+        for m in re.findall(r"^def (test_[a-z0-9_]+)", f.read_text(), re.M)
+    }
     assert len(names) >= 15 and names <= defined, sorted(names - defined)

@@ -1,4 +1,5 @@
 """The HTML run report (self-contained, checked in headless Chromium) and the latent-walk figure."""
+
 from __future__ import annotations
 
 import html
@@ -28,8 +29,12 @@ def digits():
 def run2d(tmp_path_factory, digits):
     """Both stages of Algorithm 1 on 300 digits with 2-D latents, two epochs each (a few seconds)."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    train(TrainConfig(dataset="digits", latent_dim=2, epochs=2, min_epochs=1, n_train=300, seed=0), run_dir,
-          data=digits, progress=False)
+    train(
+        TrainConfig(dataset="digits", latent_dim=2, epochs=2, min_epochs=1, n_train=300, seed=0),
+        run_dir,
+        data=digits,
+        progress=False,
+    )
     return run_dir
 
 
@@ -42,22 +47,39 @@ def test_report_is_one_self_contained_file_with_every_section(report, run2d):
     text = report.read_text()
     assert report == run2d / "report.html"
     srcs = re.findall(r'src="([^"]*)"', text)
-    assert len(srcs) == 5       # curves, reconstructions, prior vs GMM, sigma of GMM samples, 2-D densities
+    assert len(srcs) == 5  # curves, reconstructions, prior vs GMM, sigma of GMM samples, 2-D densities
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in text and "http://" not in text and "https://" not in text and "@import" not in text
-    for heading in ("Protocol", "Config", "Learning curves", "Reconstructions and uncertainty",
-                    "Samples: prior vs GMM", "Latent space (2-D)", "Metrics"):
+    for heading in (
+        "Protocol",
+        "Config",
+        "Learning curves",
+        "Reconstructions and uncertainty",
+        "Samples: prior vs GMM",
+        "Latent space (2-D)",
+        "Metrics",
+    ):
         assert f"<h2>{heading}</h2>" in text, heading
-    assert "test (end of training)" in html.unescape(text)                 # final.json in the metrics table
+    assert "test (end of training)" in html.unescape(text)  # final.json in the metrics table
 
 
 def test_metrics_rows_read_evaluation_records(run2d, tmp_path):
     (run2d / "eval").mkdir(exist_ok=True)
-    (run2d / "eval" / "x.json").write_text(json.dumps(
-        {"metrics": {"iwae": {"values": {"prior": {"log_likelihood": {"mean": 1.5, "sem": 0.1}, "seconds": 3}}}}}))
+    (run2d / "eval" / "x.json").write_text(
+        json.dumps(
+            {"metrics": {"iwae": {"values": {"prior": {"log_likelihood": {"mean": 1.5, "sem": 0.1}, "seconds": 3}}}}}
+        )
+    )
     ood = tmp_path / "ood.json"
-    ood.write_text(json.dumps({"in": "a", "out": "b", "models": {"global": {"metrics": {"elbo": {
-        "auroc": 0.25, "auprc": 0.5, "fpr_at_95_tpr": 1.0}}}}}))
+    ood.write_text(
+        json.dumps(
+            {
+                "in": "a",
+                "out": "b",
+                "models": {"global": {"metrics": {"elbo": {"auroc": 0.25, "auprc": 0.5, "fpr_at_95_tpr": 1.0}}}},
+            }
+        )
+    )
     try:
         rows = metrics_rows(run2d, records=[ood])
     finally:
@@ -76,22 +98,30 @@ def _chromium() -> str | None:
     return None
 
 
-_CHECK = ('<script>window.addEventListener("load",()=>{const b=[...document.images].filter('
-          'i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.alt);document.body.setAttribute("data-image-check",'
-          'JSON.stringify({n:document.images.length,broken:b}));});</script></body>')
+_CHECK = (
+    '<script>window.addEventListener("load",()=>{const b=[...document.images].filter('
+    'i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.alt);document.body.setAttribute("data-image-check",'
+    "JSON.stringify({n:document.images.length,broken:b}));});</script></body>"
+)
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     chromium = _chromium()
     if chromium is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but no Chromium found: install Debian's chromium (apt-get install -y chromium) "
-                        "or set BALANCED_VAE_CHROMIUM")
+            pytest.fail(
+                "CI=true but no Chromium found: install Debian's chromium (apt-get install -y chromium) "
+                "or set BALANCED_VAE_CHROMIUM"
+            )
         pytest.skip("headless Chromium not installed (apt-get install -y chromium); report rendering not checked")
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
     # 1. the report as written: nothing in the console
-    res = subprocess.run(flags + ["--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        flags + ["--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "<h2>Metrics</h2>" in res.stdout
     console = [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln]

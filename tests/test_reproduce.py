@@ -1,4 +1,5 @@
 """The paper's tables and figures at the smoke budget, on real MNIST, and the generated results page."""
+
 import csv
 import json
 import math
@@ -20,7 +21,7 @@ def smoke(tmp_path_factory, data_dir):
     from balanced_vae.data import load_dataset
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # FID's Inception and the small nets run faster without thread contention
+    torch.set_num_threads(1)  # FID's Inception and the small nets run faster without thread contention
     os.environ.setdefault("BALANCED_VAE_DATA", str(data_dir))
     out = tmp_path_factory.mktemp("results")
     data = load_dataset("mnist", data_dir=data_dir)
@@ -66,19 +67,19 @@ def test_tables_hold_finite_numbers_with_their_paper_values(smoke):
     t4 = json.loads((folder / "table4.json").read_text())
     assert [r["K"] for r in t4["rows"]] == [*get_budget("smoke").components, "real images (train vs test)"]
     real = json.loads((folder / f"real_fid_n{get_budget('smoke').n_fid}.json").read_text())
-    assert t4["rows"][-1]["fid"] == real["fid_train_vs_test"]      # the floor of FID at the same n
+    assert t4["rows"][-1]["fid"] == real["fid_train_vs_test"]  # the floor of FID at the same n
 
 
 def test_every_row_names_the_commit_that_computed_its_numbers(smoke, tmp_path):
     from balanced_vae.provenance import provenance, short_commit
 
     out, _, _ = smoke
-    here = short_commit(provenance())              # everything in the smoke folder was computed by this code
+    here = short_commit(provenance())  # everything in the smoke folder was computed by this code
     for name in ("table1", "table2", "table3", "table4"):
         rows = json.loads((out / "mnist-smoke" / f"{name}.json").read_text())["rows"]
         assert [r["commit"] for r in rows] == [here] * len(rows), name
     page = build_page(out, tmp_path / "RESULTS.md").read_text()
-    table2 = page[page.index("### Table 2"):].split("\n\n")[1].splitlines()
+    table2 = page[page.index("### Table 2") :].split("\n\n")[1].splitlines()
     assert table2[0].endswith("| commit |") and all(line.endswith(f"| `{here}` |") for line in table2[2:])
 
 
@@ -96,9 +97,11 @@ def test_every_record_states_the_compute_behind_its_numbers(smoke, tmp_path):
     out, _, _ = smoke
     folder = out / "mnist-smoke"
     t3 = json.loads((folder / "table3.json").read_text())
-    runs = ("learned", "learned", "vae", "beta-vae", "dip-vae-i")      # the runs Table 3 reads
-    stops = [json.loads((run_dir(out, "mnist", get_budget("smoke"), r) / "final.json").read_text())["stops"]
-             for r in dict.fromkeys(runs)]
+    runs = ("learned", "learned", "vae", "beta-vae", "dip-vae-i")  # the runs Table 3 reads
+    stops = [
+        json.loads((run_dir(out, "mnist", get_budget("smoke"), r) / "final.json").read_text())["stops"]
+        for r in dict.fromkeys(runs)
+    ]
     trained = sum(s["seconds"] for st in stops for s in st.values())
     assert t3["compute"]["training_seconds"] == pytest.approx(trained, abs=0.2)
     assert t3["compute"]["evaluation_seconds"] > 0
@@ -114,8 +117,15 @@ def test_figure1_kl_is_that_of_a_gmm_fitted_on_sampled_codes(smoke):
     out, _, data = smoke
     budget = get_budget("smoke")
     rows = {r["run"]: r for r in json.loads((out / "mnist-smoke" / "fig1_data.json").read_text())["rows"]}
-    kl = kl_gap(run_dir(out, "mnist", budget, "vae"), n=budget.n_kl, runs=budget.kl_runs, seed=budget.seed,
-                data=data, aggregate=False, fit_on="sample")
+    kl = kl_gap(
+        run_dir(out, "mnist", budget, "vae"),
+        n=budget.n_kl,
+        runs=budget.kl_runs,
+        seed=budget.seed,
+        data=data,
+        aggregate=False,
+        fit_on="sample",
+    )
     assert rows["vae"]["kl_gmm"] == pytest.approx(kl["kl_gmm"]["mean"], rel=1e-9)
 
 
@@ -149,7 +159,8 @@ def test_results_page_lists_every_table(smoke, tmp_path):
     assert "Protocol: budget `smoke`" in page
     t2 = json.loads((out / "mnist-smoke" / "table2.json").read_text())
     from balanced_vae.paper.results_page import _claims_table2
-    for claim in _claims_table2(t2):               # the page carries the statements computed from the records
+
+    for claim in _claims_table2(t2):  # the page carries the statements computed from the records
         assert f"- {claim}" in page
 
 
@@ -158,18 +169,25 @@ def test_claims_are_computed_from_the_numbers():
     from balanced_vae.paper.results_page import _claims_table2, _claims_table3
 
     def t2(ours: float) -> dict:
-        return {"protocol": {"budget": {"n_fid": 10_000}},
-                "rows": [{"method": "learned", "sampler": "prior", "fid": 30.0},
-                         {"method": "learned", "sampler": "gmm K=32", "fid": ours, "paper_fid": 8.9},
-                         {"method": "vae", "sampler": "prior", "fid": 20.0},
-                         {"method": "real images (train vs test)", "sampler": "-", "fid": 1.9}]}
+        return {
+            "protocol": {"budget": {"n_fid": 10_000}},
+            "rows": [
+                {"method": "learned", "sampler": "prior", "fid": 30.0},
+                {"method": "learned", "sampler": "gmm K=32", "fid": ours, "paper_fid": 8.9},
+                {"method": "vae", "sampler": "prior", "fid": 20.0},
+                {"method": "real images (train vs test)", "sampler": "-", "fid": 1.9},
+            ],
+        }
+
     good, bad = _claims_table2(t2(8.0)), _claims_table2(t2(25.0))
     assert good[1].startswith("Agrees") and good[-1].startswith("Reaches")
     assert bad[1].startswith("Differs") and bad[-1].startswith("Does not reach")
     assert "Lowest FID: vae (prior) at 20.0." == bad[0]
-    rows = [{"model": "learned-global", "iwae_prior": 800.0, "bpd_prior": 6.5},
-            {"model": "learned-pixel", "iwae_prior": 700.0, "bpd_prior": 6.4},
-            {"model": "vae", "iwae_prior": -470.0, "bpd_prior": 8.9}]
+    rows = [
+        {"model": "learned-global", "iwae_prior": 800.0, "bpd_prior": 6.5},
+        {"model": "learned-pixel", "iwae_prior": 700.0, "bpd_prior": 6.4},
+        {"model": "vae", "iwae_prior": -470.0, "bpd_prior": 8.9},
+    ]
     claims = _claims_table3({"rows": rows})
     assert claims[0].startswith("Differs") and claims[1].startswith("Agrees")
 
@@ -177,8 +195,11 @@ def test_claims_are_computed_from_the_numbers():
 def test_rows_without_their_own_commit_show_the_commit_of_their_record():
     from balanced_vae.paper.results_page import _table_md
 
-    rec = {"columns": ["method", "fid", "commit"], "protocol": {"git_commit": "0123456789abcdef", "git_dirty": True},
-           "rows": [{"method": "a", "fid": 1.5, "commit": "fedcba9876"}, {"method": "b", "fid": 2.5}]}
+    rec = {
+        "columns": ["method", "fid", "commit"],
+        "protocol": {"git_commit": "0123456789abcdef", "git_dirty": True},
+        "rows": [{"method": "a", "fid": 1.5, "commit": "fedcba9876"}, {"method": "b", "fid": 2.5}],
+    }
     lines = _table_md(rec).splitlines()
     assert lines[0] == "| method | fid | commit |"
     assert lines[2] == "| a | 1.5 | `fedcba9876` |" and lines[3] == "| b | 2.5 | `0123456789+dirty` |"
@@ -228,10 +249,11 @@ def test_results_page_says_when_tables_left_the_extra_runs_out(smoke, tmp_path):
         shutil.copytree(out / "mnist-smoke", folder)
         for path in folder.glob("*.json"):
             rec = json.loads(path.read_text())
-            if "budget" not in rec.get("protocol", {}):                     # figure data, not a record
+            if "budget" not in rec.get("protocol", {}):  # figure data, not a record
                 continue
-            rec["protocol"]["budget"].update(name="paper", extra_runs=extra if path.stem == "table2" else
-                                             ["learned-floor0"])
+            rec["protocol"]["budget"].update(
+                name="paper", extra_runs=extra if path.stem == "table2" else ["learned-floor0"]
+            )
             path.write_text(json.dumps(rec))
         page = build_page(folder.parent, tmp_path / f"{shown}.md").read_text()
         assert ("no row for the per-pixel model without the variance floor" in page) is shown
@@ -242,7 +264,7 @@ def test_cached_evaluations_are_tied_to_the_weights(smoke):
     run = run_dir(out, "mnist", get_budget("smoke"), "vae")
     cache = next((run / "eval").glob("iwae_*.json"))
     doc = json.loads(cache.read_text())
-    doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] = "0" * 64     # as if other weights made it
+    doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] = "0" * 64  # as if other weights made it
     doc["metrics"]["iwae"]["provenance"]["model_sha256"] = "0" * 64
     doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0
     cache.write_text(json.dumps(doc))
@@ -265,7 +287,7 @@ def test_cached_evaluations_survive_packing_the_weights(smoke):
     cache = next((run / "eval").glob("iwae_*.json"))
     doc = json.loads(cache.read_text())
     assert doc["metrics"]["iwae"]["provenance"]["checkpoint_sha256"] != file_digest(run / "checkpoint.pt")
-    doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0   # a recompute would lose it
+    doc["metrics"]["iwae"]["values"]["prior"]["log_likelihood"]["mean"] = 12345.0  # a recompute would lose it
     cache.write_text(json.dumps(doc))
     reproduce("table3", dataset="mnist", budget="smoke", out=out, data=data, progress=False)
     rows = {r["model"]: r for r in json.loads((out / "mnist-smoke" / "table3.json").read_text())["rows"]}

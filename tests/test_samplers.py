@@ -1,4 +1,5 @@
 """Samplers (Eq. 12-13), Monte-Carlo KL gaps, latent density plots and the K ablation (Section 3.5)."""
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,7 @@ def test_aggregate_log_prob_equals_direct_logsumexp(chunk_size):
     mu, logvar = torch.randn(60, 3, generator=g) * 2, torch.randn(60, 3, generator=g) - 1.0
     z = torch.randn(40, 3, generator=g) * 2
     comps = Independent(Normal(mu.double(), (0.5 * logvar.double()).exp()), 1)
-    direct = torch.logsumexp(comps.log_prob(z.double()[:, None, :]), dim=1) - math.log(60)   # (40,)
+    direct = torch.logsumexp(comps.log_prob(z.double()[:, None, :]), dim=1) - math.log(60)  # (40,)
     got = AggregatePosteriorSampler(mu, logvar, chunk_size=chunk_size).log_prob(z)
     assert got.shape == (40,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), direct, rtol=1e-6, atol=1e-5)
@@ -74,8 +75,8 @@ def test_aggregate_samples_have_the_mixture_moments():
     g = torch.Generator().manual_seed(2)
     mu, logvar = torch.randn(5, 2, generator=g) * 3, torch.randn(5, 2, generator=g)
     z = AggregatePosteriorSampler(mu, logvar).sample(200_000, generator=torch.Generator().manual_seed(0))
-    mean = mu.mean(0)                                                    # law of total expectation
-    var = logvar.exp().mean(0) + mu.pow(2).mean(0) - mean.pow(2)         # law of total variance
+    mean = mu.mean(0)  # law of total expectation
+    var = logvar.exp().mean(0) + mu.pow(2).mean(0) - mean.pow(2)  # law of total variance
     torch.testing.assert_close(z.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(z.var(0), var, rtol=0.02, atol=0.02)
 
@@ -97,9 +98,10 @@ def test_gmm_recovers_known_three_component_mixture(gmm3):
 def test_gmm_log_prob_agrees_with_sklearn_score_samples(blobs, covariance_type):
     x, x_new = blobs
     s = GaussianMixtureSampler(4, covariance_type=covariance_type, random_state=0).fit(x)
-    ref = GaussianMixture(4, covariance_type=covariance_type, random_state=0, max_iter=s.max_iter,
-                          tol=s.tol_, reg_covar=s.reg_covar_).fit(x.numpy())
-    assert s.reg_covar_ == pytest.approx(s.reg_covar * x.numpy().var(0).mean())   # relative to the codes' variance
+    ref = GaussianMixture(
+        4, covariance_type=covariance_type, random_state=0, max_iter=s.max_iter, tol=s.tol_, reg_covar=s.reg_covar_
+    ).fit(x.numpy())
+    assert s.reg_covar_ == pytest.approx(s.reg_covar * x.numpy().var(0).mean())  # relative to the codes' variance
     np.testing.assert_allclose(s.log_prob(x_new).numpy(), ref.score_samples(x_new.numpy()), rtol=1e-5, atol=1e-5)
     assert s.score(x_new) == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
 
@@ -123,8 +125,11 @@ def test_gmm_sampling_uses_the_callers_generator(gmm3):
 def test_fixed_generator_gives_identical_samples_for_every_sampler():
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(30, 3, generator=g), torch.randn(30, 3, generator=g)
-    for s in (PriorSampler(3), AggregatePosteriorSampler(mu, logvar),
-              GaussianMixtureSampler(2, random_state=0).fit(mu)):
+    for s in (
+        PriorSampler(3),
+        AggregatePosteriorSampler(mu, logvar),
+        GaussianMixtureSampler(2, random_state=0).fit(mu),
+    ):
         a = s.sample(64, generator=torch.Generator().manual_seed(9))
         b = s.sample(64, generator=torch.Generator().manual_seed(9))
         assert torch.equal(a, b) and a.shape == (64, 3)
@@ -140,8 +145,10 @@ def test_save_and_reload_gives_identical_log_prob_and_samples(gmm3, blobs, tmp_p
     back = GaussianMixtureSampler.load(folder)
     z = blobs[1]
     assert torch.equal(back.log_prob(z), gmm3.log_prob(z))
-    assert torch.equal(back.sample(100, generator=torch.Generator().manual_seed(0)),
-                       gmm3.sample(100, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        back.sample(100, generator=torch.Generator().manual_seed(0)),
+        gmm3.sample(100, generator=torch.Generator().manual_seed(0)),
+    )
     assert (back.converged_, back.n_iter_, back.n_fit_) == (gmm3.converged_, gmm3.n_iter_, gmm3.n_fit_)
 
 
@@ -173,7 +180,7 @@ def test_gmm_errors_name_the_shape_and_the_fix(gmm3):
 def test_fit_on_sample_keeps_unused_dimensions_at_unit_variance():
     """An unused latent dimension (mu = 0, logvar = 0) is N(0, 1) under q(z); a fit on means squeezes it."""
     g = torch.Generator().manual_seed(0)
-    mu = torch.stack([torch.randn(4000, generator=g) * 2, torch.zeros(4000)], 1)     # dim 2 unused
+    mu = torch.stack([torch.randn(4000, generator=g) * 2, torch.zeros(4000)], 1)  # dim 2 unused
     logvar = torch.stack([torch.full((4000,), -4.0), torch.zeros(4000)], 1)
     on_samples = GaussianMixtureSampler(1, fit_on="sample").fit(mu, logvar, generator=torch.Generator().manual_seed(1))
     on_means = GaussianMixtureSampler(1, fit_on="mean").fit(mu, logvar)
@@ -188,9 +195,13 @@ def test_fit_on_sample_keeps_unused_dimensions_at_unit_variance():
 
 def test_kl_monte_carlo_matches_closed_form_for_a_diagonal_gaussian():
     mu, logvar = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[-1.0, 0.5, 0.0]])
-    q = AggregatePosteriorSampler(mu, logvar)                      # one component: a single Gaussian
-    exact = float(kl_divergence(Independent(Normal(mu[0], (0.5 * logvar[0]).exp()), 1),
-                                Independent(Normal(torch.zeros(3), torch.ones(3)), 1)))
+    q = AggregatePosteriorSampler(mu, logvar)  # one component: a single Gaussian
+    exact = float(
+        kl_divergence(
+            Independent(Normal(mu[0], (0.5 * logvar[0]).exp()), 1),
+            Independent(Normal(torch.zeros(3), torch.ones(3)), 1),
+        )
+    )
     r = kl_monte_carlo(q, PriorSampler(3), n=10_000, runs=10, seed=0)
     assert (r["n"], r["runs"], r["seed"], len(r["estimates"])) == (10_000, 10, 0, 10)
     assert r["sem"] == pytest.approx(r["std"] / math.sqrt(10))
@@ -202,7 +213,9 @@ def test_kl_monte_carlo_matches_closed_form_for_a_full_covariance_gaussian():
     cov = torch.tensor([[1.5, 0.6], [0.6, 0.5]], dtype=torch.float64)
     mean = torch.tensor([1.0, -0.5], dtype=torch.float64)
     q = GaussianMixtureSampler.from_params(np.ones(1), mean[None].numpy(), cov[None].numpy())
-    exact = float(kl_divergence(MultivariateNormal(mean, cov), MultivariateNormal(torch.zeros(2), torch.eye(2).double())))
+    exact = float(
+        kl_divergence(MultivariateNormal(mean, cov), MultivariateNormal(torch.zeros(2), torch.eye(2).double()))
+    )
     r = kl_monte_carlo(q, PriorSampler(2), n=10_000, runs=10, seed=3)
     assert abs(r["mean"] - exact) < 3 * r["sem"], (r, exact)
 
@@ -219,7 +232,7 @@ def test_latent_density_grid_is_normalised_and_the_plot_is_written(gmm3, tmp_pat
     for name, d in dens.items():
         assert d.shape == (201, 201)
         assert np.exp(d).sum() * cell == pytest.approx(1.0, abs=0.01), name
-    i, j = 100 + 30, 100 - 60                       # row = z2, column = z1
+    i, j = 100 + 30, 100 - 60  # row = z2, column = z1
     z = torch.tensor([[axis[j], axis[i]]], dtype=torch.float32)
     assert dens["gmm"][i, j] == pytest.approx(float(gmm3.log_prob(z)), abs=1e-4)
     path = plot_latent_densities(samplers, tmp_path / "lat.png", lim=9.0, resolution=60)
@@ -233,11 +246,12 @@ def test_gmm_ablation_scores_held_out_codes_like_sklearn(blobs):
     rows = gmm_ablation(x, x_new, [1, 3, 5], random_state=0)
     assert [r["K"] for r in rows] == [1, 3, 5]
     for r in rows:
-        ref = GaussianMixture(r["K"], random_state=0, max_iter=200,
-                              reg_covar=1e-6 * x.numpy().var(0).mean()).fit(x.numpy())   # reg_covar is relative
+        ref = GaussianMixture(r["K"], random_state=0, max_iter=200, reg_covar=1e-6 * x.numpy().var(0).mean()).fit(
+            x.numpy()
+        )  # reg_covar is relative
         assert r["heldout_ll"] == pytest.approx(ref.score(x_new.numpy()), abs=1e-5)
         assert r["n_iter"] == ref.n_iter_
-    assert rows[1]["heldout_ll"] > rows[0]["heldout_ll"] + 0.5       # the data have 3 components
+    assert rows[1]["heldout_ll"] > rows[0]["heldout_ll"] + 0.5  # the data have 3 components
 
 
 # ---------------------------------------------------------------------- a short real MNIST run
@@ -257,8 +271,19 @@ def mnist_run(mnist, tmp_path_factory):
     from balanced_vae.train import train
 
     root, data = mnist
-    config = TrainConfig(dataset="mnist", data_dir=str(root), n_train=600, n_test=100, epochs=1, min_epochs=1,
-                         stages=2, latent_dim=2, width=8, batch_size=100, seed=0)
+    config = TrainConfig(
+        dataset="mnist",
+        data_dir=str(root),
+        n_train=600,
+        n_test=100,
+        epochs=1,
+        min_epochs=1,
+        stages=2,
+        latent_dim=2,
+        width=8,
+        batch_size=100,
+        seed=0,
+    )
     return train(config, tmp_path_factory.mktemp("run") / "mnist", data=data, progress=False)
 
 
@@ -278,7 +303,7 @@ def test_gmm_for_run_is_cached_beside_the_checkpoint(mnist, mnist_run, monkeypat
     z = s.sample(50, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.log_prob(z), s.log_prob(z))
     refit = fit_gmm_for_run(mnist_run, 8, data=data, refit=True)
-    assert torch.allclose(refit.log_prob(z), s.log_prob(z), atol=1e-5)     # seeded EM: the same fit
+    assert torch.allclose(refit.log_prob(z), s.log_prob(z), atol=1e-5)  # seeded EM: the same fit
 
 
 def test_decoded_gmm_samples_have_the_datas_shape_and_range(mnist, mnist_run, tmp_path):
@@ -308,7 +333,7 @@ def test_sample_grids_show_at_most_256_samples_and_the_arrays_keep_all(mnist, mn
     means = np.load(tmp_path / "prior_means.npy", allow_pickle=False)
     assert means.shape[0] == 300 and np.load(tmp_path / "prior_sigma.npy").shape[0] == 300
     assert s["n"] == 300 and s["n_grid"] == GRID_MAX == 256
-    with Image.open(tmp_path / "prior_means.png") as img:                  # a 16 x 16 grid, upscaled 3x
+    with Image.open(tmp_path / "prior_means.png") as img:  # a 16 x 16 grid, upscaled 3x
         assert img.size == tuple(3 * v for v in grid(torch.from_numpy(means[:256]), 16).shape[1::-1])
 
 
@@ -324,9 +349,10 @@ def test_stage1_run_reports_its_global_sigma_and_gets_its_own_gmm(mnist, mnist_r
     z = np.load(tmp_path / "gmm_z.npy", allow_pickle=False)
     np.testing.assert_array_equal(z, own.sample(9, generator=torch.Generator().manual_seed(0)).numpy())
     folder = load_run(mnist_run).gmm_dir(4)
-    assert not folder.exists() or GaussianMixtureSampler.load(folder).source["model_sha256"] != \
-        model_sha256(stage1.model)
-    final = fit_gmm_for_run(mnist_run, 4, data=data)           # the final weights' own fit, cached
+    assert not folder.exists() or GaussianMixtureSampler.load(folder).source["model_sha256"] != model_sha256(
+        stage1.model
+    )
+    final = fit_gmm_for_run(mnist_run, 4, data=data)  # the final weights' own fit, cached
     assert final.source["stage"] == 2 and final.source["model_sha256"] == model_sha256(load_run(mnist_run).model)
 
 
@@ -341,21 +367,70 @@ def test_encode_dataset_matches_the_encoder(mnist, mnist_run):
 
 def test_cli_sample_kl_and_latent_plot(mnist, mnist_run, tmp_path, capsys):
     root = str(mnist[0])
-    assert main(["sample", str(mnist_run), "--sampler", "prior", "--n", "9", "--out", str(tmp_path / "s"),
-                 "--data-dir", root]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(mnist_run),
+                "--sampler",
+                "prior",
+                "--n",
+                "9",
+                "--out",
+                str(tmp_path / "s"),
+                "--data-dir",
+                root,
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "s" / "prior_means.npy").shape == (9, 1, 28, 28)
-    assert main(["kl", str(mnist_run), "--components", "8", "--n", "500", "--runs", "3",
-                 "--out", str(tmp_path / "kl.json"), "--data-dir", root]) == 0
+    assert (
+        main(
+            [
+                "kl",
+                str(mnist_run),
+                "--components",
+                "8",
+                "--n",
+                "500",
+                "--runs",
+                "3",
+                "--out",
+                str(tmp_path / "kl.json"),
+                "--data-dir",
+                root,
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "kl.json").read_text())
     assert doc["protocol"]["n"] == 500 and doc["protocol"]["runs"] == 3 and doc["protocol"]["K"] == 8
     assert doc["protocol"]["seed"] == 0 and len(doc["kl_aggregate"]["estimates"]) == 3
     assert doc["kl_gmm"]["mean"] > 0 and doc["kl_aggregate"]["mean"] > 0
     assert "KL(q_GMM || p)" in capsys.readouterr().out
-    assert main(["latent-plot", str(mnist_run), "--components", "8", "--resolution", "40",
-                 "--out", str(tmp_path / "lat.png"), "--data-dir", root]) == 0
+    assert (
+        main(
+            [
+                "latent-plot",
+                str(mnist_run),
+                "--components",
+                "8",
+                "--resolution",
+                "40",
+                "--out",
+                str(tmp_path / "lat.png"),
+                "--data-dir",
+                root,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["kl", str(mnist_run), "--ablation", "1", "4", "--out", str(tmp_path / "abl.json"),
-                 "--data-dir", root]) == 0
+    assert (
+        main(["kl", str(mnist_run), "--ablation", "1", "4", "--out", str(tmp_path / "abl.json"), "--data-dir", root])
+        == 0
+    )
     rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
     assert [r["K"] for r in rows] == [1, 4] and all(math.isfinite(r["heldout_ll"]) for r in rows)
     assert main(["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
@@ -375,8 +450,8 @@ def test_gmm_fitted_on_samples_recovers_an_aggregate_posterior_equal_to_the_prio
     on_means = GaussianMixtureSampler(4, fit_on="mean", random_state=0).fit(mu, logvar)
     kl_s = kl_monte_carlo(on_samples, prior, n=20_000, runs=3)["mean"]
     kl_m = kl_monte_carlo(on_means, prior, n=20_000, runs=3)["mean"]
-    assert abs(kl_s) < 0.02          # close to the true 0
-    assert kl_m > 0.15               # the fit on means is a narrower distribution (true KL of N(0, 0.4 I): 0.32)
+    assert abs(kl_s) < 0.02  # close to the true 0
+    assert kl_m > 0.15  # the fit on means is a narrower distribution (true KL of N(0, 0.4 I): 0.32)
 
 
 def test_gmm_fit_regularises_more_when_em_fails_and_refuses_degenerate_codes(monkeypatch):
@@ -391,13 +466,16 @@ def test_gmm_fit_regularises_more_when_em_fails_and_refuses_degenerate_codes(mon
     def flaky(self, X, y=None):
         calls.append(self.reg_covar)
         if self.reg_covar < 1e-5:
-            raise ValueError("Fitting the mixture model failed because some components have ill-defined "
-                             "empirical covariance (for instance caused by singleton or collapsed samples).")
+            raise ValueError(
+                "Fitting the mixture model failed because some components have ill-defined "
+                "empirical covariance (for instance caused by singleton or collapsed samples)."
+            )
         return real_fit(self, X, y)
+
     monkeypatch.setattr(GaussianMixture, "fit", flaky)
     mu = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
     s = GaussianMixtureSampler(4, random_state=0).fit(mu)
-    scale = mu.double().numpy().var(0).mean()                  # reg_covar is in units of the codes' variance
+    scale = mu.double().numpy().var(0).mean()  # reg_covar is in units of the codes' variance
     assert calls == pytest.approx([1e-6 * scale, 1e-5 * scale]) and s.reg_covar_ == pytest.approx(1e-5 * scale)
     with pytest.raises(ValueError, match="distinct points"):
         GaussianMixtureSampler(8).fit(torch.zeros(50, 2))
@@ -424,20 +502,28 @@ def test_torch_em_is_sklearns_em_on_collapsed_codes(init_params, n_init):
     x = torch.from_numpy(_vae_like_codes(12, 60, seed=0))
     held = torch.from_numpy(_vae_like_codes(12, 20, seed=1))
     s = GaussianMixtureSampler(12, backend="torch", init_params=init_params, n_init=n_init, random_state=3).fit(x)
-    ref = GaussianMixture(12, init_params=init_params, n_init=n_init, random_state=3, reg_covar=s.reg_covar_,
-                          max_iter=s.max_iter, tol=s.tol_).fit(x.double().numpy())
+    ref = GaussianMixture(
+        12,
+        init_params=init_params,
+        n_init=n_init,
+        random_state=3,
+        reg_covar=s.reg_covar_,
+        max_iter=s.max_iter,
+        tol=s.tol_,
+    ).fit(x.double().numpy())
     assert s.backend_ == "torch" and s.n_iter_ == ref.n_iter_ and s.converged_ == ref.converged_
     np.testing.assert_allclose(s.means_.numpy(), ref.means_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(s.covariances_.numpy(), ref.covariances_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(s.weights_.numpy(), ref.weights_, rtol=0, atol=1e-10)
     assert s.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-8)
-    np.testing.assert_allclose(s.log_prob(held).numpy(), ref.score_samples(held.double().numpy()), rtol=1e-6,
-                               atol=1e-4)    # log_prob returns float32
+    np.testing.assert_allclose(
+        s.log_prob(held).numpy(), ref.score_samples(held.double().numpy()), rtol=1e-6, atol=1e-4
+    )  # log_prob returns float32
     assert s.score(held) == pytest.approx(ref.score(held.double().numpy()), abs=1e-4)
 
 
 def test_large_k_defaults_torch_em_kmeanspp_and_tol_1e2():
-    x = torch.from_numpy(_vae_like_codes(25, 12, seed=2))                        # 300 distinct codes
+    x = torch.from_numpy(_vae_like_codes(25, 12, seed=2))  # 300 distinct codes
     large, small = GaussianMixtureSampler(100).fit(x), GaussianMixtureSampler(4).fit(x)
     assert (large.backend_, large.init_params_, large.tol_) == ("torch", "k-means++", 1e-2)
     assert (small.backend_, small.init_params_, small.tol_) == ("sklearn", "kmeans", 1e-3)
@@ -458,7 +544,7 @@ def test_gmm_fit_does_not_depend_on_the_codes_scale(backend, k):
     x = torch.from_numpy(_vae_like_codes(6, 80, seed=4))
     held = torch.from_numpy(_vae_like_codes(6, 30, seed=5))
     base = GaussianMixtureSampler(k, backend=backend).fit(x)
-    for s in (2.0 ** -10, 2.0 ** 10):
+    for s in (2.0**-10, 2.0**10):
         fit = GaussianMixtureSampler(k, backend=backend).fit(x * s)
         assert fit.n_iter_ == base.n_iter_
         assert fit.score(held * s) + x.shape[1] * math.log(s) == pytest.approx(base.score(held), abs=1e-4)
@@ -469,7 +555,7 @@ def test_gmm_fit_does_not_depend_on_the_codes_scale(backend, k):
 def test_gmm_fit_on_duplicated_collapsed_codes_recovers_the_points(backend):
     """40 distinct codes, each repeated 5 times, 3 of 8 dimensions collapsed (std 1e-5): K = 40
     fits without failing and puts one component of weight 1/40 on each distinct code."""
-    distinct = _vae_like_codes(40, 1, seed=6)                                   # (40, 8)
+    distinct = _vae_like_codes(40, 1, seed=6)  # (40, 8)
     x = torch.from_numpy(np.repeat(distinct, 5, axis=0))
     s = GaussianMixtureSampler(40, backend=backend, init_params="k-means++").fit(x)
     order = np.lexsort(s.means_.numpy().T[::-1])
@@ -491,6 +577,7 @@ def test_gmm_fit_without_regularisation_on_duplicates_repairs_instead_of_failing
         if len(calls) > 20:
             raise RuntimeError("the reg_covar retries do not end")
         return real_fit(self, X, y)
+
     monkeypatch.setattr(GaussianMixture, "fit", counted)
     x = torch.from_numpy(np.repeat(_vae_like_codes(10, 1, seed=7), 6, axis=0))
     with caplog.at_level("WARNING", logger="balanced_vae.samplers"):
@@ -507,10 +594,10 @@ def test_gmm_fit_refuses_degenerate_codes_with_the_fix():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite.*fix"):
         GaussianMixtureSampler(100).fit(torch.from_numpy(bad))
-    dup = np.repeat(x[:50], 3, axis=0)                                          # 150 codes, 50 distinct
+    dup = np.repeat(x[:50], 3, axis=0)  # 150 codes, 50 distinct
     with pytest.raises(ValueError, match="only 50 distinct points.*K=100.*fix: lower n_components"):
         GaussianMixtureSampler(100).fit(torch.from_numpy(dup))
-    mu, logvar = torch.from_numpy(x), torch.full(x.shape, 2000.0)              # exp(1000) overflows
+    mu, logvar = torch.from_numpy(x), torch.full(x.shape, 2000.0)  # exp(1000) overflows
     with pytest.raises(ValueError, match="not finite.*fix"):
         GaussianMixtureSampler(4, fit_on="sample").fit(mu, logvar)
     with pytest.raises(ValueError, match="reg_covar"):

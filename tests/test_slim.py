@@ -1,4 +1,5 @@
 """`balanced-vae slim`: a finished run's checkpoints without what only resuming needs."""
+
 import pytest
 import torch
 
@@ -41,7 +42,7 @@ def test_slim_keeps_the_model_and_drops_only_the_resume_state(finished, capsys):
 
 def test_a_slimmed_run_counts_finished_and_refuses_to_continue(finished, capsys):
     run, _ = finished
-    slim_checkpoint(run / CHECKPOINT)   # idempotent: slimming twice changes nothing
+    slim_checkpoint(run / CHECKPOINT)  # idempotent: slimming twice changes nothing
     digest = file_digest(run / CHECKPOINT)
     assert train(CONFIG, run, data=load_dataset("digits"), progress=False, resume=True) == run
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
@@ -56,4 +57,4 @@ def test_an_unfinished_run_is_not_slimmed(tmp_path):
     with pytest.raises(CheckpointError, match="has not finished.*--resume"):
         slim_checkpoint(run / CHECKPOINT)
     assert file_digest(run / CHECKPOINT) == digest
-    assert main(["slim", str(tmp_path)]) == 2   # not a run folder
+    assert main(["slim", str(tmp_path)]) == 2  # not a run folder

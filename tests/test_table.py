@@ -1,5 +1,6 @@
 """Tables of real numbers from the command line: csv:PATH and 2-D npz:PATH, end to end, and every bad
 table refused with its row and column before anything is written."""
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,9 @@ def test_standardised_by_training_rows_with_its_jacobian(tmp_path):
     data, scaler, _ = load_table(f"npz:{tmp_path / 't.npz'}")
     assert data.real_valued and data.x_train.shape == (40, 3, 1, 1) and data.x_test.shape == (7, 3, 1, 1)
     np.testing.assert_allclose(scaler.mean, x_train.mean(0))
-    np.testing.assert_allclose(data.x_test.flatten(1).numpy(), (x_test - x_train.mean(0)) / x_train.std(0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        data.x_test.flatten(1).numpy(), (x_test - x_train.mean(0)) / x_train.std(0), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(scaler.invert(scaler.apply(x_test)), x_test)
     # change of variables: a density of x' = (x - m) / s is a density of x divided by prod_d s_d
     s = Standardiser(np.zeros(3), np.array([2.0, 0.5, 10.0]))
@@ -92,7 +94,7 @@ def test_sigmoid_output_on_a_table_is_refused_and_identity_is_unbounded():
     with pytest.raises(ValueError, match="--output identity"):
         TrainConfig(output="sigmoid").resolved((3, 1, 1), 10, real_valued=True)
     assert TrainConfig().resolved((3, 1, 1), 10, real_valued=True).output == "identity"
-    assert TrainConfig().resolved((1, 8, 8), 10).output is None   # images: sigmoid, as saved runs have it
+    assert TrainConfig().resolved((1, 8, 8), 10).output is None  # images: sigmoid, as saved runs have it
     with pytest.raises(ValueError, match="output"):
         TrainConfig(output="tanh")
     torch.manual_seed(0)
@@ -110,20 +112,40 @@ def test_csv_end_to_end_train_sample_evaluate_report(tmp_path):
     x = np.hstack([z * 10 + 50, z * -2 + 1 + 0.1 * rng.normal(size=(150, 1)), rng.normal(1000, 100, (150, 1))])
     path = _write_csv(tmp_path / "t.csv", [[*r, i % 2] for i, r in enumerate(x)], ("p", "q", "r", "label"))
     run = tmp_path / "run"
-    assert main(["train", "--dataset", f"csv:{path}", "--target", "label", "--epochs", "3", "--device", "cpu",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"csv:{path}",
+                "--target",
+                "label",
+                "--epochs",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["output"] == "identity" and config["dataset"] == f"csv:{path}?target=label"
-    assert main(["sample", str(run), "--sampler", "gmm", "--components", "4", "--n", "500",
-                 "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(["sample", str(run), "--sampler", "gmm", "--components", "4", "--n", "500", "--out", str(tmp_path / "s")])
+        == 0
+    )
     with open(tmp_path / "s" / "gmm_rows.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["p", "q", "r"] and len(rows) == 501
     draws = np.array(rows[1:], dtype=float)
-    assert abs(draws[:, 2].mean() - 1000) < 100      # the original units, not standardised
+    assert abs(draws[:, 2].mean() - 1000) < 100  # the original units, not standardised
     # sampling again into the same folder replaces its own CSVs; a user's CSV there is never replaced
-    assert main(["sample", str(run), "--sampler", "gmm", "--components", "4", "--n", "10",
-                 "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(["sample", str(run), "--sampler", "gmm", "--components", "4", "--n", "10", "--out", str(tmp_path / "s")])
+        == 0
+    )
     user = tmp_path / "user"
     user.mkdir()
     (user / "gmm_means.csv").write_text("precious\n")
@@ -135,7 +157,7 @@ def test_csv_end_to_end_train_sample_evaluate_report(tmp_path):
     assert math.isfinite(res["metrics"]["elbo"]["values"]["elbo"]["mean"])
     proto = res["metrics"]["iwae"]["protocol"]
     assert proto["units"] == "nats per row of the standardised table"
-    scaler = load_table(f"csv:{path}?target=label")[1]   # the training rows' spread: about 10, 2 and 100
+    scaler = load_table(f"csv:{path}?target=label")[1]  # the training rows' spread: about 10, 2 and 100
     assert proto["log_det_scaling"] == pytest.approx(scaler.log_det()) == pytest.approx(math.log(2000), abs=0.5)
     assert main(["report", str(run)]) == 0
     assert (run / "report.html").stat().st_size > 10_000

@@ -1,4 +1,5 @@
 """Algorithm 1 end to end: real MNIST, resume, checkpoints and the errors users meet."""
+
 import dataclasses
 import json
 
@@ -6,11 +7,11 @@ import pytest
 import torch
 
 from balanced_vae.checkpoint import CheckpointError, load_checkpoint
-from balanced_vae.runs import load_run
 from balanced_vae.cli import main
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import load_dataset
 from balanced_vae.plots import read_metrics
+from balanced_vae.runs import load_run
 from balanced_vae.train import RunExistsError, evaluate_elbo, train
 
 
@@ -27,16 +28,17 @@ def digits():
 @pytest.fixture(scope="module")
 def mnist_run(mnist, tmp_path_factory):
     """A short two-stage run on 6,000 real MNIST images."""
-    config = TrainConfig(dataset="mnist", n_train=6000, n_test=1000, epochs=4, min_epochs=4, stages=2,
-                         batch_size=64, width=16, seed=0)
+    config = TrainConfig(
+        dataset="mnist", n_train=6000, n_test=1000, epochs=4, min_epochs=4, stages=2, batch_size=64, width=16, seed=0
+    )
     return train(config, tmp_path_factory.mktemp("mnist") / "run", data=mnist, progress=False)
 
 
 def test_mnist_stage1_elbo_rises_and_sigma2_falls(mnist_run):
     m = [r for r in read_metrics(mnist_run / "metrics.jsonl") if r["stage"] == 1]
     assert len(m) == 4
-    assert m[-1]["val_elbo"] > m[0]["val_elbo"] + 100     # nats per image
-    assert m[-1]["sigma2"] < 0.1                            # well below the plain VAE's 0.5
+    assert m[-1]["val_elbo"] > m[0]["val_elbo"] + 100  # nats per image
+    assert m[-1]["sigma2"] < 0.1  # well below the plain VAE's 0.5
     assert all(a["sigma2"] > b["sigma2"] for a, b in zip(m, m[1:]))
 
 
@@ -57,9 +59,11 @@ def test_mnist_stage2_beats_stage1(mnist_run, mnist):
 @pytest.mark.parametrize("method", ["learned", "fixed"])
 def test_resume_equals_uninterrupted(method, digits, tmp_path):
     """2 epochs straight == 1 epoch, stop, resume, 1 epoch (bit-identical parameters)."""
-    config = TrainConfig(method=method, epochs=1, stages=2, n_train=300, n_test=100, batch_size=32,
-                         seed=3) if method == "learned" else \
-        TrainConfig(method="fixed", sigma2=0.1, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32)
+    config = (
+        TrainConfig(method=method, epochs=1, stages=2, n_train=300, n_test=100, batch_size=32, seed=3)
+        if method == "learned"
+        else TrainConfig(method="fixed", sigma2=0.1, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32)
+    )
     straight = train(config, tmp_path / "a", data=digits, progress=False)
     part = train(config, tmp_path / "b", data=digits, progress=False, stop_after=1)
     assert not (part / "final.json").exists()
@@ -68,8 +72,9 @@ def test_resume_equals_uninterrupted(method, digits, tmp_path):
     assert a["stage"] == b["stage"] and a["done"] and b["done"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert read_metrics(straight / "metrics.jsonl")[-1]["val_elbo"] == \
-        read_metrics(part / "metrics.jsonl")[-1]["val_elbo"]
+    assert (
+        read_metrics(straight / "metrics.jsonl")[-1]["val_elbo"] == read_metrics(part / "metrics.jsonl")[-1]["val_elbo"]
+    )
     assert len(read_metrics(part / "metrics.jsonl")) == 2
 
 
@@ -77,15 +82,30 @@ def test_lr_drops_continue_a_converged_stage_at_a_tenth_of_the_rate(digits, tmp_
     """With a tolerance the rule always meets, it fires as soon as it may: at epoch 2 (window 1),
     where the rate drops; its window starts again, so the next firing, which ends the stage, is
     at epoch 4, not 3. An interrupted run resumed after the drop ends bit-identical."""
-    config = TrainConfig(method="fixed", sigma2=0.1, epochs=20, min_epochs=1, window=1, tol=10.0, lr_drops=1,
-                         n_train=300, n_test=100, batch_size=32, optimiser="adam")   # out of the early low-KL phase
+    config = TrainConfig(
+        method="fixed",
+        sigma2=0.1,
+        epochs=20,
+        min_epochs=1,
+        window=1,
+        tol=10.0,
+        lr_drops=1,
+        n_train=300,
+        n_test=100,
+        batch_size=32,
+        optimiser="adam",
+    )  # out of the early low-KL phase
     straight = train(config, tmp_path / "a", data=digits, progress=False)
     rows = read_metrics(straight / "metrics.jsonl")
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     assert [r.get("lr_drop") for r in rows] == [None, pytest.approx(1e-4), None, None]
     final = json.loads((straight / "final.json").read_text())
-    assert final["stops"]["1"] == {"reason": "converged", "epochs": 4, "lr_drops": 1,
-                                   "seconds": final["stops"]["1"]["seconds"]}
+    assert final["stops"]["1"] == {
+        "reason": "converged",
+        "epochs": 4,
+        "lr_drops": 1,
+        "seconds": final["stops"]["1"]["seconds"],
+    }
     part = train(config, tmp_path / "b", data=digits, progress=False, stop_after=3)
     assert not (part / "final.json").exists()
     train(config, part, data=digits, progress=False, resume=True)
@@ -96,8 +116,9 @@ def test_lr_drops_continue_a_converged_stage_at_a_tenth_of_the_rate(digits, tmp_
 
 
 def test_without_lr_drops_the_stage_ends_where_the_rule_first_fires(digits, tmp_path):
-    config = TrainConfig(method="fixed", sigma2=0.1, epochs=20, min_epochs=1, window=1, tol=10.0,
-                         n_train=300, n_test=100, batch_size=32)
+    config = TrainConfig(
+        method="fixed", sigma2=0.1, epochs=20, min_epochs=1, window=1, tol=10.0, n_train=300, n_test=100, batch_size=32
+    )
     final = json.loads((train(config, tmp_path / "a", data=digits, progress=False) / "final.json").read_text())
     assert final["stops"]["1"]["epochs"] == 2 and "lr_drops" not in final["stops"]["1"]
 
@@ -105,7 +126,7 @@ def test_without_lr_drops_the_stage_ends_where_the_rule_first_fires(digits, tmp_
 def test_resume_drops_log_lines_written_after_the_checkpoint(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=200, n_test=50)
     run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
-    with open(run / "metrics.jsonl", "a") as f:   # a crash between the log line and the checkpoint
+    with open(run / "metrics.jsonl", "a") as f:  # a crash between the log line and the checkpoint
         f.write(json.dumps({"stage": 1, "epoch": 2, "val_elbo": 0.0}) + "\n")
     train(config, run, data=digits, progress=False, resume=True)
     assert [m["epoch"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2]
@@ -131,8 +152,13 @@ def test_resume_with_another_config_is_refused(digits, tmp_path):
     config = TrainConfig(method="vae", epochs=1, n_train=100, n_test=50)
     train(config, tmp_path / "r", data=digits, progress=False)
     with pytest.raises(CheckpointError, match="other lr"):
-        train(TrainConfig(method="vae", epochs=1, n_train=100, n_test=50, lr=0.1), tmp_path / "r",
-              data=digits, progress=False, resume=True)
+        train(
+            TrainConfig(method="vae", epochs=1, n_train=100, n_test=50, lr=0.1),
+            tmp_path / "r",
+            data=digits,
+            progress=False,
+            resume=True,
+        )
 
 
 def test_damaged_and_incompatible_checkpoints(digits, tmp_path):
@@ -169,24 +195,45 @@ def test_cli_dry_run_prints_resolved_config(capsys):
 
 def test_cli_train_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--variance", "fixed", "--sigma2", "0.5", "--epochs", "1", "--n-train", "100",
-            "--n-test", "50", "--out", str(out)]
+    args = [
+        "train",
+        "--variance",
+        "fixed",
+        "--sigma2",
+        "0.5",
+        "--epochs",
+        "1",
+        "--n-train",
+        "100",
+        "--n-test",
+        "50",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--resume", str(out)]) == 0       # finished: nothing more to do
+    assert main(["train", "--resume", str(out)]) == 0  # finished: nothing more to do
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     assert main(["train", "--variance", "fixed", "--method", "learned", "--out", str(tmp_path / "x")]) == 2
 
 
 def test_demo_report(tmp_path):
-    from balanced_vae.demo import DEMO_CONFIG, run_demo
     import dataclasses
 
-    summary = run_demo(tmp_path / "demo", config=dataclasses.replace(DEMO_CONFIG, epochs=3, min_epochs=3),
-                       progress=False)
-    for name in ("reconstructions.png", "prior_samples.png", "prior_vs_gmm.png", "curves.png", "summary.json",
-                 "report.html"):
+    from balanced_vae.demo import DEMO_CONFIG, run_demo
+
+    summary = run_demo(
+        tmp_path / "demo", config=dataclasses.replace(DEMO_CONFIG, epochs=3, min_epochs=3), progress=False
+    )
+    for name in (
+        "reconstructions.png",
+        "prior_samples.png",
+        "prior_vs_gmm.png",
+        "curves.png",
+        "summary.json",
+        "report.html",
+    ):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert summary["stage1_epochs"] == 3 and summary["stage2_epochs"] == 3
     assert (tmp_path / "demo" / "report.html").read_text().count("data:image/png;base64,") == 4
@@ -197,10 +244,10 @@ def test_a_run_being_trained_is_not_trained_twice(digits, tmp_path):
 
     config = TrainConfig(method="vae", epochs=2, min_epochs=2, n_train=100, n_test=50)
     run = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
-    (run / ".lock").write_text(str(os.getppid()))           # a live process holds the run
+    (run / ".lock").write_text(str(os.getppid()))  # a live process holds the run
     with pytest.raises(RunExistsError, match="being trained by process"):
         train(config, run, data=digits, progress=False, resume=True)
-    (run / ".lock").write_text("999999999")                 # a dead one: the lock is stale
+    (run / ".lock").write_text("999999999")  # a dead one: the lock is stale
     train(config, run, data=digits, progress=False, resume=True)
     assert not (run / ".lock").exists() and (run / "final.json").exists()
 
@@ -213,7 +260,7 @@ def test_one_stage_learned_run_reports_its_final_sigma2(digits, tmp_path):
     config = TrainConfig(method="learned", stages=1, epochs=4, min_epochs=4, n_train=400, n_test=100, seed=1)
     run = train(config, tmp_path / "r", data=digits, progress=False)
     rows = read_metrics(run / "metrics.jsonl")
-    assert rows[0]["sigma2"] != pytest.approx(rows[-1]["sigma2"], rel=1e-3)   # sigma^2 moved
+    assert rows[0]["sigma2"] != pytest.approx(rows[-1]["sigma2"], rel=1e-3)  # sigma^2 moved
     final = json.loads((run / "final.json").read_text())
     assert final["sigma2_star"] == pytest.approx(rows[-1]["sigma2"], rel=1e-12)
     assert load_checkpoint(run / "checkpoint.pt")["sigma2_star"] == pytest.approx(rows[-1]["sigma2"], rel=1e-12)
@@ -247,8 +294,9 @@ def test_training_never_reads_the_test_split(digits, tmp_path):
     b = train(config, tmp_path / "b", data=noisy, progress=False)
     assert (a / "metrics.jsonl").read_text().count("\n") == (b / "metrics.jsonl").read_text().count("\n")
     ma, mb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in ma] == \
-           [{k: v for k, v in r.items() if k != "seconds"} for r in mb]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in ma] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in mb
+    ]
     assert not any(k.startswith("test_") for r in ma for k in r)
     ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
@@ -296,12 +344,12 @@ def test_wae_has_no_elbo_in_final_json(digits, tmp_path):
 def test_final_json_names_the_commits_that_trained_the_run(digits, tmp_path, monkeypatch):
     from balanced_vae import train as train_module
 
-    commits = iter(["aaaa", "aaaa", "bbbb+dirty"])                     # start, resume at the same, then another
+    commits = iter(["aaaa", "aaaa", "bbbb+dirty"])  # start, resume at the same, then another
     monkeypatch.setattr(train_module, "source_commit", lambda: next(commits))
     config = TrainConfig(method="fixed", stages=1, epochs=1, min_epochs=1, n_train=200, n_test=50)
     out = train(config, tmp_path / "r", data=digits, progress=False, stop_after=1)
     assert json.loads((out / "final.json").read_text())["trained_by_commits"] == ["aaaa"]
-    for epochs in (2, 3):                                             # raised caps reopen the finished run
+    for epochs in (2, 3):  # raised caps reopen the finished run
         train(dataclasses.replace(config, epochs=epochs), out, data=digits, progress=False, resume=True)
     final = json.loads((out / "final.json").read_text())
     assert final["trained_by_commits"] == ["aaaa", "bbbb+dirty"]
@@ -314,13 +362,16 @@ def test_a_run_reads_back_its_own_data_and_refuses_other_data(digits, tmp_path):
 
     config = TrainConfig(method="fixed", stages=1, epochs=1, min_epochs=1, n_train=200, n_test=50, n_val=20)
     run = load_run(train(config, tmp_path / "r", data=digits, progress=False))
-    assert torch.equal(run.images("train", data=digits), digits.x_train[:200])   # validation images included
+    assert torch.equal(run.images("train", data=digits), digits.x_train[:200])  # validation images included
     assert torch.equal(run.images("test", data=digits), digits.x_test[:50])
     other = Dataset(name="digits", x_train=digits.x_train.flip(0), x_test=digits.x_test)
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         run.images("train", data=other)
-    small = Dataset(name="digits", x_train=digits.x_train[:, :, :4, :4].contiguous(),
-                    x_test=digits.x_test[:, :, :4, :4].contiguous())
+    small = Dataset(
+        name="digits",
+        x_train=digits.x_train[:, :, :4, :4].contiguous(),
+        x_test=digits.x_test[:, :, :4, :4].contiguous(),
+    )
     with pytest.raises(ValueError, match=r"shape \(1, 8, 8\)"):
         run.dataset(small)
 
@@ -346,8 +397,7 @@ def test_second_train_into_a_busy_run_changes_nothing(digits, tmp_path):
     before = (run / "config.json").read_bytes()
     (run / ".lock").write_text(str(os.getppid()))
     with pytest.raises(RunExistsError, match="being trained"):
-        train(TrainConfig(method="vae", epochs=5, lr=0.5, n_train=100, n_test=50), run, data=digits,
-              progress=False)
+        train(TrainConfig(method="vae", epochs=5, lr=0.5, n_train=100, n_test=50), run, data=digits, progress=False)
     assert (run / "config.json").read_bytes() == before
 
 
@@ -375,8 +425,9 @@ def test_a_collapsed_posterior_is_recorded_and_warned_about(digits, tmp_path, ca
     """beta = 1000 makes every code the prior (KL -> 0): the stop records it and the log says the fix.
     Ours passes through a collapsed phase early (KL 0.013 nats after 3 epochs here) and leaves it
     (3.8 nats after 10 epochs per stage): a run stopped in that phase is flagged, a trained one is not."""
-    config = TrainConfig(method="beta-vae", hparams={"beta": 1000.0}, epochs=3, min_epochs=3, n_train=400,
-                         n_test=50, seed=0)
+    config = TrainConfig(
+        method="beta-vae", hparams={"beta": 1000.0}, epochs=3, min_epochs=3, n_train=400, n_test=50, seed=0
+    )
     with caplog.at_level("WARNING", logger="balanced_vae.train"):
         final = json.loads((train(config, tmp_path / "c", data=digits, progress=False) / "final.json").read_text())
     assert final["stops"]["1"]["posterior_collapse"]["val_kl"] < 0.1

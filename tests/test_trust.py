@@ -3,6 +3,7 @@
 One test per case of the issue, then a property test: the writing commands run with destinations
 drawn among existing files, inputs, folders that are not runs and new paths, and no file that
 existed before changes unless it belongs to the command's own run."""
+
 import hashlib
 import json
 import logging
@@ -27,8 +28,11 @@ RUN_RECORD = ("config.json", "checkpoint.pt", "stage1.pt", "metrics.jsonl", "fin
 
 def _digests(root: Path) -> dict[str, str]:
     """Every file under ``root`` (hidden ones too) -> SHA-256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +72,14 @@ def test_train_into_a_folder_that_is_not_a_run_changes_nothing(tmp_path, capsys)
     assert main(["train", "--dataset", "digits", "--n-train", "200", "--epochs", "1", "--out", str(user)]) == 2
     _fails_cleanly(capsys, user, "not a balanced-vae run", "config.json")
     assert _digests(user) == before
-    empty = tmp_path / "empty"          # an empty folder made for the run is fine
+    empty = tmp_path / "empty"  # an empty folder made for the run is fine
     empty.mkdir()
-    assert main(["train", "--dataset", "digits", "--n-train", "200", "--epochs", "1", "--stages", "1",
-                 "--out", str(empty)]) == 0
+    assert (
+        main(
+            ["train", "--dataset", "digits", "--n-train", "200", "--epochs", "1", "--stages", "1", "--out", str(empty)]
+        )
+        == 0
+    )
     assert (empty / "final.json").is_file()
 
 
@@ -91,8 +99,24 @@ def test_fid_never_writes_over_its_input(tmp_path, capsys):
 
 def test_resume_below_what_ran_is_refused_and_config_json_stays_as_created(digits, tmp_path, capsys):
     run = tmp_path / "r"
-    assert main(["train", "--variance", "fixed", "--epochs", "2", "--min-epochs", "2", "--n-train", "200",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--variance",
+                "fixed",
+                "--epochs",
+                "2",
+                "--min-epochs",
+                "2",
+                "--n-train",
+                "200",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     before = _digests(run)
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
@@ -104,8 +128,9 @@ def test_resume_below_what_ran_is_refused_and_config_json_stays_as_created(digit
     note = json.loads(line)
     assert note["changes"] == {"epochs": {"from": 2, "to": 3}} and note["epoch"] == 2 and note["time_utc"]
     from balanced_vae.train import run_config
+
     assert run_config(run).epochs == 3 and TrainConfig.load(run / "config.json").epochs == 2
-    assert main(["train", "--resume", str(run)]) == 0          # under its own caps it is finished
+    assert main(["train", "--resume", str(run)]) == 0  # under its own caps it is finished
     assert len((run / "resumes.jsonl").read_text().splitlines()) == 1
 
 
@@ -115,11 +140,13 @@ def test_resume_below_what_ran_is_refused_and_config_json_stays_as_created(digit
 def test_an_unwritable_destination_is_named_before_any_work(run, tmp_path, monkeypatch, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
-    monkeypatch.setattr(writes.os, "access", lambda p, mode: Path(p) != ro)   # root ignores chmod; say read-only
+    monkeypatch.setattr(writes.os, "access", lambda p, mode: Path(p) != ro)  # root ignores chmod; say read-only
     before = _digests(tmp_path)
-    for argv in (["train", "--dataset", "digits", "--epochs", "1", "--out", str(ro / "r")],
-                 ["sample", str(run), "--sampler", "prior", "--out", str(ro / "s")],
-                 ["report", str(run), "--out", str(ro / "report.html")]):
+    for argv in (
+        ["train", "--dataset", "digits", "--epochs", "1", "--out", str(ro / "r")],
+        ["sample", str(run), "--sampler", "prior", "--out", str(ro / "s")],
+        ["report", str(run), "--out", str(ro / "report.html")],
+    ):
         assert main(argv) == 2
         _fails_cleanly(capsys, ro, "read-only")
     assert _digests(tmp_path) == before
@@ -130,11 +157,12 @@ def test_evaluate_on_a_read_only_run_prints_what_it_computed(run, monkeypatch, c
 
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied", str(run))
+
     monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
     before = _digests(run)
     assert main(["evaluate", str(run), "--metrics", "elbo"]) == 2
     out, err = capsys.readouterr()
-    assert json.loads(out)["metrics"]["elbo"]["values"]["elbo"]["mean"] < 0      # the numbers are not lost
+    assert json.loads(out)["metrics"]["elbo"]["values"]["elbo"]["mean"] < 0  # the numbers are not lost
     assert "Traceback" not in err and "results.json" in err and "Permission denied" in err and "--out" in err
     assert _digests(run) == before
 
@@ -145,14 +173,17 @@ def test_a_hand_edited_config_gives_every_command_the_same_clear_error(run, caps
     (run / "config.json").write_text(json.dumps(config))
     before = _digests(run)
     errors = []
-    for argv in (["train", "--resume", str(run), "--epochs", "2"], ["sample", str(run), "--out", str(run / "s")],
-                 ["evaluate", str(run), "--metrics", "elbo"]):
+    for argv in (
+        ["train", "--resume", str(run), "--epochs", "2"],
+        ["sample", str(run), "--out", str(run / "s")],
+        ["evaluate", str(run), "--metrics", "elbo"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err
         errors.append(err.split("error: ", 1)[1])
     assert all("weights do not fit the model of" in e and "undo the edit" in e for e in errors), errors
-    assert len({e.split(":", 1)[1] for e in errors}) == 1       # the same words from every command
+    assert len({e.split(":", 1)[1] for e in errors}) == 1  # the same words from every command
     assert _digests(run) == before
 
 
@@ -174,7 +205,7 @@ def test_folder_images_keep_their_own_size(tmp_path, caplog):
         Image.fromarray(np.full((4, 4), 20 * i, np.uint8)).save(tiny / f"{i}.png")
     run = tmp_path / "r"
     assert main(["train", "--dataset", f"folder:{tiny}", "--epochs", "1", "--stages", "1", "--out", str(run)]) == 0
-    assert json.loads((run / "config.json").read_text())["image_size"] == 4       # recorded, not 64
+    assert json.loads((run / "config.json").read_text())["image_size"] == 4  # recorded, not 64
     assert torch.load(run / "checkpoint.pt", weights_only=True)["shape"] == [1, 4, 4]
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -197,11 +228,14 @@ def test_fid_from_few_images_warns_that_it_is_biased(tmp_path, stand_in_inceptio
     assert "n = 12" in doc["warning"] and "biased" in doc["warning"] and "2048" in doc["warning"]
     assert "n = 12" in caplog.text
     from balanced_vae.fid import small_n_warning
+
     assert small_n_warning(2048) is None
 
 
-@pytest.mark.parametrize("value, fix", [(1.0000001, "clip"), (255.0, "divide 0..255 data by 255"),
-                                        (-0.5, "(x + 1) / 2"), (float("inf"), "infinite")])
+@pytest.mark.parametrize(
+    "value, fix",
+    [(1.0000001, "clip"), (255.0, "divide 0..255 data by 255"), (-0.5, "(x + 1) / 2"), (float("inf"), "infinite")],
+)
 def test_a_range_error_prints_the_real_range_and_the_fix_that_fits(value, fix):
     x = torch.full((2, 1, 2, 2), 0.0025)
     x[0, 0, 0, 0] = value
@@ -256,8 +290,8 @@ def test_sample_and_ood_never_replace_a_users_file(run, tmp_path, capsys):
 def test_a_file_balanced_vae_wrote_may_be_replaced_unless_changed_since(run, tmp_path, capsys):
     out = tmp_path / "kl.json"
     argv = ["kl", str(run), "--n", "50", "--runs", "1", "--components", "2", "--no-aggregate", "--out", str(out)]
-    assert main(argv) == 0 and main(argv) == 0          # its own file: replaced
-    out.write_text(out.read_text() + " ")                # changed by hand: no longer only balanced-vae's
+    assert main(argv) == 0 and main(argv) == 0  # its own file: replaced
+    out.write_text(out.read_text() + " ")  # changed by hand: no longer only balanced-vae's
     assert main(argv) == 2
     _fails_cleanly(capsys, out, "changed since")
 
@@ -282,41 +316,73 @@ def _sandbox(base_run: Path) -> dict[str, Path]:
 
 def _argv(command: str, p: dict[str, Path], dest: str) -> list[str]:
     run = str(p["run"])
-    return {"train": ["train", "--dataset", "digits", "--n-train", "200", "--epochs", "1", "--stages", "1",
-                      "--out", dest],
-            "sample": ["sample", run, "--sampler", "prior", "--n", "4", "--out", dest],
-            "reconstruct": ["reconstruct", run, "--n", "2", "--out", dest],
-            "evaluate": ["evaluate", run, "--metrics", "elbo", "--out", dest],
-            "kl": ["kl", run, "--n", "50", "--runs", "1", "--components", "2", "--no-aggregate", "--out", dest],
-            "latent-walk": ["latent-walk", run, "--steps", "3", "--n-dims", "1", "--out", dest],
-            "latent-plot": ["latent-plot", run, "--components", "2", "--resolution", "8", "--out", dest],
-            "report": ["report", run, "--n", "2", "--components", "2", "--out", dest],
-            "fid": ["fid", str(p["a"]), str(p["b"]), "--out", dest],
-            "fid-real": ["fid-real", "digits", "--n", "4", "--fid-cache", str(p["root"] / "fid-cache"), "--out", dest],
-            "results-page": ["results-page", str(p["root"] / "userdir"), "--out", dest],
-            "slim": ["slim", dest],
-            "export": ["export", run, dest, "--components", "2"]}[command]
+    return {
+        "train": ["train", "--dataset", "digits", "--n-train", "200", "--epochs", "1", "--stages", "1", "--out", dest],
+        "sample": ["sample", run, "--sampler", "prior", "--n", "4", "--out", dest],
+        "reconstruct": ["reconstruct", run, "--n", "2", "--out", dest],
+        "evaluate": ["evaluate", run, "--metrics", "elbo", "--out", dest],
+        "kl": ["kl", run, "--n", "50", "--runs", "1", "--components", "2", "--no-aggregate", "--out", dest],
+        "latent-walk": ["latent-walk", run, "--steps", "3", "--n-dims", "1", "--out", dest],
+        "latent-plot": ["latent-plot", run, "--components", "2", "--resolution", "8", "--out", dest],
+        "report": ["report", run, "--n", "2", "--components", "2", "--out", dest],
+        "fid": ["fid", str(p["a"]), str(p["b"]), "--out", dest],
+        "fid-real": ["fid-real", "digits", "--n", "4", "--fid-cache", str(p["root"] / "fid-cache"), "--out", dest],
+        "results-page": ["results-page", str(p["root"] / "userdir"), "--out", dest],
+        "slim": ["slim", dest],
+        "export": ["export", run, dest, "--components", "2"],
+    }[command]
 
 
-DESTINATIONS = {   # kind -> path in the sandbox; the first three are never to be written over
+DESTINATIONS = {  # kind -> path in the sandbox; the first three are never to be written over
     "existing file": lambda p, c: p["root"] / "user.txt",
     "input": lambda p, c: p["a"] if c == "fid" else p["run"] / ("checkpoint.pt" if c != "train" else ""),
     "file in a non-run folder": lambda p, c: p["root"] / "userdir" / "config.json",
     "non-run folder": lambda p, c: p["root"] / "userdir",
-    "new path": lambda p, c: p["root"] / "new" / ("out.json" if c in ("evaluate", "kl", "fid", "fid-real") else
-                                                  "out.html" if c in ("report", "results-page") else
-                                                  "out.png" if c.startswith("latent") else "out"),
+    "new path": lambda p, c: (
+        p["root"]
+        / "new"
+        / (
+            "out.json"
+            if c in ("evaluate", "kl", "fid", "fid-real")
+            else "out.html"
+            if c in ("report", "results-page")
+            else "out.png"
+            if c.startswith("latent")
+            else "out"
+        )
+    ),
     "new path in the run": lambda p, c: p["run"] / "extra" / ("out.json" if c in ("evaluate", "kl") else "out"),
-    "the run": lambda p, c: p["run"],   # slim's own run; a folder of new outputs for sample; else refused
+    "the run": lambda p, c: p["run"],  # slim's own run; a folder of new outputs for sample; else refused
 }
 NEVER = ("existing file", "input", "file in a non-run folder")
 
 
-@settings(max_examples=91, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(command=st.sampled_from(["train", "sample", "reconstruct", "evaluate", "kl", "latent-walk", "latent-plot",
-                                "report", "fid", "fid-real", "results-page", "slim", "export"]),
-       kind=st.sampled_from(sorted(DESTINATIONS)))
+@settings(
+    max_examples=91,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    command=st.sampled_from(
+        [
+            "train",
+            "sample",
+            "reconstruct",
+            "evaluate",
+            "kl",
+            "latent-walk",
+            "latent-plot",
+            "report",
+            "fid",
+            "fid-real",
+            "results-page",
+            "slim",
+            "export",
+        ]
+    ),
+    kind=st.sampled_from(sorted(DESTINATIONS)),
+)
 def test_no_command_changes_a_file_it_does_not_own(base_run, stand_in_inception, capsys, command, kind):
     stand_in_inception()
     p = _sandbox(base_run)

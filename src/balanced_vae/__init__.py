@@ -1,4 +1,5 @@
 """balanced-vae: VAEs that balance their own ELBO (Lin, Roberts, Trigoni, Clark 2019)."""
+
 from .version import __version__  # noqa: F401
 
 __all__ = ["BalancedVAE"]
@@ -9,5 +10,6 @@ def __getattr__(name: str):
     ``import balanced_vae`` stays light."""
     if name == "BalancedVAE":
         from .estimator import BalancedVAE
+
         return BalancedVAE
     raise AttributeError(f"module 'balanced_vae' has no attribute {name!r}")

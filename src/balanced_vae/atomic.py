@@ -4,6 +4,7 @@ The one helper every module that writes files uses (house style 7): the content 
 temp file in the destination folder, which is then renamed onto the destination with
 ``os.replace``. Below everything else in the library; it imports nothing from it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,19 +50,24 @@ def atomic_write(path: str | Path, write) -> None:
         os.close(fd)
     except OSError as e:
         if _out_of_space(e, path.parent):
-            raise DiskFullError(errno.ENOSPC, f"no space left on {path.parent} to write {path.name}; free some "
-                                              "space and run the same command again") from None
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on {path.parent} to write {path.name}; free some space and run the same command again",
+            ) from None
         raise
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be read by others
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if _out_of_space(e, path.parent):
-            raise DiskFullError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name}; "
-                                              f"{path.name} still holds its previous version: free some space "
-                                              "and resume (`balanced-vae train --resume RUN`)") from None
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on {path.parent} while writing {path.name}; "
+                f"{path.name} still holds its previous version: free some space "
+                "and resume (`balanced-vae train --resume RUN`)",
+            ) from None
         raise
 
 
@@ -74,6 +80,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
     except ValueError:
-        raise ValueError(f"{path}: refusing to write a non-finite number (NaN or inf) into JSON; "
-                         "the computation that produced it failed") from None
+        raise ValueError(
+            f"{path}: refusing to write a non-finite number (NaN or inf) into JSON; "
+            "the computation that produced it failed"
+        ) from None
     write_text_atomic(path, text + "\n")

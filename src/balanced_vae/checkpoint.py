@@ -5,6 +5,7 @@ latest epoch: model, optimiser, stage, epoch, RNG states), ``stage1.pt`` (the mo
 the end of stage 1, for two-stage runs) and ``metrics.jsonl``. Nothing is pickled code;
 nothing is ever left half-written (temp file in the same folder, then ``os.replace``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,8 @@ CHECKPOINT = "checkpoint.pt"
 STAGE1 = "stage1.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
-FINAL = "final.json"          # the test-split numbers of a finished run
-RESUMES = "resumes.jsonl"     # what each resume changed (raised caps, the data's new place), with its time
+FINAL = "final.json"  # the test-split numbers of a finished run
+RESUMES = "resumes.jsonl"  # what each resume changed (raised caps, the data's new place), with its time
 FORMAT_VERSION = 1
 # what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
 RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng")
@@ -40,15 +41,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; train first with "
-                              f"`balanced-vae train --out {path.parent}`")
+        raise CheckpointError(
+            f"{path}: checkpoint not found; train first with `balanced-vae train --out {path.parent}`"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for damaged files
         raise CheckpointError(
             f"{path}: cannot be read as a balanced-vae checkpoint ({type(e).__name__}: {e}); "
             "the file is damaged or was not written by this library: delete it and retrain or resume "
-            "from an intact copy") from None
+            "from an intact copy"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a balanced-vae checkpoint of format {FORMAT_VERSION}")
     return ckpt
@@ -62,11 +65,12 @@ def load_weights(model, state: dict[str, Any], path: str | Path, config_path: st
         model.load_state_dict(state)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__   # the first mismatch
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__  # the first mismatch
         raise CheckpointError(
             f"{path}: weights do not fit the model of {config_path} ({detail}); the config "
             "was edited after training or the checkpoint belongs to another run: undo the edit of "
-            f"{Path(config_path).name}, or train a new run with the new values") from None
+            f"{Path(config_path).name}, or train a new run with the new values"
+        ) from None
 
 
 def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[int, int]:
@@ -79,12 +83,13 @@ def slim_checkpoint(path: str | Path, out: str | Path | None = None) -> tuple[in
     """
     path = Path(path)
     ckpt = load_checkpoint(path)
-    if "optimiser" in ckpt and not ckpt.get("done", False):   # stage1.pt holds no optimiser
-        raise CheckpointError(f"{path}: the run has not finished (stage {ckpt.get('stage')}, epoch "
-                              f"{ckpt.get('epoch')}); slimming would drop what resuming needs: "
-                              f"finish it with `balanced-vae train --resume {path.parent}` first")
+    if "optimiser" in ckpt and not ckpt.get("done", False):  # stage1.pt holds no optimiser
+        raise CheckpointError(
+            f"{path}: the run has not finished (stage {ckpt.get('stage')}, epoch "
+            f"{ckpt.get('epoch')}); slimming would drop what resuming needs: "
+            f"finish it with `balanced-vae train --resume {path.parent}` first"
+        )
     before = path.stat().st_size
     out = Path(out) if out is not None else path
     save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS and k != "format_version"})
     return before, out.stat().st_size
-

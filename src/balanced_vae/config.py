@@ -1,4 +1,5 @@
 """Run configuration as data: a frozen dataclass saved as JSON beside every run (house style 6)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .nets import NETS, default_latent_dim, default_width
-
 
 #: convergence rules of a stage (``TrainConfig.stopping``)
 STOPPING = ("best", "endpoints")
@@ -109,9 +109,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse values that would be silently replaced or crash later, naming the field."""
+
         def bad(name: str, rule: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be {rule} "
-                             f"(command line: --{name.replace('_', '-')})")
+            raise ValueError(
+                f"TrainConfig.{name}={getattr(self, name)!r}: must be {rule} (command line: --{name.replace('_', '-')})"
+            )
+
         positive_int = ("batch_size", "epochs", "window")
         optional_positive_int = ("latent_dim", "width", "n_train", "n_test", "image_size")
         for name in positive_int + optional_positive_int:
@@ -120,7 +123,9 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1" + (" or None" if name in optional_positive_int else ""))
-        for name in ("min_epochs", "seed", "lr_drops", "blocks", "kl_warmup", "lr_warmup") + (("n_val",) if self.n_val is not None else ()):
+        for name in ("min_epochs", "seed", "lr_drops", "blocks", "kl_warmup", "lr_warmup") + (
+            ("n_val",) if self.n_val is not None else ()
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")
@@ -137,8 +142,11 @@ class TrainConfig:
         if self.stopping not in STOPPING:
             bad("stopping", f"one of {', '.join(STOPPING)}")
         if self.kl_warmup >= self.epochs:
-            bad("kl_warmup", f"shorter than the epoch cap (--epochs {self.epochs}), so that the stage can "
-                             "converge on the ELBO itself")
+            bad(
+                "kl_warmup",
+                f"shorter than the epoch cap (--epochs {self.epochs}), so that the stage can "
+                "converge on the ELBO itself",
+            )
         if self.blocks and self.networks is not None:
             bad("blocks", "0 with your own `networks` (give their depth in network_args instead)")
         if self.output not in OUTPUTS + (None,):
@@ -148,14 +156,17 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 bad(name, "a finite number >= 0")
 
-    def resolved(self, shape: tuple[int, ...], n_train_images: int | None = None, *,
-                 real_valued: bool = False) -> "TrainConfig":
+    def resolved(
+        self, shape: tuple[int, ...], n_train_images: int | None = None, *, real_valued: bool = False
+    ) -> TrainConfig:
         """Fill ``latent_dim`` and ``width`` from one example's shape (C, H, W) (any shape with
         ``networks``), ``n_val`` from the number of training images (before the ``n_train`` subset)
         and ``output`` from whether the data are ``real_valued`` (a table, not images in [0, 1])."""
         if real_valued and self.output == "sigmoid":
-            raise ValueError("TrainConfig.output='sigmoid' bounds the decoder mean to (0, 1), but the data are a "
-                             "real-valued table; fix: output='identity' (command line: --output identity) or None")
+            raise ValueError(
+                "TrainConfig.output='sigmoid' bounds the decoder mean to (0, 1), but the data are a "
+                "real-valued table; fix: output='identity' (command line: --output identity) or None"
+            )
         output = (self.output or "identity") if real_valued else self.output
         latent = self.latent_dim or default_latent_dim(shape, self.net)
         width = self.width or (default_width(shape, self.net) if self.networks is None else None)
@@ -169,29 +180,31 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{source}: unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         try:
             return cls(**{**LEGACY, **d})
-        except (TypeError, ValueError) as e:   # a hand edit: one clear error, naming the file, for every command
-            raise ValueError(f"{source}: {e}; fix: undo the edit (a run's config.json must stay as train "
-                             "wrote it)") from None
+        except (TypeError, ValueError) as e:  # a hand edit: one clear error, naming the file, for every command
+            raise ValueError(
+                f"{source}: {e}; fix: undo the edit (a run's config.json must stay as train wrote it)"
+            ) from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by "
-                                    "`balanced-vae train`?") from None
+            raise FileNotFoundError(
+                f"{path}: no config.json; is this a run folder made by `balanced-vae train`?"
+            ) from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
         if isinstance(d, dict) and str(d.get("dataset", "")).startswith("folder:") and d.get("image_size") is None:
-            d = {**d, "image_size": 64}   # written before folders kept their own size: None meant 64 then
+            d = {**d, "image_size": 64}  # written before folders kept their own size: None meant 64 then
         return cls.from_dict(d, source=str(path))
 
 

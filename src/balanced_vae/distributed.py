@@ -10,6 +10,7 @@ ranks, decisions (stopping, the stage switch) are taken on rank 0 and broadcast,
 rank 0 writes files. Without an initialised process group every helper is the identity
 of a single process (rank 0 of 1).
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,7 @@ def gather_rng_states() -> list[torch.Tensor]:
     if rank_world()[1] == 1:
         return [state]
     out = [torch.empty_like(state) for _ in range(rank_world()[1])]
-    if dist.get_backend() == "nccl":   # NCCL gathers device tensors only
+    if dist.get_backend() == "nccl":  # NCCL gathers device tensors only
         dev = torch.device("cuda", torch.cuda.current_device())
         buf = [t.to(dev) for t in out]
         dist.all_gather(buf, state.to(dev))
@@ -95,13 +96,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except RuntimeError:
         raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and dev.index is None and local_cuda_index() is not None:
-        dev = torch.device("cuda", local_cuda_index())   # one GPU per rank under torchrun
+        dev = torch.device("cuda", local_cuda_index())  # one GPU per rank under torchrun
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
-                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            raise ValueError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
     elif dev.type != "cpu":
         raise ValueError(f"--device {device}: only cpu and cuda are supported")
     return dev

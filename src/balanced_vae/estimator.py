@@ -11,6 +11,7 @@ likelihoods and objectives from :mod:`balanced_vae.methods`), the networks the M
 log p(x) the IWAE bound of :func:`balanced_vae.metrics.log_importance_weights` and the
 sampler the Gaussian mixture of :class:`balanced_vae.samplers.GaussianMixtureSampler` (Eq. 13).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,11 +33,13 @@ from .runs import load_run
 from .samplers import GaussianMixtureSampler
 from .train import train
 
-try:   # scikit-learn >= 1.6
+try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
+
     def _validate_data(estimator, X, *, reset, **kwargs):
         return estimator._validate_data(X, reset=reset, **kwargs)
+
 
 __all__ = ["BalancedVAE"]
 
@@ -82,10 +85,22 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     ``n_features_in_``, ``feature_names_in_`` (when X has column names).
     """
 
-    def __init__(self, latent_dim: int | None = None, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
-                 stages: int = 2, components: int = 10, method: str = "learned", sigma2: float = 0.5,
-                 width: int | None = None, k: int = 50, n_val: int | None = None, random_state=None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        latent_dim: int | None = None,
+        epochs: int = 30,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        stages: int = 2,
+        components: int = 10,
+        method: str = "learned",
+        sigma2: float = 0.5,
+        width: int | None = None,
+        k: int = 50,
+        n_val: int | None = None,
+        random_state=None,
+        device: str = "cpu",
+    ) -> None:
         self.latent_dim = latent_dim
         self.epochs = epochs
         self.batch_size = batch_size
@@ -101,30 +116,45 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self.device = device
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None) -> "BalancedVAE":
+    def fit(self, X, y=None) -> BalancedVAE:
         """Standardise X (n_samples, n_features), train Algorithm 1 on it, fit the GMM of its codes."""
         X = _validate_data(self, X, reset=True, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if self.method not in ("learned", "fixed"):
             raise ValueError(f"method={self.method!r}; choose 'learned' (Algorithm 1) or 'fixed' (sigma^2 = sigma2)")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"k={self.k!r}: the number of importance samples must be an integer >= 1")
-        if isinstance(self.components, bool) or not isinstance(self.components, (int, np.integer)) \
-                or self.components < 1:
+        if (
+            isinstance(self.components, bool)
+            or not isinstance(self.components, (int, np.integer))
+            or self.components < 1
+        ):
             raise ValueError(f"components={self.components!r}: K must be an integer >= 1")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         scaler = Standardiser.fit(X)
         constant = np.flatnonzero(X.max(0) == X.min(0))
         if len(constant):
-            log.warning("BalancedVAE: constant feature(s) %s are only centred (scale 1); their density is not "
-                        "defined, so log p(x) of rows that differ there is meaningless; drop them", constant.tolist())
-        x = to_examples(scaler.apply(X))                                 # (N, D, 1, 1)
+            log.warning(
+                "BalancedVAE: constant feature(s) %s are only centred (scale 1); their density is not "
+                "defined, so log p(x) of rows that differ there is meaningless; drop them",
+                constant.tolist(),
+            )
+        x = to_examples(scaler.apply(X))  # (N, D, 1, 1)
         # the test split only feeds the run folder's final.json, which the estimator discards
-        data = Dataset("array", x, x[-max(1, len(x) // 10):].contiguous(), real_valued=True)
+        data = Dataset("array", x, x[-max(1, len(x) // 10) :].contiguous(), real_valued=True)
         config = TrainConfig(
-            dataset="array", method=self.method, sigma2=float(self.sigma2), stages=int(self.stages),
+            dataset="array",
+            method=self.method,
+            sigma2=float(self.sigma2),
+            stages=int(self.stages),
             latent_dim=None if self.latent_dim is None else int(self.latent_dim),
-            width=None if self.width is None else int(self.width), batch_size=int(self.batch_size),
-            lr=float(self.lr), epochs=int(self.epochs), n_val=self.n_val, seed=seed, output="identity")
+            width=None if self.width is None else int(self.width),
+            batch_size=int(self.batch_size),
+            lr=float(self.lr),
+            epochs=int(self.epochs),
+            n_val=self.n_val,
+            seed=seed,
+            output="identity",
+        )
         with tempfile.TemporaryDirectory(prefix="balanced-vae-") as tmp, torch.random.fork_rng(devices=[]):
             run = load_run(train(config, tmp, data=data, progress=False, device=self.device, record=False))
         self.model_ = run.model.cpu().eval()
@@ -136,8 +166,9 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self._seed = seed
         mu, _ = self._encode(X)
         n_distinct = len(np.unique(mu.numpy(), axis=0))
-        self.gmm_ = GaussianMixtureSampler(n_components=min(int(self.components), n_distinct),
-                                           random_state=seed).fit(mu)
+        self.gmm_ = GaussianMixtureSampler(n_components=min(int(self.components), n_distinct), random_state=seed).fit(
+            mu
+        )
         return self
 
     @property
@@ -159,7 +190,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         different batch sizes may round differently; scikit-learn checks this invariance)."""
         x = self._examples(X)
         with eval_mode(self.model_):
-            pairs = [self.model_.encode(x[i:i + 1]) for i in range(len(x))]
+            pairs = [self.model_.encode(x[i : i + 1]) for i in range(len(x))]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     # ------------------------------------------------------------------ the contract
@@ -172,10 +203,12 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         check_is_fitted(self)
         z = check_array(X, dtype=[np.float64, np.float32]).astype(np.float32)
         if z.ndim != 2 or z.shape[1] != self.model_.latent_dim:
-            raise ValueError(f"inverse_transform: Z has shape {z.shape}; expected (n_samples, "
-                             f"{self.model_.latent_dim}) codes, as transform returns")
+            raise ValueError(
+                f"inverse_transform: Z has shape {z.shape}; expected (n_samples, "
+                f"{self.model_.latent_dim}) codes, as transform returns"
+            )
         with eval_mode(self.model_):
-            mean = self.model_.decode_mean(torch.from_numpy(z))          # (n, D, 1, 1)
+            mean = self.model_.decode_mean(torch.from_numpy(z))  # (n, D, 1, 1)
         return mean.flatten(1).double().numpy() * self.scale_ + self.mean_
 
     def score_samples(self, X, k: int | None = None) -> np.ndarray:
@@ -193,7 +226,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         g = torch.Generator()
         for i in range(len(x)):
             g.manual_seed(self._seed + 1)
-            log_w = log_importance_weights(self.model_, x[i:i + 1], k, generator=g)     # (k, 1)
+            log_w = log_importance_weights(self.model_, x[i : i + 1], k, generator=g)  # (k, 1)
             out[i] = float(torch.logsumexp(log_w.double(), dim=0)) - math.log(k)
         return out - float(np.log(self.scale_).sum())
 
@@ -207,11 +240,12 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         sigma_psi(mu(x))_d (Eq. 11) after stage 2, sqrt(sigma*^2) everywhere after stage 1, times s_d.
         """
         mu, _ = self._encode(self._check(X))
-        _, sigma = self.model_.generate(mu)                              # (n, D, 1, 1)
+        _, sigma = self.model_.generate(mu)  # (n, D, 1, 1)
         return sigma.flatten(1).double().numpy() * self.scale_
 
-    def sample(self, n_samples: int = 1, random_state=None, *, noise: bool = True,
-               generator: torch.Generator | None = None) -> np.ndarray:
+    def sample(
+        self, n_samples: int = 1, random_state=None, *, noise: bool = True, generator: torch.Generator | None = None
+    ) -> np.ndarray:
         """Draws from the model in the original units: z ~ GMM (Eq. 13), x = g(z) + sigma(z) eps.
 
         ``noise=False`` returns the decoder means g(z). Random numbers come from ``generator``
@@ -220,8 +254,8 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         check_is_fitted(self)
         if generator is None:
-            generator = torch.Generator().manual_seed(int(check_random_state(random_state).randint(2 ** 31 - 1)))
-        z = self.gmm_.sample(int(n_samples), generator=generator)       # (n, L)
-        mean, sigma = self.model_.generate(z)                            # (n, D, 1, 1)
+            generator = torch.Generator().manual_seed(int(check_random_state(random_state).randint(2**31 - 1)))
+        z = self.gmm_.sample(int(n_samples), generator=generator)  # (n, L)
+        mean, sigma = self.model_.generate(z)  # (n, D, 1, 1)
         x = mean + sigma * torch.randn(mean.shape, generator=generator) if noise else mean
         return x.flatten(1).double().numpy() * self.scale_ + self.mean_

@@ -17,6 +17,7 @@ RUN) rebuilds the model from the card with :func:`balanced_vae.methods.build_mod
 checked against the card's SHA-256. A card with fields this version does not know is refused,
 naming the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,12 +43,48 @@ MODEL_FILES = (WEIGHTS, GMM_WEIGHTS, CARD)
 CARD_FORMAT = "balanced-vae-model"
 CARD_VERSION = 1
 # every field a card of version 1 may hold (required: all but "gmm" and "metrics", which may be null / empty)
-CARD_FIELDS = {"format", "format_version", "library_version", "config", "shape", "stage", "epoch", "sigma2_star",
-               "data", "trained_by_commits", "weights", "gmm", "metrics", "source", "exported_by"}
+CARD_FIELDS = {
+    "format",
+    "format_version",
+    "library_version",
+    "config",
+    "shape",
+    "stage",
+    "epoch",
+    "sigma2_star",
+    "data",
+    "trained_by_commits",
+    "weights",
+    "gmm",
+    "metrics",
+    "source",
+    "exported_by",
+}
 _REQUIRED = CARD_FIELDS - {"gmm", "metrics", "epoch", "data", "trained_by_commits", "source", "exported_by"}
-GMM_FIELDS = {"file", "sha256", "n_components", "latent_dim", "covariance_type", "fit_on", "random_state",
-              "max_iter", "tol", "reg_covar", "reg_covar_abs", "n_init", "init_params", "backend", "converged",
-              "n_iter", "lower_bound", "n_fit", "fit_seconds", "format_version", "kind", "source"}
+GMM_FIELDS = {
+    "file",
+    "sha256",
+    "n_components",
+    "latent_dim",
+    "covariance_type",
+    "fit_on",
+    "random_state",
+    "max_iter",
+    "tol",
+    "reg_covar",
+    "reg_covar_abs",
+    "n_init",
+    "init_params",
+    "backend",
+    "converged",
+    "n_iter",
+    "lower_bound",
+    "n_fit",
+    "fit_seconds",
+    "format_version",
+    "kind",
+    "source",
+}
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -63,7 +100,7 @@ def _sha256(path: Path) -> str:
 def _safetensors():
     try:
         import safetensors.torch as st
-    except ImportError:   # a dependency since 0.2; an environment made before may lack it
+    except ImportError:  # a dependency since 0.2; an environment made before may lack it
         raise ImportError("model folders need the safetensors package: pip install safetensors") from None
     return st
 
@@ -71,8 +108,11 @@ def _safetensors():
 def _records(run_dir: Path) -> dict[str, Any]:
     """The run's recorded metrics with their protocol: final.json, results*.json and eval/*.json."""
     out: dict[str, Any] = {}
-    files = ([run_dir / FINAL] if (run_dir / FINAL).is_file() else []) + sorted(run_dir.glob("results*.json")) \
+    files = (
+        ([run_dir / FINAL] if (run_dir / FINAL).is_file() else [])
+        + sorted(run_dir.glob("results*.json"))
         + sorted((run_dir / "eval").glob("*.json"))
+    )
     for f in files:
         try:
             out[f.relative_to(run_dir).as_posix()] = json.loads(f.read_text())
@@ -87,8 +127,9 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
     atomic_write(path, lambda tmp: st.save_file(tensors, str(tmp), metadata=metadata))
 
 
-def export_run(run, out: str | Path, *, components: int | None = None, gmm: bool = True,
-               data_dir: str | Path | None = None) -> Path:
+def export_run(
+    run, out: str | Path, *, components: int | None = None, gmm: bool = True, data_dir: str | Path | None = None
+) -> Path:
     """Write the model folder ``out`` (module docstring) of ``run`` (a :class:`~balanced_vae.runs.Run` or its
     folder): the weights of its ``checkpoint.pt``, its card and, unless ``gmm=False``, the GMM of Eq. 13
     with ``components`` (default: the paper's K for the image shape) fitted on the posterior means of
@@ -103,18 +144,22 @@ def export_run(run, out: str | Path, *, components: int | None = None, gmm: bool
     if run.card is not None:
         raise ValueError(f"{run.path}: is already a model folder; copy it to share it")
     if run.config.networks is not None:
-        raise ValueError(f"{run.path}: trained with your own networks ({run.config.networks}); a model folder "
-                         "holds no code, so it cannot rebuild them: share the run folder and your module instead")
+        raise ValueError(
+            f"{run.path}: trained with your own networks ({run.config.networks}); a model folder "
+            "holds no code, so it cannot rebuild them: share the run folder and your module instead"
+        )
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(p.name not in MODEL_FILES for p in out.iterdir())):
-        raise ValueError(f"{out}: exists and is not an empty folder or a model folder; fix: give a new folder "
-                         "to export into")
+        raise ValueError(
+            f"{out}: exists and is not an empty folder or a model folder; fix: give a new folder to export into"
+        )
     ckpt = run.checkpoint
     gmm_card: dict[str, Any] | None = None
     gmm_tensors: dict[str, torch.Tensor] | None = None
     if gmm:
-        s = fit_gmm_for_run(run, components if components is not None else run.default_components,
-                            fit_on="mean", data_dir=data_dir)
+        s = fit_gmm_for_run(
+            run, components if components is not None else run.default_components, fit_on="mean", data_dir=data_dir
+        )
         gmm_tensors = {"weights": s.weights_, "means": s.means_, "covariances": s.covariances_}
         gmm_card = {k: v for k, v in s._meta().items() if k in GMM_FIELDS}
         gmm_card["source"] = {k: v for k, v in getattr(s, "source", {}).items()}
@@ -122,22 +167,38 @@ def export_run(run, out: str | Path, *, components: int | None = None, gmm: bool
     state = run.model.state_dict()
     _write_safetensors(out / WEIGHTS, state, {"format": CARD_FORMAT, "stage": str(run.stage)})
     if gmm_tensors is None or gmm_card is None:
-        (out / GMM_WEIGHTS).unlink(missing_ok=True)   # a model folder exported before, with its GMM
+        (out / GMM_WEIGHTS).unlink(missing_ok=True)  # a model folder exported before, with its GMM
     else:
         _write_safetensors(out / GMM_WEIGHTS, gmm_tensors, {"format": CARD_FORMAT, "kind": "gmm"})
         gmm_card.update(file=GMM_WEIGHTS, sha256=_sha256(out / GMM_WEIGHTS))
     final = json.loads((run.path / FINAL).read_text()) if (run.path / FINAL).is_file() else {}
     commits = list(ckpt.get("commits") or final.get("trained_by_commits") or [])
     card = {
-        "format": CARD_FORMAT, "format_version": CARD_VERSION, "library_version": __version__,
-        "config": dataclasses.asdict(run.config), "shape": list(run.shape), "stage": run.stage,
-        "epoch": ckpt.get("epoch"), "sigma2_star": ckpt.get("sigma2_star"), "data": ckpt.get("data"),
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "library_version": __version__,
+        "config": dataclasses.asdict(run.config),
+        "shape": list(run.shape),
+        "stage": run.stage,
+        "epoch": ckpt.get("epoch"),
+        "sigma2_star": ckpt.get("sigma2_star"),
+        "data": ckpt.get("data"),
         "trained_by_commits": commits,
-        "weights": {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS), "model_sha256": model_sha256(run.model),
-                    "tensors": len(state), "parameters": int(sum(t.numel() for t in state.values()))},
-        "gmm": gmm_card, "metrics": _records(run.path),
-        "source": {"run": str(run.path), "checkpoint": run.which,
-                   "checkpoint_sha256": file_digest(run.path / run.which), "done": ckpt.get("done")},
+        "weights": {
+            "file": WEIGHTS,
+            "sha256": _sha256(out / WEIGHTS),
+            "model_sha256": model_sha256(run.model),
+            "tensors": len(state),
+            "parameters": int(sum(t.numel() for t in state.values())),
+        },
+        "gmm": gmm_card,
+        "metrics": _records(run.path),
+        "source": {
+            "run": str(run.path),
+            "checkpoint": run.which,
+            "checkpoint_sha256": file_digest(run.path / run.which),
+            "done": ckpt.get("done"),
+        },
         "exported_by": provenance(),
     }
     if not commits:
@@ -152,18 +213,24 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found; a model folder is written by `balanced-vae export RUN OUT`") from None
+        raise CheckpointError(
+            f"{path}: not found; a model folder is written by `balanced-vae export RUN OUT`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the model folder is damaged: export it again") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise CheckpointError(f"{path}: not a balanced-vae model card (\"format\": \"{CARD_FORMAT}\" missing)")
+        raise CheckpointError(f'{path}: not a balanced-vae model card ("format": "{CARD_FORMAT}" missing)')
     if card.get("format_version") != CARD_VERSION:
-        raise CheckpointError(f"{path}: card format_version {card.get('format_version')!r}; this balanced-vae "
-                              f"({__version__}) reads version {CARD_VERSION}: upgrade balanced-vae")
+        raise CheckpointError(
+            f"{path}: card format_version {card.get('format_version')!r}; this balanced-vae "
+            f"({__version__}) reads version {CARD_VERSION}: upgrade balanced-vae"
+        )
     unknown = sorted(set(card) - CARD_FIELDS)
     if unknown:
-        raise CheckpointError(f"{path}: unknown field(s) {unknown} in the card; valid fields: {sorted(CARD_FIELDS)}. "
-                              "Fix: remove them, or upgrade balanced-vae if a newer version wrote the folder")
+        raise CheckpointError(
+            f"{path}: unknown field(s) {unknown} in the card; valid fields: {sorted(CARD_FIELDS)}. "
+            "Fix: remove them, or upgrade balanced-vae if a newer version wrote the folder"
+        )
     missing = sorted(_REQUIRED - set(card))
     if missing:
         raise CheckpointError(f"{path}: the card lacks {missing}; the model folder is damaged: export it again")
@@ -173,24 +240,43 @@ def read_card(folder: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: field {field!r} must be {what}, not {card.get(field)!r}")
 
     need(isinstance(card["config"], dict), "config", "an object (the TrainConfig)")
-    need(isinstance(card["shape"], list) and len(card["shape"]) >= 1
-         and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in card["shape"]), "shape",
-         "a list of positive integers")
+    need(
+        isinstance(card["shape"], list)
+        and len(card["shape"]) >= 1
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in card["shape"]),
+        "shape",
+        "a list of positive integers",
+    )
     need(card["stage"] in (1, 2), "stage", "1 or 2")
-    need(card["sigma2_star"] is None or (isinstance(card["sigma2_star"], (int, float))
-                                         and not isinstance(card["sigma2_star"], bool)
-                                         and card["sigma2_star"] > 0), "sigma2_star", "a positive number or null")
+    need(
+        card["sigma2_star"] is None
+        or (
+            isinstance(card["sigma2_star"], (int, float))
+            and not isinstance(card["sigma2_star"], bool)
+            and card["sigma2_star"] > 0
+        ),
+        "sigma2_star",
+        "a positive number or null",
+    )
     need(card["stage"] == 1 or card["sigma2_star"] is not None, "sigma2_star", "given for a stage-2 model")
     need(card.get("data") is None or isinstance(card["data"], dict), "data", "an object or null")
     need(isinstance(card.get("metrics", {}), dict), "metrics", "an object")
     w = card["weights"]
-    need(isinstance(w, dict) and w.get("file") == WEIGHTS and isinstance(w.get("sha256"), str), "weights",
-         f"an object with file {WEIGHTS!r} and its sha256")
+    need(
+        isinstance(w, dict) and w.get("file") == WEIGHTS and isinstance(w.get("sha256"), str),
+        "weights",
+        f"an object with file {WEIGHTS!r} and its sha256",
+    )
     g = card.get("gmm")
     if g is not None:
-        need(isinstance(g, dict) and g.get("file") == GMM_WEIGHTS and isinstance(g.get("sha256"), str)
-             and not set(g) - GMM_FIELDS, "gmm", f"null or an object with file {GMM_WEIGHTS!r}, its sha256 and "
-             f"the fields {sorted(GMM_FIELDS)}")
+        need(
+            isinstance(g, dict)
+            and g.get("file") == GMM_WEIGHTS
+            and isinstance(g.get("sha256"), str)
+            and not set(g) - GMM_FIELDS,
+            "gmm",
+            f"null or an object with file {GMM_WEIGHTS!r}, its sha256 and the fields {sorted(GMM_FIELDS)}",
+        )
     return card
 
 
@@ -199,8 +285,10 @@ def _read_tensors(path: Path, sha256: str, card_path: Path) -> dict[str, torch.T
         raise CheckpointError(f"{path}: missing; {card_path} names it: export the model folder again")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(f"{path}: contents do not match the sha256 in {card_path} (damaged or replaced); "
-                              "export the model folder again")
+        raise CheckpointError(
+            f"{path}: contents do not match the sha256 in {card_path} (damaged or replaced); "
+            "export the model folder again"
+        )
     try:
         return _safetensors().load(data)
     except Exception as e:  # safetensors raises its own error types for damaged headers
@@ -219,13 +307,17 @@ def load_model_folder(folder: str | Path, *, which: str | None = None):
 
     folder = Path(folder).expanduser()
     if which not in (None, CHECKPOINT, WEIGHTS):
-        raise CheckpointError(f"{folder}: a model folder holds the final stage's weights only ({WEIGHTS}), not "
-                              f"{which}; use the run folder it was exported from for other checkpoints")
+        raise CheckpointError(
+            f"{folder}: a model folder holds the final stage's weights only ({WEIGHTS}), not "
+            f"{which}; use the run folder it was exported from for other checkpoints"
+        )
     card = read_card(folder)
     card_path = folder / CARD
     if card["config"].get("networks") is not None:
-        raise CheckpointError(f"{card_path}: names networks to import ({card['config']['networks']}); a model "
-                              "folder is loaded without running code from it: load the run folder instead")
+        raise CheckpointError(
+            f"{card_path}: names networks to import ({card['config']['networks']}); a model "
+            "folder is loaded without running code from it: load the run folder instead"
+        )
     config = TrainConfig.from_dict(card["config"], source=str(card_path))
     state = _read_tensors(folder / WEIGHTS, card["weights"]["sha256"], card_path)
     model = build_model(config, tuple(card["shape"]))
@@ -234,10 +326,17 @@ def load_model_folder(folder: str | Path, *, which: str | None = None):
     load_weights(model, state, folder / WEIGHTS, card_path)
     model.eval()
     # what commands read of a checkpoint, from the card (no optimiser: a model folder cannot be resumed)
-    checkpoint = {"model": state, "stage": card["stage"], "epoch": card.get("epoch"), "shape": card["shape"],
-                  "sigma2_star": card["sigma2_star"], "data": card.get("data"), "done": True,
-                  "commits": card.get("trained_by_commits") or [],
-                  "stops": (card.get("metrics") or {}).get(FINAL, {}).get("stops", {})}
+    checkpoint = {
+        "model": state,
+        "stage": card["stage"],
+        "epoch": card.get("epoch"),
+        "shape": card["shape"],
+        "sigma2_star": card["sigma2_star"],
+        "data": card.get("data"),
+        "done": True,
+        "commits": card.get("trained_by_commits") or [],
+        "stops": (card.get("metrics") or {}).get(FINAL, {}).get("stops", {}),
+    }
     return Run(folder, config, model, int(card["stage"]), checkpoint, WEIGHTS, card=card)
 
 
@@ -248,26 +347,46 @@ def card_gmm(run, components: int, fit_on: str, random_state: int, covariance_ty
     g = run.card.get("gmm") if run.card else None
     if not g:
         return None
-    asked = {"n_components": components, "fit_on": fit_on, "random_state": random_state,
-             "covariance_type": covariance_type}
+    asked = {
+        "n_components": components,
+        "fit_on": fit_on,
+        "random_state": random_state,
+        "covariance_type": covariance_type,
+    }
     if any(g.get(k) != v for k, v in asked.items()):
-        log.info("%s: its GMM (K=%s, %s) is not the one asked for (%s); fitting in memory", run.path,
-                 g.get("n_components"), g.get("fit_on"), asked)
+        log.info(
+            "%s: its GMM (K=%s, %s) is not the one asked for (%s); fitting in memory",
+            run.path,
+            g.get("n_components"),
+            g.get("fit_on"),
+            asked,
+        )
         return None
     card_path = run.path / CARD
     t = _read_tensors(run.path / GMM_WEIGHTS, g["sha256"], card_path)
     try:
         s = GaussianMixtureSampler.from_params(
-            t["weights"].numpy(), t["means"].numpy(), t["covariances"].numpy(), covariance_type=covariance_type,
-            fit_on=fit_on, random_state=random_state, max_iter=g.get("max_iter", 200), tol=g.get("tol"),
-            reg_covar=g.get("reg_covar", 1e-6), n_init=g.get("n_init", 1),
-            init_params=g.get("init_params") or "auto")
+            t["weights"].numpy(),
+            t["means"].numpy(),
+            t["covariances"].numpy(),
+            covariance_type=covariance_type,
+            fit_on=fit_on,
+            random_state=random_state,
+            max_iter=g.get("max_iter", 200),
+            tol=g.get("tol"),
+            reg_covar=g.get("reg_covar", 1e-6),
+            n_init=g.get("n_init", 1),
+            init_params=g.get("init_params") or "auto",
+        )
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{run.path / GMM_WEIGHTS}: not the GMM {card_path} describes ({e}); "
-                              "export the model folder again") from None
+        raise CheckpointError(
+            f"{run.path / GMM_WEIGHTS}: not the GMM {card_path} describes ({e}); export the model folder again"
+        ) from None
     if s.n_components != g.get("n_components") or s.n_features_in_ != run.model.latent_dim:
-        raise CheckpointError(f"{run.path / GMM_WEIGHTS}: holds K={s.n_components}, L={s.n_features_in_}; the card "
-                              f"and model say K={g.get('n_components')}, L={run.model.latent_dim}")
+        raise CheckpointError(
+            f"{run.path / GMM_WEIGHTS}: holds K={s.n_components}, L={s.n_features_in_}; the card "
+            f"and model say K={g.get('n_components')}, L={run.model.latent_dim}"
+        )
     s.converged_, s.n_iter_ = bool(g.get("converged", True)), int(g.get("n_iter") or 0)
     s.lower_bound_ = float(g["lower_bound"]) if g.get("lower_bound") is not None else float("nan")
     s.n_fit_ = int(g.get("n_fit") or 0)
@@ -275,6 +394,6 @@ def card_gmm(run, components: int, fit_on: str, random_state: int, covariance_ty
         s.reg_covar_ = float(g["reg_covar_abs"])
     if g.get("backend") in ("torch", "sklearn"):
         s.backend_ = g["backend"]
-    _, s.init_params_, s.tol_ = s._resolved()   # the card's settings are the resolved ones of the fit
+    _, s.init_params_, s.tol_ = s._resolved()  # the card's settings are the resolved ones of the fit
     s.source = {**(g.get("source") or {}), "model_folder": str(run.path)}
     return s

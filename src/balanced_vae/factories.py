@@ -24,6 +24,7 @@ must be on ``sys.path`` / ``PYTHONPATH`` wherever the run is loaded) or
 from a function; for a function defined in a script run as ``__main__`` it records the
 script's path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -45,8 +47,10 @@ def factory_ref(fn: Callable) -> str:
     """The reference ``"module:function"`` of a module-level function (a file path for ``__main__``)."""
     name = getattr(fn, "__qualname__", None)
     if not callable(fn) or name is None or "<" in name:
-        raise FactoryError(f"{fn!r} is not a module-level function; fix: define the factory with `def` at the "
-                           "top level of a module so that it can be imported again")
+        raise FactoryError(
+            f"{fn!r} is not a module-level function; fix: define the factory with `def` at the "
+            "top level of a module so that it can be imported again"
+        )
     module = fn.__module__
     if module == "__main__":
         path = inspect.getsourcefile(fn)
@@ -83,7 +87,8 @@ def import_factory(ref: str) -> Callable:
         raise FactoryError(
             f"network factory {ref!r} cannot be imported ({type(e).__name__}: {e}); fix: make {module_name!r} "
             "importable where the run is loaded (install it or add its folder to PYTHONPATH), or retrain with an "
-            "importable factory") from None
+            "importable factory"
+        ) from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -92,17 +97,21 @@ def import_factory(ref: str) -> Callable:
     return fn
 
 
-def build_networks(ref: str, data_shape: tuple[int, ...], latent_dim: int,
-                   network_args: dict[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+def build_networks(
+    ref: str, data_shape: tuple[int, ...], latent_dim: int, network_args: dict[str, Any] | None = None
+) -> tuple[nn.Module, nn.Module]:
     """Call the factory ``ref`` and check that it returned ``(encoder, decoder)`` modules."""
     fn = import_factory(ref)
     try:
         nets = fn(tuple(data_shape), int(latent_dim), **(network_args or {}))
     except TypeError as e:
-        raise FactoryError(f"network factory {ref!r} could not be called as f(data_shape={tuple(data_shape)}, "
-                           f"latent_dim={latent_dim}, **{network_args or {}}) ({e}); fix its signature or "
-                           "network_args") from None
+        raise FactoryError(
+            f"network factory {ref!r} could not be called as f(data_shape={tuple(data_shape)}, "
+            f"latent_dim={latent_dim}, **{network_args or {}}) ({e}); fix its signature or "
+            "network_args"
+        ) from None
     if not (isinstance(nets, (tuple, list)) and len(nets) == 2 and all(isinstance(n, nn.Module) for n in nets)):
-        raise FactoryError(f"network factory {ref!r} returned {type(nets).__name__}; expected a pair "
-                           "(encoder, decoder) of nn.Modules")
+        raise FactoryError(
+            f"network factory {ref!r} returned {type(nets).__name__}; expected a pair (encoder, decoder) of nn.Modules"
+        )
     return nets[0], nets[1]

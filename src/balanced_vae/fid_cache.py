@@ -4,6 +4,7 @@ A folder that cannot be written (a shared, read-only data set) sends new files t
 ``~/.cache/balanced-vae/fid-stats`` (``$XDG_CACHE_HOME`` if set); both are read. The real-set
 statistics (:mod:`balanced_vae.fid_stats`) and the OpenVINO IR (:mod:`balanced_vae.fid`) live there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,11 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
-
 from .data import resolve_data_dir
 
-
-log = logging.getLogger("balanced_vae.fid")   # one logger for FID, as before the module was split
+log = logging.getLogger("balanced_vae.fid")  # one logger for FID, as before the module was split
 
 
 def writable(folder: Path) -> bool:
@@ -54,8 +53,7 @@ def cache_dirs(folder: Path) -> tuple[Path, ...]:
     fallback = _fallback_cache_dir()
     if folder not in _FALLBACK_LOGGED:
         _FALLBACK_LOGGED.add(folder)
-        log.info("FID cache %s is not writable; new cache files go to %s (and are read from both)",
-                 folder, fallback)
+        log.info("FID cache %s is not writable; new cache files go to %s (and are read from both)", folder, fallback)
     return (fallback, folder)
 
 

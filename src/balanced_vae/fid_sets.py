@@ -4,6 +4,7 @@ real images, and FID between any two sets (folders, arrays, a data set's split).
 Both record their protocol (counts, the Inception implementation and backend, cache hits)
 and provenance, like :func:`balanced_vae.evaluate.evaluate_run`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-from . import fid as fid_module   # the network's calls, looked up when used (tests put a stand-in there)
+from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
 from .atomic import write_json_atomic
 from .data import load_dataset
 from .fid import backend_protocol, resolve_backend, small_n_warning
@@ -21,7 +21,6 @@ from .image_sets import load_image_set
 from .metrics import frechet_distance, gaussian_statistics
 from .provenance import provenance
 from .writes import save
-
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,23 @@ def write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
         def write():
             out.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out, doc)
+
         save(out, doc, write)
 
 
-def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None = None,
-                  cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                  backend: str = "auto", paper_value: float | None = None, progress: bool = True,
-                  out: str | Path | None = None) -> dict[str, Any]:
+def real_data_fid(
+    dataset: str,
+    *,
+    n: int = 10_000,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 50,
+    device: str | None = None,
+    backend: str = "auto",
+    paper_value: float | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Sanity figure: FID between the first ``n`` training and first ``n`` test images of ``dataset``.
 
     The paper reports 1.9 (MNIST) and 0.7 (Fashion-MNIST) for 10,000 vs 10,000; pass it as
@@ -54,24 +63,53 @@ def real_data_fid(dataset: str, *, n: int = 10_000, data_dir: str | Path | None 
     data = load_dataset(dataset, data_dir=data_dir)
     stats = {}
     for split, x in (("train", data.x_train), ("test", data.x_test)):
-        stats[split] = real_statistics(dataset, x, split=split, n=n, data_dir=data_dir, cache_dir=cache_dir,
-                                       batch_size=batch_size, device=device, progress=progress, backend=backend)
+        stats[split] = real_statistics(
+            dataset,
+            x,
+            split=split,
+            n=n,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            backend=backend,
+        )
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
     warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid_train_vs_test": fid, "paper_fid": paper_value, "dataset": dataset, "n_train": n, "n_test": n,
-           "images": f"first {n} of each split", "seconds": round(time.perf_counter() - t0, 1),
-           "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
-           "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": fid_module.inception_protocol(), "provenance": provenance()}
+    doc = {
+        **({"warning": warning} if warning else {}),
+        "fid_train_vs_test": fid,
+        "paper_fid": paper_value,
+        "dataset": dataset,
+        "n_train": n,
+        "n_test": n,
+        "images": f"first {n} of each split",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
+        "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
+        "backend": backend_protocol(backend, device),
+        "batch_size": batch_size,
+        "inception": fid_module.inception_protocol(),
+        "provenance": provenance(),
+    }
     write_record(out, doc)
     return doc
 
 
-def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir: str | Path | None = None,
-                cache_dir: str | Path | None = None, batch_size: int = 50, device: str | None = None,
-                backend: str = "auto", progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+def fid_between(
+    a: str | Path,
+    b: str | Path,
+    *,
+    n: int | None = None,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 50,
+    device: str | None = None,
+    backend: str = "auto",
+    progress: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """FID between two image sets, each a folder, an ``.npy``/``.npz`` array or ``NAME:SPLIT``.
 
     The first ``n`` images of each set are used (default: all of a folder or array, the
@@ -94,20 +132,43 @@ def fid_between(a: str | Path, b: str | Path, *, n: int | None = None, data_dir:
             raise ValueError(f"n={n}: {s.source} holds {len(s.x)} images; lower --n to at most {len(s.x)}")
         info = {**s.describe(), "n": m, "images": f"first {m}"}
         if s.kind == "dataset":
-            mu, cov, proto = real_statistics(s.dataset, s.x, split=s.split, n=m, data_dir=data_dir,
-                                             cache_dir=cache_dir, batch_size=batch_size, device=device,
-                                             progress=progress, backend=backend)
+            mu, cov, proto = real_statistics(
+                s.dataset,
+                s.x,
+                split=s.split,
+                n=m,
+                data_dir=data_dir,
+                cache_dir=cache_dir,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                backend=backend,
+            )
             info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
         else:
-            feats = fid_module.inception_features(s.x[:m], batch_size=batch_size, device=device, backend=backend,
-                                       cache_dir=cache_dir, progress=progress, desc=f"{label}: {s.source}")
+            feats = fid_module.inception_features(
+                s.x[:m],
+                batch_size=batch_size,
+                device=device,
+                backend=backend,
+                cache_dir=cache_dir,
+                progress=progress,
+                desc=f"{label}: {s.source}",
+            )
             mu, cov = gaussian_statistics(feats)
         sides[label] = (mu, cov, info)
     fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
     warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    doc = {**({"warning": warning} if warning else {}),
-           "fid": fid, "a": sides["a"][2], "b": sides["b"][2], "seconds": round(time.perf_counter() - t0, 1),
-           "backend": backend_protocol(backend, device), "batch_size": batch_size,
-           "inception": fid_module.inception_protocol(), "provenance": provenance()}
+    doc = {
+        **({"warning": warning} if warning else {}),
+        "fid": fid,
+        "a": sides["a"][2],
+        "b": sides["b"][2],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "backend": backend_protocol(backend, device),
+        "batch_size": batch_size,
+        "inception": fid_module.inception_protocol(),
+        "provenance": provenance(),
+    }
     write_record(out, doc)
     return doc

@@ -4,26 +4,27 @@ Real-set statistics (mean (2048,), covariance (2048, 2048), float64) are cached 
 files keyed by data set, split, count and a digest of the preprocessing and the network
 file (:mod:`balanced_vae.fid`), in the folder :mod:`balanced_vae.fid_cache` names.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import fid as fid_module   # the network's calls, looked up when used (tests put a stand-in there)
+from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
 from .atomic import atomic_write
 from .data import load_dataset
-from .metrics import gaussian_statistics
-
 from .fid import backend_protocol, check_fid_images, safe_name
 from .fid_cache import cache_dirs, requested_cache_dir
+from .metrics import gaussian_statistics
 
-log = logging.getLogger("balanced_vae.fid")   # one logger for FID, as before the module was split
+log = logging.getLogger("balanced_vae.fid")  # one logger for FID, as before the module was split
 
 
 def statistics_key(dataset: str, split: str, n: int, extractor_id: dict[str, Any]) -> str:
@@ -50,11 +51,21 @@ def _read_statistics(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray, di
     return mu, cov, stored
 
 
-def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str = "test", n: int = 10_000,
-                    data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                    batch_size: int = 50, device: str | torch.device | None = None, progress: bool = True,
-                    backend: str = "auto", extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    extractor_id: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def real_statistics(
+    dataset: str,
+    x: torch.Tensor | None = None,
+    *,
+    split: str = "test",
+    n: int = 10_000,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+    extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    extractor_id: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Mean (F,) and covariance (F, F) of the features of the first ``n`` images of a split, cached.
 
     ``x`` (M, C, H, W) holds the split's images (M >= n); when omitted, ``dataset`` is
@@ -77,11 +88,19 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
         data = load_dataset(dataset, data_dir=data_dir)
         x = data.x_train if split == "train" else data.x_test
     if not 2 <= n <= len(x):
-        raise ValueError(f"n={n}: the {dataset} {split} split has {len(x)} images; FID statistics need "
-                         f"2 <= n <= {len(x)} (lower --n-fid)")
-    meta = {"dataset": dataset, "split": split, "n": int(n), "images": f"first {n}",
-            "shape": list(x.shape[1:]), "extractor": ext_id,
-            "backend": {"name": "custom extractor"} if extractor is not None else backend_protocol(backend, device)}
+        raise ValueError(
+            f"n={n}: the {dataset} {split} split has {len(x)} images; FID statistics need "
+            f"2 <= n <= {len(x)} (lower --n-fid)"
+        )
+    meta = {
+        "dataset": dataset,
+        "split": split,
+        "n": int(n),
+        "images": f"first {n}",
+        "shape": list(x.shape[1:]),
+        "extractor": ext_id,
+        "backend": {"name": "custom extractor"} if extractor is not None else backend_protocol(backend, device),
+    }
     folders = cache_dirs(requested_cache_dir(cache_dir, data_dir))
     key = statistics_key(dataset, split, n, ext_id)
     for path in (f / key for f in folders):
@@ -89,16 +108,30 @@ def real_statistics(dataset: str, x: torch.Tensor | None = None, *, split: str =
             cached = _read_statistics(path, meta)
             if cached is not None:
                 log.info("FID statistics of %s %s (n=%d) read from %s", dataset, split, n, path)
-                return cached[0], cached[1], {**cached[2], "backend": cached[2].get("backend", "not recorded"),
-                                              "cache": str(path), "cache_hit": True}
+                return (
+                    cached[0],
+                    cached[1],
+                    {
+                        **cached[2],
+                        "backend": cached[2].get("backend", "not recorded"),
+                        "cache": str(path),
+                        "cache_hit": True,
+                    },
+                )
 
     check_fid_images(x[:n], f"{dataset} {split}")
     if extractor is not None:
         feats = extractor(x[:n])
     else:
-        feats = fid_module.inception_features(x[:n], batch_size=batch_size, device=device, backend=backend,
-                                   cache_dir=requested_cache_dir(cache_dir, data_dir),
-                                   progress=progress, desc=f"{dataset} {split} features")
+        feats = fid_module.inception_features(
+            x[:n],
+            batch_size=batch_size,
+            device=device,
+            backend=backend,
+            cache_dir=requested_cache_dir(cache_dir, data_dir),
+            progress=progress,
+            desc=f"{dataset} {split} features",
+        )
     mu, cov = gaussian_statistics(feats)
     folder = folders[0]
     path = folder / key

@@ -14,6 +14,7 @@
 Bad input (mixed sizes, fewer than 2 images, NaN, values outside [0, 1]) raises one
 :class:`~balanced_vae.data.DataError` naming the file or array and the fix.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,7 @@ class ImageSet:
 
     x: torch.Tensor
     source: str
-    kind: str                     # "folder", "array" or "dataset"
+    kind: str  # "folder", "array" or "dataset"
     dataset: str | None = None
     split: str | None = None
 
@@ -68,8 +69,10 @@ def load_image_set(spec: str | Path, *, data_dir: str | Path | None = None) -> I
     else:
         name, sep, split = spec.rpartition(":")
         if not sep or not name:
-            raise DataError(f"{spec!r} is neither a folder nor an .npy/.npz file, nor a data set with a split; "
-                            f"fix: give an existing path, or NAME:SPLIT such as {spec}:test")
+            raise DataError(
+                f"{spec!r} is neither a folder nor an .npy/.npz file, nor a data set with a split; "
+                f"fix: give an existing path, or NAME:SPLIT such as {spec}:test"
+            )
         if split not in _SPLITS:
             raise DataError(f"{spec!r}: split {split!r}; fix: use {name}:train or {name}:test")
 
@@ -85,8 +88,10 @@ def load_image_set(spec: str | Path, *, data_dir: str | Path | None = None) -> I
 def _read_folder(folder: Path) -> torch.Tensor:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"{folder}: no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images; fix: point to a "
-                        "folder of image files, or an .npy/.npz array")
+        raise DataError(
+            f"{folder}: no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images; fix: point to a "
+            "folder of image files, or an .npy/.npz array"
+        )
     images, first = [], None
     for f in files:
         try:
@@ -99,13 +104,15 @@ def _read_folder(folder: Path) -> torch.Tensor:
         if first is None:
             first = (f, a.shape[:2])
         elif a.shape[:2] != first[1]:
-            raise DataError(f"{folder}: mixed image sizes: {f.name} is {a.shape[1]}x{a.shape[0]} but "
-                            f"{first[0].name} is {first[1][1]}x{first[1][0]} (width x height); fix: resize all "
-                            "images to one size (FID itself resizes them to 299x299)")
+            raise DataError(
+                f"{folder}: mixed image sizes: {f.name} is {a.shape[1]}x{a.shape[0]} but "
+                f"{first[0].name} is {first[1][1]}x{first[1][0]} (width x height); fix: resize all "
+                "images to one size (FID itself resizes them to 299x299)"
+            )
         images.append(a)
-    if any(a.ndim == 3 for a in images):                          # some RGB: all RGB
+    if any(a.ndim == 3 for a in images):  # some RGB: all RGB
         images = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in images]
-    arr = np.stack(images)                                          # (N, H, W) or (N, H, W, 3), uint8
+    arr = np.stack(images)  # (N, H, W) or (N, H, W, 3), uint8
     x = torch.from_numpy(arr).float().div(255.0)
     log.info("read %d images of %s from %s", len(x), tuple(arr.shape[1:]), folder)
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
@@ -141,8 +148,10 @@ def _read_array(spec: str) -> tuple[torch.Tensor, str]:
     except (OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{path}: cannot be read as a numpy array ({e}); fix: save it with numpy.save / "
-                        "numpy.savez (no pickled objects)") from None
+        raise DataError(
+            f"{path}: cannot be read as a numpy array ({e}); fix: save it with numpy.save / "
+            "numpy.savez (no pickled objects)"
+        ) from None
     name = f"{path}" + (f":{key}" if key is not None else "")
     return _as_images(a, name), name
 
@@ -156,10 +165,12 @@ def _as_images(a: np.ndarray, name: str) -> torch.Tensor:
     else:
         raise DataError(f"{name}: dtype {a.dtype}; fix: save float images in [0, 1] or uint8 images in 0..255")
     if x.ndim == 3:
-        x = x[:, None]                                              # (N, 1, H, W)
+        x = x[:, None]  # (N, 1, H, W)
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2).contiguous()                      # channels last -> (N, C, H, W)
+        x = x.permute(0, 3, 1, 2).contiguous()  # channels last -> (N, C, H, W)
     elif x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise DataError(f"{name}: shape {tuple(a.shape)}; fix: save images as (N, H, W), (N, C, H, W) or "
-                        "(N, H, W, C) with C = 1 (grey) or 3 (RGB)")
+        raise DataError(
+            f"{name}: shape {tuple(a.shape)}; fix: save images as (N, H, W), (N, C, H, W) or "
+            "(N, H, W, C) with C = 1 (grey) or 3 (RGB)"
+        )
     return x

@@ -12,13 +12,14 @@
 
 Everything written is a PNG, a ``.npy`` array or JSON, each written atomically.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -54,7 +55,7 @@ def decode_samples(model, z: torch.Tensor, batch_size: int = 1000) -> tuple[torc
     """Decode codes z (n, L): means g(z) (n, C, H, W) in (0, 1) and per-pixel sigma (n, C, H, W)."""
     means, sigmas = [], []
     for i in range(0, len(z), batch_size):
-        m, s = model.generate(z[i:i + batch_size])
+        m, s = model.generate(z[i : i + batch_size])
         means.append(m)
         sigmas.append(s)
     return torch.cat(means), torch.cat(sigmas)
@@ -68,14 +69,21 @@ def _tile(values: np.ndarray, nrow: int | None, pad: int = 1) -> np.ndarray:
     out = np.full((nrows * (h + pad) + pad, ncol * (w + pad) + pad), np.nan)
     for i in range(n):
         r, c = divmod(i, ncol)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = values[i]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = values[i]
     return out
 
 
-def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None = None, title: str | None = None,
-                    cmap: str = "viridis", label: str = "sigma") -> Path:
+def save_value_grid(
+    values: torch.Tensor,
+    path: str | Path,
+    *,
+    nrow: int | None = None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    label: str = "sigma",
+) -> Path:
     """A grid of value maps (N, C, H, W) (channels averaged) on one colour scale with a colour bar (Figure 4)."""
-    arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)                # NaN = white gaps
+    arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)  # NaN = white gaps
     fig, ax = plt.subplots(figsize=(6, 6 * arr.shape[0] / arr.shape[1] + 0.4))
     cm = plt.get_cmap(cmap).with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(arr), cmap=cm, vmin=float(np.nanmin(arr)), vmax=float(np.nanmax(arr)))
@@ -86,8 +94,9 @@ def save_value_grid(values: torch.Tensor, path: str | Path, *, nrow: int | None 
     return save_fig(fig, path)
 
 
-def save_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *,
-                      nrow: int | None = None, title: str | None = None) -> Path:
+def save_side_by_side(
+    panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *, nrow: int | None = None, title: str | None = None
+) -> Path:
     """Image grids (N, C, H, W) in [0, 1] side by side, one titled panel each (Figure 2)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels):
@@ -108,9 +117,21 @@ def _sampler_name(kind: str, sampler) -> str:
     return "prior N(0, I)"
 
 
-def write_samples(run: Run | str | Path, out_dir: str | Path, *, sampler: str = "gmm", components: int | None = None,
-                  n: int = 64, seed: int = 0, compare: bool = False, data=None, data_dir: str | None = None,
-                  fit_on: str = "mean", nrow: int | None = None, scale: int = 3) -> dict:
+def write_samples(
+    run: Run | str | Path,
+    out_dir: str | Path,
+    *,
+    sampler: str = "gmm",
+    components: int | None = None,
+    n: int = 64,
+    seed: int = 0,
+    compare: bool = False,
+    data=None,
+    data_dir: str | None = None,
+    fit_on: str = "mean",
+    nrow: int | None = None,
+    scale: int = 3,
+) -> dict:
     """Generate ``n`` images of a run from ``sampler`` and write them into ``out_dir``.
 
     Files (``KIND`` is the sampler): ``KIND_means.png`` (grid of g(z) of the first
@@ -129,44 +150,71 @@ def write_samples(run: Run | str | Path, out_dir: str | Path, *, sampler: str = 
     out.mkdir(parents=True, exist_ok=True)
     k = components if components is not None else run.default_components
     s = make_sampler(sampler, run, components=k, data=data, fit_on=fit_on, data_dir=data_dir)
-    z = s.sample(n, generator=torch.Generator().manual_seed(seed))                   # (n, L)
-    means, sigma = decode_samples(run.model, z)                                      # (n, C, H, W)
+    z = s.sample(n, generator=torch.Generator().manual_seed(seed))  # (n, L)
+    means, sigma = decode_samples(run.model, z)  # (n, C, H, W)
     per_pixel = isinstance(run.model.likelihood, PixelVariance)
     n_grid = min(n, GRID_MAX)
     nrow = nrow or math.ceil(math.sqrt(n_grid))
     table = is_table_run(run)
     files = [_save_npy(out / f"{sampler}_z.npy", z.numpy()), _save_npy(out / f"{sampler}_means.npy", means.numpy())]
-    if table:   # a table: CSV files in its original units instead of image grids
+    if table:  # a table: CSV files in its original units instead of image grids
         files += write_table_samples(run, out, sampler, means, sigma, seed)
         compare, n_grid = False, 0
     else:
         files.insert(0, save_grid(means[:n_grid], out / f"{sampler}_means.png", nrow=nrow, scale=scale))
-    summary = {"run": str(run.path), "stage": run.stage, "sampler": sampler, "name": _sampler_name(sampler, s),
-               "n": n, "n_grid": n_grid, "seed": seed, "image_shape": list(means.shape[1:]), "table": table,
-               "per_pixel_sigma": per_pixel,
-               ("sigma2_floor" if per_pixel else "sigma2_global"): run.model.likelihood.sigma2}
+    summary = {
+        "run": str(run.path),
+        "stage": run.stage,
+        "sampler": sampler,
+        "name": _sampler_name(sampler, s),
+        "n": n,
+        "n_grid": n_grid,
+        "seed": seed,
+        "image_shape": list(means.shape[1:]),
+        "table": table,
+        "per_pixel_sigma": per_pixel,
+        ("sigma2_floor" if per_pixel else "sigma2_global"): run.model.likelihood.sigma2,
+    }
     if sampler == "gmm":
         summary.update(components=k, fit_on=fit_on)
     if per_pixel and table:
         files.append(_save_npy(out / f"{sampler}_sigma.npy", sigma.numpy()))
         summary["sigma_mean"] = float(sigma.mean())
     elif per_pixel:
-        files += [save_value_grid(sigma[:n_grid], out / f"{sampler}_sigma.png", nrow=nrow, label="decoder sigma",
-                                  title=f"per-pixel sigma of {sampler} samples"),
-                  _save_npy(out / f"{sampler}_sigma.npy", sigma.numpy())]
+        files += [
+            save_value_grid(
+                sigma[:n_grid],
+                out / f"{sampler}_sigma.png",
+                nrow=nrow,
+                label="decoder sigma",
+                title=f"per-pixel sigma of {sampler} samples",
+            ),
+            _save_npy(out / f"{sampler}_sigma.npy", sigma.numpy()),
+        ]
         summary["sigma_mean"] = float(sigma.mean())
     elif not table:
-        log.info("%s: one global sigma = %.4g (no per-pixel head); no sigma grid written",
-                 run.path, math.sqrt(run.model.likelihood.sigma2))
+        log.info(
+            "%s: one global sigma = %.4g (no per-pixel head); no sigma grid written",
+            run.path,
+            math.sqrt(run.model.likelihood.sigma2),
+        )
     if compare:
         g = torch.Generator().manual_seed(seed)
         prior = PriorSampler(run.model.latent_dim)
-        gmm = s if sampler == "gmm" else make_sampler("gmm", run, components=k, data=data, fit_on=fit_on,
-                                                       data_dir=data_dir)
+        gmm = (
+            s
+            if sampler == "gmm"
+            else make_sampler("gmm", run, components=k, data=data, fit_on=fit_on, data_dir=data_dir)
+        )
         x_prior, _ = decode_samples(run.model, prior.sample(n_grid, generator=g))
         x_gmm, _ = decode_samples(run.model, gmm.sample(n_grid, generator=torch.Generator().manual_seed(seed)))
-        files.append(save_side_by_side([("prior N(0, I)", x_prior), (_sampler_name("gmm", gmm), x_gmm)],
-                                       out / "compare_prior_gmm.png", nrow=nrow))
+        files.append(
+            save_side_by_side(
+                [("prior N(0, I)", x_prior), (_sampler_name("gmm", gmm), x_gmm)],
+                out / "compare_prior_gmm.png",
+                nrow=nrow,
+            )
+        )
         summary["compare_components"] = k
     summary["files"] = [p.name for p in files]
     write_json_atomic(out / f"{sampler}_samples.json", summary)
@@ -176,9 +224,19 @@ def write_samples(run: Run | str | Path, out_dir: str | Path, *, sampler: str = 
 # ---------------------------------------------------------------------- KL gap (Table 1)
 
 
-def kl_gap(run: Run | str | Path, *, components: int | None = None, n: int = 10_000, runs: int = 10, seed: int = 0,
-           aggregate: bool = True, data=None, data_dir: str | None = None, fit_on: str = "mean",
-           progress: bool = False) -> dict:
+def kl_gap(
+    run: Run | str | Path,
+    *,
+    components: int | None = None,
+    n: int = 10_000,
+    runs: int = 10,
+    seed: int = 0,
+    aggregate: bool = True,
+    data=None,
+    data_dir: str | None = None,
+    fit_on: str = "mean",
+    progress: bool = False,
+) -> dict:
     """KL(q_GMM || p) and KL(q_agg || p) of a run by Monte Carlo (Table 1).
 
     ``log q`` is the GMM's density for the first and the exact mixture of Eq. 12 over the run's
@@ -195,22 +253,35 @@ def kl_gap(run: Run | str | Path, *, components: int | None = None, n: int = 10_
     prior = PriorSampler(run.model.latent_dim)
     gmm = fit_gmm_for_run(run, k, data=data, fit_on=fit_on, data_dir=data_dir)
     t0 = time.perf_counter()
-    result = {"protocol": {"run": str(run.path), "stage": run.stage, "dataset": run.config.dataset,
-                           "n_train_codes": gmm.n_fit_, "latent_dim": run.model.latent_dim, "p": "N(0, I)",
-                           "K": k, "fit_on": fit_on, "covariance_type": gmm.covariance_type,
-                           "gmm_random_state": gmm.random_state, "n": n, "runs": runs, "seed": seed,
-                           "estimator": "mean over n samples z ~ q of log q(z) - log p(z); mean and std "
-                                        "(ddof=1) over runs with generators seeded seed + r"},
-              "kl_gmm": kl_monte_carlo(gmm, prior, n=n, runs=runs, seed=seed, progress=progress,
-                                       desc="KL(q_GMM || p)")}
+    result = {
+        "protocol": {
+            "run": str(run.path),
+            "stage": run.stage,
+            "dataset": run.config.dataset,
+            "n_train_codes": gmm.n_fit_,
+            "latent_dim": run.model.latent_dim,
+            "p": "N(0, I)",
+            "K": k,
+            "fit_on": fit_on,
+            "covariance_type": gmm.covariance_type,
+            "gmm_random_state": gmm.random_state,
+            "n": n,
+            "runs": runs,
+            "seed": seed,
+            "estimator": "mean over n samples z ~ q of log q(z) - log p(z); mean and std "
+            "(ddof=1) over runs with generators seeded seed + r",
+        },
+        "kl_gmm": kl_monte_carlo(gmm, prior, n=n, runs=runs, seed=seed, progress=progress, desc="KL(q_GMM || p)"),
+    }
     result["kl_gmm"]["seconds"] = round(time.perf_counter() - t0, 3)
     if aggregate:
         t0 = time.perf_counter()
         mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))
         agg = AggregatePosteriorSampler(mu, logvar)
         result["protocol"]["N_aggregate"] = agg.n_components
-        result["kl_aggregate"] = kl_monte_carlo(agg, prior, n=n, runs=runs, seed=seed, progress=progress,
-                                                desc="KL(q_agg || p)")
+        result["kl_aggregate"] = kl_monte_carlo(
+            agg, prior, n=n, runs=runs, seed=seed, progress=progress, desc="KL(q_agg || p)"
+        )
         result["kl_aggregate"]["seconds"] = round(time.perf_counter() - t0, 3)
     return result
 
@@ -218,27 +289,37 @@ def kl_gap(run: Run | str | Path, *, components: int | None = None, n: int = 10_
 # ---------------------------------------------------------------------- 2-D latent densities
 
 
-def latent_density_grid(samplers: Mapping[str, object], lim: float = 4.0,
-                        resolution: int = 200) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def latent_density_grid(
+    samplers: Mapping[str, object], lim: float = 4.0, resolution: int = 200
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """log-densities of 2-D samplers on a square grid: returns the axis (R,) and name -> (R, R).
 
     The grid is ``linspace(-lim, lim, resolution)`` on both axes; entry [i, j] is the density
     at (z_1 = axis[j], z_2 = axis[i]) (row = z_2, as ``imshow(origin="lower")`` shows it).
     """
     axis = np.linspace(-lim, lim, resolution)
-    z1, z2 = np.meshgrid(axis, axis)                                                # (R, R)
+    z1, z2 = np.meshgrid(axis, axis)  # (R, R)
     z = torch.as_tensor(np.stack([z1.ravel(), z2.ravel()], 1), dtype=torch.float32)  # (R*R, 2)
     out = {}
     for name, s in samplers.items():
         if s.latent_dim != 2:
-            raise ValueError(f"latent density plot of {name!r}: latent_dim is {s.latent_dim}, the plot needs 2; "
-                             "fix: train with --latent-dim 2")
+            raise ValueError(
+                f"latent density plot of {name!r}: latent_dim is {s.latent_dim}, the plot needs 2; "
+                "fix: train with --latent-dim 2"
+            )
         out[name] = s.log_prob(z).double().numpy().reshape(resolution, resolution)
     return axis, out
 
 
-def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, lim: float = 4.0,
-                          resolution: int = 200, span: float = 15.0, title: str | None = None) -> Path:
+def plot_latent_densities(
+    samplers: Mapping[str, object],
+    path: str | Path,
+    *,
+    lim: float = 4.0,
+    resolution: int = 200,
+    span: float = 15.0,
+    title: str | None = None,
+) -> Path:
     """Side-by-side log-density heat maps of 2-D samplers on one grid and one colour scale.
 
     The colour scale runs from ``max - span`` to the largest log-density over all panels
@@ -247,11 +328,11 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     axis, dens = latent_density_grid(samplers, lim, resolution)
     vmax = max(float(d.max()) for d in dens.values())
     vmin = max(min(float(d.min()) for d in dens.values()), vmax - span)
-    fig, axes = plt.subplots(1, len(dens), figsize=(4.2 * len(dens) + 1.0, 4.2), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(1, len(dens), figsize=(4.2 * len(dens) + 1.0, 4.2), squeeze=False, constrained_layout=True)
     for ax, (name, d) in zip(axes[0], dens.items()):
-        im = ax.imshow(np.clip(d, vmin, vmax), origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis",
-                       vmin=vmin, vmax=vmax)
+        im = ax.imshow(
+            np.clip(d, vmin, vmax), origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis", vmin=vmin, vmax=vmax
+        )
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("z1")
         ax.set_ylabel("z2")
@@ -261,9 +342,18 @@ def plot_latent_densities(samplers: Mapping[str, object], path: str | Path, *, l
     return save_fig(fig, path)
 
 
-def latent_plot_for_run(run: Run | str | Path, out: str | Path | None = None, *, components: int | None = None,
-                        resolution: int = 200, lim: float | None = None, span: float = 15.0, data=None,
-                        data_dir: str | None = None, fit_on: str = "mean") -> Path:
+def latent_plot_for_run(
+    run: Run | str | Path,
+    out: str | Path | None = None,
+    *,
+    components: int | None = None,
+    resolution: int = 200,
+    lim: float | None = None,
+    span: float = 15.0,
+    data=None,
+    data_dir: str | None = None,
+    fit_on: str = "mean",
+) -> Path:
     """The 2-D latent density figure of a run: prior, exact aggregate posterior, GMM (one PNG).
 
     Writes ``out`` (default ``RUN/latent_density.png``). The grid spans ``[-lim, lim]^2``,
@@ -271,8 +361,10 @@ def latent_plot_for_run(run: Run | str | Path, out: str | Path | None = None, *,
     """
     run = as_run(run)
     if run.model.latent_dim != 2:
-        raise ValueError(f"{run.path}: latent_dim is {run.model.latent_dim}; the latent density plot needs a "
-                         "run with 2-D latents (train with --latent-dim 2)")
+        raise ValueError(
+            f"{run.path}: latent_dim is {run.model.latent_dim}; the latent density plot needs a "
+            "run with 2-D latents (train with --latent-dim 2)"
+        )
     k = components if components is not None else run.default_components
     mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))
     agg = AggregatePosteriorSampler(mu, logvar)
@@ -281,18 +373,32 @@ def latent_plot_for_run(run: Run | str | Path, out: str | Path | None = None, *,
         lim = max(4.0, 1.1 * float(torch.quantile(mu.abs().flatten(), 0.999)))
     out = Path(out).expanduser() if out is not None else run.path / "latent_density.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return plot_latent_densities({"prior N(0, I)": PriorSampler(2),
-                                  f"aggregate posterior (Eq. 12, N={agg.n_components})": agg,
-                                  f"GMM (Eq. 13, K={k}, fit on {fit_on})": gmm},
-                                 out, lim=lim, resolution=resolution, span=span,
-                                 title=f"{run.config.dataset}: log-densities of the latent space")
+    return plot_latent_densities(
+        {
+            "prior N(0, I)": PriorSampler(2),
+            f"aggregate posterior (Eq. 12, N={agg.n_components})": agg,
+            f"GMM (Eq. 13, K={k}, fit on {fit_on})": gmm,
+        },
+        out,
+        lim=lim,
+        resolution=resolution,
+        span=span,
+        title=f"{run.config.dataset}: log-densities of the latent space",
+    )
 
 
 # ---------------------------------------------------------------------- K ablation (Table 4)
 
 
-def gmm_ablation(train_codes: torch.Tensor, heldout_codes: torch.Tensor, components: Sequence[int], *,
-                 covariance_type: str = "full", random_state: int = 0, max_iter: int = 200) -> list[dict]:
+def gmm_ablation(
+    train_codes: torch.Tensor,
+    heldout_codes: torch.Tensor,
+    components: Sequence[int],
+    *,
+    covariance_type: str = "full",
+    random_state: int = 0,
+    max_iter: int = 200,
+) -> list[dict]:
     """Fit the GMM for each K in ``components`` on the same codes (N, L); one row per K.
 
     Each row: ``K``, ``train_ll`` and ``heldout_ll`` (mean log-likelihood per code, nats),
@@ -300,17 +406,33 @@ def gmm_ablation(train_codes: torch.Tensor, heldout_codes: torch.Tensor, compone
     """
     rows = []
     for k in components:
-        s = GaussianMixtureSampler(int(k), covariance_type=covariance_type, random_state=random_state,
-                                   max_iter=max_iter).fit(train_codes)
-        rows.append({"K": int(k), "train_ll": s.score(train_codes), "heldout_ll": s.score(heldout_codes),
-                     "fit_seconds": round(s.fit_seconds_, 4), "n_iter": s.n_iter_, "converged": s.converged_})
+        s = GaussianMixtureSampler(
+            int(k), covariance_type=covariance_type, random_state=random_state, max_iter=max_iter
+        ).fit(train_codes)
+        rows.append(
+            {
+                "K": int(k),
+                "train_ll": s.score(train_codes),
+                "heldout_ll": s.score(heldout_codes),
+                "fit_seconds": round(s.fit_seconds_, 4),
+                "n_iter": s.n_iter_,
+                "converged": s.converged_,
+            }
+        )
         log.info("K=%d: held-out log-likelihood %.3f, %.2fs", k, rows[-1]["heldout_ll"], s.fit_seconds_)
     return rows
 
 
-def gmm_ablation_for_run(run: Run | str | Path, components: Sequence[int] = (8, 16, 32, 64, 128), *, fit_on: str = "mean",
-                         random_state: int = 0, data=None, data_dir: str | None = None,
-                         out: str | Path | None = None) -> dict:
+def gmm_ablation_for_run(
+    run: Run | str | Path,
+    components: Sequence[int] = (8, 16, 32, 64, 128),
+    *,
+    fit_on: str = "mean",
+    random_state: int = 0,
+    data=None,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+) -> dict:
     """Table 4 for a run: GMMs for each K fitted on its training codes, scored on its test codes.
 
     The codes are the posterior means (``fit_on="mean"``) or one z ~ q(z|x) per image
@@ -327,12 +449,21 @@ def gmm_ablation_for_run(run: Run | str | Path, components: Sequence[int] = (8, 
         elif fit_on != "mean":
             raise ValueError(f"fit_on={fit_on!r}; choose 'mean' or 'sample'")
         codes[split] = mu
-    result = {"protocol": {"run": str(run.path), "stage": run.stage, "dataset": run.config.dataset,
-                           "fit_on": fit_on, "n_train_codes": len(codes["train"]),
-                           "n_heldout_codes": len(codes["test"]), "heldout": "the run's test split",
-                           "covariance_type": "full", "random_state": random_state,
-                           "ll": "mean log q_GMM(code) per code, nats"},
-              "rows": gmm_ablation(codes["train"], codes["test"], components, random_state=random_state)}
+    result = {
+        "protocol": {
+            "run": str(run.path),
+            "stage": run.stage,
+            "dataset": run.config.dataset,
+            "fit_on": fit_on,
+            "n_train_codes": len(codes["train"]),
+            "n_heldout_codes": len(codes["test"]),
+            "heldout": "the run's test split",
+            "covariance_type": "full",
+            "random_state": random_state,
+            "ll": "mean log q_GMM(code) per code, nats",
+        },
+        "rows": gmm_ablation(codes["train"], codes["test"], components, random_state=random_state),
+    }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)

@@ -26,10 +26,11 @@ every step, so the library uses:
 
 The epoch value is what evaluation (test ELBO), checkpoints and stage 2 use.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -104,17 +105,17 @@ class GlobalVariance(Likelihood):
 
     def logvar(self, z, mean, x=None):
         if self.mode == "closed_form" and self.training and x is not None:
-            r2 = (x - mean.detach()).pow(2)                      # (B, C, H, W)
+            r2 = (x - mean.detach()).pow(2)  # (B, C, H, W)
             sse = r2.sum().double()
             self.sse += sse
             self.count += r2.numel()
             if self.reduce_step is not None:
-                both = self.reduce_step(torch.stack([sse, sse.new_tensor(float(r2.numel()))]))   # (2,)
+                both = self.reduce_step(torch.stack([sse, sse.new_tensor(float(r2.numel()))]))  # (2,)
                 batch_sigma2 = (both[0] / both[1]).float()
             else:
                 batch_sigma2 = r2.mean()
             return batch_sigma2.clamp_min(1e-12).log().expand(1, 1, 1, 1)
-        return self.log_sigma2.expand(1, 1, 1, 1)               # (1, 1, 1, 1)
+        return self.log_sigma2.expand(1, 1, 1, 1)  # (1, 1, 1, 1)
 
     def end_epoch(self, reduce: ReduceFn = identity) -> None:
         if self.mode != "closed_form" or self.count.item() == 0:

@@ -18,6 +18,7 @@ handled inside it:
 Any shape of ``x`` works: ``(B, C, H, W)``, ``(B, D)``, ...; sums run over all dimensions but
 the first.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,38 +59,50 @@ class BalancedLoss(nn.Module):
 
     def _layout(self, x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape != mean.shape:
-            raise ValueError(f"BalancedLoss: x has shape {tuple(x.shape)} but the decoder mean has "
-                             f"{tuple(mean.shape)}; fix: the decoder must return one value per data dimension")
+            raise ValueError(
+                f"BalancedLoss: x has shape {tuple(x.shape)} but the decoder mean has "
+                f"{tuple(mean.shape)}; fix: the decoder must return one value per data dimension"
+            )
         if x.ndim < 2:
             raise ValueError(f"BalancedLoss: x has shape {tuple(x.shape)}; expected a batch (B, ...)")
         if self.check_range:
             lo, hi = (float(v) for v in torch.aminmax(x.detach()))
             if not (0.0 <= lo and hi <= 1.0):
-                raise DataError(f"BalancedLoss: x spans [{lo:.4g}, {hi:.4g}], outside [0, 1]; fix: rescale the "
-                                "data to [0, 1] (divide 0..255 images by 255)")
+                raise DataError(
+                    f"BalancedLoss: x spans [{lo:.4g}, {hi:.4g}], outside [0, 1]; fix: rescale the "
+                    "data to [0, 1] (divide 0..255 images by 255)"
+                )
         shape = (len(x), *canonical_shape(x.shape[1:]))
-        return x.reshape(shape), mean.float().reshape(shape)           # (B, C, H, W)
+        return x.reshape(shape), mean.float().reshape(shape)  # (B, C, H, W)
 
-    def forward(self, x: torch.Tensor, mean: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mean: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """ELBO terms of one batch: x, mean (B, *x_shape); mu, logvar (B, L); z (B, L) in stage 2."""
         if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) != len(x):
-            raise ValueError(f"BalancedLoss: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must both be "
-                             f"({len(x)}, L)")
+            raise ValueError(
+                f"BalancedLoss: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must both be ({len(x)}, L)"
+            )
         if self.stage == 2 and z is None:
             raise ValueError("BalancedLoss in stage 2 needs the code z of each image: loss(x, mean, mu, logvar, z)")
         x4, mean4 = self._layout(x, mean)
-        x_logvar = self.likelihood.logvar(z, mean4, x4 if self.training else None)   # broadcastable to x4
+        x_logvar = self.likelihood.logvar(z, mean4, x4 if self.training else None)  # broadcastable to x4
         if self.stage == 2:
             if x_logvar.numel() != x4.numel():
-                raise ValueError(f"BalancedLoss: the variance head returned {tuple(x_logvar.shape)} for x of shape "
-                                 f"{tuple(x.shape)}; fix: the head must return one value per data dimension")
-            x_logvar = x_logvar.reshape(x4.shape)                                      # (B, C, H, W)
-        rec = gaussian_log_prob(x4, mean4, x_logvar)                                   # (B,)
-        kl = kl_standard_normal(mu.float(), logvar.float())                            # (B,)
-        out = {"elbo": (rec - kl).mean(), "rec": rec.mean(), "kl": kl.mean(),
-               "mse": (x4 - mean4).pow(2).flatten(1).mean(1).mean(),
-               "sigma2": x_logvar.detach().exp().mean()}
+                raise ValueError(
+                    f"BalancedLoss: the variance head returned {tuple(x_logvar.shape)} for x of shape "
+                    f"{tuple(x.shape)}; fix: the head must return one value per data dimension"
+                )
+            x_logvar = x_logvar.reshape(x4.shape)  # (B, C, H, W)
+        rec = gaussian_log_prob(x4, mean4, x_logvar)  # (B,)
+        kl = kl_standard_normal(mu.float(), logvar.float())  # (B,)
+        out = {
+            "elbo": (rec - kl).mean(),
+            "rec": rec.mean(),
+            "kl": kl.mean(),
+            "mse": (x4 - mean4).pow(2).flatten(1).mean(1).mean(),
+            "sigma2": x_logvar.detach().exp().mean(),
+        }
         out["loss"] = -out["elbo"]
         return out
 
@@ -112,8 +125,9 @@ class BalancedLoss(nn.Module):
         self.likelihood.end_epoch(reduce)
         return self.sigma2
 
-    def to_pixel_variance(self, head: nn.Module, floor: float | None = None,
-                          init_sigma2: float | None = None) -> "BalancedLoss":
+    def to_pixel_variance(
+        self, head: nn.Module, floor: float | None = None, init_sigma2: float | None = None
+    ) -> BalancedLoss:
         """Stage 2 of Algorithm 1: per-pixel sigma^2_psi(z) = floor + exp(head(z)) (Eq. 11).
 
         ``floor`` defaults to the stage-1 sigma*^2; every pixel starts at ``init_sigma2``, or
@@ -123,11 +137,13 @@ class BalancedLoss(nn.Module):
         if self.stage == 2:
             raise RuntimeError("BalancedLoss is already in stage 2")
         if not isinstance(head, nn.Module):
-            raise ValueError(f"to_pixel_variance: head must be an nn.Module z (B, L) -> (B, *x_shape), got "
-                             f"{type(head).__name__}")
+            raise ValueError(
+                f"to_pixel_variance: head must be an nn.Module z (B, L) -> (B, *x_shape), got {type(head).__name__}"
+            )
         sigma2_star = self.sigma2
         floor = sigma2_star if floor is None else floor
         device = self.likelihood.log_sigma2.device
-        self.likelihood = pixel_variance(head, floor, sigma2_star if init_sigma2 is None else init_sigma2,
-                                         None).to(device)
+        self.likelihood = pixel_variance(head, floor, sigma2_star if init_sigma2 is None else init_sigma2, None).to(
+            device
+        )
         return self

@@ -8,10 +8,12 @@ the paper's Tables 2 and 3 (VAE, beta-VAE, WAE-MMD, DIP-VAE-I/II) are registered
 share the networks, data, loop and checkpoints; docs/METHODS.md gives their equations,
 references and the source of every default.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -52,36 +54,46 @@ def _dip(c: TrainConfig, kind: str, ratio: float) -> DIPVAE:
 METHODS: dict[str, Method] = {
     "learned": Method(
         likelihood=lambda c: GlobalVariance(c.sigma2_mode),
-        objective=lambda c: ELBO(), staged=True,
-        doc="ours: learned global sigma^2 (Eq. 10), then a per-pixel head (Eq. 11)"),
+        objective=lambda c: ELBO(),
+        staged=True,
+        doc="ours: learned global sigma^2 (Eq. 10), then a per-pixel head (Eq. 11)",
+    ),
     "fixed": Method(
-        likelihood=lambda c: FixedVariance(c.sigma2), objective=lambda c: ELBO(),
-        doc="ELBO with sigma^2 fixed at --sigma2"),
+        likelihood=lambda c: FixedVariance(c.sigma2),
+        objective=lambda c: ELBO(),
+        doc="ELBO with sigma^2 fixed at --sigma2",
+    ),
     "vae": Method(
-        likelihood=lambda c: FixedVariance(0.5), objective=lambda c: ELBO(),
-        doc="original VAE: sigma^2 = 0.5"),
+        likelihood=lambda c: FixedVariance(0.5), objective=lambda c: ELBO(), doc="original VAE: sigma^2 = 0.5"
+    ),
     "beta-vae": Method(
-        likelihood=lambda c: FixedVariance(_h(c)["beta"] / 2), objective=lambda c: BetaVAE(_h(c)["beta"]),
+        likelihood=lambda c: FixedVariance(_h(c)["beta"] / 2),
+        objective=lambda c: BetaVAE(_h(c)["beta"]),
         doc="beta-VAE: -log N(x; g(z), 0.5) + beta KL, i.e. sigma^2 = beta/2; default beta=2 is the "
-            "paper's sigma^2 = 1 (--hparam beta=B)",
-        hparams={"beta": 2.0}),
+        "paper's sigma^2 = 1 (--hparam beta=B)",
+        hparams={"beta": 2.0},
+    ),
     "wae-mmd": Method(
         likelihood=lambda c: FixedVariance(0.5),
-        objective=lambda c: WAEMMD(lam=_h(c)["lambda"], rec_scale=_h(c)["rec_scale"],
-                                   stochastic=_h(c)["stochastic"]),
+        objective=lambda c: WAEMMD(lam=_h(c)["lambda"], rec_scale=_h(c)["rec_scale"], stochastic=_h(c)["stochastic"]),
         doc="WAE-MMD (Tolstikhin et al. 2018): rec_scale ||x - g(z)||^2 + lambda MMD (IMQ kernel); "
-            "hparams lambda=10, rec_scale=0.05, stochastic=false; evaluated with sigma^2 = 0.5",
-        hparams={"lambda": 10.0, "rec_scale": 0.05, "stochastic": False}),
+        "hparams lambda=10, rec_scale=0.05, stochastic=false; evaluated with sigma^2 = 0.5",
+        hparams={"lambda": 10.0, "rec_scale": 0.05, "stochastic": False},
+    ),
     "dip-vae-i": Method(
-        likelihood=lambda c: FixedVariance(0.5), objective=lambda c: _dip(c, "i", 10.0),
+        likelihood=lambda c: FixedVariance(0.5),
+        objective=lambda c: _dip(c, "i", 10.0),
         doc="DIP-VAE-I (Kumar et al. 2018): ELBO (sigma^2 = 0.5) + penalty on Cov[mu(x)]; "
-            "hparams lambda_od=10, lambda_d=10*lambda_od",
-        hparams={"lambda_od": 10.0, "lambda_d": 100.0}),
+        "hparams lambda_od=10, lambda_d=10*lambda_od",
+        hparams={"lambda_od": 10.0, "lambda_d": 100.0},
+    ),
     "dip-vae-ii": Method(
-        likelihood=lambda c: FixedVariance(0.5), objective=lambda c: _dip(c, "ii", 1.0),
+        likelihood=lambda c: FixedVariance(0.5),
+        objective=lambda c: _dip(c, "ii", 1.0),
         doc="DIP-VAE-II (Kumar et al. 2018): ELBO (sigma^2 = 0.5) + penalty on E[Sigma(x)] + Cov[mu(x)]; "
-            "hparams lambda_od=10, lambda_d=lambda_od",
-        hparams={"lambda_od": 10.0, "lambda_d": 10.0}),
+        "hparams lambda_od=10, lambda_d=lambda_od",
+        hparams={"lambda_od": 10.0, "lambda_d": 10.0},
+    ),
 }
 
 
@@ -90,11 +102,9 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-        raise ValueError(f"method {method!r}: hparam {key}={value!r} must be true or false, "
-                         f"e.g. --hparam {key}=true")
+        raise ValueError(f"method {method!r}: hparam {key}={value!r} must be true or false, e.g. --hparam {key}=true")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"method {method!r}: hparam {key}={value!r} must be a number, "
-                         f"e.g. --hparam {key}={default}")
+        raise ValueError(f"method {method!r}: hparam {key}={value!r} must be a number, e.g. --hparam {key}={default}")
     return float(value)
 
 
@@ -134,16 +144,25 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     """
     resolve_hparams(config)  # every method rejects hyperparameters it does not know
     likelihood = get_method(config.method).likelihood(config)
-    output = config.output or "sigmoid"   # None: images (configs saved before the field existed)
+    output = config.output or "sigmoid"  # None: images (configs saved before the field existed)
     if config.networks is None:
-        return VAE(NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks, config.net),
-                   likelihood, output=output)
+        return VAE(
+            NetSpec(tuple(shape), config.latent_dim, config.width, config.blocks, config.net), likelihood, output=output
+        )
 
     def make():
         return build_networks(config.networks, shape, config.latent_dim, config.network_args)
+
     encoder, decoder = make()
-    model = VAE(encoder, decoder, likelihood, latent_dim=config.latent_dim, data_shape=tuple(shape),
-                variance_head=lambda: make()[1], output=output)
+    model = VAE(
+        encoder,
+        decoder,
+        likelihood,
+        latent_dim=config.latent_dim,
+        data_shape=tuple(shape),
+        variance_head=lambda: make()[1],
+        output=output,
+    )
     return model.check(torch.zeros(2, *shape))
 
 

@@ -15,6 +15,7 @@ Every function here is deterministic given its ``generator``; none reads files.
 Functions that take a model run it in eval mode without gradients and restore its
 previous mode.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,11 +69,13 @@ def _log_prior(prior: Prior | None, z: torch.Tensor) -> torch.Tensor:
     """log p(z) for codes of any leading shape (..., L) -> (...,)."""
     if prior is None:
         return log_standard_normal(z)
-    flat = z.reshape(-1, z.shape[-1])                              # (n, L)
+    flat = z.reshape(-1, z.shape[-1])  # (n, L)
     out = prior.log_prob(flat)
     if out.shape != (flat.shape[0],):
-        raise ValueError(f"{type(prior).__name__}.log_prob returned shape {tuple(out.shape)} for codes of shape "
-                         f"{tuple(flat.shape)}; a prior must map (n, L) to (n,)")
+        raise ValueError(
+            f"{type(prior).__name__}.log_prob returned shape {tuple(out.shape)} for codes of shape "
+            f"{tuple(flat.shape)}; a prior must map (n, L) to (n,)"
+        )
     return out.reshape(z.shape[:-1]).to(z.dtype)
 
 
@@ -84,8 +87,9 @@ def _check_images(x: torch.Tensor, what: str = "x") -> None:
 # --------------------------------------------------------------------------- ELBO and IWAE
 
 
-def elbo(model, x: torch.Tensor, *, generator: torch.Generator | None = None,
-         prior: Prior | None = None) -> dict[str, torch.Tensor]:
+def elbo(
+    model, x: torch.Tensor, *, generator: torch.Generator | None = None, prior: Prior | None = None
+) -> dict[str, torch.Tensor]:
     """Per-sample test ELBO of Eq. 9 (global sigma^2) or Eq. 11 (per-pixel sigma^2).
 
     One z ~ q(z|x) per image, drawn with ``generator``. Returns, each (B,):
@@ -100,14 +104,15 @@ def elbo(model, x: torch.Tensor, *, generator: torch.Generator | None = None,
     """
     _check_images(x)
     with eval_mode(model):
-        mu, logvar = model.encode(x)                                # (B, L)
-        t = elbo_terms_from_codes(model, x, mu, logvar, generator)   # the library's one ELBO
+        mu, logvar = model.encode(x)  # (B, L)
+        t = elbo_terms_from_codes(model, x, mu, logvar, generator)  # the library's one ELBO
         kl_mc = log_normal_diag(t["z"], mu, logvar) - _log_prior(prior, t["z"])  # (B,)
     return {"elbo": t["elbo"], "rec": t["rec"], "kl": t["kl"], "kl_mc": kl_mc, "elbo_mc": t["rec"] - kl_mc}
 
 
-def log_importance_weights(model, x: torch.Tensor, k: int, *, prior: Prior | None = None,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def log_importance_weights(
+    model, x: torch.Tensor, k: int, *, prior: Prior | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, C, H, W) -> (k, B).
 
     All k samples of all B images are decoded in one batch of k * B codes.
@@ -116,20 +121,27 @@ def log_importance_weights(model, x: torch.Tensor, k: int, *, prior: Prior | Non
     if int(k) < 1:
         raise ValueError(f"k={k}: the number of importance samples must be >= 1")
     with eval_mode(model):
-        mu, logvar = model.encode(x)                                # (B, L)
-        z = model.reparameterise(mu, logvar, generator, k=int(k))   # (k, B, L)
-        mean, x_logvar = model.decode(z.reshape(-1, z.shape[-1]))   # (k B, C, H, W)
-        mean = mean.reshape(k, *x.shape)                            # (k, B, C, H, W)
+        mu, logvar = model.encode(x)  # (B, L)
+        z = model.reparameterise(mu, logvar, generator, k=int(k))  # (k, B, L)
+        mean, x_logvar = model.decode(z.reshape(-1, z.shape[-1]))  # (k B, C, H, W)
+        mean = mean.reshape(k, *x.shape)  # (k, B, C, H, W)
         if x_logvar.ndim == 4 and x_logvar.shape[0] == k * x.shape[0]:  # per-code variance head
             x_logvar = x_logvar.reshape(k, x.shape[0], *x_logvar.shape[1:])  # (k, B, C, H, W)
-        log_px_z = gaussian_log_prob(x, mean, x_logvar)             # (k, B)
-        log_pz = _log_prior(prior, z)                               # (k, B)
-        log_qz_x = log_normal_diag(z, mu, logvar)                   # (k, B)
+        log_px_z = gaussian_log_prob(x, mean, x_logvar)  # (k, B)
+        log_pz = _log_prior(prior, z)  # (k, B)
+        log_qz_x = log_normal_diag(z, mu, logvar)  # (k, B)
     return log_px_z + log_pz - log_qz_x
 
 
-def iwae_log_likelihood(model, x: torch.Tensor, k: int = 20, *, prior: Prior | None = None,
-                        generator: torch.Generator | None = None, batch_size: int = 100) -> torch.Tensor:
+def iwae_log_likelihood(
+    model,
+    x: torch.Tensor,
+    k: int = 20,
+    *,
+    prior: Prior | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 100,
+) -> torch.Tensor:
     """Importance-weighted lower bound on log p(x) (Burda et al. 2016): x (N, C, H, W) -> (N,).
 
         log p(x) >= E[ logsumexp_k (log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log k ]
@@ -143,8 +155,8 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int = 20, *, prior: Prior | N
     _check_images(x)
     out = []
     for i in range(0, len(x), batch_size):
-        log_w = log_importance_weights(model, x[i:i + batch_size], k, prior=prior, generator=generator)  # (k, b)
-        out.append(torch.logsumexp(log_w, dim=0) - math.log(k))                                       # (b,)
+        log_w = log_importance_weights(model, x[i : i + batch_size], k, prior=prior, generator=generator)  # (k, b)
+        out.append(torch.logsumexp(log_w, dim=0) - math.log(k))  # (b,)
     return torch.cat(out)
 
 
@@ -166,9 +178,16 @@ def bits_per_dim(log_likelihood: torch.Tensor | float, n_dims: int, levels: int 
     return -(log_likelihood - n_dims * math.log(levels)) / (n_dims * math.log(2.0))
 
 
-def dequantised_log_likelihood(model, x: torch.Tensor, k: int = 20, *, prior: Prior | None = None,
-                               generator: torch.Generator | None = None, batch_size: int = 100,
-                               levels: int = 256) -> dict[str, torch.Tensor]:
+def dequantised_log_likelihood(
+    model,
+    x: torch.Tensor,
+    k: int = 20,
+    *,
+    prior: Prior | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 100,
+    levels: int = 256,
+) -> dict[str, torch.Tensor]:
     """IWAE bound on the dequantised data x + u, u ~ U(0, 1/levels), and its bits per dimension.
 
     x (N, C, H, W) holds 8-bit images scaled to [0, 1]. A per-pixel variance can shrink
@@ -179,7 +198,7 @@ def dequantised_log_likelihood(model, x: torch.Tensor, k: int = 20, *, prior: Pr
     drawn from ``generator`` before the importance samples.
     """
     _check_images(x)
-    x_deq = dequantise(x, generator=generator, levels=levels)       # (N, C, H, W)
+    x_deq = dequantise(x, generator=generator, levels=levels)  # (N, C, H, W)
     ll = iwae_log_likelihood(model, x_deq, k, prior=prior, generator=generator, batch_size=batch_size)  # (N,)
     n_dims = int(np.prod(x.shape[1:]))
     return {"log_likelihood": ll, "bits_per_dim": bits_per_dim(ll, n_dims, levels)}
@@ -220,13 +239,15 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     f = mu1.shape[0]
     for name, m, c in (("1", mu1, cov1), ("2", mu2, cov2)):
         if m.shape != (f,) or c.shape != (f, f):
-            raise ValueError(f"statistics {name}: mean {m.shape} and covariance {c.shape} do not match "
-                             f"dimension {f}; pass mu (F,) and cov (F, F) from the same feature extractor")
+            raise ValueError(
+                f"statistics {name}: mean {m.shape} and covariance {c.shape} do not match "
+                f"dimension {f}; pass mu (F,) and cov (F, F) from the same feature extractor"
+            )
         if not (np.isfinite(m).all() and np.isfinite(c).all()):
             raise ValueError(f"statistics {name} contain NaN or inf; check the features they were computed from")
-    c1, c2 = torch.from_numpy(cov1), torch.from_numpy(cov2)       # torch's LAPACK: ~3x numpy's eigh here
+    c1, c2 = torch.from_numpy(cov1), torch.from_numpy(cov2)  # torch's LAPACK: ~3x numpy's eigh here
     s1 = _psd_sqrt(c1)
-    inner = s1 @ c2 @ s1                                            # (F, F), symmetric PSD
+    inner = s1 @ c2 @ s1  # (F, F), symmetric PSD
     eig = torch.linalg.eigvalsh(0.5 * (inner + inner.T))
     tr_sqrt = float(eig.clamp_min(0.0).sqrt().sum())
     d2 = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_sqrt
@@ -242,16 +263,19 @@ def frechet_distance_features(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | 
     O(N1 N2 F) instead of two eigen-decompositions of (F, F). Otherwise the statistics
     go through :func:`frechet_distance`.
     """
-    a, b = (torch.as_tensor(np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f),
-                            dtype=torch.float64) for f in (f1, f2))
+    a, b = (
+        torch.as_tensor(np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f), dtype=torch.float64)
+        for f in (f1, f2)
+    )
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"features have shapes {tuple(a.shape)} and {tuple(b.shape)}; need (N1, F) and (N2, F) "
-                         "with N1, N2 >= 2")
+        raise ValueError(
+            f"features have shapes {tuple(a.shape)} and {tuple(b.shape)}; need (N1, F) and (N2, F) with N1, N2 >= 2"
+        )
     n1, n2, f = len(a), len(b), a.shape[1]
     if min(n1, n2) >= f:
         return frechet_distance(*gaussian_statistics(a.numpy()), *gaussian_statistics(b.numpy()))
-    mu1, mu2 = a.mean(0), b.mean(0)                                 # (F,)
-    x1, x2 = a - mu1, b - mu2                                       # (N1, F), (N2, F)
+    mu1, mu2 = a.mean(0), b.mean(0)  # (F,)
+    x1, x2 = a - mu1, b - mu2  # (N1, F), (N2, F)
     tr_sqrt = float(torch.linalg.svdvals(x1 @ x2.T).sum()) / math.sqrt((n1 - 1) * (n2 - 1))
     d2 = float((mu1 - mu2).pow(2).sum()) + float(x1.pow(2).sum()) / (n1 - 1) + float(x2.pow(2).sum()) / (n2 - 1)
     return float(max(d2 - 2.0 * tr_sqrt, 0.0))
@@ -260,8 +284,9 @@ def frechet_distance_features(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | 
 # --------------------------------------------------------------------------- calibration
 
 
-def calibration(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, sigma2_global: float,
-                n_bins: int = 10) -> dict[str, Any]:
+def calibration(
+    x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, sigma2_global: float, n_bins: int = 10
+) -> dict[str, Any]:
     """How well a predicted per-pixel variance describes the reconstruction error (Figure 3).
 
     x, mean: (N, C, H, W); logvar: the predicted log sigma^2, broadcastable to them
@@ -285,19 +310,22 @@ def calibration(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, *, si
     if not sigma2_global > 0:
         raise ValueError(f"sigma2_global={sigma2_global}; must be > 0")
     x, mean = x.double(), mean.double()
-    logvar = torch.broadcast_to(logvar.double(), x.shape)            # (N, C, H, W)
-    r2 = (x - mean).pow(2)                                           # (N, C, H, W)
+    logvar = torch.broadcast_to(logvar.double(), x.shape)  # (N, C, H, W)
+    r2 = (x - mean).pow(2)  # (N, C, H, W)
     mse = float(r2.mean())
-    nll_pred = -gaussian_log_prob(x, mean, logvar)                   # (N,)
+    nll_pred = -gaussian_log_prob(x, mean, logvar)  # (N,)
     nll_glob = -gaussian_log_prob(x, mean, torch.full((), math.log(sigma2_global), dtype=torch.float64))
     nll_oracle = -gaussian_log_prob(x, mean, torch.full((), math.log(max(mse, 1e-300)), dtype=torch.float64))
-    s2 = logvar.exp().flatten().numpy()                              # (N D,)
-    e2 = r2.flatten().numpy()                                        # (N D,)
+    s2 = logvar.exp().flatten().numpy()  # (N D,)
+    e2 = r2.flatten().numpy()  # (N D,)
     constant = bool(np.ptp(s2) <= 1e-12 * max(abs(s2).max(), 1e-300))
     rho = None if constant else float(spearmanr(s2, e2).statistic)
     order = np.argsort(s2, kind="stable")
-    bins = [{"sigma2": float(s2[idx].mean()), "squared_error": float(e2[idx].mean()), "n_pixels": int(len(idx))}
-            for idx in np.array_split(order, n_bins) if len(idx)]
+    bins = [
+        {"sigma2": float(s2[idx].mean()), "squared_error": float(e2[idx].mean()), "n_pixels": int(len(idx))}
+        for idx in np.array_split(order, n_bins)
+        if len(idx)
+    ]
     return {
         "spearman": rho,
         "nll_predicted": float(nll_pred.mean()),

@@ -19,12 +19,13 @@ as ``(B, C, H, W)`` (see :func:`~balanced_vae.sources.canonical_shape`; a vector
 ``(D, 1, 1)``); the model reshapes to ``data_shape`` before your networks see it, and
 returns means in the library layout.
 """
+
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -54,12 +55,13 @@ class _ScaledHead(nn.Module):
         self.offset = nn.Parameter(torch.tensor(float(offset)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        raw = self.offset + self.gain * self.head(z).float()         # (B, *data_shape)
-        return raw if self.shape is None else raw.reshape(len(z), *self.shape)   # (B, C, H, W)
+        raw = self.offset + self.gain * self.head(z).float()  # (B, *data_shape)
+        return raw if self.shape is None else raw.reshape(len(z), *self.shape)  # (B, C, H, W)
 
 
-def pixel_variance(head: nn.Module, floor: float, init_sigma2: float | None,
-                   data_shape: tuple[int, ...] | None) -> PixelVariance:
+def pixel_variance(
+    head: nn.Module, floor: float, init_sigma2: float | None, data_shape: tuple[int, ...] | None
+) -> PixelVariance:
     """The stage-2 likelihood (Eq. 11) around any head ``z (B, L) -> (B, *data_shape)``.
 
     Every pixel's sigma^2 starts at ``init_sigma2`` (default 1.01 x the floor) via
@@ -113,16 +115,22 @@ class VAE(nn.Module):
             of the decoder network's output.
     """
 
-    def __init__(self, encoder: nn.Module | NetSpec, decoder: nn.Module | Likelihood,
-                 likelihood: Likelihood | None = None, *, latent_dim: int | None = None,
-                 data_shape: tuple[int, ...] | None = None,
-                 variance_head: nn.Module | Callable[[], nn.Module] | None = None,
-                 output: str = "sigmoid") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module | NetSpec,
+        decoder: nn.Module | Likelihood,
+        likelihood: Likelihood | None = None,
+        *,
+        latent_dim: int | None = None,
+        data_shape: tuple[int, ...] | None = None,
+        variance_head: nn.Module | Callable[[], nn.Module] | None = None,
+        output: str = "sigmoid",
+    ) -> None:
         super().__init__()
         if output not in ("sigmoid", "identity"):
             raise NetworkError(f"VAE output={output!r}; choose 'sigmoid' (data in [0, 1]) or 'identity' (real values)")
         self.output = output
-        if isinstance(encoder, NetSpec):   # VAE(spec, likelihood): the built-in networks
+        if isinstance(encoder, NetSpec):  # VAE(spec, likelihood): the built-in networks
             spec, likelihood = encoder, decoder
             encoder, decoder = make_encoder(spec), make_decoder(spec)
             latent_dim = spec.latent_dim
@@ -130,24 +138,29 @@ class VAE(nn.Module):
             spec = None
         for name, net in (("encoder", encoder), ("decoder", decoder)):
             if not isinstance(net, nn.Module):
-                raise NetworkError(f"VAE {name}: expected a torch.nn.Module, got {type(net).__name__}; "
-                                   "fix: VAE(encoder, decoder, likelihood) with nn.Modules")
+                raise NetworkError(
+                    f"VAE {name}: expected a torch.nn.Module, got {type(net).__name__}; "
+                    "fix: VAE(encoder, decoder, likelihood) with nn.Modules"
+                )
         if not isinstance(likelihood, Likelihood):
-            raise NetworkError(f"VAE likelihood: expected a balanced_vae.likelihoods.Likelihood, got "
-                               f"{type(likelihood).__name__}; fix: e.g. GlobalVariance('closed_form')")
+            raise NetworkError(
+                f"VAE likelihood: expected a balanced_vae.likelihoods.Likelihood, got "
+                f"{type(likelihood).__name__}; fix: e.g. GlobalVariance('closed_form')"
+            )
         self.spec = spec
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self._latent_dim = latent_dim
         self.data_shape = tuple(data_shape) if data_shape is not None else None
-        object.__setattr__(self, "_variance_head", variance_head)   # not a submodule: no weights before stage 2
+        object.__setattr__(self, "_variance_head", variance_head)  # not a submodule: no weights before stage 2
 
     @property
     def latent_dim(self) -> int:
         if self._latent_dim is None:
-            raise NetworkError("VAE.latent_dim is unknown: pass latent_dim=L to VAE(...) or call "
-                               "model.check(x) on a batch first")
+            raise NetworkError(
+                "VAE.latent_dim is unknown: pass latent_dim=L to VAE(...) or call model.check(x) on a batch first"
+            )
         return self._latent_dim
 
     def _to_networks(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,13 +179,15 @@ class VAE(nn.Module):
         """x (B, C, H, W) (or (B, *data_shape)) -> mu (B, L), logvar (B, L)."""
         h = self.encoder(self._to_networks(x))
         if isinstance(h, (tuple, list)):
-            mu, logvar = (t.float() for t in h)                   # (B, L) each
+            mu, logvar = (t.float() for t in h)  # (B, L) each
         else:
-            h = h.float()                                         # (B, 2L); fp32 even under bf16 autocast
+            h = h.float()  # (B, 2L); fp32 even under bf16 autocast
             if h.ndim != 2 or h.shape[1] % 2:
-                raise NetworkError(f"encoder output has shape {tuple(h.shape)}; expected (B, 2L) (an even "
-                                   "width: mu then logvar) or a pair (mu, logvar) of (B, L); fix the encoder's "
-                                   "last layer")
+                raise NetworkError(
+                    f"encoder output has shape {tuple(h.shape)}; expected (B, 2L) (an even "
+                    "width: mu then logvar) or a pair (mu, logvar) of (B, L); fix the encoder's "
+                    "last layer"
+                )
             mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
@@ -190,28 +205,31 @@ class VAE(nn.Module):
         return mean, self.likelihood.logvar(z, mean, x)
 
     @staticmethod
-    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None, k: int | None = None) -> torch.Tensor:
+    def reparameterise(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None
+    ) -> torch.Tensor:
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I): (B, L), or (k, B, L) when ``k`` is given."""
         shape = mu.shape if k is None else (k, *mu.shape)
         eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
         return mu + (0.5 * logvar).exp() * eps
 
-    def with_pixel_variance(self, floor: float, init_sigma2: float | None = None) -> "VAE":
+    def with_pixel_variance(self, floor: float, init_sigma2: float | None = None) -> VAE:
         """Algorithm 1, stage 2: the same networks with a new per-pixel variance head.
 
         The head's last layer starts at zero weight and a bias chosen so that every
         pixel's sigma^2 starts near ``init_sigma2`` (default: 1.01 x the floor), so stage 2
         begins where stage 1 ended instead of at sigma^2 ~ 1.
         """
-        if self.spec is None:   # your networks: a fresh head, its output started at a constant
+        if self.spec is None:  # your networks: a fresh head, its output started at a constant
             vh = self._variance_head
             net = vh if isinstance(vh, nn.Module) else vh() if vh is not None else _fresh_copy(self.decoder)
             if not isinstance(net, nn.Module):
-                raise NetworkError(f"variance_head returned {type(net).__name__}, not an nn.Module; fix: "
-                                   "pass a module or a function returning a fresh decoder-shaped module")
+                raise NetworkError(
+                    f"variance_head returned {type(net).__name__}, not an nn.Module; fix: "
+                    "pass a module or a function returning a fresh decoder-shaped module"
+                )
             device = next(self.decoder.parameters(), torch.empty(0)).device
-            if self.data_shape is None:   # the decoder's own output shape
+            if self.data_shape is None:  # the decoder's own output shape
                 with torch.no_grad():
                     self.data_shape = tuple(self.decoder(torch.zeros(1, self.latent_dim, device=device)).shape[1:])
             self.likelihood = pixel_variance(net.to(device), floor, init_sigma2, self.data_shape)
@@ -227,7 +245,7 @@ class VAE(nn.Module):
         return self
 
     @torch.no_grad()
-    def check(self, x: torch.Tensor) -> "VAE":
+    def check(self, x: torch.Tensor) -> VAE:
         """Check the networks' contract on a batch ``x`` (B, *data_shape); sets ``latent_dim`` if unknown.
 
         Sets ``data_shape`` to x's example shape if unknown. Runs the encoder and decoder once
@@ -240,28 +258,35 @@ class VAE(nn.Module):
             h = self.encoder(self._to_networks(x))
             if isinstance(h, (tuple, list)):
                 if len(h) != 2 or h[0].shape != h[1].shape or h[0].ndim != 2:
-                    raise NetworkError(f"encoder returned {len(h)} tensors of shapes {[tuple(t.shape) for t in h]};"
-                                       " expected (mu, logvar), each (B, L)")
+                    raise NetworkError(
+                        f"encoder returned {len(h)} tensors of shapes {[tuple(t.shape) for t in h]};"
+                        " expected (mu, logvar), each (B, L)"
+                    )
                 width = 2 * h[0].shape[1]
             else:
                 if h.ndim != 2 or h.shape[0] != len(x) or h.shape[1] % 2:
                     raise NetworkError(
                         f"encoder output has shape {tuple(h.shape)} for x of shape {tuple(x.shape)}; expected "
                         f"({len(x)}, 2L), an even width holding mu then logvar (or a pair (mu, logvar)); fix the "
-                        "encoder's last layer, e.g. nn.Linear(features, 2 * latent_dim)")
+                        "encoder's last layer, e.g. nn.Linear(features, 2 * latent_dim)"
+                    )
                 width = h.shape[1]
             if self._latent_dim is not None and width != 2 * self._latent_dim:
-                raise NetworkError(f"encoder gives L = {width // 2} latent dimensions but latent_dim = "
-                                   f"{self._latent_dim}; fix: make the encoder output 2 * {self._latent_dim} features")
+                raise NetworkError(
+                    f"encoder gives L = {width // 2} latent dimensions but latent_dim = "
+                    f"{self._latent_dim}; fix: make the encoder output 2 * {self._latent_dim} features"
+                )
             self._latent_dim = width // 2
-            if self.data_shape is None:   # x's layout is the networks' layout from now on
+            if self.data_shape is None:  # x's layout is the networks' layout from now on
                 self.data_shape = tuple(x.shape[1:])
             out = self.decoder(torch.zeros(len(x), self._latent_dim, device=x.device))
             want = self.data_shape or tuple(x.shape[1:])
             if tuple(out.shape) != (len(x), *want):
-                raise NetworkError(f"decoder output has shape {tuple(out.shape)} for z of shape "
-                                   f"({len(x)}, {self._latent_dim}); expected x's shape {(len(x), *want)}; fix the "
-                                   "decoder so that it returns one logit per data dimension")
+                raise NetworkError(
+                    f"decoder output has shape {tuple(out.shape)} for z of shape "
+                    f"({len(x)}, {self._latent_dim}); expected x's shape {(len(x), *want)}; fix the "
+                    "decoder so that it returns one logit per data dimension"
+                )
         return self
 
     @torch.no_grad()
@@ -286,12 +311,14 @@ def encode_dataset(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torc
     mode without gradients and restores the model's training flag.
     """
     if isinstance(x, torch.Tensor) and x.ndim != 4:
-        raise ValueError(f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
-                         "or uint8 data pass balanced_vae.sources.TensorSource(x)")
+        raise ValueError(
+            f"encode_dataset: x has shape {tuple(x.shape)}, expected (N, C, H, W); for other shapes "
+            "or uint8 data pass balanced_vae.sources.TensorSource(x)"
+        )
     with eval_mode(model):
         mus, logvars = [], []
         for i in range(0, len(x), batch_size):
-            mu, logvar = model.encode(rows(x, i, i + batch_size))           # (b, L)
+            mu, logvar = model.encode(rows(x, i, i + batch_size))  # (b, L)
             mus.append(mu.float().cpu())
             logvars.append(logvar.float().cpu())
     return torch.cat(mus), torch.cat(logvars)

@@ -28,6 +28,7 @@ encoder and before each of the two coarsest upsamplings of the decoder. The last
 every block starts at zero, so a deeper network starts as the function of the shallow one
 it extends; ``blocks=0`` builds exactly the shallow network (same modules, same random draws).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,13 +51,17 @@ class NetSpec:
     def __post_init__(self) -> None:
         if self.net not in NETS:
             raise ValueError(f"unknown network family {self.net!r}; choose one of {', '.join(NETS)} (--net)")
-        family = self.family   # refuses shapes and families that do not go together
+        family = self.family  # refuses shapes and families that do not go together
         if self.blocks and family == "mlp":
-            raise ValueError(f"blocks={self.blocks}: residual blocks need a conv network (28x28 or 64x64 "
-                             f"images), not the MLP of images of shape {self.shape}; fix: --blocks 0")
+            raise ValueError(
+                f"blocks={self.blocks}: residual blocks need a conv network (28x28 or 64x64 "
+                f"images), not the MLP of images of shape {self.shape}; fix: --blocks 0"
+            )
         if self.blocks and self.net != "small":
-            raise ValueError(f"blocks={self.blocks}: --blocks deepens the small conv nets only, not --net "
-                             f"{self.net}; fix: --blocks 0 (or --net small)")
+            raise ValueError(
+                f"blocks={self.blocks}: --blocks deepens the small conv nets only, not --net "
+                f"{self.net}; fix: --blocks 0 (or --net small)"
+            )
 
     @property
     def family(self) -> str:
@@ -65,8 +70,10 @@ class NetSpec:
         c, h, w = self.shape
         if h <= 16 and w <= 16:
             if self.net != "small":
-                raise ValueError(f"--net {self.net} needs 28x28 or 64x64 images, not {self.shape}; tiny images "
-                                 "use the MLP of --net small")
+                raise ValueError(
+                    f"--net {self.net} needs 28x28 or 64x64 images, not {self.shape}; tiny images "
+                    "use the MLP of --net small"
+                )
             return "mlp"
         if (h, w) in ((28, 28), (64, 64)):
             return {"small": "conv", "paper": "paper", "res": "res"}[self.net] + str(h)
@@ -83,8 +90,7 @@ NETS = ("small", "paper", "res")
 def default_width(shape: tuple[int, int, int], net: str = "small") -> int:
     """Default base width for a shape: hidden units (MLP) or first-layer channels (conv)."""
     family = NetSpec(shape, 2, 1, net=net).family
-    return {"mlp": 256, "conv28": 32, "conv64": 32, "paper28": 128, "paper64": 128,
-            "res28": 32, "res64": 32}[family]
+    return {"mlp": 256, "conv28": 32, "conv64": 32, "paper28": 128, "paper64": 128, "res28": 32, "res64": 32}[family]
 
 
 def default_latent_dim(shape: tuple[int, ...], net: str = "small") -> int:
@@ -123,25 +129,39 @@ class _Reshape(nn.Module):
 def _mlp_encoder(s: NetSpec) -> nn.Module:
     d = s.shape[0] * s.shape[1] * s.shape[2]
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(d, s.width), nn.ReLU(),
-        nn.Linear(s.width, s.width), nn.ReLU(), nn.Linear(s.width, 2 * s.latent_dim),
+        nn.Flatten(),
+        nn.Linear(d, s.width),
+        nn.ReLU(),
+        nn.Linear(s.width, s.width),
+        nn.ReLU(),
+        nn.Linear(s.width, 2 * s.latent_dim),
     )
 
 
 def _mlp_decoder(s: NetSpec) -> nn.Module:
     d = s.shape[0] * s.shape[1] * s.shape[2]
     return nn.Sequential(
-        nn.Linear(s.latent_dim, s.width), nn.ReLU(),
-        nn.Linear(s.width, s.width), nn.ReLU(), nn.Linear(s.width, d), _Reshape(*s.shape),
+        nn.Linear(s.latent_dim, s.width),
+        nn.ReLU(),
+        nn.Linear(s.width, s.width),
+        nn.ReLU(),
+        nn.Linear(s.width, d),
+        _Reshape(*s.shape),
     )
 
 
 def _conv28_encoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
-        nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(), *_res(w, s.blocks),              # (B, w, 14, 14)
-        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),      # (B, 2w, 7, 7)
-        nn.Flatten(), nn.Linear(2 * w * 49, 8 * w), nn.ReLU(),
+        nn.Conv2d(c, w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(w, s.blocks),  # (B, w, 14, 14)
+        nn.Conv2d(w, 2 * w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(2 * w, s.blocks),  # (B, 2w, 7, 7)
+        nn.Flatten(),
+        nn.Linear(2 * w * 49, 8 * w),
+        nn.ReLU(),
         nn.Linear(8 * w, 2 * s.latent_dim),
     )
 
@@ -149,21 +169,35 @@ def _conv28_encoder(s: NetSpec) -> nn.Module:
 def _conv28_decoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
-        nn.Linear(s.latent_dim, 8 * w), nn.ReLU(),
-        nn.Linear(8 * w, 2 * w * 49), nn.ReLU(), _Reshape(2 * w, 7, 7), *_res(2 * w, s.blocks),
-        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(), *_res(w, s.blocks),   # (B, w, 14, 14)
-        nn.ConvTranspose2d(w, c, 4, 2, 1),                                      # (B, C, 28, 28)
+        nn.Linear(s.latent_dim, 8 * w),
+        nn.ReLU(),
+        nn.Linear(8 * w, 2 * w * 49),
+        nn.ReLU(),
+        _Reshape(2 * w, 7, 7),
+        *_res(2 * w, s.blocks),
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(w, s.blocks),  # (B, w, 14, 14)
+        nn.ConvTranspose2d(w, c, 4, 2, 1),  # (B, C, 28, 28)
     )
 
 
 def _conv64_encoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
-        nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(),             # (B, w, 32, 32)
-        nn.Conv2d(w, w, 4, 2, 1), nn.ReLU(),             # (B, w, 16, 16)
-        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),        # (B, 2w, 8, 8)
-        nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),    # (B, 2w, 4, 4)
-        nn.Flatten(), nn.Linear(2 * w * 16, 8 * w), nn.ReLU(),
+        nn.Conv2d(c, w, 4, 2, 1),
+        nn.ReLU(),  # (B, w, 32, 32)
+        nn.Conv2d(w, w, 4, 2, 1),
+        nn.ReLU(),  # (B, w, 16, 16)
+        nn.Conv2d(w, 2 * w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(2 * w, s.blocks),  # (B, 2w, 8, 8)
+        nn.Conv2d(2 * w, 2 * w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(2 * w, s.blocks),  # (B, 2w, 4, 4)
+        nn.Flatten(),
+        nn.Linear(2 * w * 16, 8 * w),
+        nn.ReLU(),
         nn.Linear(8 * w, 2 * s.latent_dim),
     )
 
@@ -171,12 +205,20 @@ def _conv64_encoder(s: NetSpec) -> nn.Module:
 def _conv64_decoder(s: NetSpec) -> nn.Module:
     c, w = s.shape[0], s.width
     return nn.Sequential(
-        nn.Linear(s.latent_dim, 8 * w), nn.ReLU(),
-        nn.Linear(8 * w, 2 * w * 16), nn.ReLU(), _Reshape(2 * w, 4, 4), *_res(2 * w, s.blocks),
-        nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU(), *_res(2 * w, s.blocks),   # (B, 2w, 8, 8)
-        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),                               # (B, w, 16, 16)
-        nn.ConvTranspose2d(w, w, 4, 2, 1), nn.ReLU(),           # (B, w, 32, 32)
-        nn.ConvTranspose2d(w, c, 4, 2, 1),                      # (B, C, 64, 64)
+        nn.Linear(s.latent_dim, 8 * w),
+        nn.ReLU(),
+        nn.Linear(8 * w, 2 * w * 16),
+        nn.ReLU(),
+        _Reshape(2 * w, 4, 4),
+        *_res(2 * w, s.blocks),
+        nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1),
+        nn.ReLU(),
+        *_res(2 * w, s.blocks),  # (B, 2w, 8, 8)
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1),
+        nn.ReLU(),  # (B, w, 16, 16)
+        nn.ConvTranspose2d(w, w, 4, 2, 1),
+        nn.ReLU(),  # (B, w, 32, 32)
+        nn.ConvTranspose2d(w, c, 4, 2, 1),  # (B, C, 64, 64)
     )
 
 
@@ -191,7 +233,7 @@ class _Crop(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., self.p:-self.p, self.p:-self.p] if self.p else x
+        return x[..., self.p : -self.p, self.p : -self.p] if self.p else x
 
 
 def _down(cin: int, cout: int, k: int) -> list[nn.Module]:
@@ -199,8 +241,11 @@ def _down(cin: int, cout: int, k: int) -> list[nn.Module]:
 
 
 def _up(cin: int, cout: int, k: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(cin, cout, k, 2, (k - 1) // 2, output_padding=k % 2, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+    return [
+        nn.ConvTranspose2d(cin, cout, k, 2, (k - 1) // 2, output_padding=k % 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
 
 
 def _paper_encoder(s: NetSpec) -> nn.Module:
@@ -209,8 +254,13 @@ def _paper_encoder(s: NetSpec) -> nn.Module:
     k, pad = (4, 2) if h == 28 else (5, 0)
     side = (h + 2 * pad) // 16
     return nn.Sequential(
-        nn.ZeroPad2d(pad), *_down(c, w, k), *_down(w, 2 * w, k), *_down(2 * w, 4 * w, k),
-        *_down(4 * w, 8 * w, k), nn.Flatten(), nn.Linear(8 * w * side * side, 2 * s.latent_dim),
+        nn.ZeroPad2d(pad),
+        *_down(c, w, k),
+        *_down(w, 2 * w, k),
+        *_down(2 * w, 4 * w, k),
+        *_down(4 * w, 8 * w, k),
+        nn.Flatten(),
+        nn.Linear(8 * w * side * side, 2 * s.latent_dim),
     )
 
 
@@ -222,7 +272,11 @@ def _paper_decoder(s: NetSpec) -> nn.Module:
     ups = [*_up(8 * w, 4 * w, k), *_up(4 * w, 2 * w, k)] + ([] if h == 28 else [*_up(2 * w, w, k)])
     last = 2 * w if h == 28 else w
     return nn.Sequential(
-        nn.Linear(s.latent_dim, 8 * w * 64), _Reshape(8 * w, 8, 8), nn.BatchNorm2d(8 * w), nn.ReLU(), *ups,
+        nn.Linear(s.latent_dim, 8 * w * 64),
+        _Reshape(8 * w, 8, 8),
+        nn.BatchNorm2d(8 * w),
+        nn.ReLU(),
+        *ups,
         # a stride-1 5x5 up-conv keeps the side; a 4x4 one cannot (odd padding), so 28x28 takes a 3x3 conv
         nn.ConvTranspose2d(last, c, 5, 1, 2) if k == 5 else nn.Conv2d(last, c, 3, 1, 1),
         _Crop(2 if h == 28 else 0),
@@ -237,8 +291,14 @@ class _PreActBlock(nn.Module):
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.f = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1))
+        self.f = nn.Sequential(
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, 1, 1),
+        )
         nn.init.zeros_(self.f[5].weight)
         nn.init.zeros_(self.f[5].bias)
 
@@ -256,10 +316,16 @@ def _res_encoder(s: NetSpec) -> nn.Module:
     side = _res_sides(h)[-1]
     stem = nn.Conv2d(c, w, 3, 1, 1) if h == 28 else nn.Conv2d(c, w, 4, 2, 1)
     return nn.Sequential(
-        stem, _PreActBlock(w),                                          # (B, w, 28|32, .)
-        nn.Conv2d(w, 2 * w, 4, 2, 1), _PreActBlock(2 * w),              # (B, 2w, 14|16, .)
-        nn.Conv2d(2 * w, 4 * w, 4, 2, 1), _PreActBlock(4 * w),          # (B, 4w, 7|8, .)
-        nn.BatchNorm2d(4 * w), nn.ReLU(), nn.Flatten(), nn.Linear(4 * w * side * side, 2 * s.latent_dim),
+        stem,
+        _PreActBlock(w),  # (B, w, 28|32, .)
+        nn.Conv2d(w, 2 * w, 4, 2, 1),
+        _PreActBlock(2 * w),  # (B, 2w, 14|16, .)
+        nn.Conv2d(2 * w, 4 * w, 4, 2, 1),
+        _PreActBlock(4 * w),  # (B, 4w, 7|8, .)
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * w * side * side, 2 * s.latent_dim),
     )
 
 
@@ -268,10 +334,18 @@ def _res_decoder(s: NetSpec) -> nn.Module:
     side = _res_sides(h)[-1]
     tail = [nn.Conv2d(w, c, 3, 1, 1)] if h == 28 else [nn.Upsample(scale_factor=2), nn.Conv2d(w, c, 3, 1, 1)]
     return nn.Sequential(
-        nn.Linear(s.latent_dim, 4 * w * side * side), _Reshape(4 * w, side, side), _PreActBlock(4 * w),
-        nn.Upsample(scale_factor=2), nn.Conv2d(4 * w, 2 * w, 3, 1, 1), _PreActBlock(2 * w),   # (B, 2w, 14|16, .)
-        nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, 1, 1), _PreActBlock(w),           # (B, w, 28|32, .)
-        nn.BatchNorm2d(w), nn.ReLU(), *tail,                                                  # (B, C, 28|64, .)
+        nn.Linear(s.latent_dim, 4 * w * side * side),
+        _Reshape(4 * w, side, side),
+        _PreActBlock(4 * w),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(4 * w, 2 * w, 3, 1, 1),
+        _PreActBlock(2 * w),  # (B, 2w, 14|16, .)
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(2 * w, w, 3, 1, 1),
+        _PreActBlock(w),  # (B, w, 28|32, .)
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        *tail,  # (B, C, 28|64, .)
     )
 
 
@@ -315,8 +389,11 @@ def count_macs(net: nn.Module, input_shape: tuple[int, ...]) -> int:
             k = module.kernel_size[0] * module.kernel_size[1]
             total += inp[0].shape[2] * inp[0].shape[3] * k * module.in_channels * module.out_channels // module.groups
 
-    handles = [m.register_forward_hook(hook) for m in net.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in net.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
+    ]
     try:
         with torch.no_grad():
             net(torch.zeros(1, *input_shape))

@@ -17,11 +17,13 @@ never by a model class.
 Random numbers inside objectives come from torch's global RNG, whose state the trainer
 checkpoints, so a resumed run draws the same numbers as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -37,7 +39,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor)
     three dimensions are summed.
     """
     r2 = (x - mean).pow(2)
-    logp = -0.5 * (LOG_2PI + logvar + r2 * torch.exp(-logvar))     # (..., C, H, W)
+    logp = -0.5 * (LOG_2PI + logvar + r2 * torch.exp(-logvar))  # (..., C, H, W)
     return logp.sum(dim=(-3, -2, -1))
 
 
@@ -54,19 +56,20 @@ def elbo_terms(model: VAE, x: torch.Tensor, generator: torch.Generator | None = 
     them: ``x_logvar`` (broadcastable to x) and ``z`` (B, L) (see :data:`NOT_TERMS`). This is
     the one ELBO of the library: training, validation, evaluation and the metrics call it.
     """
-    mu, logvar = model.encode(x)                                   # (B, L)
+    mu, logvar = model.encode(x)  # (B, L)
     return elbo_terms_from_codes(model, x, mu, logvar, generator)
 
 
-def elbo_terms_from_codes(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def elbo_terms_from_codes(
+    model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """:func:`elbo_terms` given the encoder's output ``mu``, ``logvar`` (B, L), so objectives
     that also need the codes (DIP-VAE) encode once."""
-    z = model.reparameterise(mu, logvar, generator)                # (B, L)
+    z = model.reparameterise(mu, logvar, generator)  # (B, L)
     mean, x_logvar = model.decode(z, x if model.training else None)
-    rec = gaussian_log_prob(x, mean, x_logvar)                      # (B,)
-    kl = kl_standard_normal(mu, logvar)                             # (B,)
-    mse = (x - mean).pow(2).flatten(1).mean(1)                      # (B,)
+    rec = gaussian_log_prob(x, mean, x_logvar)  # (B,)
+    kl = kl_standard_normal(mu, logvar)  # (B,)
+    mse = (x - mean).pow(2).flatten(1).mean(1)  # (B,)
     return {"elbo": rec - kl, "rec": rec, "kl": kl, "mse": mse, "x_logvar": x_logvar, "z": z}
 
 
@@ -80,7 +83,7 @@ class ELBO:
     method (``learned``), the plain VAE (fixed sigma^2 = 0.5) or the paper's beta-VAE
     (fixed sigma^2 = 1)."""
 
-    kl_coef: ClassVar[float] = 1.0   # the weight of KL(q(z|x) || p(z)) in ``loss`` (see :class:`KLWarmup`)
+    kl_coef: ClassVar[float] = 1.0  # the weight of KL(q(z|x) || p(z)) in ``loss`` (see :class:`KLWarmup`)
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = elbo_terms(model, x)
@@ -148,10 +151,10 @@ class BetaVAE:
             raise ValueError(f"beta-VAE needs beta > 0, got {self.beta}; e.g. --hparam beta=2")
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = elbo_terms(model, x)                                     # (B,) each
+        t = elbo_terms(model, x)  # (B,) each
         d = x[0].numel()
-        sse = t["mse"] * d                                           # (B,) ||x - g(z)||^2
-        nll_half = sse + 0.5 * d * math.log(math.pi)                 # (B,) -log N(x; g(z), 0.5 I)
+        sse = t["mse"] * d  # (B,) ||x - g(z)||^2
+        nll_half = sse + 0.5 * d * math.log(math.pi)  # (B,) -log N(x; g(z), 0.5 I)
         out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out["sse"] = sse.mean()
         out["loss"] = (nll_half + self.beta * t["kl"]).mean()
@@ -171,12 +174,13 @@ def _no_autocast(t: torch.Tensor):
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances: a (n, L), b (m, L) -> (n, m)."""
-    d = a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * (a @ b.T)   # (n, m)
+    d = a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * (a @ b.T)  # (n, m)
     return d.clamp_min(0.0)
 
 
-def mmd_imq(z_q: torch.Tensor, z_p: torch.Tensor, *, sigma2_z: float = 1.0,
-            scales: tuple[float, ...] = WAE_SCALES) -> torch.Tensor:
+def mmd_imq(
+    z_q: torch.Tensor, z_p: torch.Tensor, *, sigma2_z: float = 1.0, scales: tuple[float, ...] = WAE_SCALES
+) -> torch.Tensor:
     """Unbiased U-statistic estimate of MMD_k^2 between the samples ``z_q`` (n, L) and ``z_p`` (m, L).
 
     Kernel (Tolstikhin et al. 2018, Sec. 4 and Algorithm 2): a sum of inverse
@@ -190,17 +194,19 @@ def mmd_imq(z_q: torch.Tensor, z_p: torch.Tensor, *, sigma2_z: float = 1.0,
     Needs n, m >= 2. Returns a scalar (fp32 even under autocast).
     """
     if z_q.dim() != 2 or z_p.dim() != 2 or z_q.shape[1] != z_p.shape[1]:
-        raise ValueError(f"mmd_imq needs two (n, L) sample matrices of equal L, got {tuple(z_q.shape)} "
-                         f"and {tuple(z_p.shape)}")
+        raise ValueError(
+            f"mmd_imq needs two (n, L) sample matrices of equal L, got {tuple(z_q.shape)} and {tuple(z_p.shape)}"
+        )
     n, m, L = z_q.shape[0], z_p.shape[0], z_q.shape[1]
     if n < 2 or m < 2:
-        raise ValueError(f"mmd_imq needs at least 2 samples on each side, got n={n}, m={m}; "
-                         "use a batch size of at least 2")
+        raise ValueError(
+            f"mmd_imq needs at least 2 samples on each side, got n={n}, m={m}; use a batch size of at least 2"
+        )
     with _no_autocast(z_q):
         z_q, z_p = z_q.float(), z_p.float()
-        d_qq, d_pp, d_qp = _sq_dists(z_q, z_q), _sq_dists(z_p, z_p), _sq_dists(z_q, z_p)   # (n,n) (m,m) (n,m)
-        off_q = 1.0 - torch.eye(n, dtype=z_q.dtype, device=z_q.device)                    # (n, n)
-        off_p = 1.0 - torch.eye(m, dtype=z_q.dtype, device=z_q.device)                    # (m, m)
+        d_qq, d_pp, d_qp = _sq_dists(z_q, z_q), _sq_dists(z_p, z_p), _sq_dists(z_q, z_p)  # (n,n) (m,m) (n,m)
+        off_q = 1.0 - torch.eye(n, dtype=z_q.dtype, device=z_q.device)  # (n, n)
+        off_p = 1.0 - torch.eye(m, dtype=z_q.dtype, device=z_q.device)  # (m, m)
         stat = z_q.new_zeros(())
         for s in scales:
             c = 2.0 * L * sigma2_z * s
@@ -238,11 +244,11 @@ class WAEMMD:
             raise ValueError(f"WAE-MMD needs rec_scale > 0, got {self.rec_scale}; e.g. --hparam rec_scale=0.05")
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu, logvar = model.encode(x)                                 # (B, L)
-        z = model.reparameterise(mu, logvar) if self.stochastic else mu   # (B, L)
-        mean = model.decode_mean(z)                                  # (B, C, H, W)
-        sse = (x - mean).pow(2).flatten(1).sum(1)                    # (B,)
-        z_p = torch.randn(z.shape, dtype=z.dtype, device=z.device)   # (B, L) ~ p(z), global RNG
+        mu, logvar = model.encode(x)  # (B, L)
+        z = model.reparameterise(mu, logvar) if self.stochastic else mu  # (B, L)
+        mean = model.decode_mean(z)  # (B, C, H, W)
+        sse = (x - mean).pow(2).flatten(1).sum(1)  # (B,)
+        z_p = torch.randn(z.shape, dtype=z.dtype, device=z.device)  # (B, L) ~ p(z), global RNG
         mmd = mmd_imq(z, z_p)
         loss = self.rec_scale * sse.mean() + self.lam * mmd
         return {"loss": loss, "sse": sse.mean(), "mse": sse.mean() / x[0].numel(), "mmd": mmd}
@@ -263,10 +269,10 @@ def dip_covariance(mu: torch.Tensor, logvar: torch.Tensor | None = None) -> torc
     if logvar is not None and logvar.shape != mu.shape:
         raise ValueError(f"dip_covariance: logvar {tuple(logvar.shape)} must match mu {tuple(mu.shape)}")
     with _no_autocast(mu):
-        centred = mu.float() - mu.float().mean(0, keepdim=True)       # (B, L)
-        cov = centred.T @ centred / mu.shape[0]                      # (L, L)
+        centred = mu.float() - mu.float().mean(0, keepdim=True)  # (B, L)
+        cov = centred.T @ centred / mu.shape[0]  # (L, L)
         if logvar is not None:
-            cov = cov + torch.diag(logvar.float().exp().mean(0))     # (L, L)
+            cov = cov + torch.diag(logvar.float().exp().mean(0))  # (L, L)
     return cov
 
 
@@ -277,7 +283,7 @@ def dip_penalty(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> dict[st
 
     Returns ``off_diag`` (sum_{i!=j} C_ij^2), ``diag`` (sum_i (C_ii - 1)^2) and ``penalty``.
     """
-    diag = torch.diagonal(cov)                                       # (L,)
+    diag = torch.diagonal(cov)  # (L,)
     off_diag = cov.pow(2).sum() - diag.pow(2).sum()
     diag_dev = (diag - 1.0).pow(2).sum()
     return {"off_diag": off_diag, "diag": diag_dev, "penalty": lambda_od * off_diag + lambda_d * diag_dev}
@@ -309,9 +315,9 @@ class DIPVAE:
             raise ValueError(f"DIP-VAE needs lambda_od, lambda_d >= 0, got {self.lambda_od}, {self.lambda_d}")
 
     def __call__(self, model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu, logvar = model.encode(x)                                 # (B, L)
+        mu, logvar = model.encode(x)  # (B, L)
         t = elbo_terms_from_codes(model, x, mu, logvar)
-        cov = dip_covariance(mu, logvar if self.kind == "ii" else None)   # (L, L)
+        cov = dip_covariance(mu, logvar if self.kind == "ii" else None)  # (L, L)
         pen = dip_penalty(cov, self.lambda_od, self.lambda_d)
         out = {k: v.mean() for k, v in t.items() if k not in NOT_TERMS}
         out.update(pen)

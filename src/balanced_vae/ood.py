@@ -26,12 +26,14 @@ direction. Both directions are reported, never only the flattering one.
 scikit-learn) and :func:`typicality_score` are pure functions; :func:`log_likelihoods`
 scores images with a model; :func:`ood_for_run` is ``balanced-vae ood``.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,18 +72,25 @@ def ood_metrics(score_in, score_out, *, tpr_level: float = TPR_LEVEL) -> dict[st
     (fraction of in-distribution images flagged at the lowest threshold that flags
     ``tpr_level`` of the OOD images, from ``roc_curve``), ``mean_in`` and ``mean_out``.
     """
-    s_in, s_out = (np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).ravel()
-                   for s in (score_in, score_out))
+    s_in, s_out = (
+        np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).ravel()
+        for s in (score_in, score_out)
+    )
     if len(s_in) == 0 or len(s_out) == 0:
         raise ValueError(f"ood_metrics: {len(s_in)} in-distribution and {len(s_out)} OOD scores; need both non-empty")
     if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
         raise ValueError("ood_metrics: scores contain NaN or inf; check the model's log-likelihoods")
-    y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])                # (N + M,), 1 = OOD
+    y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])  # (N + M,), 1 = OOD
     s = np.concatenate([s_in, s_out])
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-    i = int(np.searchsorted(tpr, tpr_level, side="left"))                           # first tpr >= level
-    return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s)),
-            "fpr_at_95_tpr": float(fpr[i]), "mean_in": float(s_in.mean()), "mean_out": float(s_out.mean())}
+    i = int(np.searchsorted(tpr, tpr_level, side="left"))  # first tpr >= level
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "auprc": float(average_precision_score(y, s)),
+        "fpr_at_95_tpr": float(fpr[i]),
+        "mean_in": float(s_in.mean()),
+        "mean_out": float(s_out.mean()),
+    }
 
 
 def typicality_score(log_p: torch.Tensor, reference_log_p: torch.Tensor) -> torch.Tensor:
@@ -96,9 +105,16 @@ def typicality_score(log_p: torch.Tensor, reference_log_p: torch.Tensor) -> torc
 # --------------------------------------------------------------------------- model scores
 
 
-def log_likelihoods(model, x: torch.Tensor, *, k: int = 20, gmm=None, seed: int = 0, batch_size: int = 100,
-                    estimates: Sequence[str] = ("elbo", "iwae_prior", "iwae_gmm", "dequantised"),
-                    ) -> dict[str, torch.Tensor]:
+def log_likelihoods(
+    model,
+    x: torch.Tensor,
+    *,
+    k: int = 20,
+    gmm=None,
+    seed: int = 0,
+    batch_size: int = 100,
+    estimates: Sequence[str] = ("elbo", "iwae_prior", "iwae_gmm", "dequantised"),
+) -> dict[str, torch.Tensor]:
     """Per-image log-likelihood estimates of images x (N, C, H, W) under ``model``: name -> (N,) nats.
 
     ``elbo`` (Eq. 9 / 11), ``iwae_prior`` and ``iwae_gmm`` (IWAE with k samples, p(z) =
@@ -113,7 +129,7 @@ def log_likelihoods(model, x: torch.Tensor, *, k: int = 20, gmm=None, seed: int 
         g = torch.Generator(device=device).manual_seed(seed)
         t0 = time.perf_counter()
         if name == "elbo":
-            out[name] = torch.cat([elbo(model, x[i:i + 1000], generator=g)["elbo"] for i in range(0, len(x), 1000)])
+            out[name] = torch.cat([elbo(model, x[i : i + 1000], generator=g)["elbo"] for i in range(0, len(x), 1000)])
         elif name == "iwae_prior":
             out[name] = iwae_log_likelihood(model, x, k, generator=g, batch_size=batch_size)
         elif name == "iwae_gmm":
@@ -124,9 +140,10 @@ def log_likelihoods(model, x: torch.Tensor, *, k: int = 20, gmm=None, seed: int 
             out[name] = dequantised_log_likelihood(model, x, k, generator=g, batch_size=batch_size)["log_likelihood"]
         else:
             raise ValueError(f"unknown log-likelihood {name!r}; choose from elbo, iwae_prior, iwae_gmm, dequantised")
-        out[name] = out[name].float().cpu()                                         # (N,)
-        log.info("%s of %d images: mean %.2f nats (%.1fs)", name, len(x), float(out[name].mean()),
-                 time.perf_counter() - t0)
+        out[name] = out[name].float().cpu()  # (N,)
+        log.info(
+            "%s of %d images: mean %.2f nats (%.1fs)", name, len(x), float(out[name].mean()), time.perf_counter() - t0
+        )
     return out
 
 
@@ -160,9 +177,19 @@ def _load(name: str, cache: dict, data_dir, image_size):
     return cache[name]
 
 
-def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None = None,
-                checkpoints: Sequence[str] | None = None, n: int = 2000, n_ref: int = 2000, k: int = 20,
-                components: int = DEFAULT_COMPONENTS, seed: int = 0, data_dir: str | Path | None = None) -> dict[str, Any]:
+def ood_for_run(
+    run_dir: str | Path,
+    *,
+    out_dataset: str,
+    in_dataset: str | None = None,
+    checkpoints: Sequence[str] | None = None,
+    n: int = 2000,
+    n_ref: int = 2000,
+    k: int = 20,
+    components: int = DEFAULT_COMPONENTS,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """OOD detection of ``out_dataset``'s test images against ``in_dataset``'s (default: the run's data set).
 
     For each checkpoint in ``checkpoints`` (default: ``stage1.pt`` -- the global sigma^2 --
@@ -187,19 +214,22 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
     for role, name in (("in", in_dataset), ("out", out_dataset)):
         d = _load(name, cache, data_dir, c.image_size)
         if tuple(d.shape) != shape:
-            raise ValueError(f"{run_dir}: the run's images are {shape} but {name} has {tuple(d.shape)}; "
-                             "choose a data set of the run's shape (folder and CelebA images are resized to the run's "
-                             "image_size)")
+            raise ValueError(
+                f"{run_dir}: the run's images are {shape} but {name} has {tuple(d.shape)}; "
+                "choose a data set of the run's shape (folder and CelebA images are resized to the run's "
+                "image_size)"
+            )
         if not 1 <= n <= len(d.x_test):
-            raise ValueError(f"n={n}: the test split of {name} has {len(d.x_test)} images; choose 1 <= n <= "
-                             f"{len(d.x_test)}")
-        sets[role] = d.x_test[:n]                                                   # (n, C, H, W)
+            raise ValueError(
+                f"n={n}: the test split of {name} has {len(d.x_test)} images; choose 1 <= n <= {len(d.x_test)}"
+            )
+        sets[role] = d.x_test[:n]  # (n, C, H, W)
     _, x_val = split_train(train_data, c)
     reference = "validation split of the run (held out from training)"
     if len(x_val) == 0:
         x_val = train_data.x_train
         reference = "training images (the run held no validation split)"
-    x_ref = x_val[:n_ref]                                                           # (R, C, H, W)
+    x_ref = x_val[:n_ref]  # (R, C, H, W)
 
     models: dict[str, Any] = {}
     for which in checkpoints:
@@ -212,29 +242,46 @@ def ood_for_run(run_dir: str | Path, *, out_dataset: str, in_dataset: str | None
         label = "per_pixel" if run.stage == 2 else "global"
         label = label if label not in models else f"{label}:{which}"
         models[label] = {
-            "checkpoint": which, "stage": run.stage, "likelihood": _model_label(run),
+            "checkpoint": which,
+            "stage": run.stage,
+            "likelihood": _model_label(run),
             "sigma2": run.model.likelihood.sigma2,
             "metrics": {s: ood_metrics(scores["in"][s], scores["out"][s]) for s in scores["in"]},
             "log_likelihood": {role: {s: float(v.double().mean()) for s, v in ll[role].items()} for role in sets},
             "reference_log_likelihood": float(ref.double().mean()),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         log.info("%s (%s): done in %.0fs", which, label, models[label]["seconds"])
-    return {"run": str(run_dir), "trained_on": c.dataset, "in": in_dataset, "out": out_dataset,
-            "protocol": {"n_in": n, "n_out": n, "images": f"first {n} of each test split", "k": k, "seed": seed,
-                         "reference": {"n": len(x_ref), "images": reference},
-                         "gmm": {"K": components, "fit_on": "sample", "codes": "one z ~ q(z|x) per training image"},
-                         "positive_class": "out-of-distribution", "scores": SCORES,
-                         "fpr_at_95_tpr": "fraction of in-distribution images flagged at the threshold that "
-                                          "flags 95 % of the OOD images",
-                         "command": ood_command(run_dir, in_dataset, out_dataset, checkpoints, n, n_ref, k,
-                                                components, seed)},
-            "models": models, "provenance": provenance()}
+    return {
+        "run": str(run_dir),
+        "trained_on": c.dataset,
+        "in": in_dataset,
+        "out": out_dataset,
+        "protocol": {
+            "n_in": n,
+            "n_out": n,
+            "images": f"first {n} of each test split",
+            "k": k,
+            "seed": seed,
+            "reference": {"n": len(x_ref), "images": reference},
+            "gmm": {"K": components, "fit_on": "sample", "codes": "one z ~ q(z|x) per training image"},
+            "positive_class": "out-of-distribution",
+            "scores": SCORES,
+            "fpr_at_95_tpr": "fraction of in-distribution images flagged at the threshold that "
+            "flags 95 % of the OOD images",
+            "command": ood_command(run_dir, in_dataset, out_dataset, checkpoints, n, n_ref, k, components, seed),
+        },
+        "models": models,
+        "provenance": provenance(),
+    }
 
 
 def ood_command(run_dir, in_dataset, out_dataset, checkpoints, n, n_ref, k, components, seed) -> str:
     """The ``balanced-vae ood`` command line that reproduces a result."""
-    return (f"balanced-vae ood {run_dir} --in {in_dataset} --out {out_dataset} --checkpoints {','.join(checkpoints)} "
-            f"--n {n} --n-ref {n_ref} --k {k} --components {components} --seed {seed}")
+    return (
+        f"balanced-vae ood {run_dir} --in {in_dataset} --out {out_dataset} --checkpoints {','.join(checkpoints)} "
+        f"--n {n} --n-ref {n_ref} --k {k} --components {components} --seed {seed}"
+    )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -249,38 +296,52 @@ def _verdict(auroc: float) -> str:
 def ood_markdown(doc: dict[str, Any]) -> str:
     """The OOD table of a document from :func:`ood_for_run`, global and per-pixel side by side."""
     p, models = doc["protocol"], doc["models"]
-    labels = sorted(models, key=lambda m: (not m.startswith("global"), m))    # global first, then per-pixel
+    labels = sorted(models, key=lambda m: (not m.startswith("global"), m))  # global first, then per-pixel
     head = " | ".join(f"{m} {col}" for m in labels for col in ("AUROC", "AUPRC", "FPR@95%TPR"))
-    lines = [f"# OOD detection: trained on {doc['trained_on']}, in = {doc['in']} test, out = {doc['out']} test", "",
-             f"Protocol: first {p['n_in']} test images of each set, IWAE k = {p['k']}, seed {p['seed']}, GMM K = "
-             f"{p['gmm']['K']} (fit on {p['gmm']['fit_on']}s), typicality reference: {p['reference']['n']} "
-             f"{p['reference']['images']}. Positive class: OOD; every score is 'higher = more OOD'. "
-             f"Chance: AUROC 0.5, AUPRC {p['n_out'] / (p['n_in'] + p['n_out']):.2f}, FPR 0.95.", "",
-             "Models: " + "; ".join(f"{m} = `{models[m]['checkpoint']}` ({models[m]['likelihood']})" for m in labels),
-             "", f"| score | {head} |", "|---|" + "---:|" * (3 * len(labels))]
+    lines = [
+        f"# OOD detection: trained on {doc['trained_on']}, in = {doc['in']} test, out = {doc['out']} test",
+        "",
+        f"Protocol: first {p['n_in']} test images of each set, IWAE k = {p['k']}, seed {p['seed']}, GMM K = "
+        f"{p['gmm']['K']} (fit on {p['gmm']['fit_on']}s), typicality reference: {p['reference']['n']} "
+        f"{p['reference']['images']}. Positive class: OOD; every score is 'higher = more OOD'. "
+        f"Chance: AUROC 0.5, AUPRC {p['n_out'] / (p['n_in'] + p['n_out']):.2f}, FPR 0.95.",
+        "",
+        "Models: " + "; ".join(f"{m} = `{models[m]['checkpoint']}` ({models[m]['likelihood']})" for m in labels),
+        "",
+        f"| score | {head} |",
+        "|---|" + "---:|" * (3 * len(labels)),
+    ]
     names = list(models[labels[0]]["metrics"])
-    names = [s for s in SCORES if s in names] + [s for s in names if s not in SCORES]   # JSON sorts its keys
+    names = [s for s in SCORES if s in names] + [s for s in names if s not in SCORES]  # JSON sorts its keys
     for s in names:
         cells = []
         for m in labels:
             r = models[m]["metrics"].get(s)
-            cells += ([f"{r['auroc']:.3f}", f"{r['auprc']:.3f}", f"{r['fpr_at_95_tpr']:.3f}"] if r else ["-"] * 3)
-        desc = SCORES.get(s, "").replace("|", "\\|")                       # a pipe would end the cell
+            cells += [f"{r['auroc']:.3f}", f"{r['auprc']:.3f}", f"{r['fpr_at_95_tpr']:.3f}"] if r else ["-"] * 3
+        desc = SCORES.get(s, "").replace("|", "\\|")  # a pipe would end the cell
         lines.append(f"| {s}: {desc} | " + " | ".join(cells) + " |")
     lines += ["", "Mean log-likelihood per image (nats), in-distribution vs OOD:", ""]
     for m in labels:
         ll = models[m]["log_likelihood"]
-        lines.append(f"- {m}: " + "; ".join(f"{s} {ll['in'][s]:.1f} vs {ll['out'][s]:.1f}" for s in names
-                                            if s in ll["in"])
-                     + f"; reference (typicality) {models[m]['reference_log_likelihood']:.1f}")
+        lines.append(
+            f"- {m}: "
+            + "; ".join(f"{s} {ll['in'][s]:.1f} vs {ll['out'][s]:.1f}" for s in names if s in ll["in"])
+            + f"; reference (typicality) {models[m]['reference_log_likelihood']:.1f}"
+        )
     lines += ["", "Reading:", ""]
     for m in labels:
         for s in names:
             r = models[m]["metrics"][s]
             lines.append(f"- {m} {s}: AUROC {r['auroc']:.3f}, {_verdict(r['auroc'])}")
-    lines += ["", f"Command: `{p['command']}`", "",
-              f"Commit {doc['provenance']['git_commit']}"
-              + (" (uncommitted changes)" if doc["provenance"].get("git_dirty") else "") + ".", ""]
+    lines += [
+        "",
+        f"Command: `{p['command']}`",
+        "",
+        f"Commit {doc['provenance']['git_commit']}"
+        + (" (uncommitted changes)" if doc["provenance"].get("git_dirty") else "")
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 

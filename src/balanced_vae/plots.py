@@ -3,12 +3,13 @@
 All functions write a PNG atomically and return its path. Matplotlib runs on the
 non-interactive Agg backend.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -30,7 +31,7 @@ def grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, pad_value: floa
     out = torch.full((c, nrows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value)
     for i in range(n):
         r, col = divmod(i, ncol)
-        out[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+        out[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[i]
     return (out.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
@@ -52,15 +53,20 @@ def save_fig(fig, path: str | Path) -> Path:
     return path
 
 
-def save_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, cmaps: Sequence[str] | None = None,
-              title: str | None = None) -> Path:
+def save_rows(
+    rows: Sequence[tuple[str, torch.Tensor]],
+    path: str | Path,
+    cmaps: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
     """One labelled row per (name, images (N, C, H, W)); each row is shown with its own colour map.
 
     Grey rows of uncertainty maps get a colour bar, so the scale of sigma can be read off.
     """
     n = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6, n * 0.6), 1.0 * len(rows) * max(1, 8 / n) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(max(6, n * 0.6), 1.0 * len(rows) * max(1, 8 / n) + 0.6), squeeze=False
+    )
     for i, (name, x) in enumerate(rows):
         ax = axes[i, 0]
         cmap = (cmaps or [None] * len(rows))[i]
@@ -89,8 +95,10 @@ def read_metrics(path: str | Path) -> list[dict]:
             try:
                 rows.append(json.loads(ln))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); a crash tore it: "
-                                 "`balanced-vae train --resume RUN` drops it") from None
+                raise ValueError(
+                    f"{path}: line {i + 1} is not valid JSON ({e}); a crash tore it: "
+                    "`balanced-vae train --resume RUN` drops it"
+                ) from None
     return rows
 
 

@@ -14,6 +14,7 @@ Assessing Generative Models", separate them on the same Inception features as FI
 :func:`improved_precision_recall` is a pure function of two feature matrices; the
 features themselves come from :mod:`balanced_vae.fid` (``evaluate --metrics pr``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,16 +45,15 @@ def knn_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
     return dist[:, k]
 
 
-def manifold_coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray,
-                      chunk: int = 1024) -> np.ndarray:
+def manifold_coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """For each query (M, F): is it inside some ball ||q - m_i|| <= r_i of the manifold (N, F), radii (N,)? -> (M,) bool.
 
     Distances are computed ``chunk`` queries at a time, so memory stays O(chunk N).
     """
     inside = np.empty(len(queries), dtype=bool)
     for i in range(0, len(queries), chunk):
-        d = pairwise_distances(queries[i:i + chunk], manifold)                     # (c, N)
-        inside[i:i + chunk] = (d <= radii[None, :]).any(axis=1)
+        d = pairwise_distances(queries[i : i + chunk], manifold)  # (c, N)
+        inside[i : i + chunk] = (d <= radii[None, :]).any(axis=1)
     return inside
 
 
@@ -69,8 +69,10 @@ def improved_precision_recall(real, generated, k: int = 3) -> dict:
     r = _as_features(real, "real")
     g = _as_features(generated, "generated")
     if r.shape[1] != g.shape[1]:
-        raise ValueError(f"real features are (N, {r.shape[1]}) but generated are (M, {g.shape[1]}); "
-                         "compute both with the same feature extractor")
+        raise ValueError(
+            f"real features are (N, {r.shape[1]}) but generated are (M, {g.shape[1]}); "
+            "compute both with the same feature extractor"
+        )
     precision = float(manifold_coverage(r, knn_radii(r, k), g).mean())
     recall = float(manifold_coverage(g, knn_radii(g, k), r).mean())
     return {"precision": precision, "recall": recall, "k": int(k), "n_real": len(r), "n_generated": len(g)}

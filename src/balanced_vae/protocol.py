@@ -7,6 +7,7 @@ with 10,000 samples, 10 times; K = 32 components of the GMM of Eq. 13. These num
 live here once; the CLI, the budgets of :mod:`balanced_vae.paper.experiments` and
 :func:`balanced_vae.evaluate.evaluate_run` take their defaults from :data:`PAPER`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,15 +36,15 @@ class EvalProtocol:
     a notice) rather than refused: the preset's own counts, not counts a caller chose.
     """
 
-    n_iwae: int = 500              # test images of the IWAE bound (Table 3)
-    k: int = 20                    # importance samples of the IWAE bound
-    n_fid: int = 10_000            # generated and real test images per FID (Table 2)
-    fid_batch_size: int = 50       # images per Inception forward pass
-    fid_backend: str = "auto"      # the Inception network's runtime (see balanced_vae.fid.resolve_backend)
-    n_pr: int = 500                # images per sampler and real images of precision/recall
-    k_pr: int = 3                  # nearest neighbours of the precision/recall manifolds
-    n_kl: int = 10_000             # Monte-Carlo samples per KL estimate (Table 1)
-    kl_runs: int = 10              # independent KL estimates
+    n_iwae: int = 500  # test images of the IWAE bound (Table 3)
+    k: int = 20  # importance samples of the IWAE bound
+    n_fid: int = 10_000  # generated and real test images per FID (Table 2)
+    fid_batch_size: int = 50  # images per Inception forward pass
+    fid_backend: str = "auto"  # the Inception network's runtime (see balanced_vae.fid.resolve_backend)
+    n_pr: int = 500  # images per sampler and real images of precision/recall
+    k_pr: int = 3  # nearest neighbours of the precision/recall manifolds
+    n_kl: int = 10_000  # Monte-Carlo samples per KL estimate (Table 1)
+    kl_runs: int = 10  # independent KL estimates
     seed: int = 0
     sampler: str = "prior"
     components: int | None = DEFAULT_COMPONENTS
@@ -58,7 +59,7 @@ class EvalProtocol:
         if self.fid_backend not in FID_BACKENDS:
             raise ValueError(f"fid_backend={self.fid_backend!r}; choose one of {', '.join(FID_BACKENDS)}")
 
-    def replace(self, **changes) -> "EvalProtocol":
+    def replace(self, **changes) -> EvalProtocol:
         """This protocol with ``changes``; a count given here is the caller's and is no longer clipped."""
         clip = tuple(c for c in self.clip if c not in changes)
         return dataclasses.replace(self, **{"clip": clip, **changes})

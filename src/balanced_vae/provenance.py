@@ -3,6 +3,7 @@
 Each record a command writes (``final.json``, ``results.json``, the tables of ``reproduce``)
 carries :func:`provenance`, so a number can be traced to the code that computed it.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,7 +17,7 @@ import torch
 
 from .version import __version__
 
-MAX_DIRTY_FILES = 20   # modified paths listed in a record's provenance
+MAX_DIRTY_FILES = 20  # modified paths listed in a record's provenance
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -38,8 +39,7 @@ def git_commit() -> str:
         return os.environ["BALANCED_VAE_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     sha = out.stdout.strip()
@@ -51,8 +51,12 @@ def git_dirty_files(root: Path | None = None) -> list[str] | None:
     as ``git status --porcelain`` names them (``" M path"``); None when unknown."""
     here = root or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return [line for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else None
@@ -72,12 +76,18 @@ def source_commit() -> str:
 def provenance(checkpoint: Path | None = None) -> dict[str, Any]:
     """Package version, git commit, torch version, UTC time and (optionally) a checkpoint's SHA-256."""
     dirty = git_dirty_files()
-    out = {"package": "balanced-vae", "version": __version__, "git_commit": git_commit(),
-           "git_dirty": None if dirty is None else bool(dirty),
-           "torch": torch.__version__, "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if dirty:   # what differed from the commit, so that a "+dirty" record can be judged
-        out["git_dirty_files"] = dirty[:MAX_DIRTY_FILES] + ([f"... {len(dirty) - MAX_DIRTY_FILES} more"]
-                                                             if len(dirty) > MAX_DIRTY_FILES else [])
+    out = {
+        "package": "balanced-vae",
+        "version": __version__,
+        "git_commit": git_commit(),
+        "git_dirty": None if dirty is None else bool(dirty),
+        "torch": torch.__version__,
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if dirty:  # what differed from the commit, so that a "+dirty" record can be judged
+        out["git_dirty_files"] = dirty[:MAX_DIRTY_FILES] + (
+            [f"... {len(dirty) - MAX_DIRTY_FILES} more"] if len(dirty) > MAX_DIRTY_FILES else []
+        )
     if checkpoint is not None:
         out["checkpoint"] = checkpoint.name
         out["checkpoint_sha256"] = file_digest(checkpoint)

@@ -6,6 +6,7 @@ may change when a run is resumed (longer training, the data's new place), and a 
 starts at another run's stage switch of Algorithm 1 (``branch_from``) may differ from it
 only in :data:`BRANCH_MAY_DIFFER`. The training loop and the CLI both ask here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,11 @@ class BranchError(CheckpointError):
 def differences(saved: TrainConfig, config: TrainConfig, allowed: tuple[str, ...]) -> str:
     """The fields (but ``allowed``) where ``config`` differs from ``saved``, with the saved values:
     ``"lr, width (lr=0.001, width=32)"``; empty when none."""
-    differ = [f.name for f in dataclasses.fields(TrainConfig)
-              if getattr(saved, f.name) != getattr(config, f.name) and f.name not in allowed]
+    differ = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(saved, f.name) != getattr(config, f.name) and f.name not in allowed
+    ]
     return f"{', '.join(differ)} ({', '.join(f'{d}={getattr(saved, d)!r}' for d in differ)})" if differ else ""
 
 
@@ -56,7 +60,7 @@ def run_config(folder: str | Path) -> TrainConfig:
 
 def _refuse(given: dict, allowed: tuple[str, ...]) -> list[str]:
     """The options of ``given`` (field name -> value) outside ``allowed``, as ``--option`` names, sorted."""
-    return ['--' + k.replace('_', '-') for k in sorted(set(given) - set(allowed))]
+    return ["--" + k.replace("_", "-") for k in sorted(set(given) - set(allowed))]
 
 
 def resumed_config(run: str | Path, changes: dict) -> TrainConfig:
@@ -65,9 +69,11 @@ def resumed_config(run: str | Path, changes: dict) -> TrainConfig:
     run = Path(run)
     refused = _refuse(changes, SAFE_ON_RESUME)
     if refused:
-        raise ValueError(f"--resume {run}: {', '.join(refused)} cannot change "
-                         "when a run is resumed (its weights were trained with the values in "
-                         f"{run / CONFIG}); only --epochs, --max-minutes, --data-dir and --device may")
+        raise ValueError(
+            f"--resume {run}: {', '.join(refused)} cannot change "
+            "when a run is resumed (its weights were trained with the values in "
+            f"{run / CONFIG}); only --epochs, --max-minutes, --data-dir and --device may"
+        )
     return dataclasses.replace(run_config(run), **changes)
 
 
@@ -79,9 +85,11 @@ def branched_config(run: str | Path, changes: dict) -> TrainConfig:
         raise ValueError(f"--branch-from {run}: {run / CONFIG} not found; give the folder of a run of Algorithm 1")
     refused = _refuse(changes, BRANCH_MAY_DIFFER)
     if refused:
-        raise ValueError(f"--branch-from {run}: {', '.join(refused)} cannot "
-                         f"be given (stage 1 was trained with the values in {run / CONFIG}); only --pixel-floor, "
-                         "--data-dir and --device may")
+        raise ValueError(
+            f"--branch-from {run}: {', '.join(refused)} cannot "
+            f"be given (stage 1 was trained with the values in {run / CONFIG}); only --pixel-floor, "
+            "--data-dir and --device may"
+        )
     return dataclasses.replace(run_config(run), **changes)
 
 
@@ -92,8 +100,10 @@ def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
         raise BranchError(f"{run / CONFIG}: not a run folder; --branch-from needs a run of Algorithm 1")
     differ = differences(run_config(run), config, BRANCH_MAY_DIFFER)
     if differ:
-        raise BranchError(f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
-                          f"change only {', '.join(BRANCH_MAY_DIFFER)}")
+        raise BranchError(
+            f"{run / CONFIG}: stage 1 was trained with other {differ}; a branch may "
+            f"change only {', '.join(BRANCH_MAY_DIFFER)}"
+        )
     if n_stages(config) < 2:
         raise BranchError(f"--branch-from {run}: the new run has one stage; only stage 2 can branch")
     path = run / STAGE1
@@ -101,8 +111,10 @@ def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
         raise BranchError(f"{path}: {run} has not reached its stage switch yet; branch once stage 1 ended")
     ckpt = load_checkpoint(path)
     if "shuffle_rng" not in ckpt:
-        raise BranchError(f"{path}: holds no random states of the stage switch (written before branching "
-                          "existed, or slimmed); train the new run from scratch instead")
+        raise BranchError(
+            f"{path}: holds no random states of the stage switch (written before branching "
+            "existed, or slimmed); train the new run from scratch instead"
+        )
     return path, ckpt
 
 

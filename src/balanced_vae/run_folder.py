@@ -3,6 +3,7 @@
 Only rank 0 writes; every file is replaced atomically or appended line by line, so a crash
 leaves a folder that ``train --resume`` continues (see :mod:`balanced_vae.checkpoint`).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from .atomic import DiskFullError, write_text_atomic
 from .checkpoint import CHECKPOINT, CONFIG, METRICS, RESUMES, CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .resume import SAFE_ON_RESUME, differences, run_config
+
 # importable from here as before the rules and the splits moved (resume.py, data/splits.py)
 
 
@@ -33,18 +34,27 @@ def check_caps(out: Path, config: TrainConfig) -> dict:
     state of its checkpoint (stage, epoch)."""
     ckpt = load_checkpoint(out / CHECKPOINT)
     at = {"stage": int(ckpt["stage"]), "epoch": int(ckpt["epoch"])}
-    ran = {str(at["stage"]): {"epochs": at["epoch"], "seconds": float(ckpt.get("stage_seconds", 0.0))}, **{
-        s: {"epochs": v.get("epochs", 0), "seconds": v.get("seconds", 0.0)} for s, v in ckpt.get("stops", {}).items()}}
+    ran = {
+        str(at["stage"]): {"epochs": at["epoch"], "seconds": float(ckpt.get("stage_seconds", 0.0))},
+        **{
+            s: {"epochs": v.get("epochs", 0), "seconds": v.get("seconds", 0.0)}
+            for s, v in ckpt.get("stops", {}).items()
+        },
+    }
     stage, most = max(ran.items(), key=lambda kv: kv[1]["epochs"])
     if config.epochs < most["epochs"]:
-        raise ValueError(f"--epochs {config.epochs}: stage {stage} of {out} already ran {most['epochs']} epochs; "
-                         "a lower cap would leave a folder its config cannot re-create. Fix: give --epochs >= "
-                         f"{most['epochs']} (or leave it out), or train a new run with the lower cap")
+        raise ValueError(
+            f"--epochs {config.epochs}: stage {stage} of {out} already ran {most['epochs']} epochs; "
+            "a lower cap would leave a folder its config cannot re-create. Fix: give --epochs >= "
+            f"{most['epochs']} (or leave it out), or train a new run with the lower cap"
+        )
     stage, most = max(ran.items(), key=lambda kv: kv[1]["seconds"] or 0.0)
     if config.max_minutes is not None and 60 * config.max_minutes < (most["seconds"] or 0.0):
-        raise ValueError(f"--max-minutes {config.max_minutes:g}: stage {stage} of {out} already ran "
-                         f"{most['seconds'] / 60:.2f} minutes; fix: give --max-minutes >= "
-                         f"{math.ceil(most['seconds'] / 60 * 100) / 100:g} (or leave it out), or train a new run")
+        raise ValueError(
+            f"--max-minutes {config.max_minutes:g}: stage {stage} of {out} already ran "
+            f"{most['seconds'] / 60:.2f} minutes; fix: give --max-minutes >= "
+            f"{math.ceil(most['seconds'] / 60 * 100) / 100:g} (or leave it out), or train a new run"
+        )
     return at
 
 
@@ -61,13 +71,21 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None
     saved = run_config(out)
     differ = differences(saved, config, SAFE_ON_RESUME)
     if differ:
-        raise CheckpointError(f"{out / CONFIG}: the run was trained with other {differ}; only "
-                              f"{', '.join(SAFE_ON_RESUME)} may change on resume")
+        raise CheckpointError(
+            f"{out / CONFIG}: the run was trained with other {differ}; only "
+            f"{', '.join(SAFE_ON_RESUME)} may change on resume"
+        )
     where = check_caps(out, config)
-    changes = {k: {"from": getattr(saved, k), "to": getattr(config, k)} for k in SAFE_ON_RESUME
-               if getattr(saved, k) != getattr(config, k)}
-    return {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where, "changes": changes} \
-        if changes else None
+    changes = {
+        k: {"from": getattr(saved, k), "to": getattr(config, k)}
+        for k in SAFE_ON_RESUME
+        if getattr(saved, k) != getattr(config, k)
+    }
+    return (
+        {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **where, "changes": changes}
+        if changes
+        else None
+    )
 
 
 def note_resume(out: Path, note: dict | None) -> None:
@@ -76,8 +94,12 @@ def note_resume(out: Path, note: dict | None) -> None:
         return
     with open(out / RESUMES, "a") as f:
         f.write(json.dumps(note, allow_nan=False) + "\n")
-    log.info("%s: resumed with %s (noted in %s)", out,
-             ", ".join(f"{k}={v['to']}" for k, v in note["changes"].items()), RESUMES)
+    log.info(
+        "%s: resumed with %s (noted in %s)",
+        out,
+        ", ".join(f"{k}={v['to']}" for k, v in note["changes"].items()),
+        RESUMES,
+    )
 
 
 def tensorboard(out: Path):
@@ -98,10 +120,10 @@ def run_lock(out: Path):
     except FileExistsError:
         try:
             pid = int(lock.read_text() or 0)
-            if pid <= 0:   # an empty or damaged lock (e.g. written on a full disk) names no process
+            if pid <= 0:  # an empty or damaged lock (e.g. written on a full disk) names no process
                 raise ValueError(pid)
             os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):   # stale lock of a process that died
+        except (ValueError, ProcessLookupError):  # stale lock of a process that died
             lock.unlink(missing_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         else:
@@ -111,8 +133,10 @@ def run_lock(out: Path):
     except OSError as e:
         os.close(fd)
         lock.unlink(missing_ok=True)
-        raise DiskFullError(e.errno, f"cannot write {lock} ({e.strerror}): no space left on {out}? free some "
-                                     "space and run the command again") from None
+        raise DiskFullError(
+            e.errno,
+            f"cannot write {lock} ({e.strerror}): no space left on {out}? free some space and run the command again",
+        ) from None
     os.close(fd)
     try:
         yield
@@ -130,7 +154,7 @@ def truncate_metrics(path: Path, stage: int, epoch: int) -> None:
             continue
         try:
             row = json.loads(ln)
-        except json.JSONDecodeError:   # a line torn by a crash or power loss: it was never checkpointed
+        except json.JSONDecodeError:  # a line torn by a crash or power loss: it was never checkpointed
             log.warning("%s: dropping unreadable line %d (%r...)", path, i + 1, ln[:40])
             continue
         if (row["stage"], row["epoch"]) <= (stage, epoch):
@@ -143,7 +167,7 @@ def log_row(out: Path, writer, row: dict, config) -> None:
     with open(out / METRICS, "a") as f:
         f.write(json.dumps(row) + "\n")
     if writer is not None:
-        global_epoch = (row["stage"] - 1) * config.epochs + row["epoch"]   # epochs over both stages
+        global_epoch = (row["stage"] - 1) * config.epochs + row["epoch"]  # epochs over both stages
         for k, v in row.items():
             if k not in ("stage", "epoch", "stop"):
                 writer.add_scalar(k, v, global_epoch)

@@ -7,6 +7,7 @@ and, once fitted, ``gmm_K{K}/`` with the GMM of Eq. 13 on the run's training cod
 on (the data set its config names, its ``n_train`` / ``n_test`` subsets, checked against
 the fingerprint in the checkpoint). Every command that reads a run goes through here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,16 @@ from .data.splits import check_fingerprint, test_images
 from .methods import build_model
 from .model import encode_dataset
 from .resume import run_config
-from .samplers import (CELEBA_COMPONENTS, DEFAULT_COMPONENTS, GMM_META, SAMPLER_KINDS, AggregatePosteriorSampler,
-                       GaussianMixtureSampler, PriorSampler, Sampler)
+from .samplers import (
+    CELEBA_COMPONENTS,
+    DEFAULT_COMPONENTS,
+    GMM_META,
+    SAMPLER_KINDS,
+    AggregatePosteriorSampler,
+    GaussianMixtureSampler,
+    PriorSampler,
+    Sampler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +57,19 @@ class Run:
     stage: int
     checkpoint: dict[str, Any]
     which: str = CHECKPOINT
-    card: dict[str, Any] | None = None   # the card of a model folder (`balanced-vae export`), else None
-    _checked: Dataset | None = field(default=None, init=False, repr=False, compare=False)   # data already checked
+    card: dict[str, Any] | None = None  # the card of a model folder (`balanced-vae export`), else None
+    _checked: Dataset | None = field(default=None, init=False, repr=False, compare=False)  # data already checked
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, which: str = CHECKPOINT) -> "Run":
+    def load(cls, run_dir: str | Path, *, which: str = CHECKPOINT) -> Run:
         """Rebuild the model of ``run_dir`` from ``config.json`` and the checkpoint file ``which``; a model
         folder (``balanced-vae export``) is rebuilt from its card and safetensors weights instead."""
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run folder")
         from .export import is_model_folder, load_model_folder
-        if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():   # safetensors + card: no torch.load
+
+        if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():  # safetensors + card: no torch.load
             return load_model_folder(run_dir, which=which)
         config = run_config(run_dir)
         ckpt = load_checkpoint(run_dir / which)
@@ -85,7 +95,7 @@ class Run:
         folder there) or the ``data`` given, checked against the run's image shape and fingerprint."""
         c = self.config
         if self._checked is not None and (data is self._checked or (data is None and data_dir is None)):
-            return self._checked     # loading and hashing every image again would only repeat the answer
+            return self._checked  # loading and hashing every image again would only repeat the answer
         if data is None:
             data = load_dataset(c.dataset, data_dir=data_dir or c.data_dir, image_size=c.image_size, seed=c.seed)
         if tuple(data.shape) != self.shape:
@@ -93,13 +103,15 @@ class Run:
                 f"{self.path}: the run was trained on images of shape {self.shape} but the data given are "
                 f"{tuple(data.shape)}; fix: pass the run's dataset ({c.dataset}); a run trained from Python data "
                 "(train(..., data=...)) is evaluated on the dataset its config names: train it with "
-                "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python")
+                "TrainConfig(dataset=NAME) of data the CLI can load (e.g. npz:PATH), or pass data= in Python"
+            )
         check_fingerprint(self.checkpoint.get("data"), data, c, self.path / self.which)
         self._checked = data
         return data
 
-    def images(self, split: str = "train", *, data: Dataset | None = None,
-               data_dir: str | Path | None = None) -> torch.Tensor:
+    def images(
+        self, split: str = "train", *, data: Dataset | None = None, data_dir: str | Path | None = None
+    ) -> torch.Tensor:
         """The images the run was trained on (``"train"``: every training image, its validation
         images included) or is evaluated on (``"test"``), with its ``n_train`` / ``n_test`` subsets."""
         if split not in SPLITS:
@@ -134,9 +146,17 @@ def model_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_COMPONENTS, *,
-                    data: Dataset | None = None, refit: bool = False, fit_on: str = "mean", random_state: int = 0,
-                    data_dir: str | Path | None = None, covariance_type: str = "full") -> GaussianMixtureSampler:
+def fit_gmm_for_run(
+    run: Run | str | Path,
+    n_components: int | None = DEFAULT_COMPONENTS,
+    *,
+    data: Dataset | None = None,
+    refit: bool = False,
+    fit_on: str = "mean",
+    random_state: int = 0,
+    data_dir: str | Path | None = None,
+    covariance_type: str = "full",
+) -> GaussianMixtureSampler:
     """The GMM of Eq. 13 for a run, fitted on its training codes and cached in :meth:`Run.gmm_dir`.
 
     The cache holds the SHA-256 of the weights it was fitted from; it is reloaded when made
@@ -149,8 +169,9 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
     run = as_run(run)
     k = n_components if n_components is not None else run.default_components
     settings = {"fit_on": fit_on, "random_state": random_state, "covariance_type": covariance_type}
-    if run.card is not None:   # a model folder: the GMM saved in it, when it is the one asked for
+    if run.card is not None:  # a model folder: the GMM saved in it, when it is the one asked for
         from .export import card_gmm
+
         saved = card_gmm(run, k, fit_on, random_state, covariance_type)
         if saved is not None:
             return saved
@@ -164,29 +185,42 @@ def fit_gmm_for_run(run: Run | str | Path, n_components: int | None = DEFAULT_CO
             log.warning("%s: cannot reuse the saved GMM (%s); refitting", folder, e)
         else:
             saved = {"fit_on": s.fit_on, "random_state": s.random_state, "covariance_type": s.covariance_type}
-            current = getattr(s, "reg_covar_", None) is not None   # fitted with the data-relative regularisation
+            current = getattr(s, "reg_covar_", None) is not None  # fitted with the data-relative regularisation
             if s.source.get("model_sha256") == weights_sha and saved == settings and s.n_components == k and current:
                 log.info("%s: reusing the saved GMM", folder)
                 return s
             log.warning("%s: saved GMM is from other weights or settings; refitting", folder)
-    mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))   # (N, L)
+    mu, logvar = encode_dataset(run.model, run.images("train", data=data, data_dir=data_dir))  # (N, L)
     s = GaussianMixtureSampler(k, covariance_type=covariance_type, fit_on=fit_on, random_state=random_state)
     s.fit(mu, logvar)
     if cached:
         try:
-            s.save(folder, extra={"model_sha256": weights_sha, "stage": run.stage,
-                                  "epoch": run.checkpoint.get("epoch"), "dataset": run.config.dataset,
-                                  "n_codes": len(mu)})
-        except OSError as e:   # a read-only run: the fit is used, only not kept for the next command
-            log.warning("%s: cannot keep the GMM fit there (%s); it is fitted again next time", folder,
-                        e.strerror or e)
+            s.save(
+                folder,
+                extra={
+                    "model_sha256": weights_sha,
+                    "stage": run.stage,
+                    "epoch": run.checkpoint.get("epoch"),
+                    "dataset": run.config.dataset,
+                    "n_codes": len(mu),
+                },
+            )
+        except OSError as e:  # a read-only run: the fit is used, only not kept for the next command
+            log.warning("%s: cannot keep the GMM fit there (%s); it is fitted again next time", folder, e.strerror or e)
         else:
             s.source = json.loads((folder / GMM_META).read_text())["source"]
     return s
 
 
-def make_sampler(kind: str, run: Run | str | Path, *, components: int | None = DEFAULT_COMPONENTS,
-                 data: Dataset | None = None, fit_on: str = "mean", data_dir: str | Path | None = None) -> Sampler:
+def make_sampler(
+    kind: str,
+    run: Run | str | Path,
+    *,
+    components: int | None = DEFAULT_COMPONENTS,
+    data: Dataset | None = None,
+    fit_on: str = "mean",
+    data_dir: str | Path | None = None,
+) -> Sampler:
     """A sampler of ``kind`` ("prior", "gmm" or "aggregate") for ``run`` (a :class:`Run` or its folder).
 
     "gmm" comes from :func:`fit_gmm_for_run` (cached); "aggregate" encodes the run's training

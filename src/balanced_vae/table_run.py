@@ -7,6 +7,7 @@ Image grids mean nothing for it, so :func:`balanced_vae.latent.write_samples` an
 the table's column names, in the original units (``x = s x' + m``, sigma times s), and the
 report plots rows and their per-feature sigma (Eq. 11) as curves over the features.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,11 @@ def scaling(run) -> tuple[Standardiser, list[str]]:
         _, scaler, columns = load_table(run.config.dataset, run.config.seed)
     except DataError:
         d = run.shape[0]
-        log.info("%s: %s is not a table the CLI can load; samples are written in standardised units", run.path,
-                 run.config.dataset)
+        log.info(
+            "%s: %s is not a table the CLI can load; samples are written in standardised units",
+            run.path,
+            run.config.dataset,
+        )
         return Standardiser(np.zeros(d), np.ones(d)), [f"x{j}" for j in range(d)]
     return scaler, columns
 
@@ -47,8 +51,11 @@ def table_units(run) -> dict:
     """The protocol lines of a table run's ELBO and IWAE: they are nats per row of the standardised
     table; ``log_det_scaling`` (sum_d log s_d) converts them to the table's own units."""
     scaler, _ = scaling(run)
-    return {"units": "nats per row of the standardised table", "log_det_scaling": scaler.log_det(),
-            "original_units": "log p(x) = value - log_det_scaling (change of variables x' = (x - m) / s)"}
+    return {
+        "units": "nats per row of the standardised table",
+        "log_det_scaling": scaler.log_det(),
+        "original_units": "log p(x) = value - log_det_scaling (change of variables x' = (x - m) / s)",
+    }
 
 
 def _csv(rows: np.ndarray, columns: list[str]) -> str:
@@ -64,28 +71,33 @@ def write_table_samples(run, out: Path, kind: str, means: torch.Tensor, sigma: t
     ``KIND_rows.csv`` (draws g(z) + sigma eps, eps from a generator seeded ``seed``), each
     (n rows, D columns) in the table's original units. ``means``, ``sigma``: (n, D, 1, 1)."""
     scaler, columns = scaling(run)
-    m, s = means.flatten(1).double(), sigma.flatten(1).double()                 # (n, D)
+    m, s = means.flatten(1).double(), sigma.flatten(1).double()  # (n, D)
     eps = torch.randn(m.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     files = []
-    for name, rows in (("means", scaler.invert(m.numpy())), ("sigma", s.numpy() * scaler.scale),
-                       ("rows", scaler.invert((m + s * eps).numpy()))):
+    for name, rows in (
+        ("means", scaler.invert(m.numpy())),
+        ("sigma", s.numpy() * scaler.scale),
+        ("rows", scaler.invert((m + s * eps).numpy())),
+    ):
         path = out / f"{kind}_{name}.csv"
         write_text_atomic(path, _csv(rows, columns))
         files.append(path)
     return files
 
 
-def plot_reconstructions(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, path: Path,
-                         columns: list[str]) -> Path:
+def plot_reconstructions(
+    x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, path: Path, columns: list[str]
+) -> Path:
     """Rows x, their reconstructions g(mu(x)) and a +-2 sigma band, one panel per row, over the
     features (standardised units). x, mean, sigma: (n, D, 1, 1)."""
-    x, mean, sigma = (t.flatten(1).cpu().numpy() for t in (x, mean, sigma))   # (n, D)
+    x, mean, sigma = (t.flatten(1).cpu().numpy() for t in (x, mean, sigma))  # (n, D)
     n, d = x.shape
     fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.25 * d), 1.6 * n), sharex=True, squeeze=False)
     f = np.arange(d)
     for i, ax in enumerate(axes[:, 0]):
-        ax.fill_between(f, mean[i] - 2 * sigma[i], mean[i] + 2 * sigma[i], color="tab:blue", alpha=0.2,
-                        label="g(mu(x)) +- 2 sigma")
+        ax.fill_between(
+            f, mean[i] - 2 * sigma[i], mean[i] + 2 * sigma[i], color="tab:blue", alpha=0.2, label="g(mu(x)) +- 2 sigma"
+        )
         ax.plot(f, mean[i], color="tab:blue", lw=1)
         ax.plot(f, x[i], "k.", ms=4, label="x")
         ax.set_ylabel(f"row {i}", fontsize=8)
@@ -105,8 +117,7 @@ def plot_sample_moments(x: torch.Tensor, draws: dict[str, torch.Tensor], path: P
     sets = {"test rows": x, **draws}
     for j, (name, t) in enumerate(sets.items()):
         v = t.flatten(1).double().cpu().numpy()
-        ax.errorbar(f + (j - (len(sets) - 1) / 2) * 0.2, v.mean(0), yerr=v.std(0), fmt="o", ms=3, capsize=2,
-                    label=name)
+        ax.errorbar(f + (j - (len(sets) - 1) / 2) * 0.2, v.mean(0), yerr=v.std(0), fmt="o", ms=3, capsize=2, label=name)
     ax.set_xticks(f)
     ax.set_xticklabels(columns, rotation=90, fontsize=6)
     ax.set_ylabel("standardised value")

@@ -11,6 +11,7 @@ split over the ranks, the objective runs inside DistributedDataParallel, the clo
 sums are all-reduced, rank 0 decides stopping and the stage switch for all, and only
 rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,20 +33,25 @@ from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world, resolve_device
 from .methods import build_model, build_objective, n_stages
-from .model import eval_mode
-from .objectives import LOG_2PI, KLWarmup
-from .provenance import provenance, source_commit
-from .resume import branch_source
-from .run_folder import log_row, note_resume, prepare_run_dir, run_lock, tensorboard
-from .sources import as_data, rows
-from .train_epoch import n_batches_of, stepper, train_epoch
-from .train_state import TrainState, branch_at, cpu_state, enter_stage2, make_optimiser, restore, resumable
 
 # importable from here as before they moved: the test ELBO (metrics), the resume and branch rules
 # (resume), the run folder's files (run_folder), the loop's state (train_state)
 from .metrics import evaluate_elbo  # noqa: F401
-from .resume import BRANCH_MAY_DIFFER, SAFE_ON_RESUME, BranchError, run_config  # noqa: F401
-from .run_folder import RunExistsError  # noqa: F401
+from .model import eval_mode
+from .objectives import LOG_2PI, KLWarmup
+from .provenance import provenance, source_commit
+from .resume import BRANCH_MAY_DIFFER, SAFE_ON_RESUME, BranchError, branch_source, run_config  # noqa: F401
+from .run_folder import (
+    RunExistsError,  # noqa: F401
+    log_row,
+    note_resume,
+    prepare_run_dir,
+    run_lock,
+    tensorboard,
+)
+from .sources import as_data, rows
+from .train_epoch import n_batches_of, stepper, train_epoch
+from .train_state import TrainState, branch_at, cpu_state, enter_stage2, make_optimiser, restore, resumable
 from .train_state import TrainState as _State  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -70,8 +76,8 @@ def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
     with eval_mode(model):
         for i in range(0, len(xs), batch_size):
             xb = rows(xs, i, i + batch_size)
-            mu, logvar = model.encode(xb)                                 # (b, L)
-            mean = model.decode_mean(model.reparameterise(mu, logvar, g))   # (b, C, H, W)
+            mu, logvar = model.encode(xb)  # (b, L)
+            mean = model.decode_mean(model.reparameterise(mu, logvar, g))  # (b, C, H, W)
             sse += (xb - mean).pow(2).sum().double()
     count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
     return float(all_reduce_sum(sse) / all_reduce_sum(count))
@@ -108,7 +114,7 @@ def _converged(history: list[float], config: TrainConfig, dims: int, since: int 
     if len(history) < max(config.min_epochs, since + w + 1):
         return False
     h = history[since:]
-    if config.stopping == "endpoints":   # two noisy points: fires while the trend still rises
+    if config.stopping == "endpoints":  # two noisy points: fires while the trend still rises
         return abs(h[-1] - h[-1 - w]) / dims < config.tol
     return (max(h[-w:]) - max(h[:-w])) / dims < config.tol
 
@@ -118,14 +124,24 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     folder means the same data from any working directory."""
     data_dir = str(Path(config.data_dir).expanduser().resolve()) if config.data_dir else None
     kind, sep, arg = config.dataset.partition(":")
-    dataset = f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz", "csv") \
-        else config.dataset
+    dataset = (
+        f"{kind}:{Path(arg).expanduser().resolve()}" if sep and kind in ("folder", "npz", "csv") else config.dataset
+    )
     return dataclasses.replace(config, data_dir=data_dir, dataset=dataset)
 
 
-def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: Dataset | None = None,
-          progress: bool = True, stop_after: int | None = None, device: str | torch.device | None = "cpu",
-          branch_from: str | Path | None = None, record: bool = True) -> Path:
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    data: Dataset | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    device: str | torch.device | None = "cpu",
+    branch_from: str | Path | None = None,
+    record: bool = True,
+) -> Path:
     """Train ``config`` into the run folder ``out`` (Algorithm 1); returns the folder.
 
     ``data`` may be given to skip loading: a :class:`~balanced_vae.data.Dataset`, or a tensor,
@@ -147,21 +163,26 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
     out = Path(out).expanduser()
     dev = resolve_device(device)
     config = absolute_paths(config)
-    data = as_data(data) if data is not None else load_dataset(config.dataset, data_dir=config.data_dir,
-                                                               image_size=config.image_size, seed=config.seed)
+    data = (
+        as_data(data)
+        if data is not None
+        else load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size, seed=config.seed)
+    )
     if not resume and config.image_size is None and config.dataset.startswith("folder:"):
-        config = dataclasses.replace(config, image_size=data.shape[-1])   # config.json says the size used
+        config = dataclasses.replace(config, image_size=data.shape[-1])  # config.json says the size used
     config = config.resolved(data.shape, len(data.x_train), real_valued=getattr(data, "real_valued", False))
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
-    objective = build_objective(config)   # validates hyperparameters before any file is written
+    objective = build_objective(config)  # validates hyperparameters before any file is written
     if config.kl_warmup:
-        KLWarmup(objective)               # refuses objectives without a KL term before any file is written
+        KLWarmup(objective)  # refuses objectives without a KL term before any file is written
     x_fit, _ = split_train(data, config)  # validates n_val before any file is written
     steps = n_batches_of(len(x_fit), config.batch_size, rank_world()[1])
     if config.lr_warmup > config.epochs * steps:
-        raise ValueError(f"TrainConfig.lr_warmup={config.lr_warmup}: longer than the epoch cap (--epochs "
-                         f"{config.epochs} x {steps} steps); fix: a shorter --lr-warmup or more --epochs")
+        raise ValueError(
+            f"TrainConfig.lr_warmup={config.lr_warmup}: longer than the epoch cap (--epochs "
+            f"{config.epochs} x {steps} steps); fix: a shorter --lr-warmup or more --epochs"
+        )
     branch = None
     if branch_from is not None and not resume:
         branch = branch_source(Path(branch_from).expanduser(), config)
@@ -170,19 +191,25 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, data: D
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch)
     if resume and not (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out / CHECKPOINT}: nothing to resume; start the run without --resume")
-    if not resume and record:   # the one write rule: a new folder, an empty one, or a run that train made
-        writes.check("train", folders=[writes.Folder(out, "run")], inputs=[
-            writes.input_of(config.dataset), writes.Input(Path(config.data_dir)) if config.data_dir else None,
-            writes.Input(Path(branch_from).expanduser(), "run") if branch_from is not None else None])
+    if not resume and record:  # the one write rule: a new folder, an empty one, or a run that train made
+        writes.check(
+            "train",
+            folders=[writes.Folder(out, "run")],
+            inputs=[
+                writes.input_of(config.dataset),
+                writes.Input(Path(config.data_dir)) if config.data_dir else None,
+                writes.Input(Path(branch_from).expanduser(), "run") if branch_from is not None else None,
+            ],
+        )
     out.mkdir(parents=True, exist_ok=True)
     if not resume and record:
         writes.record("train", folders=[writes.Folder(out, "run")])
-    with run_lock(out):   # nothing is written into the folder before its lock is held
+    with run_lock(out):  # nothing is written into the folder before its lock is held
         note = prepare_run_dir(out, config, resume)
         return _train(config, out, resume, data, objective, progress, stop_after, rank, world, dev, branch, note)
 
 
-COLLAPSE_KL = 0.1   # nats per image: below this at a stage's end the decoder ignores z
+COLLAPSE_KL = 0.1  # nats per image: below this at a stage's end the decoder ignores z
 
 
 def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
@@ -196,19 +223,22 @@ def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
     return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
 
 
-def _train(config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None,
-           note=None) -> Path:
+def _train(
+    config, out, resume, data, objective, progress, stop_after, rank, world, device, branch=None, note=None
+) -> Path:
     """The loop of :func:`train`, run while holding the run folder's lock: one epoch, the stopping
     rule, the stage switch, the log line and the checkpoint, until done."""
     x_fit, x_val = (t.to(device) for t in split_train(data, config))
     dims = int(math.prod(data.shape))
     if world > len(x_fit) or world > config.batch_size:
-        raise ValueError(f"{world} processes but {len(x_fit)} training images and batch size {config.batch_size}: "
-                         "every rank needs images of every batch; use fewer processes or a larger --batch-size")
+        raise ValueError(
+            f"{world} processes but {len(x_fit)} training images and batch size {config.batch_size}: "
+            "every rank needs images of every batch; use fewer processes or a larger --batch-size"
+        )
     torch.manual_seed(config.seed)
-    model = build_model(config, data.shape).to(device)   # identical on every rank
+    model = build_model(config, data.shape).to(device)  # identical on every rank
     if rank > 0:
-        torch.manual_seed(config.seed + rank)            # but each rank draws its own z
+        torch.manual_seed(config.seed + rank)  # but each rank draws its own z
     shuffle = torch.Generator().manual_seed(config.seed)
     optimiser = make_optimiser(model, config)
     fingerprint = data_fingerprint(data, config)
@@ -218,7 +248,7 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         check_fingerprint(ckpt.get("data"), data, config, out / CHECKPOINT)
         st, optimiser = restore(ckpt, model, shuffle, config, out, rank, world, device)
         if rank == 0:
-            note_resume(out, note)   # only once the run's weights have loaded: a failed resume changes nothing
+            note_resume(out, note)  # only once the run's weights have loaded: a failed resume changes nothing
         if st.done:
             log.info("%s: training already finished", out)
             return out
@@ -230,8 +260,9 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
     closed_form = getattr(model.likelihood, "mode", None) == "closed_form"
     if closed_form and world > 1:
         model.likelihood.reduce_step = all_reduce_sum
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.precision == "bf16" \
-        else nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.precision == "bf16" else nullcontext
+    )
     warm = KLWarmup(objective) if config.kl_warmup else None
     step = stepper(model, warm if warm is not None and st.stage == 1 else objective, device)
     writer = tensorboard(out) if rank == 0 else None
@@ -240,16 +271,30 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
             break
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(x_fit), generator=shuffle).to(device)   # the same on every rank
+        perm = torch.randperm(len(x_fit), generator=shuffle).to(device)  # the same on every rank
         n_batches = n_batches_of(len(perm), config.batch_size, world)
-        bar = tqdm(range(n_batches), desc=f"stage {st.stage} epoch {st.epoch + 1}",
-                   disable=not progress or rank != 0, leave=False)
+        bar = tqdm(
+            range(n_batches),
+            desc=f"stage {st.stage} epoch {st.epoch + 1}",
+            disable=not progress or rank != 0,
+            leave=False,
+        )
         on_step = _warmup(warm, optimiser, st, config, n_batches)
-        sums, bad_step = train_epoch(step, optimiser, x_fit, perm, batch_size=config.batch_size,
-                                     autocast=autocast, bar=bar, rank=rank, world=world, warmup=on_step)
+        sums, bad_step = train_epoch(
+            step,
+            optimiser,
+            x_fit,
+            perm,
+            batch_size=config.batch_size,
+            autocast=autocast,
+            bar=bar,
+            rank=rank,
+            world=world,
+            warmup=on_step,
+        )
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
-        if closed_form and st.stage == 1:   # Eq. 10 on the final networks of this epoch
+        if closed_form and st.stage == 1:  # Eq. 10 on the final networks of this epoch
             sigma2 = closed_form_sigma2(model, x_fit, seed=config.seed + 2)
             model.likelihood.log_sigma2.fill_(math.log(max(sigma2, 1e-12)))
         st.epoch += 1
@@ -257,21 +302,33 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
         if val:
             st.history.append(-val["loss"])
         st.stage_seconds += time.perf_counter() - t0
-        row = _epoch_row(st, sums, min(len(perm), n_batches * config.batch_size), val, model, closed_form, dims,
-                         time.perf_counter() - t0)
+        row = _epoch_row(
+            st,
+            sums,
+            min(len(perm), n_batches * config.batch_size),
+            val,
+            model,
+            closed_form,
+            dims,
+            time.perf_counter() - t0,
+        )
         row["lr"] = optimiser.param_groups[0]["lr"]
-        if warm is not None and st.stage == 1:   # the epoch's mean KL weight (1 after the warm-up)
+        if warm is not None and st.stage == 1:  # the epoch's mean KL weight (1 after the warm-up)
             w = on_step.kl_weights if on_step is not None else []
             row["kl_weight"] = sum(w) / len(w) if w else 1.0
         if st.stage == 1:
             st.sigma2_star = model.likelihood.sigma2
-        reason = broadcast(_stop_reason(st, config, dims, bool(val)))   # every rank stops with rank 0
+        reason = broadcast(_stop_reason(st, config, dims, bool(val)))  # every rank stops with rank 0
         if reason == "converged" and st.lr_drops < config.lr_drops:
             row["lr_drop"] = _drop_lr(optimiser, st)
             reason = None
         if reason is not None:
-            st.stops[str(st.stage)] = {"reason": reason, "epochs": st.epoch, "seconds": round(st.stage_seconds, 1),
-                                       **({"lr_drops": st.lr_drops} if config.lr_drops else {})}
+            st.stops[str(st.stage)] = {
+                "reason": reason,
+                "epochs": st.epoch,
+                "seconds": round(st.stage_seconds, 1),
+                **({"lr_drops": st.lr_drops} if config.lr_drops else {}),
+            }
             row["stop"] = reason
             _check_collapse(out, st, val)
             if st.stage < n_stages(config):
@@ -279,11 +336,16 @@ def _train(config, out, resume, data, objective, progress, stop_after, rank, wor
                 step = stepper(model, objective, device)
             else:
                 st.done = True
-        rng_states = gather_rng_states()   # a collective: every rank takes part
+        rng_states = gather_rng_states()  # a collective: every rank takes part
         if rank == 0:
             log_row(out, writer, row, config)
-            save_checkpoint(out / CHECKPOINT, {"optimiser": cpu_state(optimiser), **resumable(
-                model, st, data.shape, fingerprint, shuffle, rng_states, device)})
+            save_checkpoint(
+                out / CHECKPOINT,
+                {
+                    "optimiser": cpu_state(optimiser),
+                    **resumable(model, st, data.shape, fingerprint, shuffle, rng_states, device),
+                },
+            )
     if writer is not None:
         writer.close()
     if rank == 0 and st.done:
@@ -300,20 +362,33 @@ def _check_finite(model, bad_step: int | None, st: TrainState, config, out: Path
         f"{out}: training diverged at {where}: the loss or the weights became non-finite "
         f"(NaN/inf). The likely cause is the learning rate (--lr {config.lr:g}); lower it and resume "
         f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
-        f"still holds epoch {st.epoch} of stage {st.stage}.")
+        f"still holds epoch {st.epoch} of stage {st.stage}."
+    )
 
 
-def _epoch_row(st: TrainState, sums: dict, n_seen: int, val: dict, model, closed_form: bool, dims: int,
-               seconds: float) -> dict:
+def _epoch_row(
+    st: TrainState, sums: dict, n_seen: int, val: dict, model, closed_form: bool, dims: int, seconds: float
+) -> dict:
     """The epoch's line of ``metrics.jsonl``: training means, validation terms, sigma^2."""
     train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
     if closed_form and st.stage == 1:
         train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
         train_terms["train_elbo"] = _train_elbo(sums, n_seen, model.likelihood.sigma2, dims)
-    row = {"stage": st.stage, "epoch": st.epoch, "seconds": round(seconds, 3), **train_terms,
-           **{f"val_{k}": v for k, v in val.items()}, "sigma2": model.likelihood.sigma2}
-    log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", st.stage, st.epoch,
-             val.get("loss", float("nan")), row["sigma2"])
+    row = {
+        "stage": st.stage,
+        "epoch": st.epoch,
+        "seconds": round(seconds, 3),
+        **train_terms,
+        **{f"val_{k}": v for k, v in val.items()},
+        "sigma2": model.likelihood.sigma2,
+    }
+    log.info(
+        "stage %d epoch %d: validation loss %.2f, sigma2 %.4g",
+        st.stage,
+        st.epoch,
+        val.get("loss", float("nan")),
+        row["sigma2"],
+    )
     return row
 
 
@@ -324,11 +399,15 @@ def _check_collapse(out: Path, st: TrainState, val: dict) -> None:
     if kl is None or kl >= COLLAPSE_KL:
         return
     st.stops[str(st.stage)]["posterior_collapse"] = {"val_kl": kl}
-    log.warning("%s: stage %d ended with the posterior collapsed: KL(q(z|x) || p(z)) = %.3g nats on the "
-                "validation images, so the decoder ignores z and every sample is the same image. Early epochs pass "
-                "through this phase, and wide or deep networks at --lr 1e-3 can stay in it; fix: more --min-epochs "
-                "if the stage ended early, else train again with a lower --lr (3e-4) or another --seed",
-                out, st.stage, kl)
+    log.warning(
+        "%s: stage %d ended with the posterior collapsed: KL(q(z|x) || p(z)) = %.3g nats on the "
+        "validation images, so the decoder ignores z and every sample is the same image. Early epochs pass "
+        "through this phase, and wide or deep networks at --lr 1e-3 can stay in it; fix: more --min-epochs "
+        "if the stage ended early, else train again with a lower --lr (3e-4) or another --seed",
+        out,
+        st.stage,
+        kl,
+    )
 
 
 def _drop_lr(optimiser, st: TrainState) -> float:
@@ -337,8 +416,13 @@ def _drop_lr(optimiser, st: TrainState) -> float:
         group["lr"] = group["lr"] / 10
     st.lr_drops += 1
     st.lr_dropped_at = len(st.history)
-    log.info("stage %d epoch %d: converged; learning rate dropped to %.3g (drop %d)", st.stage, st.epoch,
-             optimiser.param_groups[0]["lr"], st.lr_drops)
+    log.info(
+        "stage %d epoch %d: converged; learning rate dropped to %.3g (drop %d)",
+        st.stage,
+        st.epoch,
+        optimiser.param_groups[0]["lr"],
+        st.lr_drops,
+    )
     return optimiser.param_groups[0]["lr"]
 
 
@@ -361,9 +445,10 @@ def _warmup(warm: KLWarmup | None, optimiser, st: TrainState, config, n_batches:
         if warm is not None:
             warm.weight = min(1.0, s / kl_steps) if kl_steps else 1.0
             on_step.kl_weights.append(warm.weight)
-        if s <= lr_steps:   # of the rate after any drop (a drop divides by 10)
+        if s <= lr_steps:  # of the rate after any drop (a drop divides by 10)
             for group in optimiser.param_groups:
-                group["lr"] = config.lr / 10 ** st.lr_drops * s / lr_steps
+                group["lr"] = config.lr / 10**st.lr_drops * s / lr_steps
+
     on_step.kl_weights = []
     return on_step
 
@@ -387,8 +472,14 @@ def _write_final(out, model, objective, config, data, st: TrainState, device) ->
     ELBO is reported for it; its own objective is (z = mu).
     """
     x_test = test_images(data, config).to(device)
-    doc = {"stage": st.stage, "sigma2_star": st.sigma2_star, "stops": st.stops, "device": str(device),
-           "trained_by_commits": st.commits, "provenance": provenance()}
+    doc = {
+        "stage": st.stage,
+        "sigma2_star": st.sigma2_star,
+        "stops": st.stops,
+        "device": str(device),
+        "trained_by_commits": st.commits,
+        "provenance": provenance(),
+    }
     if config.method == "wae-mmd":
         doc["test_objective"] = validation_terms(model, objective, x_test, seed=config.seed + 1)
         doc["note"] = "WAE-MMD: deterministic encoder, no ELBO reported; test_objective uses z = mu"

@@ -4,6 +4,7 @@ The objective runs as a module (:class:`_Step`) so that DistributedDataParallel 
 forward pass; each global batch is split over the ranks and the epoch's terms are summed
 over every rank (see :mod:`balanced_vae.distributed`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,6 @@ from torch import nn
 
 from .distributed import all_reduce_sum, rank_world
 from .sources import epoch_batches
-
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def stepper(model, objective, device: torch.device):
     if rank_world()[1] == 1:
         return step
     ids = [device.index] if device.type == "cuda" else None
-    with warnings.catch_warnings():   # torch >= 2.12 renames the flag; the rank-local sums need its meaning
+    with warnings.catch_warnings():  # torch >= 2.12 renames the flag; the rank-local sums need its meaning
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
 
@@ -53,8 +53,9 @@ def n_batches_of(n: int, batch_size: int, world: int) -> int:
     return steps - 1 if world > 1 and 0 < n % batch_size < world else steps
 
 
-def train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world,
-                 warmup=None) -> tuple[dict, int | None]:
+def train_epoch(
+    step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world, warmup=None
+) -> tuple[dict, int | None]:
     """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
     first step whose loss was non-finite (None if none). ``warmup(b)``, when given, is called before
     step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`).
@@ -65,10 +66,10 @@ def train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank
     sums: dict[str, torch.Tensor] = {}
     finite = torch.ones((), dtype=torch.bool, device=x_fit.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=x_fit.device)
-    if world == 1:   # sources stream their batches (a DataLoader's workers); ranks index their share
+    if world == 1:  # sources stream their batches (a DataLoader's workers); ranks index their share
         batches = epoch_batches(x_fit, perm, batch_size)
     else:
-        batches = (x_fit[perm[b * batch_size:(b + 1) * batch_size][rank::world]] for b in range(len(bar)))
+        batches = (x_fit[perm[b * batch_size : (b + 1) * batch_size][rank::world]] for b in range(len(bar)))
     for b in bar:
         x = next(batches)
         if warmup is not None:
@@ -85,7 +86,7 @@ def train_epoch(step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank
             v = v.detach().double() * len(x)
             sums[k] = sums[k] + v if k in sums else v
     keys = sorted(sums)
-    total = all_reduce_sum(torch.stack([sums[k] for k in keys] + [(~finite).double()]))   # (K + 1,)
+    total = all_reduce_sum(torch.stack([sums[k] for k in keys] + [(~finite).double()]))  # (K + 1,)
     bad_step = None
     if float(total[-1]) > 0:
         bad_step = int(first_bad) + 1 if not bool(finite) else -1

@@ -1,5 +1,6 @@
 """Option types and shared options of the subcommands: positive numbers, the FID backend, the
 evaluation protocol (each default the library's, stated once in :mod:`balanced_vae.protocol`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,15 +12,18 @@ from ..protocol import PAPER as PAPER_PROTOCOL
 
 def _number(kind: type, low: float, inclusive: bool):
     """An argparse type: a finite ``kind`` above ``low`` (or equal, when ``inclusive``), else a clear error."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite number "
-                                             f"{'>=' if inclusive else '>'} {low:g}")
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: it must be a finite number {'>=' if inclusive else '>'} {low:g}"
+            )
         return value
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -31,33 +35,52 @@ _NONNEG_FLOAT = _number(float, 0.0, True)
 
 
 def _add_fid_backend(p) -> None:
-    p.add_argument("--fid-backend", choices=list(FID_BACKENDS), default=PAPER_PROTOCOL.fid_backend,
-                   help="runs the Inception network: torch (CPU or CUDA) or openvino (CPU, FP32, 2-3x faster); "
-                        "auto = openvino on the CPU when installed, else torch")
+    p.add_argument(
+        "--fid-backend",
+        choices=list(FID_BACKENDS),
+        default=PAPER_PROTOCOL.fid_backend,
+        help="runs the Inception network: torch (CPU or CUDA) or openvino (CPU, FP32, 2-3x faster); "
+        "auto = openvino on the CPU when installed, else torch",
+    )
 
 
 #: the options of an evaluation protocol: flag -> (field of EvalProtocol, type, help)
 _PROTOCOL_OPTIONS = {
-    "--sampler": ("sampler", None, "p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set "
-                                   "beside the prior for precision/recall (pr)"),
+    "--sampler": (
+        "sampler",
+        None,
+        "p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set "
+        "beside the prior for precision/recall (pr)",
+    ),
     "--components": ("components", _POS_INT, "K of the Gaussian mixture (Eq. 13)"),
-    "--gmm-fit-on": ("gmm_fit_on", None, "codes the GMM is fitted on (none: posterior means for FID sampling, "
-                                         "one z ~ q(z|x) per image where the GMM is a density: IWAE p(z), KL)"),
+    "--gmm-fit-on": (
+        "gmm_fit_on",
+        None,
+        "codes the GMM is fitted on (none: posterior means for FID sampling, "
+        "one z ~ q(z|x) per image where the GMM is a density: IWAE p(z), KL)",
+    ),
     "--n-iwae": ("n_iwae", _POS_INT, "test images for the IWAE bound (a preset's count: all when fewer)"),
     "--k": ("k", _POS_INT, "importance samples of the IWAE bound"),
     "--n-fid": ("n_fid", _POS_INT, "generated and real test images for FID (a preset's count: all when fewer)"),
     "--fid-batch-size": ("fid_batch_size", _POS_INT, "images per Inception pass"),
-    "--fid-backend": ("fid_backend", None, "runs the Inception network: torch (CPU or CUDA) or openvino (CPU, "
-                                           "FP32, 2-3x faster); auto = openvino on the CPU when installed, "
-                                           "else torch"),
+    "--fid-backend": (
+        "fid_backend",
+        None,
+        "runs the Inception network: torch (CPU or CUDA) or openvino (CPU, "
+        "FP32, 2-3x faster); auto = openvino on the CPU when installed, "
+        "else torch",
+    ),
     "--n-pr": ("n_pr", _POS_INT, "generated images per sampler and real test images for precision/recall (pr)"),
     "--k-pr": ("k_pr", _POS_INT, "nearest neighbours of the precision/recall manifolds"),
     "--n-kl": ("n_kl", _POS_INT, "Monte-Carlo samples per KL estimate"),
     "--kl-runs": ("kl_runs", _POS_INT, "independent KL estimates (mean and std reported)"),
     "--seed": ("seed", _NONNEG_INT, "seed of every sample drawn"),
 }
-_PROTOCOL_CHOICES = {"sampler": list(SAMPLER_KINDS), "gmm_fit_on": ["mean", "sample"],
-                     "fid_backend": list(FID_BACKENDS)}
+_PROTOCOL_CHOICES = {
+    "sampler": list(SAMPLER_KINDS),
+    "gmm_fit_on": ["mean", "sample"],
+    "fid_backend": list(FID_BACKENDS),
+}
 
 
 class _Given(argparse.Action):
@@ -71,13 +94,23 @@ class _Given(argparse.Action):
 def _add_protocol(p) -> None:
     """``--protocol NAME`` and an option per number of :class:`~balanced_vae.protocol.EvalProtocol`; each
     default is the paper's preset, stated once there (the help adds the quick preset's where it differs)."""
-    p.add_argument("--protocol", choices=list(PRESETS), default="paper",
-                   help="the preset every number below starts from (paper: Section 5)")
+    p.add_argument(
+        "--protocol",
+        choices=list(PRESETS),
+        default="paper",
+        help="the preset every number below starts from (paper: Section 5)",
+    )
     for flag, (field, kind, text) in _PROTOCOL_OPTIONS.items():
         quick = getattr(QUICK, field)
-        p.add_argument(flag, dest=field, type=kind, choices=_PROTOCOL_CHOICES.get(field), action=_Given,
-                       default=getattr(PAPER_PROTOCOL, field),
-                       help=text + (f"; quick: {quick}" if quick != getattr(PAPER_PROTOCOL, field) else ""))
+        p.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            choices=_PROTOCOL_CHOICES.get(field),
+            action=_Given,
+            default=getattr(PAPER_PROTOCOL, field),
+            help=text + (f"; quick: {quick}" if quick != getattr(PAPER_PROTOCOL, field) else ""),
+        )
 
 
 def protocol_of(args) -> EvalProtocol:

@@ -2,6 +2,7 @@
 
 The paper package is imported when one of them runs, so no other command loads it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,30 +17,42 @@ from .options import _POS_INT, _add_fid_backend
 
 def _add_reproduce(sub) -> None:
     p = sub.add_parser(
-        "reproduce", help="reproduce a table or figure of the paper (trains what is missing)",
+        "reproduce",
+        help="reproduce a table or figure of the paper (trains what is missing)",
         description="Train what is missing (reusing finished runs in --out, resuming interrupted ones), evaluate, "
-                    "and write each table as CSV/Markdown/JSON and each figure as PNG under "
-                    "OUT/<dataset>-<budget>/. Budgets: " + "; ".join(
-                        f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}"
-                        for b in BUDGETS.values()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "and write each table as CSV/Markdown/JSON and each figure as PNG under "
+        "OUT/<dataset>-<budget>/. Budgets: "
+        + "; ".join(
+            f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}" for b in BUDGETS.values()
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, a comma-separated list, or all")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "celeba"])
     p.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
     p.add_argument("--out", default="results", help="results folder")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the runs it needs, then exit")
     p.add_argument("--device", default="auto", help="training and Inception device: auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-extra-runs", dest="extra_runs", action="store_false",
-                   help="leave out the budget's runs beyond the paper's (paper budgets: learned-floor0, Table 3's "
-                        "per-pixel model without the variance floor, whose stage 2 may not meet the convergence "
-                        "rule); the records' budget then lists extra_runs: []")
-    p.add_argument("--jobs", type=_POS_INT, default=1,
-                   help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)")
+    p.add_argument(
+        "--no-extra-runs",
+        dest="extra_runs",
+        action="store_false",
+        help="leave out the budget's runs beyond the paper's (paper budgets: learned-floor0, Table 3's "
+        "per-pixel model without the variance floor, whose stage 2 may not meet the convergence "
+        "rule); the records' budget then lists extra_runs: []",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_POS_INT,
+        default=1,
+        help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)",
+    )
     _add_fid_backend(p)
 
 
 def _run_reproduce(args) -> int:
-    from ..paper.reproduce import reproduce   # imported when the command runs: `--help` stays fast
+    from ..paper.reproduce import reproduce  # imported when the command runs: `--help` stays fast
+
     budget = get_budget(args.budget, None if args.extra_runs else ())
     print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
@@ -47,9 +60,16 @@ def _run_reproduce(args) -> int:
             print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
     writes.check("reproduce", folders=[Folder(Path(args.out), "results")])
-    for path in reproduce(args.experiment, dataset=args.dataset, budget=args.budget, out=args.out,
-                          device=args.device, jobs=args.jobs, fid_backend=args.fid_backend,
-                          extra_runs=args.extra_runs):
+    for path in reproduce(
+        args.experiment,
+        dataset=args.dataset,
+        budget=args.budget,
+        out=args.out,
+        device=args.device,
+        jobs=args.jobs,
+        fid_backend=args.fid_backend,
+        extra_runs=args.extra_runs,
+    ):
         print(f"wrote {path}")
     writes.record("reproduce", folders=[Folder(Path(args.out), "results")])
     return 0
@@ -62,7 +82,8 @@ def _add_results_page(sub) -> None:
 
 
 def _run_results_page(args) -> int:
-    from ..paper.results_page import build_page   # imported when the command runs: `--help` stays fast
+    from ..paper.results_page import build_page  # imported when the command runs: `--help` stays fast
+
     writes.check("results-page", files=[args.out], inputs=[Input(Path(args.results), "folder")])
     path = build_page(args.results, args.out)
     writes.record("results-page", files=[path])

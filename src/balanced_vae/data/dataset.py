@@ -66,8 +66,7 @@ class Dataset:
             validate_images(x, source, unit_range=not self.real_valued)
             if x.dtype != torch.float32 or not x.is_contiguous():
                 raise DataError(
-                    f"{source}: dtype {x.dtype}, contiguous={x.is_contiguous()}; "
-                    "fix: pass x.float().contiguous()"
+                    f"{source}: dtype {x.dtype}, contiguous={x.is_contiguous()}; fix: pass x.float().contiguous()"
                 )
             if y is not None and (y.dtype != torch.int64 or tuple(y.shape) != (len(x),)):
                 raise DataError(
@@ -113,8 +112,7 @@ def validate_images(x: torch.Tensor, source: str, *, unit_range: bool = True) ->
         raise DataError(f"{source}: empty batch of shape {tuple(x.shape)}; fix: provide images")
     if not x.is_floating_point():
         raise DataError(
-            f"{source}: dtype {x.dtype}, images must be float in [0, 1]; "
-            "fix: x.float() / 255 for 0..255 images"
+            f"{source}: dtype {x.dtype}, images must be float in [0, 1]; fix: x.float() / 255 for 0..255 images"
         )
     lo, hi = (v.item() for v in torch.aminmax(x))  # NaN propagates into both
     if lo != lo or hi != hi:
@@ -134,8 +132,10 @@ def range_error(source: str, lo: float, hi: float) -> str:
     if lo != lo or hi != hi or math.isinf(lo) or math.isinf(hi):
         fix = "remove or replace the infinite values"
     elif lo >= -1e-3 and hi <= 1 + 1e-3:
-        fix = (f"the values stray from [0, 1] by at most {max(-lo, hi - 1):.2g} (rounding): clip them, "
-               "e.g. x.clamp(0, 1) or np.clip(x, 0, 1)")
+        fix = (
+            f"the values stray from [0, 1] by at most {max(-lo, hi - 1):.2g} (rounding): clip them, "
+            "e.g. x.clamp(0, 1) or np.clip(x, 0, 1)"
+        )
     elif lo >= -1.0 and hi <= 1.0:
         fix = "the data look like [-1, 1] images: map them with (x + 1) / 2"
     elif lo >= 0.0 and hi <= 255.0:

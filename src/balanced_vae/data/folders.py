@@ -119,11 +119,7 @@ def _read_cache(cache: Path, names: list[str], size: int) -> np.ndarray | None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         logger.warning("unreadable cache %s (%s); rebuilding", cache, e)
         return None
-    if (
-        images.dtype != np.uint8
-        or images.shape != (len(names), 3, size, size)
-        or cached_names.tolist() != names
-    ):
+    if images.dtype != np.uint8 or images.shape != (len(names), 3, size, size) or cached_names.tolist() != names:
         logger.info("cache %s does not match the image folder; rebuilding", cache)
         return None
     logger.info("read %d images from cache %s", len(names), cache)
@@ -173,7 +169,7 @@ def load_folder(arg: str, size: int | None, seed: int) -> Dataset:
     return Dataset(f"folder:{folder}", to_float(images[train]), to_float(images[test]), levels=256)
 
 
-FOLDER_RESIZE = 64   # the side images of several sizes (or not square) are brought to without --image-size
+FOLDER_RESIZE = 64  # the side images of several sizes (or not square) are brought to without --image-size
 
 
 def _own_size(folder: Path, paths: list[Path]) -> int:
@@ -183,9 +179,16 @@ def _own_size(folder: Path, paths: list[Path]) -> int:
     for p in paths:
         try:
             with Image.open(p) as img:
-                w, h = img.size   # a square stays square under any EXIF rotation
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-                Image.DecompressionBombError) as e:
+                w, h = img.size  # a square stays square under any EXIF rotation
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            struct.error,
+            zlib.error,
+            Image.DecompressionBombError,
+        ) as e:
             raise DataError(f"cannot read image {p} ({type(e).__name__}: {e}); fix: remove or replace the file") from e
         sizes.setdefault((w, h), p)
     if len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]:
@@ -193,23 +196,25 @@ def _own_size(folder: Path, paths: list[Path]) -> int:
         logger.info("folder:%s: %d images of their own size %dx%d", folder, len(paths), side, side)
         return side
     found = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:3])
-    logger.warning("folder:%s: the images are %s (%s); each is centre-cropped to a square and resized to %dx%d. "
-                   "Pass --image-size S to choose the size", folder,
-                   "of several sizes" if len(sizes) > 1 else "not square", found, FOLDER_RESIZE, FOLDER_RESIZE)
+    logger.warning(
+        "folder:%s: the images are %s (%s); each is centre-cropped to a square and resized to %dx%d. "
+        "Pass --image-size S to choose the size",
+        folder,
+        "of several sizes" if len(sizes) > 1 else "not square",
+        found,
+        FOLDER_RESIZE,
+        FOLDER_RESIZE,
+    )
     return FOLDER_RESIZE
 
 
-def _decode_images(
-    paths: list[Path], size: int, *, crop: int | None, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _decode_images(paths: list[Path], size: int, *, crop: int | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode in parallel threads: (N, 3, S, S) uint8 and (N,) bool "was greyscale"."""
     n = len(paths)
     images = np.empty((n, 3, size, size), dtype=np.uint8)
     grey = np.empty(n, dtype=bool)
     load = partial(_load_square, size=size, crop=crop)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, tqdm(
-        total=n, desc=desc, unit="img"
-    ) as bar:
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, tqdm(total=n, desc=desc, unit="img") as bar:
         for start in range(0, n, _DECODE_BLOCK):
             block = paths[start : start + _DECODE_BLOCK]
             for i, (rgb, is_grey) in enumerate(pool.map(load, block), start):
@@ -236,6 +241,13 @@ def _load_square(path: Path, *, size: int, crop: int | None) -> tuple[np.ndarray
             # PIL widens the bilinear kernel when shrinking: antialiased.
             img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8), is_grey
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-            Image.DecompressionBombError) as e:   # PIL reports broken files with any of these
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        struct.error,
+        zlib.error,
+        Image.DecompressionBombError,
+    ) as e:  # PIL reports broken files with any of these
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); fix: remove or replace the file") from e

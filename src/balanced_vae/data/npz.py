@@ -29,8 +29,7 @@ def load_npz(arg: str, image_size: int | None, seed: int = 0) -> Dataset:
         raise DataError(f"cannot read {path} as .npz ({e}); fix: save with np.savez") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(
-            f"{path} holds a single array, not an .npz archive; "
-            "fix: np.savez(path, x_train=..., x_test=...)"
+            f"{path} holds a single array, not an .npz archive; fix: np.savez(path, x_train=..., x_test=...)"
         )
     with archive:
         missing = [k for k in ("x_train", "x_test") if k not in archive.files]
@@ -39,7 +38,7 @@ def load_npz(arg: str, image_size: int | None, seed: int = 0) -> Dataset:
                 f"{path}: missing arrays {missing} (has {sorted(archive.files)}); "
                 "fix: np.savez(path, x_train=..., x_test=..., [y_train=..., y_test=...])"
             )
-        if _npz_array(archive, "x_train", path).ndim == 2:   # (N, D): a table of real values
+        if _npz_array(archive, "x_train", path).ndim == 2:  # (N, D): a table of real values
             if image_size is not None:
                 raise DataError(f"{path}: x_train is a table (N, D); --image-size applies to images; fix: drop it")
             x_train, x_test = (_npz_array(archive, k, path) for k in ("x_train", "x_test"))
@@ -70,9 +69,7 @@ def _npz_images(archive, key: str, path: Path, image_size: int | None) -> torch.
     elif np.issubdtype(arr.dtype, np.floating):
         x = torch.from_numpy(arr.astype(np.float32))
     else:
-        raise DataError(
-            f"{source}: dtype {arr.dtype}; fix: save uint8 0..255 or float values in [0, 1]"
-        )
+        raise DataError(f"{source}: dtype {arr.dtype}; fix: save uint8 0..255 or float values in [0, 1]")
     if x.ndim == 3:
         x = x.unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):

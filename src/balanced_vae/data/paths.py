@@ -32,9 +32,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         path = cache / "balanced-vae"
     path = path.expanduser().resolve()
     if path.exists() and not path.is_dir():
-        raise DataError(
-            f"data directory {path} is a file; fix: point --data-dir / {DATA_ENV} at a directory"
-        )
+        raise DataError(f"data directory {path} is a file; fix: point --data-dir / {DATA_ENV} at a directory")
     return path
 
 
@@ -44,8 +42,7 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
     user_given = (data_dir is not None and str(data_dir) != "") or bool(os.environ.get(DATA_ENV))
     if user_given and not root.is_dir():
         raise DataError(
-            f"data directory {root} (from --data-dir / {DATA_ENV}) does not exist; "
-            "fix: create it or correct the path"
+            f"data directory {root} (from --data-dir / {DATA_ENV}) does not exist; fix: create it or correct the path"
         )
     return root
 

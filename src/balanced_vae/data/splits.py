@@ -6,6 +6,7 @@ watches the validation images) and for every command that reads a run back. The
 fingerprint (counts, shape, SHA-256 of the images) goes into each checkpoint, so a run is
 never evaluated or resumed on other data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ import torch
 from ..checkpoint import CheckpointError
 from .dataset import Dataset
 
-if TYPE_CHECKING:   # the config's fields are read, its module is not needed
+if TYPE_CHECKING:  # the config's fields are read, its module is not needed
     from ..config import TrainConfig
 
 
@@ -31,7 +32,7 @@ def split_train(data: Dataset, config: TrainConfig) -> tuple[torch.Tensor, torch
     n_val = config.n_val or 0
     if n_val >= len(x):
         raise ValueError(f"n_val={n_val} leaves no training images of {len(x)}; choose a smaller --n-val")
-    return (x[: len(x) - n_val], x[len(x) - n_val:]) if n_val else (x, x[:0])
+    return (x[: len(x) - n_val], x[len(x) - n_val :]) if n_val else (x, x[:0])
 
 
 def test_images(data: Dataset, config: TrainConfig) -> torch.Tensor:
@@ -45,8 +46,8 @@ def data_fingerprint(data: Dataset, config: TrainConfig) -> dict:
     x_test = test_images(data, config)
     h = hashlib.sha256()
     for x in (x_train, x_test):
-        held = x if isinstance(x, torch.Tensor) else getattr(x, "x", None)   # a TensorSource holds its tensor
-        if not isinstance(held, torch.Tensor):   # a streamed source: reading it all to hash it costs an epoch
+        held = x if isinstance(x, torch.Tensor) else getattr(x, "x", None)  # a TensorSource holds its tensor
+        if not isinstance(held, torch.Tensor):  # a streamed source: reading it all to hash it costs an epoch
             return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": None}
         h.update(held.detach().cpu().contiguous().numpy().tobytes())
     return {"n_train": len(x_train), "n_test": len(x_test), "shape": list(data.shape), "sha256": h.hexdigest()}
@@ -57,7 +58,7 @@ def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, wh
     if not saved:
         return
     now = data_fingerprint(data, config)
-    if None in (now["sha256"], saved.get("sha256")):   # streamed data: counts and shape only
+    if None in (now["sha256"], saved.get("sha256")):  # streamed data: counts and shape only
         now, saved = ({k: v for k, v in d.items() if k != "sha256"} for d in (now, saved))
     if now != saved:
         raise CheckpointError(
@@ -65,4 +66,5 @@ def check_fingerprint(saved: dict | None, data: Dataset, config: TrainConfig, wh
             f"of shape {tuple(saved['shape'])}, sha256 {str(saved.get('sha256'))[:12]}) than the data given now "
             f"({now['n_train']} / {now['n_test']} of shape {tuple(now['shape'])}, "
             f"sha256 {str(now.get('sha256'))[:12]}); "
-            f"point --data-dir (or the dataset path) at the run's data ({config.dataset})")
+            f"point --data-dir (or the dataset path) at the run's data ({config.dataset})"
+        )

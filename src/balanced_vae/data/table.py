@@ -35,7 +35,7 @@ __all__ = ["Standardiser", "check_table", "load_csv", "load_table", "read_csv", 
 
 log = logging.getLogger(__name__)
 
-TARGET_SEP = "?target="   # csv:PATH?target=COLUMN: the column --target leaves out
+TARGET_SEP = "?target="  # csv:PATH?target=COLUMN: the column --target leaves out
 
 
 def _row_name(i: int, header: bool) -> str:
@@ -43,8 +43,9 @@ def _row_name(i: int, header: bool) -> str:
     return f"row {i + 1} (line {i + 2} of the file)" if header else f"row {i}"
 
 
-def check_table(x: np.ndarray, columns: list[str], source: str, *, header: bool = False,
-                training: bool = True) -> np.ndarray:
+def check_table(
+    x: np.ndarray, columns: list[str], source: str, *, header: bool = False, training: bool = True
+) -> np.ndarray:
     """Check a table ``x`` (N, D) of floats; returns it as float64.
 
     Refuses NaN or infinite cells (naming the first one's row and column) and, for ``training``
@@ -58,19 +59,25 @@ def check_table(x: np.ndarray, columns: list[str], source: str, *, header: bool 
         raise DataError(f"{source}: dtype {x.dtype}; a table holds numbers; fix: save float or integer columns")
     x = x.astype(np.float64)
     if len(x) < (2 if training else 1) or x.shape[1] == 0:
-        raise DataError(f"{source}: {len(x)} row(s) and {x.shape[1]} column(s); a table needs at least 2 rows "
-                        "(a single row has no spread to standardise or learn from) and 1 column; fix: add rows")
+        raise DataError(
+            f"{source}: {len(x)} row(s) and {x.shape[1]} column(s); a table needs at least 2 rows "
+            "(a single row has no spread to standardise or learn from) and 1 column; fix: add rows"
+        )
     bad = ~np.isfinite(x)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise DataError(f"{source}: {_row_name(int(i), header)}, column {columns[j]!r} (column {j + 1}) is {x[i, j]} "
-                        f"({int(bad.sum())} non-finite cell(s) in all); fix: remove those rows or impute the values")
+        raise DataError(
+            f"{source}: {_row_name(int(i), header)}, column {columns[j]!r} (column {j + 1}) is {x[i, j]} "
+            f"({int(bad.sum())} non-finite cell(s) in all); fix: remove those rows or impute the values"
+        )
     const = np.flatnonzero(x.max(0) == x.min(0)) if training else []
     if len(const):
         names = ", ".join(f"{columns[j]!r} (= {x[0, j]:g})" for j in const[:5])
-        raise DataError(f"{source}: constant column(s) {names}{' ...' if len(const) > 5 else ''}: every row holds "
-                        "the same value, so it cannot be standardised and its density is not defined; fix: drop "
-                        "the column (or pass it as --target to leave it out)")
+        raise DataError(
+            f"{source}: constant column(s) {names}{' ...' if len(const) > 5 else ''}: every row holds "
+            "the same value, so it cannot be standardised and its density is not defined; fix: drop "
+            "the column (or pass it as --target to leave it out)"
+        )
     return x
 
 
@@ -85,8 +92,7 @@ def read_csv(path: str | Path, target: str | None = None) -> tuple[np.ndarray, l
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
-            raise DataError(f"{path}: empty file or empty header; fix: a first line naming the columns, "
-                            "e.g. 'a,b,c'")
+            raise DataError(f"{path}: empty file or empty header; fix: a first line naming the columns, e.g. 'a,b,c'")
         header = [h.strip() for h in header]
         if target is not None and target not in header:
             raise DataError(f"{path}: --target {target!r} is not a column; columns: {header}")
@@ -94,10 +100,12 @@ def read_csv(path: str | Path, target: str | None = None) -> tuple[np.ndarray, l
         rows = []
         for i, cells in enumerate(reader):
             if not cells or all(not c.strip() for c in cells):
-                continue   # blank line
+                continue  # blank line
             if len(cells) != len(header):
-                raise DataError(f"{path}: {_row_name(i, True)} has {len(cells)} cells but the header names "
-                                f"{len(header)} columns; fix: one cell per column on every line")
+                raise DataError(
+                    f"{path}: {_row_name(i, True)} has {len(cells)} cells but the header names "
+                    f"{len(header)} columns; fix: one cell per column on every line"
+                )
             row = []
             for j in keep:
                 cell = cells[j].strip()
@@ -105,9 +113,11 @@ def read_csv(path: str | Path, target: str | None = None) -> tuple[np.ndarray, l
                     row.append(float(cell))
                 except ValueError:
                     what = "an empty cell" if not cell else f"{cell!r}, not a number"
-                    raise DataError(f"{path}: {_row_name(i, True)}, column {header[j]!r} (column {j + 1}) is "
-                                    f"{what}; fix: numeric cells only (encode categories as numbers, impute missing "
-                                    f"values, or leave the column out with --target {header[j]})") from None
+                    raise DataError(
+                        f"{path}: {_row_name(i, True)}, column {header[j]!r} (column {j + 1}) is "
+                        f"{what}; fix: numeric cells only (encode categories as numbers, impute missing "
+                        f"values, or leave the column out with --target {header[j]})"
+                    ) from None
             rows.append(row)
     columns = [header[j] for j in keep]
     x = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
@@ -122,7 +132,7 @@ class Standardiser:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Standardiser":
+    def fit(cls, x: np.ndarray) -> Standardiser:
         """Mean and standard deviation of ``x`` (N, D); a constant feature gets scale 1 (as scikit-learn's
         ``StandardScaler``), so it is only centred."""
         x = np.asarray(x, dtype=np.float64)
@@ -148,8 +158,9 @@ def to_examples(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1, 1, 1)
 
 
-def table_dataset(name: str, x_train: np.ndarray, x_test: np.ndarray | None = None, *, seed: int = 0,
-                  columns: list[str] | None = None) -> tuple[Dataset, Standardiser]:
+def table_dataset(
+    name: str, x_train: np.ndarray, x_test: np.ndarray | None = None, *, seed: int = 0, columns: list[str] | None = None
+) -> tuple[Dataset, Standardiser]:
     """A real-valued :class:`~balanced_vae.data.Dataset` of a table, standardised by its training rows.
 
     Without ``x_test`` a seeded tenth of the rows is held out as the test split (none when fewer
@@ -164,22 +175,35 @@ def table_dataset(name: str, x_train: np.ndarray, x_test: np.ndarray | None = No
             train, test = split_indices(len(x_train), n_test, seed)
             x_train, x_test = x_train[train], x_train[test]
         else:
-            log.info("%s: %d rows, too few to hold a tenth out; the training rows stand in for the test split",
-                     name, len(x_train))
+            log.info(
+                "%s: %d rows, too few to hold a tenth out; the training rows stand in for the test split",
+                name,
+                len(x_train),
+            )
             x_test = x_train
     else:
         x_test = check_table(x_test, columns, f"{name} (test)", training=False)
         if x_test.shape[1:] != x_train.shape[1:]:
-            raise DataError(f"{name}: {x_train.shape[1]} training columns but {x_test.shape[1]} test columns; "
-                            "fix: give both splits the same columns")
+            raise DataError(
+                f"{name}: {x_train.shape[1]} training columns but {x_test.shape[1]} test columns; "
+                "fix: give both splits the same columns"
+            )
     scaler = Standardiser.fit(x_train)
     const = np.flatnonzero(x_train.max(0) == x_train.min(0))
     if len(const):
-        raise DataError(f"{name}: column(s) {[columns[j] for j in const]} are constant on the training rows; fix: "
-                        "drop them or use more rows")
+        raise DataError(
+            f"{name}: column(s) {[columns[j] for j in const]} are constant on the training rows; fix: "
+            "drop them or use more rows"
+        )
     data = Dataset(name, to_examples(scaler.apply(x_train)), to_examples(scaler.apply(x_test)), real_valued=True)
-    log.info("%s: %d training and %d test rows of %d standardised features (log-det of the scaling %.4g)",
-             name, len(x_train), len(x_test), x_train.shape[1], scaler.log_det())
+    log.info(
+        "%s: %d training and %d test rows of %d standardised features (log-det of the scaling %.4g)",
+        name,
+        len(x_train),
+        len(x_test),
+        x_train.shape[1],
+        scaler.log_det(),
+    )
     return data, scaler
 
 
@@ -197,8 +221,9 @@ def load_table(name: str, seed: int = 0) -> tuple[Dataset, Standardiser, list[st
         path_arg, sep, target = arg.partition(TARGET_SEP)
         path = user_path(path_arg, "CSV file")
         x, columns = read_csv(path, target if sep else None)
-        data, scaler = table_dataset(f"csv:{path}" + (f"{TARGET_SEP}{target}" if sep else ""), x, seed=seed,
-                                     columns=columns)
+        data, scaler = table_dataset(
+            f"csv:{path}" + (f"{TARGET_SEP}{target}" if sep else ""), x, seed=seed, columns=columns
+        )
         return data, scaler, columns
     if kind == "npz":
         path = user_path(arg, "npz file")

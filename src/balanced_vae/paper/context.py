@@ -1,5 +1,6 @@
 """What every experiment of one (dataset, budget, out) shares: the data, the runs it reads (trained,
 resumed or reused) and their evaluations, cached per run under the budget's protocol."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from typing import Any
 
 import torch
 
-from ..version import __version__
 from ..checkpoint import CHECKPOINT, FINAL
 from ..data import Dataset, load_dataset
 from ..distributed import resolve_device
@@ -18,8 +18,8 @@ from ..evaluate import evaluate_run
 from ..provenance import file_digest, git_commit, git_dirty, provenance, short_commit
 from ..runs import load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
+from ..version import __version__
 from .experiments import Budget, ensure_run, resolved_budget, run_dir
-
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,17 @@ log = logging.getLogger(__name__)
 class Context:
     """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
 
-    def __init__(self, dataset: str, budget: Budget, out: str | Path, *, data: Dataset | None = None,
-                 progress: bool = True, device: str | None = "cpu", fid_backend: str = "auto") -> None:
+    def __init__(
+        self,
+        dataset: str,
+        budget: Budget,
+        out: str | Path,
+        *,
+        data: Dataset | None = None,
+        progress: bool = True,
+        device: str | None = "cpu",
+        fid_backend: str = "auto",
+    ) -> None:
         self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
         self.device = device
         self.fid_backend = fid_backend  # recorded in each FID protocol; not part of the cache keys
@@ -37,7 +46,7 @@ class Context:
         self.data = data if data is not None else load_dataset(dataset)
         self.k_default = DEFAULT_COMPONENTS
         self.extra_runs = budget.extra_runs
-        self._row_commits: list[str] = []   # commits of the numbers read since the last take_commits()
+        self._row_commits: list[str] = []  # commits of the numbers read since the last take_commits()
         self.start_experiment()
 
     def start_experiment(self) -> None:
@@ -70,18 +79,27 @@ class Context:
 
     def run(self, name: str) -> Path:
         self._runs_read.add(name)
-        return ensure_run(self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress,
-                          device=self.device)
+        return ensure_run(
+            self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress, device=self.device
+        )
 
-    def evaluate(self, name: str, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = CHECKPOINT, n_fid: int | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        name: str,
+        metric: str,
+        *,
+        sampler: str = "prior",
+        components: int | None = None,
+        which: str = CHECKPOINT,
+        n_fid: int | None = None,
+    ) -> dict[str, Any]:
         """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
         b, k = self.budget, components or self.k_default
         n_fid = n_fid or b.n_fid
         path = self.run(name)
         key = self.eval_key(metric, sampler=sampler, components=components, which=which, n_fid=n_fid)
         cache = path / "eval" / f"{key}.json"
-        if cache.exists():   # valid only for the weights it was computed from
+        if cache.exists():  # valid only for the weights it was computed from
             entry = json.loads(cache.read_text())["metrics"][metric]
             if same_weights(entry.get("provenance", {}), path / which):
                 self.note_commit(entry["provenance"])
@@ -89,19 +107,38 @@ class Context:
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
         protocol = b.protocol().replace(sampler=sampler, components=k, n_fid=n_fid, fid_backend=self.fid_backend)
-        doc = evaluate_run(path, protocol, (metric,), which=which, data=self.data, cache_dir=self.out / "fid-cache",
-                           out=cache, progress=self.progress, device=self._inception_device())
+        doc = evaluate_run(
+            path,
+            protocol,
+            (metric,),
+            which=which,
+            data=self.data,
+            cache_dir=self.out / "fid-cache",
+            out=cache,
+            progress=self.progress,
+            device=self._inception_device(),
+        )
         self.note_commit(doc["metrics"][metric]["provenance"])
         self._eval_seconds += doc["metrics"][metric].get("seconds") or 0.0
         return doc["metrics"][metric]
 
-    def eval_key(self, metric: str, *, sampler: str = "prior", components: int | None = None,
-                 which: str = CHECKPOINT, n_fid: int | None = None) -> str:
+    def eval_key(
+        self,
+        metric: str,
+        *,
+        sampler: str = "prior",
+        components: int | None = None,
+        which: str = CHECKPOINT,
+        n_fid: int | None = None,
+    ) -> str:
         """The name of the cache file (``RUN/eval/KEY.json``) of one evaluation under this budget."""
         b, k = self.budget, components or self.k_default
-        return f"{metric}_{sampler}" + (f"_K{k}" if sampler == "gmm" else "") + \
-            {"fid": f"_n{n_fid or b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "") + \
-            ("" if which == CHECKPOINT else f"_{Path(which).stem}")
+        return (
+            f"{metric}_{sampler}"
+            + (f"_K{k}" if sampler == "gmm" else "")
+            + {"fid": f"_n{n_fid or b.n_fid}", "iwae": f"_n{b.n_iwae}_k{b.k_iwae}"}.get(metric, "")
+            + ("" if which == CHECKPOINT else f"_{Path(which).stem}")
+        )
 
     def _inception_device(self) -> str:
         return str(resolve_device(self.device))
@@ -112,9 +149,16 @@ class Context:
         if dev.startswith("cuda"):
             machine += f", GPU {torch.cuda.get_device_name(torch.device(dev))}"
         prov = provenance()
-        return {"dataset": self.dataset, "budget": resolved_budget(self.budget), "package_version": __version__,
-                **{k: prov[k] for k in ("git_commit", "git_dirty", "git_dirty_files") if k in prov},
-                "machine": machine, "device": dev, "python": platform.python_version(), **extra}
+        return {
+            "dataset": self.dataset,
+            "budget": resolved_budget(self.budget),
+            "package_version": __version__,
+            **{k: prov[k] for k in ("git_commit", "git_dirty", "git_dirty_files") if k in prov},
+            "machine": machine,
+            "device": dev,
+            "python": platform.python_version(),
+            **extra,
+        }
 
 
 def same_weights(prov: dict, checkpoint: Path) -> bool:
@@ -124,4 +168,5 @@ def same_weights(prov: dict, checkpoint: Path) -> bool:
     if prov.get("checkpoint_sha256") == file_digest(checkpoint):
         return True
     return bool(prov.get("model_sha256")) and prov["model_sha256"] == model_sha256(
-        load_run(checkpoint.parent, which=checkpoint.name).model)
+        load_run(checkpoint.parent, which=checkpoint.name).model
+    )

@@ -6,11 +6,13 @@ dataclass of one row of its record, which :mod:`.reproduce` writes and
 :mod:`.results_page` reads back (:meth:`Spec.rows`): the results schema in one place.
 Experiments without a spec (fig2-fig4) read no cached evaluation and write no rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..checkpoint import STAGE1
 from .experiments import TABLE2_METHODS, Budget, fixed_run_name
@@ -42,7 +44,7 @@ class Row:
 class Table1Row(Row):
     """Table 1: a 2-D latent model at one sigma^2: its KL gaps (GMM fitted on samples and on means)."""
 
-    sigma2: str                          # "1", "0.5", "learned", "0.01"
+    sigma2: str  # "1", "0.5", "learned", "0.01"
     sigma2_value: float | None = None
     kl_gmm_mean: float | None = None
     kl_gmm_std: float | None = None
@@ -117,13 +119,15 @@ class Spec:
 
 
 def _table2(budget: Budget, extra_runs: tuple[str, ...]) -> list[Evaluation]:
-    return [Evaluation(m, "fid", {"sampler": "prior"}) for m in TABLE2_METHODS] + \
-        [Evaluation(m, "fid", {"sampler": "gmm"}) for m in ("learned", *extra_runs)]
+    return [Evaluation(m, "fid", {"sampler": "prior"}) for m in TABLE2_METHODS] + [
+        Evaluation(m, "fid", {"sampler": "gmm"}) for m in ("learned", *extra_runs)
+    ]
 
 
 def _table3(budget: Budget, extra_runs: tuple[str, ...]) -> list[Evaluation]:
-    return [Evaluation("learned", "iwae", {"sampler": "gmm", "which": STAGE1})] + \
-        [Evaluation(m, "iwae", {"sampler": "gmm"}) for m in ("learned", *extra_runs, "vae", "beta-vae", "dip-vae-i")]
+    return [Evaluation("learned", "iwae", {"sampler": "gmm", "which": STAGE1})] + [
+        Evaluation(m, "iwae", {"sampler": "gmm"}) for m in ("learned", *extra_runs, "vae", "beta-vae", "dip-vae-i")
+    ]
 
 
 def _table4(budget: Budget, extra_runs: tuple[str, ...]) -> list[Evaluation]:
@@ -134,12 +138,19 @@ def _table4(budget: Budget, extra_runs: tuple[str, ...]) -> list[Evaluation]:
 def _fig1(budget: Budget, extra_runs: tuple[str, ...]) -> list[Evaluation]:
     n = budget.n_fid_ablation or budget.n_fid
     out = []
-    for run in ["learned"] + [fixed_run_name(s2) for s2 in budget.fixed_sigma2]:   # longest first
+    for run in ["learned"] + [fixed_run_name(s2) for s2 in budget.fixed_sigma2]:  # longest first
         out.append(Evaluation(run, "elbo", {"which": STAGE1} if run == "learned" else {}))
         out += [Evaluation(run, "fid", {"sampler": s, "n_fid": n}) for s in ("prior", "gmm")]
     return out
 
 
-SPECS = {s.name: s for s in (Spec("table1", Table1Row), Spec("table2", Table2Row, _table2),
-                             Spec("table3", Table3Row, _table3), Spec("table4", Table4Row, _table4),
-                             Spec("fig1", Fig1Row, _fig1))}
+SPECS = {
+    s.name: s
+    for s in (
+        Spec("table1", Table1Row),
+        Spec("table2", Table2Row, _table2),
+        Spec("table3", Table3Row, _table3),
+        Spec("table4", Table4Row, _table4),
+        Spec("fig1", Fig1Row, _fig1),
+    )
+}

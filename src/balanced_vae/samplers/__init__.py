@@ -21,11 +21,13 @@ Beside them, the Monte-Carlo KL estimator :func:`kl_monte_carlo` behind the KL g
 samplers of a trained run (its codes, the GMM cached beside its checkpoint) are built in
 :mod:`balanced_vae.runs`.
 """
+
 from __future__ import annotations
 
 from ..protocol import CELEBA_COMPONENTS, DEFAULT_COMPONENTS, SAMPLER_KINDS
 from .base import AggregatePosteriorSampler, PriorSampler, Sampler, kl_monte_carlo
 from .em import GMM_BACKENDS, GMM_INITS, LARGE_K
+
 # the EM helpers under the names bench/gmm_fit.py and the tests have used
 from .em import cholesky_or_jitter as _cholesky_or_jitter
 from .em import code_scale as _code_scale
@@ -33,7 +35,24 @@ from .em import em_full as _em_full
 from .em import init_assignments as _init_assignments
 from .gmm import FIT_ON, GMM_ARRAYS, GMM_FORMAT_VERSION, GMM_META, GaussianMixtureSampler
 
-__all__ = ["AggregatePosteriorSampler", "CELEBA_COMPONENTS", "DEFAULT_COMPONENTS", "FIT_ON", "GMM_ARRAYS",
-           "GMM_BACKENDS", "GMM_FORMAT_VERSION", "GMM_INITS", "GMM_META", "GaussianMixtureSampler", "LARGE_K",
-           "PriorSampler", "SAMPLER_KINDS", "Sampler", "_cholesky_or_jitter", "_code_scale", "_em_full",
-           "_init_assignments", "kl_monte_carlo"]
+__all__ = [
+    "AggregatePosteriorSampler",
+    "CELEBA_COMPONENTS",
+    "DEFAULT_COMPONENTS",
+    "FIT_ON",
+    "GMM_ARRAYS",
+    "GMM_BACKENDS",
+    "GMM_FORMAT_VERSION",
+    "GMM_INITS",
+    "GMM_META",
+    "GaussianMixtureSampler",
+    "LARGE_K",
+    "PriorSampler",
+    "SAMPLER_KINDS",
+    "Sampler",
+    "_cholesky_or_jitter",
+    "_code_scale",
+    "_em_full",
+    "_init_assignments",
+    "kl_monte_carlo",
+]

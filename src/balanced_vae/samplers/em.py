@@ -1,10 +1,11 @@
 """EM of a K-component full-covariance Gaussian mixture in torch, for the large K of Eq. 13 (CelebA's 500),
 and the helpers the scikit-learn fit shares (see :class:`~balanced_vae.samplers.gmm.GaussianMixtureSampler`)."""
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ GMM_INITS = ("auto", "kmeans", "k-means++")
 #: measured by ``bench/gmm_fit.py``: torch EM (full covariances), k-means++ seeds, tol 1e-2;
 #: below it, scikit-learn's ``GaussianMixture`` with its defaults (k-means, tol 1e-3)
 LARGE_K = 100
-RESP_FLOOR = 1e-12          # responsibilities below this are dropped from the M-step sums
-EM_ROWS = 2048              # codes per block in the E-step
+RESP_FLOOR = 1e-12  # responsibilities below this are dropped from the M-step sums
+EM_ROWS = 2048  # codes per block in the E-step
 
 
 def code_scale(codes: np.ndarray) -> float:
@@ -66,9 +67,9 @@ def _triu_features(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out = out[:b]
     o = 0
     for i in range(d):
-        torch.mul(x[:, i:], x[:, i:i + 1], out=out[:, o:o + d - i])
+        torch.mul(x[:, i:], x[:, i : i + 1], out=out[:, o : o + d - i])
         o += d - i
-    out[:, o:o + d] = x
+    out[:, o : o + d] = x
     out[:, -1] = 1.0
     return out
 
@@ -78,8 +79,8 @@ def _m_step(stats: torch.Tensor, iu: torch.Tensor, d: int, reg: float, n: int | 
     (K, P + L + 1), as scikit-learn's ``_estimate_gaussian_parameters`` (nk + 10 eps)."""
     p = iu.shape[1]
     nk_raw = stats[:, -1]
-    nk = nk_raw + 10 * torch.finfo(torch.float64).eps                                   # (K,)
-    means = stats[:, p:p + d] / nk[:, None]                                             # (K, L)
+    nk = nk_raw + 10 * torch.finfo(torch.float64).eps  # (K,)
+    means = stats[:, p : p + d] / nk[:, None]  # (K, L)
     sxx = torch.zeros(len(stats), d, d, dtype=torch.float64)
     sxx[:, iu[0], iu[1]] = stats[:, :p]
     sxx[:, iu[1], iu[0]] = stats[:, :p]
@@ -90,21 +91,24 @@ def _m_step(stats: torch.Tensor, iu: torch.Tensor, d: int, reg: float, n: int | 
     return weights, means, cov
 
 
-def cholesky_or_jitter(cov: torch.Tensor, reg: float, scale: float, k_total: int,
-                        jitter: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cholesky_or_jitter(
+    cov: torch.Tensor, reg: float, scale: float, k_total: int, jitter: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Covariances (K, L, L) and their lower Cholesky factors; a component that is not positive definite
     (identical codes with ``reg_covar=0``, rounding) gets 10x, 100x, ... more on its diagonal, up to 1e-2
     of the codes' variance, else a ``ValueError``. ``jitter`` (if given) counts the repairs and keeps
     the largest amount added."""
     chol, info = torch.linalg.cholesky_ex(cov)
-    extra = max(reg, 1e-10 * scale)               # from reg_covar = 0 too
+    extra = max(reg, 1e-10 * scale)  # from reg_covar = 0 too
     while (info != 0).any():
         bad = torch.nonzero(info).flatten()
         extra *= 10
         if extra > 1e-2 * scale:
-            raise ValueError(f"GaussianMixtureSampler.fit: the covariance of component {int(bad[0])} of "
-                             f"K={k_total} is not positive definite even with {extra / 10:.3g} on its diagonal "
-                             "(its codes are (nearly) identical); fix: lower n_components or raise reg_covar")
+            raise ValueError(
+                f"GaussianMixtureSampler.fit: the covariance of component {int(bad[0])} of "
+                f"K={k_total} is not positive definite even with {extra / 10:.3g} on its diagonal "
+                "(its codes are (nearly) identical); fix: lower n_components or raise reg_covar"
+            )
         if jitter is not None:
             jitter["count"] = jitter.get("count", 0) + len(bad)
             jitter["max"] = max(jitter.get("max", 0.0), extra)
@@ -114,8 +118,16 @@ def cholesky_or_jitter(cov: torch.Tensor, reg: float, scale: float, k_total: int
     return cov, chol
 
 
-def em_full(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray], k: int, reg: float, scale: float,
-             tol: float, max_iter: int, on_iter: Callable[..., None] | None = None) -> dict:
+def em_full(
+    x: torch.Tensor,
+    pairs: tuple[np.ndarray, np.ndarray],
+    k: int,
+    reg: float,
+    scale: float,
+    tol: float,
+    max_iter: int,
+    on_iter: Callable[..., None] | None = None,
+) -> dict:
     """EM for a full-covariance Gaussian mixture on codes x (N, L) float64, from hard initial pairs.
 
     The algorithm, initialisation, lower bound and stopping rule of scikit-learn's
@@ -131,45 +143,56 @@ def em_full(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray], k: int, reg: 
     """
     n, d = x.shape
     centre = x.mean(0)
-    xc = x - centre                                                           # (N, L)
-    iu = torch.triu_indices(d, d)                                             # (2, P)
+    xc = x - centre  # (N, L)
+    iu = torch.triu_indices(d, d)  # (2, P)
     p = iu.shape[1]
-    offdiag = (iu[0] != iu[1]).to(torch.float64)                              # (P,)
+    offdiag = (iu[0] != iu[1]).to(torch.float64)  # (P,)
 
-    feats = torch.empty(min(n, EM_ROWS), p + d + 1, dtype=torch.float64)    # reused every block
+    feats = torch.empty(min(n, EM_ROWS), p + d + 1, dtype=torch.float64)  # reused every block
 
-    def add_sums(stats: torch.Tensor, rows: torch.Tensor, comps: torch.Tensor, r: torch.Tensor,
-                 f: torch.Tensor) -> None:
+    def add_sums(
+        stats: torch.Tensor, rows: torch.Tensor, comps: torch.Tensor, r: torch.Tensor, f: torch.Tensor
+    ) -> None:
         """stats (K, P + L + 1) += sum over the pairs (row, comp) of r * f[row] (a sparse product)."""
-        s = torch.sparse_coo_tensor(torch.stack([comps, rows]), r, (k, len(f)), dtype=torch.float64,
-                                    check_invariants=False)
+        s = torch.sparse_coo_tensor(
+            torch.stack([comps, rows]), r, (k, len(f)), dtype=torch.float64, check_invariants=False
+        )
         stats += torch.sparse.mm(s, f)
 
     idx, comps = (torch.as_tensor(a, dtype=torch.long) for a in pairs)
     stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
-    for i in range(0, n, EM_ROWS):                                           # initial M-step from 0/1 resp.
+    for i in range(0, n, EM_ROWS):  # initial M-step from 0/1 resp.
         sel = (idx >= i) & (idx < i + EM_ROWS)
         if sel.any():
-            add_sums(stats, idx[sel] - i, comps[sel], torch.ones(int(sel.sum()), dtype=torch.float64),
-                     _triu_features(xc[i:i + EM_ROWS], feats))
+            add_sums(
+                stats,
+                idx[sel] - i,
+                comps[sel],
+                torch.ones(int(sel.sum()), dtype=torch.float64),
+                _triu_features(xc[i : i + EM_ROWS], feats),
+            )
     weights, means, cov = _m_step(stats, iu, d, reg, n)
     lower_bound, converged, n_iter, jitter = -math.inf, False, 0, {}
     for n_iter in range(1, max_iter + 1):
-        cov, chol = cholesky_or_jitter(cov, reg, scale, k, jitter)           # (K, L, L)
-        prec = torch.cholesky_inverse(chol)                                   # (K, L, L)
-        prec_m = torch.einsum("kij,kj->ki", prec, means)                     # (K, L)
-        const = (torch.log(weights) - 0.5 * d * LOG_2PI - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
-                 - 0.5 * (means * prec_m).sum(1))                             # (K,)
-        quad = -0.5 * prec[:, iu[0], iu[1]] * (1 + offdiag)                   # (K, P)
-        w = torch.cat([quad, prec_m, const[:, None]], 1).T.contiguous()       # (P + L + 1, K)
+        cov, chol = cholesky_or_jitter(cov, reg, scale, k, jitter)  # (K, L, L)
+        prec = torch.cholesky_inverse(chol)  # (K, L, L)
+        prec_m = torch.einsum("kij,kj->ki", prec, means)  # (K, L)
+        const = (
+            torch.log(weights)
+            - 0.5 * d * LOG_2PI
+            - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
+            - 0.5 * (means * prec_m).sum(1)
+        )  # (K,)
+        quad = -0.5 * prec[:, iu[0], iu[1]] * (1 + offdiag)  # (K, P)
+        w = torch.cat([quad, prec_m, const[:, None]], 1).T.contiguous()  # (P + L + 1, K)
         stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
         total = 0.0
         for i in range(0, n, EM_ROWS):
-            f = _triu_features(xc[i:i + EM_ROWS], feats)                     # (b, P + L + 1)
-            logp = f @ w                                                      # (b, K) log w_k N(x; m_k, S_k)
-            norm = torch.logsumexp(logp, 1)                                   # (b,)
+            f = _triu_features(xc[i : i + EM_ROWS], feats)  # (b, P + L + 1)
+            logp = f @ w  # (b, K) log w_k N(x; m_k, S_k)
+            norm = torch.logsumexp(logp, 1)  # (b,)
             total += float(norm.sum())
-            r = torch.exp(logp.sub_(norm[:, None]))                           # (b, K) responsibilities
+            r = torch.exp(logp.sub_(norm[:, None]))  # (b, K) responsibilities
             rows, cs = torch.nonzero(r >= RESP_FLOOR, as_tuple=True)
             add_sums(stats, rows, cs, r[rows, cs], f)
         prev, lower_bound = lower_bound, total / n
@@ -179,9 +202,21 @@ def em_full(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray], k: int, reg: 
         if abs(lower_bound - prev) < tol:
             converged = True
             break
-    cov, _ = cholesky_or_jitter(cov, reg, scale, k, jitter)                  # the returned fit is usable
+    cov, _ = cholesky_or_jitter(cov, reg, scale, k, jitter)  # the returned fit is usable
     if jitter:
-        log.warning("GMM K=%d: %d covariance(s) were not positive definite during EM and got up to %.3g more on "
-                    "their diagonal (reg_covar %.3g); fix: raise reg_covar", k, jitter["count"], jitter["max"], reg)
-    return {"weights": weights, "means": means + centre, "covariances": cov, "n_iter": n_iter,
-            "converged": converged, "lower_bound": lower_bound}
+        log.warning(
+            "GMM K=%d: %d covariance(s) were not positive definite during EM and got up to %.3g more on "
+            "their diagonal (reg_covar %.3g); fix: raise reg_covar",
+            k,
+            jitter["count"],
+            jitter["max"],
+            reg,
+        )
+    return {
+        "weights": weights,
+        "means": means + centre,
+        "covariances": cov,
+        "n_iter": n_iter,
+        "converged": converged,
+        "lower_bound": lower_bound,
+    }

@@ -1,5 +1,6 @@
 """The Gaussian-mixture sampler of Eq. 13: fitted by EM on a run's codes, sampled with torch, saved as
 ``.npz`` + JSON (see :mod:`balanced_vae.samplers`)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,6 @@ from sklearn.utils import check_random_state
 
 from ..atomic import atomic_write, write_json_atomic
 from ..objectives import LOG_2PI
-
 from .base import check_codes, check_n, check_z
 from .em import GMM_BACKENDS, GMM_INITS, LARGE_K, code_scale, em_full, full_covariances, init_assignments
 
@@ -107,9 +107,19 @@ class GaussianMixtureSampler:
 
     source: dict  # where a saved fit came from (set by ``load``, ``runs.fit_gmm_for_run``, ``export.card_gmm``)
 
-    def __init__(self, n_components: int = 32, covariance_type: str = "full", fit_on: str = "mean",
-                 random_state: int = 0, max_iter: int = 200, tol: float | None = None, reg_covar: float = 1e-6,
-                 n_init: int = 1, init_params: str = "auto", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        n_components: int = 32,
+        covariance_type: str = "full",
+        fit_on: str = "mean",
+        random_state: int = 0,
+        max_iter: int = 200,
+        tol: float | None = None,
+        reg_covar: float = 1e-6,
+        n_init: int = 1,
+        init_params: str = "auto",
+        backend: str = "auto",
+    ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.fit_on = fit_on
@@ -122,8 +132,11 @@ class GaussianMixtureSampler:
         self.backend = backend
 
     def _validate_params(self) -> None:
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, (int, np.integer)) \
-                or self.n_components < 1:
+        if (
+            isinstance(self.n_components, bool)
+            or not isinstance(self.n_components, (int, np.integer))
+            or self.n_components < 1
+        ):
             raise ValueError(f"n_components={self.n_components!r}; fix: pass a positive integer K")
         if self.covariance_type not in ("full", "tied", "diag", "spherical"):
             raise ValueError(f"covariance_type={self.covariance_type!r}; choose full, tied, diag or spherical")
@@ -134,8 +147,10 @@ class GaussianMixtureSampler:
         if self.backend not in GMM_BACKENDS:
             raise ValueError(f"backend={self.backend!r}; choose one of {GMM_BACKENDS}")
         if self.backend == "torch" and self.covariance_type != "full":
-            raise ValueError(f"backend='torch' fits full covariances only, not {self.covariance_type!r}; "
-                             "fix: use backend='sklearn' or 'auto'")
+            raise ValueError(
+                f"backend='torch' fits full covariances only, not {self.covariance_type!r}; "
+                "fix: use backend='sklearn' or 'auto'"
+            )
         for name in ("reg_covar", "tol"):
             v = getattr(self, name)
             if v is None and name == "tol":
@@ -150,15 +165,19 @@ class GaussianMixtureSampler:
     def _resolved(self) -> tuple[str, str, float]:
         """(backend, init_params, tol) of a fit: the settings, with "auto" / None resolved by K."""
         large = self.n_components >= LARGE_K
-        backend = self.backend if self.backend != "auto" else \
-            ("torch" if large and self.covariance_type == "full" else "sklearn")
+        backend = (
+            self.backend
+            if self.backend != "auto"
+            else ("torch" if large and self.covariance_type == "full" else "sklearn")
+        )
         init = self.init_params if self.init_params != "auto" else ("k-means++" if large else "kmeans")
         tol = self.tol if self.tol is not None else (1e-2 if large else 1e-3)
         return backend, init, float(tol)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, mu: torch.Tensor, logvar: torch.Tensor | None = None,
-            generator: torch.Generator | None = None) -> "GaussianMixtureSampler":
+    def fit(
+        self, mu: torch.Tensor, logvar: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> GaussianMixtureSampler:
         """Fit by EM on codes mu (N, L) (``fit_on="mean"``) or on z ~ N(mu, exp(logvar)).
 
         ``logvar`` (N, L) is required for ``fit_on="sample"``; ``generator`` draws those
@@ -168,25 +187,34 @@ class GaussianMixtureSampler:
         mu, logvar = check_codes(mu, logvar, "GaussianMixtureSampler.fit")
         if self.fit_on == "sample":
             if logvar is None:
-                raise ValueError("GaussianMixtureSampler.fit: fit_on='sample' needs logvar (N, L); "
-                                 "fix: pass fit(mu, logvar) or use fit_on='mean'")
+                raise ValueError(
+                    "GaussianMixtureSampler.fit: fit_on='sample' needs logvar (N, L); "
+                    "fix: pass fit(mu, logvar) or use fit_on='mean'"
+                )
             g = generator if generator is not None else torch.Generator().manual_seed(self.random_state)
-            codes = mu.double() + (0.5 * logvar.double()).exp() * torch.randn(mu.shape, generator=g,
-                                                                              dtype=torch.float64)
+            codes = mu.double() + (0.5 * logvar.double()).exp() * torch.randn(
+                mu.shape, generator=g, dtype=torch.float64
+            )
         else:
-            codes = mu.double()                                                  # (N, L)
+            codes = mu.double()  # (N, L)
         if not torch.isfinite(codes).all():
-            raise ValueError("GaussianMixtureSampler.fit: the codes drawn from N(mu, exp(logvar)) are not finite "
-                             "(logvar too large); fix: check the encoder or use fit_on='mean'")
+            raise ValueError(
+                "GaussianMixtureSampler.fit: the codes drawn from N(mu, exp(logvar)) are not finite "
+                "(logvar too large); fix: check the encoder or use fit_on='mean'"
+            )
         n, d = codes.shape
         if n < self.n_components:
-            raise ValueError(f"GaussianMixtureSampler.fit: {n} codes for K={self.n_components} components; "
-                             "fix: fit on at least K codes or lower n_components")
+            raise ValueError(
+                f"GaussianMixtureSampler.fit: {n} codes for K={self.n_components} components; "
+                "fix: fit on at least K codes or lower n_components"
+            )
         distinct = len(np.unique(codes.numpy(), axis=0))
         if distinct < self.n_components:
-            raise ValueError(f"GaussianMixtureSampler.fit: the {n} codes hold only {distinct} distinct points, fewer "
-                             f"than K={self.n_components} components (a collapsed encoder?); fix: lower "
-                             "n_components or fit on samples (fit_on='sample')")
+            raise ValueError(
+                f"GaussianMixtureSampler.fit: the {n} codes hold only {distinct} distinct points, fewer "
+                f"than K={self.n_components} components (a collapsed encoder?); fix: lower "
+                "n_components or fit on samples (fit_on='sample')"
+            )
         x = codes.numpy()
         scale = code_scale(x)
         backend, self.init_params_, self.tol_ = self._resolved()
@@ -198,15 +226,26 @@ class GaussianMixtureSampler:
         self.fit_seconds_ = time.perf_counter() - t0
         self.backend_ = backend
         if not fit["converged"]:
-            log.warning("GMM with K=%d did not converge in %d EM iterations (lower bound %.4g); "
-                        "raise max_iter or tol", self.n_components, self.max_iter, fit["lower_bound"])
+            log.warning(
+                "GMM with K=%d did not converge in %d EM iterations (lower bound %.4g); raise max_iter or tol",
+                self.n_components,
+                self.max_iter,
+                fit["lower_bound"],
+            )
         self._set_params(fit["weights"], fit["means"], fit["covariances"])
         self.converged_ = bool(fit["converged"])
         self.n_iter_ = int(fit["n_iter"])
         self.lower_bound_ = float(fit["lower_bound"])
         self.n_fit_ = int(n)
-        log.info("GMM K=%d fitted on %d codes (%s) by %s in %.2fs, %d iterations", self.n_components, n, self.fit_on,
-                 backend, self.fit_seconds_, self.n_iter_)
+        log.info(
+            "GMM K=%d fitted on %d codes (%s) by %s in %.2fs, %d iterations",
+            self.n_components,
+            n,
+            self.fit_on,
+            backend,
+            self.fit_seconds_,
+            self.n_iter_,
+        )
         return self
 
     def _fit_sklearn(self, x: np.ndarray, scale: float) -> dict:
@@ -214,9 +253,16 @@ class GaussianMixtureSampler:
         regularisation, up to 1e-2 of the codes' variance."""
         rel = self.reg_covar
         while True:
-            gm = GaussianMixture(n_components=self.n_components, covariance_type=self.covariance_type,
-                                 random_state=self.random_state, max_iter=self.max_iter, tol=self.tol_,
-                                 reg_covar=rel * scale, n_init=self.n_init, init_params=self.init_params_)
+            gm = GaussianMixture(
+                n_components=self.n_components,
+                covariance_type=self.covariance_type,
+                random_state=self.random_state,
+                max_iter=self.max_iter,
+                tol=self.tol_,
+                reg_covar=rel * scale,
+                n_init=self.n_init,
+                init_params=self.init_params_,
+            )
             try:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Best performing initialization did not converge")
@@ -224,21 +270,33 @@ class GaussianMixtureSampler:
                 break
             except ValueError as e:
                 if rel >= 1e-2:
-                    raise ValueError(f"GaussianMixtureSampler.fit: EM failed for K={self.n_components} even with "
-                                     f"reg_covar={rel:g} (x the codes' variance {scale:.3g}) ({e}); "
-                                     "fix: lower n_components") from None
-                log.warning("GMM K=%d: EM failed with reg_covar=%g (%s); retrying with %g", self.n_components, rel,
-                            str(e).split(".")[0], max(rel * 10, 1e-9))
-                rel = float(f"{max(rel * 10, 1e-9):.3g}")   # 1e-6 * 10 is 9.999e-06; from 0 too
+                    raise ValueError(
+                        f"GaussianMixtureSampler.fit: EM failed for K={self.n_components} even with "
+                        f"reg_covar={rel:g} (x the codes' variance {scale:.3g}) ({e}); "
+                        "fix: lower n_components"
+                    ) from None
+                log.warning(
+                    "GMM K=%d: EM failed with reg_covar=%g (%s); retrying with %g",
+                    self.n_components,
+                    rel,
+                    str(e).split(".")[0],
+                    max(rel * 10, 1e-9),
+                )
+                rel = float(f"{max(rel * 10, 1e-9):.3g}")  # 1e-6 * 10 is 9.999e-06; from 0 too
         self.reg_covar_ = rel * scale
         d = x.shape[1]
-        return {"weights": gm.weights_, "means": gm.means_, "n_iter": gm.n_iter_, "converged": gm.converged_,
-                "covariances": full_covariances(gm.covariances_, self.covariance_type, self.n_components, d),
-                "lower_bound": gm.lower_bound_}
+        return {
+            "weights": gm.weights_,
+            "means": gm.means_,
+            "n_iter": gm.n_iter_,
+            "converged": gm.converged_,
+            "covariances": full_covariances(gm.covariances_, self.covariance_type, self.n_components, d),
+            "lower_bound": gm.lower_bound_,
+        }
 
     def _fit_torch(self, codes: torch.Tensor, scale: float) -> dict:
         """:func:`em_full` from scikit-learn's initialisation, ``n_init`` times; the best lower bound wins."""
-        rng = check_random_state(self.random_state)        # one stream for all inits, as scikit-learn
+        rng = check_random_state(self.random_state)  # one stream for all inits, as scikit-learn
         self.reg_covar_ = self.reg_covar * scale
         best = None
         for _ in range(self.n_init):
@@ -249,21 +307,27 @@ class GaussianMixtureSampler:
         return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in best.items()}
 
     def _set_params(self, weights, means, covariances) -> None:
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float64))               # (K,)
-        m = torch.as_tensor(np.asarray(means, dtype=np.float64))                 # (K, L)
-        cov = torch.as_tensor(np.asarray(covariances, dtype=np.float64))         # (K, L, L)
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float64))  # (K,)
+        m = torch.as_tensor(np.asarray(means, dtype=np.float64))  # (K, L)
+        cov = torch.as_tensor(np.asarray(covariances, dtype=np.float64))  # (K, L, L)
         k, d = m.shape
         if w.shape != (k,) or cov.shape != (k, d, d):
-            raise ValueError(f"GMM parameters do not fit together: weights {tuple(w.shape)}, means {tuple(m.shape)}, "
-                             f"covariances {tuple(cov.shape)}; expected (K,), (K, L), (K, L, L)")
-        if not (torch.isfinite(w).all() and torch.isfinite(m).all() and torch.isfinite(cov).all()) \
-                or (w < 0).any() or abs(float(w.sum()) - 1.0) > 1e-6:
+            raise ValueError(
+                f"GMM parameters do not fit together: weights {tuple(w.shape)}, means {tuple(m.shape)}, "
+                f"covariances {tuple(cov.shape)}; expected (K,), (K, L), (K, L, L)"
+            )
+        if (
+            not (torch.isfinite(w).all() and torch.isfinite(m).all() and torch.isfinite(cov).all())
+            or (w < 0).any()
+            or abs(float(w.sum()) - 1.0) > 1e-6
+        ):
             raise ValueError("GMM parameters are not finite or the weights do not sum to 1")
-        chol, info = torch.linalg.cholesky_ex(cov)                               # (K, L, L) lower
+        chol, info = torch.linalg.cholesky_ex(cov)  # (K, L, L) lower
         if (info != 0).any():
             bad = int(torch.nonzero(info)[0])
-            raise ValueError(f"GMM covariance of component {bad} is not positive definite; "
-                             "fix: refit with a larger reg_covar")
+            raise ValueError(
+                f"GMM covariance of component {bad} is not positive definite; fix: refit with a larger reg_covar"
+            )
         eye = torch.eye(d, dtype=torch.float64).expand(k, d, d)
         self.weights_ = w
         self.means_ = m
@@ -273,11 +337,14 @@ class GaussianMixtureSampler:
         self._chol = chol
         # P = L^-T so that P P^T = Sigma^-1 and ||(z - m) P||^2 is the Mahalanobis distance
         self.precisions_cholesky_ = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
-        self._log_norm = (torch.log(w) - 0.5 * d * LOG_2PI
-                          + torch.log(torch.diagonal(self.precisions_cholesky_, dim1=1, dim2=2)).sum(1))  # (K,)
+        self._log_norm = (
+            torch.log(w)
+            - 0.5 * d * LOG_2PI
+            + torch.log(torch.diagonal(self.precisions_cholesky_, dim1=1, dim2=2)).sum(1)
+        )  # (K,)
 
     @classmethod
-    def from_params(cls, weights, means, covariances, **kwargs) -> "GaussianMixtureSampler":
+    def from_params(cls, weights, means, covariances, **kwargs) -> GaussianMixtureSampler:
         """A fitted sampler with given weights (K,), means (K, L) and full covariances (K, L, L)."""
         s = cls(n_components=len(weights), **kwargs)
         s._validate_params()
@@ -287,8 +354,10 @@ class GaussianMixtureSampler:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
-            raise NotFittedError("this GaussianMixtureSampler is not fitted yet; call fit(mu) first or "
-                                 "GaussianMixtureSampler.load(directory)")
+            raise NotFittedError(
+                "this GaussianMixtureSampler is not fitted yet; call fit(mu) first or "
+                "GaussianMixtureSampler.load(directory)"
+            )
 
     @property
     def latent_dim(self) -> int:
@@ -300,9 +369,9 @@ class GaussianMixtureSampler:
         """z ~ q_GMM(z) (Eq. 13): (n, L). Component indices first, then N(0, I) noise, from ``generator``."""
         self._check_fitted()
         n = check_n(n)
-        idx = torch.multinomial(self.weights_, n, replacement=True, generator=generator)     # (n,)
+        idx = torch.multinomial(self.weights_, n, replacement=True, generator=generator)  # (n,)
         eps = torch.randn(n, self.n_features_in_, generator=generator, dtype=torch.float64)  # (n, L)
-        z = self.means_[idx] + torch.einsum("nij,nj->ni", self._chol[idx], eps)              # (n, L)
+        z = self.means_[idx] + torch.einsum("nij,nj->ni", self._chol[idx], eps)  # (n, L)
         return z.float()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -313,13 +382,13 @@ class GaussianMixtureSampler:
         self._check_fitted()
         z = check_z(z, self.n_features_in_, "GaussianMixtureSampler")
         n, d = z.shape
-        per = max(1, (1 << 22) // max(n * d, 1))                  # components per block: <= 32 MiB
+        per = max(1, (1 << 22) // max(n * d, 1))  # components per block: <= 32 MiB
         parts = []
         for j in range(0, self.n_components, per):
-            diff = z.unsqueeze(0) - self.means_[j:j + per].unsqueeze(1)             # (k, n, L)
-            y = torch.bmm(diff, self.precisions_cholesky_[j:j + per])                # (k, n, L)
-            parts.append(self._log_norm[j:j + per, None] - 0.5 * y.pow(2).sum(-1))   # (k, n)
-        return torch.logsumexp(torch.cat(parts), dim=0).float()                      # (n,)
+            diff = z.unsqueeze(0) - self.means_[j : j + per].unsqueeze(1)  # (k, n, L)
+            y = torch.bmm(diff, self.precisions_cholesky_[j : j + per])  # (k, n, L)
+            parts.append(self._log_norm[j : j + per, None] - 0.5 * y.pow(2).sum(-1))  # (k, n)
+        return torch.logsumexp(torch.cat(parts), dim=0).float()  # (n,)
 
     def score(self, z: torch.Tensor) -> float:
         """Mean log-likelihood per code, as scikit-learn's ``score``."""
@@ -327,18 +396,27 @@ class GaussianMixtureSampler:
 
     # ------------------------------------------------------------------ persistence
     def _meta(self) -> dict:
-        return {"format_version": GMM_FORMAT_VERSION, "kind": "GaussianMixtureSampler",
-                "n_components": self.n_components, "latent_dim": self.n_features_in_,
-                "covariance_type": self.covariance_type, "fit_on": self.fit_on,
-                "random_state": self.random_state, "max_iter": self.max_iter,
-                "tol": getattr(self, "tol_", self.tol),                        # the settings a fit used
-                "reg_covar": self.reg_covar, "n_init": self.n_init,
-                "init_params": getattr(self, "init_params_", self.init_params),
-                "backend": getattr(self, "backend_", self.backend), "reg_covar_abs": getattr(self, "reg_covar_", None),
-                "converged": self.converged_,
-                "n_iter": self.n_iter_,
-                "lower_bound": self.lower_bound_ if math.isfinite(self.lower_bound_) else None, "n_fit": self.n_fit_,
-                "fit_seconds": getattr(self, "fit_seconds_", None)}
+        return {
+            "format_version": GMM_FORMAT_VERSION,
+            "kind": "GaussianMixtureSampler",
+            "n_components": self.n_components,
+            "latent_dim": self.n_features_in_,
+            "covariance_type": self.covariance_type,
+            "fit_on": self.fit_on,
+            "random_state": self.random_state,
+            "max_iter": self.max_iter,
+            "tol": getattr(self, "tol_", self.tol),  # the settings a fit used
+            "reg_covar": self.reg_covar,
+            "n_init": self.n_init,
+            "init_params": getattr(self, "init_params_", self.init_params),
+            "backend": getattr(self, "backend_", self.backend),
+            "reg_covar_abs": getattr(self, "reg_covar_", None),
+            "converged": self.converged_,
+            "n_iter": self.n_iter_,
+            "lower_bound": self.lower_bound_ if math.isfinite(self.lower_bound_) else None,
+            "n_fit": self.n_fit_,
+            "fit_seconds": getattr(self, "fit_seconds_", None),
+        }
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write ``gmm.npz`` (weights, means, covariances; no pickle) and ``gmm.json`` atomically.
@@ -350,8 +428,7 @@ class GaussianMixtureSampler:
         directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, weights=self.weights_.numpy(), means=self.means_.numpy(),
-                 covariances=self.covariances_.numpy())
+        np.savez(buf, weights=self.weights_.numpy(), means=self.means_.numpy(), covariances=self.covariances_.numpy())
         data = buf.getvalue()
         atomic_write(directory / GMM_ARRAYS, lambda tmp: Path(tmp).write_bytes(data))
         meta = {**self._meta(), "arrays_sha256": hashlib.sha256(data).hexdigest(), "source": extra or {}}
@@ -359,38 +436,53 @@ class GaussianMixtureSampler:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "GaussianMixtureSampler":
+    def load(cls, directory: str | Path) -> GaussianMixtureSampler:
         """Read a sampler written by :meth:`save`; ``source`` holds the saved ``extra``."""
         directory = Path(directory).expanduser()
         meta_path, arr_path = directory / GMM_META, directory / GMM_ARRAYS
         for p in (meta_path, arr_path):
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing; {directory} is not a saved GaussianMixtureSampler "
-                                        "(fit one with GaussianMixtureSampler(...).fit(mu).save(dir))")
+                raise FileNotFoundError(
+                    f"{p}: missing; {directory} is not a saved GaussianMixtureSampler "
+                    "(fit one with GaussianMixtureSampler(...).fit(mu).save(dir))"
+                )
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta_path}: not valid JSON ({e}); delete {directory} and refit") from None
         if meta.get("format_version") != GMM_FORMAT_VERSION or meta.get("kind") != "GaussianMixtureSampler":
-            raise ValueError(f"{meta_path}: not a GaussianMixtureSampler of format {GMM_FORMAT_VERSION}; "
-                             f"delete {directory} and refit")
+            raise ValueError(
+                f"{meta_path}: not a GaussianMixtureSampler of format {GMM_FORMAT_VERSION}; "
+                f"delete {directory} and refit"
+            )
         data = arr_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != meta.get("arrays_sha256"):
-            raise ValueError(f"{arr_path}: contents do not match the checksum in {meta_path} (a partial or "
-                             f"mixed save); delete {directory} and refit")
+            raise ValueError(
+                f"{arr_path}: contents do not match the checksum in {meta_path} (a partial or "
+                f"mixed save); delete {directory} and refit"
+            )
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             weights, means, covariances = z["weights"], z["means"], z["covariances"]
-        s = cls(n_components=int(meta["n_components"]), covariance_type=meta["covariance_type"],
-                fit_on=meta["fit_on"], random_state=meta["random_state"], max_iter=meta["max_iter"],
-                tol=meta["tol"], reg_covar=meta["reg_covar"], n_init=meta["n_init"],
-                init_params=meta.get("init_params", "kmeans"))   # saved before init_params: k-means
+        s = cls(
+            n_components=int(meta["n_components"]),
+            covariance_type=meta["covariance_type"],
+            fit_on=meta["fit_on"],
+            random_state=meta["random_state"],
+            max_iter=meta["max_iter"],
+            tol=meta["tol"],
+            reg_covar=meta["reg_covar"],
+            n_init=meta["n_init"],
+            init_params=meta.get("init_params", "kmeans"),
+        )  # saved before init_params: k-means
         try:
             s._set_params(weights, means, covariances)
         except ValueError as e:
             raise ValueError(f"{arr_path}: {e}; delete {directory} and refit") from None
         if s.n_components != meta["n_components"] or s.n_features_in_ != meta["latent_dim"]:
-            raise ValueError(f"{arr_path}: arrays hold K={s.n_components}, L={s.n_features_in_} but {meta_path} "
-                             f"says K={meta['n_components']}, L={meta['latent_dim']}; delete {directory} and refit")
+            raise ValueError(
+                f"{arr_path}: arrays hold K={s.n_components}, L={s.n_features_in_} but {meta_path} "
+                f"says K={meta['n_components']}, L={meta['latent_dim']}; delete {directory} and refit"
+            )
         s.converged_, s.n_iter_ = bool(meta["converged"]), int(meta["n_iter"])
         s.lower_bound_ = float(meta["lower_bound"]) if meta["lower_bound"] is not None else float("nan")
         s.n_fit_ = int(meta["n_fit"])
@@ -406,5 +498,7 @@ class GaussianMixtureSampler:
 
     def __repr__(self) -> str:
         fitted = f", latent_dim={self.n_features_in_}" if hasattr(self, "weights_") else ", unfitted"
-        return (f"GaussianMixtureSampler(n_components={self.n_components}, covariance_type="
-                f"{self.covariance_type!r}, fit_on={self.fit_on!r}{fitted})")
+        return (
+            f"GaussianMixtureSampler(n_components={self.n_components}, covariance_type="
+            f"{self.covariance_type!r}, fit_on={self.fit_on!r}{fitted})"
+        )

@@ -14,6 +14,7 @@ import pytest
 from balanced_vae.cli import build_parser
 from balanced_vae.config import TrainConfig
 from balanced_vae.evaluate import reconstruct_run
+from balanced_vae.export import export_run
 from balanced_vae.fid_sets import fid_between, real_data_fid
 from balanced_vae.latent import kl_gap, latent_plot_for_run, write_samples
 from balanced_vae.latent_walk import latent_walk_for_run
@@ -36,6 +37,7 @@ LIBRARY = {
     "report": [build_report],
     "latent-walk": [latent_walk_for_run],
     "reproduce": [reproduce],
+    "export": [export_run],
 }
 # options whose CLI default differs from the library's on purpose, with the reason
 DERIVED = {

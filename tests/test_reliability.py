@@ -176,8 +176,9 @@ def test_resume_honours_data_dir(tmp_path, data_dir):
     assert main(["train", "--resume", str(run), "--data-dir", str(moved), "--device", "cpu"]) == 0
     from balanced_vae.train import run_config
 
-    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data_dir)  # as created
-    assert run_config(run).data_dir == str(moved)  # noted in resumes.jsonl
+    # as created (configs hold resolved paths: the data folder may be reached through a symlink)
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data_dir.resolve())
+    assert run_config(run).data_dir == str(moved.resolve())  # noted in resumes.jsonl
     assert (run / "final.json").exists()
 
 

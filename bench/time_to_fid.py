@@ -15,6 +15,9 @@ and a call with more budgets trains on from the last copy and scores only the co
 
     OMP_NUM_THREADS=1 python bench/time_to_fid.py --budgets 5,15,30 --work /tmp/ttf \\
         > bench/results/time_to_fid.json
+
+``--ema 0.999`` also keeps the weights' moving average and scores it (``fid_ema``) beside the trained
+weights; ``--score ema`` scores only the average; ``--out FILE`` keeps the record after each scored copy.
 """
 
 from __future__ import annotations
@@ -101,10 +104,36 @@ def train_to_budgets(config: TrainConfig, work: Path, budgets: list[float], data
     return clock["snapshots"]
 
 
+def score(snapshot: dict, which: str, a, data) -> dict:
+    """The 10k FID of one copy's weights ``which`` (``checkpoint.pt`` or ``ema.pt``), kept in the copy."""
+    t0 = time.perf_counter()
+    saved = Path(snapshot["path"]) / ("fid.json" if which == "checkpoint.pt" else f"fid_{Path(which).stem}.json")
+    res = _read(saved, None)  # a copy scored by an earlier call (budgets added later)
+    if res is None or res["metrics"]["fid"]["protocol"]["generated"]["n"] != a.n_fid:
+        res = evaluate_run(
+            snapshot["path"],
+            metrics="fid",
+            sampler="gmm",
+            n_fid=a.n_fid,
+            data=data,
+            fid_backend=a.fid_backend,
+            progress=False,
+            out=saved,
+            which=which,
+        )
+    fid = res["metrics"]["fid"]
+    return {
+        "fid": fid["values"]["fid"],
+        "fid_wall_seconds": round(time.perf_counter() - t0, 1),
+        "fid_protocol": fid["protocol"],
+    }
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="5,15,30", help="CPU-minute budgets, comma-separated (default 5,15,30)")
     p.add_argument("--work", type=Path, required=True, help="folder for the run, its copies and the clock")
+    p.add_argument("--out", type=Path, default=None, help="also write the record here, after each scored copy")
     p.add_argument("--n-fid", type=int, default=10_000, help="generated and test images for FID (default 10000)")
     p.add_argument("--fid-backend", default="auto", choices=("auto", "torch", "openvino"))
     p.add_argument("--epochs", type=int, default=200, help="Algorithm 1's cap per stage (default 200)")
@@ -114,8 +143,22 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=None, help="network width (default: the family's)")
     p.add_argument("--lr-drops", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads while training (default 1: no spinning threads counted as CPU time); "
+        "scoring uses as many as torch starts with",
+    )
+    p.add_argument("--ema", type=float, default=None, help="keep the weights' moving average with this decay")
+    p.add_argument(
+        "--score",
+        default="raw,ema",
+        help="which weights of each copy to score: raw (checkpoint.pt), ema (ema.pt, with --ema); default both",
+    )
     a = p.parse_args(argv)
     budgets = sorted(float(b) for b in a.budgets.split(","))
+    kinds = [k for k in a.score.split(",") if k == "raw" or (k == "ema" and a.ema)]
     a.work.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     config = TrainConfig(
@@ -126,52 +169,37 @@ def main(argv=None) -> None:
         width=a.width,
         lr_drops=a.lr_drops,
         precision=a.precision,
+        ema=a.ema,
     )
     data = load_dataset(a.dataset, data_dir=a.data_dir)
-    snapshots = train_to_budgets(config, a.work, budgets, data)
+    score_threads = torch.get_num_threads()
     rows = []
-    for s in snapshots:
-        t0 = time.perf_counter()
-        saved = Path(s["path"]) / "fid.json"  # a copy scored by an earlier call (budgets added later)
-        res = _read(saved, None)
-        if res is None or res["metrics"]["fid"]["protocol"]["generated"]["n"] != a.n_fid:
-            res = evaluate_run(
-                s["path"],
-                metrics="fid",
-                sampler="gmm",
-                n_fid=a.n_fid,
-                data=data,
-                fid_backend=a.fid_backend,
-                progress=False,
-                out=saved,
-            )
-        fid = res["metrics"]["fid"]
-        rows.append(
-            {
-                **{k: v for k, v in s.items() if k != "path"},
-                "fid": fid["values"]["fid"],
-                "fid_wall_seconds": round(time.perf_counter() - t0, 1),
-                "fid_protocol": fid["protocol"],
-            }
-        )
-        print(f"budget {s['budget_cpu_minutes']:g} CPU-min: FID {rows[-1]['fid']:.2f}", file=sys.stderr, flush=True)
-    print(
-        json.dumps(
-            {
-                "bench": "time_to_fid",
-                "config": json.loads(config.to_json()),
-                "rows": rows,
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "machine": platform.processor(),
-                "cpu": _cpu_model(),
-                "provenance": prov,
-                "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
-                "FID: GMM K=32 on posterior means, n generated vs n test images",
-            },
-            indent=2,
-        )
-    )
+    for budget in budgets:  # train to each budget, then score its copy, so every finished row is kept
+        torch.set_num_threads(a.train_threads)
+        s = train_to_budgets(config, a.work, [b for b in budgets if b <= budget], data)[-1]
+        torch.set_num_threads(score_threads)
+        row = {k: v for k, v in s.items() if k != "path"}
+        for kind in kinds:
+            got = score(s, "checkpoint.pt" if kind == "raw" else "ema.pt", a, data)
+            row.update(got if kind == "raw" else {f"{k}_ema" if k != "fid_protocol" else k: v for k, v in got.items()})
+            print(f"budget {budget:g} CPU-min ({kind}): FID {got['fid']:.2f}", file=sys.stderr, flush=True)
+        rows.append(row)
+        record = {
+            "bench": "time_to_fid",
+            "config": json.loads(config.to_json()),
+            "rows": rows,
+            "threads": {"train": a.train_threads, "score": score_threads},
+            "torch": torch.__version__,
+            "machine": platform.processor(),
+            "cpu": _cpu_model(),
+            "provenance": prov,
+            "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
+            "FID: GMM K=32 on posterior means, n generated vs n test images; fid: the trained weights "
+            "(checkpoint.pt), fid_ema: their moving average (ema.pt)",
+        }
+        if a.out is not None:
+            write_json_atomic(a.out, record)
+    print(json.dumps(record, indent=2))
 
 
 def _cpu_model() -> str:

@@ -19,13 +19,14 @@ from .provenance import file_digest  # noqa: F401
 
 CHECKPOINT = "checkpoint.pt"
 STAGE1 = "stage1.pt"
+EMA = "ema.pt"  # the moving average of the weights (``TrainConfig.ema``), a weights-only checkpoint
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"  # the test-split numbers of a finished run
 RESUMES = "resumes.jsonl"  # what each resume changed (raised caps, the data's new place), with its time
 FORMAT_VERSION = 1
 # what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
-RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng")
+RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng", "ema")
 
 
 class CheckpointError(RuntimeError):

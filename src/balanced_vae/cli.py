@@ -171,6 +171,14 @@ def _add_train(sub) -> None:
         help="convergence rule: best = best of the last --window epochs vs the best before; "
         "endpoints = last epoch vs --window epochs before (the rule before 0.2)",
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=_D.ema,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999), "
+        "written each epoch to RUN/ema.pt and evaluated with --checkpoint ema.pt (default: none)",
+    )
     p.add_argument("--batch-size", type=_POS_INT, default=_D.batch_size)
     p.add_argument("--lr", type=_POS_FLOAT, default=_D.lr)
     p.add_argument("--epochs", type=_POS_INT, default=_D.epochs, help="maximum epochs per stage")

@@ -56,6 +56,10 @@ class TrainConfig:
     compares only the last epoch with the one ``window`` epochs earlier, which validation noise
     can fire while the objective still rises.
 
+    ``ema`` in (0, 1) keeps an exponential moving average of the weights with that decay per step
+    (e.g. 0.999), written each epoch to ``ema.pt`` and evaluated as weights of its own
+    (:mod:`balanced_vae.ema`); training, stopping and sigma*^2 never read it. ``None``: none kept.
+
     ``net`` names the built-in network family (:data:`balanced_vae.nets.NETS`): ``small`` (the
     default), ``paper`` (the WAE/RAE conv net) or ``res`` (an efficient residual net).
 
@@ -96,6 +100,7 @@ class TrainConfig:
     lr_warmup: int = 0
     optimiser: str = "radam"
     stopping: str = "best"
+    ema: float | None = None
     n_val: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -141,6 +146,10 @@ class TrainConfig:
             bad("optimiser", f"one of {', '.join(OPTIMISERS)}")
         if self.stopping not in STOPPING:
             bad("stopping", f"one of {', '.join(STOPPING)}")
+        if self.ema is not None and (
+            isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1
+        ):
+            bad("ema", "a decay strictly between 0 and 1 (e.g. 0.999), or None for no average")
         if self.kl_warmup >= self.epochs:
             bad(
                 "kl_warmup",

@@ -15,6 +15,7 @@ rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -25,9 +26,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import ema as ema_
 from . import writes
 from .atomic import write_json_atomic
-from .checkpoint import CHECKPOINT, FINAL, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, EMA, FINAL, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
@@ -254,6 +256,7 @@ def _train(
             return out
     elif branch is not None:
         st, optimiser = branch_at(*branch, model, shuffle, config, out, data, fingerprint, rank, world, device)
+    ema = _ema_of(model, config, ckpt if resume else None)
     source = source_commit()
     if not st.commits or st.commits[-1] != source:
         st.commits.append(source)
@@ -291,6 +294,7 @@ def _train(
             rank=rank,
             world=world,
             warmup=on_step,
+            after_step=functools.partial(ema_.update, ema, model) if ema is not None else None,
         )
         _check_finite(model, bad_step, st, config, out)
         model.likelihood.end_epoch(all_reduce_sum)
@@ -313,6 +317,13 @@ def _train(
             time.perf_counter() - t0,
         )
         row["lr"] = optimiser.param_groups[0]["lr"]
+        if ema is not None and len(x_val):  # recorded only: training never reads the average
+            row.update(
+                {
+                    f"ema_val_{k}": v
+                    for k, v in validation_terms(ema.module, objective, x_val, seed=config.seed + 1).items()
+                }
+            )
         if warm is not None and st.stage == 1:  # the epoch's mean KL weight (1 after the warm-up)
             w = on_step.kl_weights if on_step is not None else []
             row["kl_weight"] = sum(w) / len(w) if w else 1.0
@@ -334,8 +345,11 @@ def _train(
             if st.stage < n_stages(config):
                 optimiser = enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
                 step = stepper(model, objective, device)
+                ema = _ema_of(model, config)  # stage 2 averages from the switch on, head included
             else:
                 st.done = True
+                if ema is not None and closed_form and st.stage == 1:  # the average's own Eq. 10, once
+                    ema_.set_closed_form_sigma2(ema, closed_form_sigma2(ema.module, x_fit, seed=config.seed + 2))
         rng_states = gather_rng_states()  # a collective: every rank takes part
         if rank == 0:
             log_row(out, writer, row, config)
@@ -344,13 +358,37 @@ def _train(
                 {
                     "optimiser": cpu_state(optimiser),
                     **resumable(model, st, data.shape, fingerprint, shuffle, rng_states, device),
+                    **({"ema": ema_.ema_state(ema)} if ema is not None else {}),
                 },
             )
+            if ema is not None:  # the average as weights of their own: `--checkpoint ema.pt`
+                save_checkpoint(out / EMA, _ema_checkpoint(ema, st, data.shape, fingerprint, config))
     if writer is not None:
         writer.close()
     if rank == 0 and st.done:
-        _write_final(out, model, objective, config, data, st, device)
+        _write_final(out, model, objective, config, data, st, device, ema)
     return out
+
+
+def _ema_of(model, config: TrainConfig, ckpt: dict | None = None):
+    """The weights' moving average when ``config.ema`` asks for one (from ``ckpt``'s when resuming), else None."""
+    if not config.ema:
+        return None
+    ema = ema_.make_ema(model, config.ema)
+    if ckpt is not None and "ema" in ckpt:
+        ema_.load_ema(ema, ckpt["ema"])
+    return ema
+
+
+def _ema_checkpoint(ema, st: TrainState, shape, fingerprint: dict, config: TrainConfig) -> dict:
+    """``ema.pt``: the average's weights with the run's state, a checkpoint every command can read."""
+    return {
+        "model": ema_.ema_state(ema)["model"],
+        **dataclasses.asdict(st),
+        "shape": list(shape),
+        "data": fingerprint,
+        "ema": {"decay": config.ema, "n_averaged": int(ema.n_averaged)},
+    }
 
 
 def _check_finite(model, bad_step: int | None, st: TrainState, config, out: Path) -> None:
@@ -465,7 +503,7 @@ def _stop_reason(st: TrainState, config, dims: int, validated: bool) -> str | No
     return None
 
 
-def _write_final(out, model, objective, config, data, st: TrainState, device) -> None:
+def _write_final(out, model, objective, config, data, st: TrainState, device, ema=None) -> None:
     """``final.json``: the test-split numbers of the finished run, computed once, after training.
 
     WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no
@@ -485,4 +523,6 @@ def _write_final(out, model, objective, config, data, st: TrainState, device) ->
         doc["note"] = "WAE-MMD: deterministic encoder, no ELBO reported; test_objective uses z = mu"
     else:
         doc["test"] = evaluate_elbo(model, x_test, seed=config.seed + 1)
+        if ema is not None:  # the moving average, scored as weights of their own (ema.pt)
+            doc["ema_test"] = evaluate_elbo(ema.module, x_test, seed=config.seed + 1)
     write_json_atomic(out / FINAL, doc)

@@ -54,11 +54,12 @@ def n_batches_of(n: int, batch_size: int, world: int) -> int:
 
 
 def train_epoch(
-    step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world, warmup=None
+    step, optimiser, x_fit, perm, *, batch_size, autocast, bar, rank, world, warmup=None, after_step=None
 ) -> tuple[dict, int | None]:
     """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
     first step whose loss was non-finite (None if none). ``warmup(b)``, when given, is called before
-    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`).
+    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`);
+    ``after_step()`` after each optimiser step (the weights' moving average, :mod:`balanced_vae.ema`).
 
     Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are
     accumulated on the device (no host sync per step).
@@ -79,6 +80,8 @@ def train_epoch(
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimiser.step()
+        if after_step is not None:
+            after_step()
         ok = torch.isfinite(terms["loss"].detach())
         first_bad = torch.where(finite & ~ok, torch.full_like(first_bad, b), first_bad)
         finite = finite & ok

@@ -34,12 +34,12 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world, resolve_device
-from .methods import build_model, build_objective, n_stages
 
-# importable from here as before they moved: the test ELBO (metrics), the resume and branch rules
-# (resume), the run folder's files (run_folder), the loop's state (train_state)
-from .metrics import evaluate_elbo  # noqa: F401
-from .model import eval_mode
+# importable from here as before they moved: Eq. 10 (likelihoods), the test ELBO (metrics), the resume
+# and branch rules (resume), the run folder's files (run_folder), the loop's state (train_state)
+from .likelihoods import closed_form_sigma2
+from .methods import build_model, build_objective, n_stages
+from .metrics import evaluate_elbo, validation_terms
 from .objectives import LOG_2PI, KLWarmup
 from .provenance import provenance, source_commit
 from .resume import BRANCH_MAY_DIFFER, SAFE_ON_RESUME, BranchError, branch_source, run_config  # noqa: F401
@@ -51,7 +51,7 @@ from .run_folder import (
     run_lock,
     tensorboard,
 )
-from .sources import as_data, rows
+from .sources import as_data
 from .train_epoch import n_batches_of, stepper, train_epoch
 from .train_state import TrainState, branch_at, cpu_state, enter_stage2, make_optimiser, restore, resumable
 from .train_state import TrainState as _State  # noqa: F401
@@ -61,46 +61,6 @@ log = logging.getLogger(__name__)
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or weights; the last good checkpoint is kept."""
-
-
-def closed_form_sigma2(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
-    """Eq. 10 on the current networks: sigma*^2 = 1/(N D) sum_n ||x_n - g(z_n)||^2, z_n ~ q(z|x_n).
-
-    A no-grad pass over ``x`` (N, C, H, W) with one z per image from a generator seeded
-    ``seed``; under data parallelism each process passes its shard and the sums are
-    all-reduced. This is the value stage 2, checkpoints and every reported ELBO use,
-    rather than the epoch average, which lags networks that moved during the epoch.
-    """
-    rank, world = rank_world()
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    sse = torch.zeros((), dtype=torch.float64, device=x.device)
-    xs = x[rank::world]
-    with eval_mode(model):
-        for i in range(0, len(xs), batch_size):
-            xb = rows(xs, i, i + batch_size)
-            mu, logvar = model.encode(xb)  # (b, L)
-            mean = model.decode_mean(model.reparameterise(mu, logvar, g))  # (b, C, H, W)
-            sse += (xb - mean).pow(2).sum().double()
-    count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
-    return float(all_reduce_sum(sse) / all_reduce_sum(count))
-
-
-def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, float]:
-    """The run's own objective on ``x`` (N, C, H, W) in eval mode: mean of each term.
-
-    Random numbers come from a forked global RNG seeded ``seed``, so the training stream
-    is untouched and repeated calls agree. For ELBO methods ``loss`` is -ELBO under the
-    current sigma*^2; for WAE-MMD it is its own reconstruction + MMD objective (z = mu).
-    """
-    devices = [x.device] if x.device.type == "cuda" else []
-    sums: dict[str, float] = {}
-    with torch.random.fork_rng(devices=devices), eval_mode(model):
-        torch.manual_seed(seed)
-        for i in range(0, len(x), batch_size):
-            xb = rows(x, i, i + batch_size)
-            for k, v in objective(model, xb).items():
-                sums[k] = sums.get(k, 0.0) + float(v.double()) * len(xb)
-    return {k: v / len(x) for k, v in sums.items()}
 
 
 def _converged(history: list[float], config: TrainConfig, dims: int, since: int = 0) -> bool:
@@ -297,10 +257,7 @@ def _train(
             after_step=functools.partial(ema_.update, ema, model) if ema is not None else None,
         )
         _check_finite(model, bad_step, st, config, out)
-        model.likelihood.end_epoch(all_reduce_sum)
-        if closed_form and st.stage == 1:  # Eq. 10 on the final networks of this epoch
-            sigma2 = closed_form_sigma2(model, x_fit, seed=config.seed + 2)
-            model.likelihood.log_sigma2.fill_(math.log(max(sigma2, 1e-12)))
+        model.likelihood.closed_form_update(model, x_fit, seed=config.seed + 2)  # Eq. 10 on the final networks
         st.epoch += 1
         val = validation_terms(model, objective, x_val, seed=config.seed + 1) if len(x_val) else {}
         if val:

@@ -69,7 +69,7 @@ def train(
     data: Dataset | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = "auto",
     branch_from: str | Path | None = None,
     record: bool = True,
 ) -> Path:
@@ -80,8 +80,9 @@ def train(
     or :func:`~balanced_vae.sources.as_data` of a train and test pair. With ``resume=True`` the
     folder's checkpoint is continued; its config must equal ``config``. ``stop_after``
     ends this call after that many epochs (checkpoint written), for time-boxed jobs.
-    ``device`` ("cpu", "cuda", "cuda:N" or "auto") is where the model and the data live
-    during training; checkpoints are device-independent, so a run resumes anywhere.
+    ``device`` ("auto", the default and the command line's: a CUDA GPU when there is one, else the
+    CPU; or "cpu", "cuda", "cuda:N") is where the model and the data live during training;
+    checkpoints are device-independent, so a run resumes anywhere.
 
     ``branch_from`` (a run of Algorithm 1 past its stage switch) starts the new run ``out`` at
     that run's switch, so stage 1 is not trained again: its ``stage1.pt`` holds the weights and

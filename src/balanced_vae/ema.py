@@ -30,6 +30,22 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def ema_of(model: nn.Module, decay: float | None, state: dict | None = None) -> AveragedModel | None:
+    """The average of ``model`` when ``decay`` asks for one (``state``: a checkpoint's, when resuming), else None."""
+    if not decay:
+        return None
+    ema = make_ema(model, decay)
+    if state is not None:
+        load_ema(ema, state)
+    return ema
+
+
+def ema_checkpoint(ema: AveragedModel, decay: float | None, run: dict) -> dict:
+    """``ema.pt``: the average's weights with ``run`` (the run's state, shape and data fingerprint, as in
+    ``checkpoint.pt``), a checkpoint every command can read."""
+    return {"model": ema_state(ema)["model"], **run, "ema": {"decay": decay, "n_averaged": int(ema.n_averaged)}}
+
+
 def ema_state(ema: AveragedModel) -> dict:
     """What a checkpoint holds of the average: its weights (CPU) and how many steps it has averaged."""
     return {

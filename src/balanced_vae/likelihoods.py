@@ -24,7 +24,12 @@ every step, so the library uses:
    training both sums are all-reduced before the division, so every process holds the
    same sigma*^2.
 
-The epoch value is what evaluation (test ELBO), checkpoints and stage 2 use.
+That running value is what :class:`~balanced_vae.loss.BalancedLoss` users get from
+``end_epoch``. The trainer of Algorithm 1 instead ends each stage-1 epoch with
+:meth:`Likelihood.closed_form_update`: Eq. 10 exactly, from a second no-grad pass over the
+training images on the *final* networks of the epoch (:func:`closed_form_sigma2`), because
+the epoch average lags networks that moved during the epoch. That value is what validation,
+checkpoints, every reported ELBO and stage 2 use.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .distributed import all_reduce_sum, rank_world
+from .sources import rows
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,7 +64,14 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def end_epoch(self, reduce: ReduceFn = identity) -> None:
-        """Hook called by the trainer after each training epoch (closed-form update)."""
+        """sigma^2 from the running sums of the epoch's training steps (closed form only; see the module)."""
+
+    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> None:
+        """Algorithm 1's end of a training epoch: sigma*^2 by Eq. 10 on ``model``'s networks as they are.
+
+        Only the closed-form global variance has one; every other noise model keeps its sigma^2
+        (fixed, learned by gradient, or a per-pixel head over a frozen floor).
+        """
 
     def describe(self) -> dict:
         """JSON-able description, saved with checkpoints."""
@@ -125,6 +140,17 @@ class GlobalVariance(Likelihood):
         self.sse.zero_()
         self.count.zero_()
 
+    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> None:
+        """sigma*^2 = :func:`closed_form_sigma2` of ``model`` (this likelihood's VAE) on the training images
+        ``x`` (N, C, H, W): Eq. 10 on the final networks of the epoch. The running sums of the epoch's
+        steps are dropped, so the next epoch's start from zero."""
+        if self.mode != "closed_form":
+            return
+        sigma2 = closed_form_sigma2(model, x, seed=seed, batch_size=batch_size)
+        self.log_sigma2.fill_(math.log(max(sigma2, 1e-12)))
+        self.sse.zero_()
+        self.count.zero_()
+
     @property
     def sigma2(self) -> float:
         return float(self.log_sigma2.detach().exp())
@@ -159,3 +185,31 @@ class PixelVariance(Likelihood):
 
     def describe(self) -> dict:
         return {"kind": "PixelVariance", "floor": self.sigma2}
+
+
+def closed_form_sigma2(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
+    """Eq. 10 on the current networks: sigma*^2 = 1/(N D) sum_n ||x_n - g(z_n)||^2, z_n ~ q(z|x_n).
+
+    A no-grad pass in eval mode over ``x`` (N, C, H, W) with one z per image from a generator
+    seeded ``seed``; under data parallelism each process passes its shard and the sums are
+    all-reduced. This is the value stage 2, checkpoints and every reported ELBO use, rather than
+    the epoch average, which lags networks that moved during the epoch. (It sets eval mode by hand:
+    :mod:`balanced_vae.model`, home of ``eval_mode``, imports this module.)
+    """
+    rank, world = rank_world()
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    sse = torch.zeros((), dtype=torch.float64, device=x.device)
+    xs = x[rank::world]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(xs), batch_size):
+                xb = rows(xs, i, i + batch_size)
+                mu, logvar = model.encode(xb)  # (b, L)
+                mean = model.decode_mean(model.reparameterise(mu, logvar, g))  # (b, C, H, W)
+                sse += (xb - mean).pow(2).sum().double()
+    finally:
+        model.train(was_training)
+    count = torch.tensor(float(xs.numel()), dtype=torch.float64, device=x.device)
+    return float(all_reduce_sum(sse) / all_reduce_sum(count))

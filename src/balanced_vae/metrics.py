@@ -1,6 +1,8 @@
 """Evaluation metrics as pure functions of tensors and models (paper Section 5).
 
-* :func:`elbo` -- the per-sample test ELBO (Eq. 9 / Eq. 11) with its two terms.
+* :func:`elbo` -- the per-sample test ELBO (Eq. 9 / Eq. 11) with its two terms;
+  :func:`evaluate_elbo` its means over a test set, and :func:`validation_terms` the means of
+  any objective's terms (what the trainer validates with), both from one batched loop.
 * :func:`iwae_log_likelihood` -- the importance-weighted bound of Burda et al. (2016)
   on log p(x), with the prior or any sampler's ``log_prob`` as p(z) (Table 3).
 * :func:`dequantised_log_likelihood` and :func:`bits_per_dim` -- the same bound on
@@ -19,6 +21,7 @@ previous mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +39,7 @@ __all__ = [
     "dequantise",
     "dequantised_log_likelihood",
     "elbo",
+    "evaluate_elbo",
     "frechet_distance",
     "frechet_distance_features",
     "gaussian_statistics",
@@ -43,6 +47,7 @@ __all__ = [
     "log_importance_weights",
     "log_normal_diag",
     "log_standard_normal",
+    "validation_terms",
 ]
 
 
@@ -341,19 +346,46 @@ def calibration(
 
 
 def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
+    """The test ELBO: mean ELBO, reconstruction term, KL, MSE and mean decoder sigma^2 over ``x`` (N, C, H, W).
 
     One z per image from a generator seeded with ``seed`` (on ``x``'s device), so repeated
-    calls agree. The terms are :func:`~balanced_vae.objectives.elbo_terms`'.
+    calls agree. The terms are :func:`~balanced_vae.objectives.elbo_terms`' (Eq. 9 / Eq. 11).
     """
     g = torch.Generator(device=x.device).manual_seed(seed)
-    sums: dict[str, float] = {}
+
+    def sums(xb: torch.Tensor) -> dict[str, float]:
+        t = elbo_terms(model, xb, generator=g)  # each (b,)
+        t["sigma2_mean"] = t["x_logvar"].exp().expand_as(xb).flatten(1).mean(1)  # (b,)
+        return {k: float(v.double().sum()) for k, v in t.items() if k not in NOT_TERMS}
+
     with eval_mode(model):
-        for i in range(0, len(x), batch_size):
-            xb = rows(x, i, i + batch_size)
-            t = elbo_terms(model, xb, generator=g)
-            t["sigma2_mean"] = t["x_logvar"].exp().expand_as(xb).flatten(1).mean(1)
-            for k, v in t.items():
-                if k not in NOT_TERMS:
-                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+        return _mean_over(x, sums, batch_size)
+
+
+def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, float]:
+    """The run's own objective on ``x`` (N, C, H, W) in eval mode: the mean of each of its terms.
+
+    What the trainer validates with, and the test numbers of methods without an ELBO. Random
+    numbers come from a forked global RNG seeded ``seed``, so the training stream is untouched and
+    repeated calls agree. For ELBO methods ``loss`` is -ELBO (Eq. 9) under the current sigma*^2, the
+    same number as :func:`evaluate_elbo`'s up to the noise; for WAE-MMD it is its own
+    reconstruction + MMD objective (z = mu).
+    """
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), eval_mode(model):
+        torch.manual_seed(seed)
+        return _mean_over(
+            x, lambda xb: {k: float(v.double()) * len(xb) for k, v in objective(model, xb).items()}, batch_size
+        )
+
+
+def _mean_over(
+    x: torch.Tensor, batch_sums: Callable[[torch.Tensor], dict[str, float]], batch_size: int
+) -> dict[str, float]:
+    """The one batched loop of the test numbers: ``batch_sums(x_b)`` (each term summed over the batch)
+    added over batches of ``x`` (N, C, H, W) in order, divided by N."""
+    sums: dict[str, float] = {}
+    for i in range(0, len(x), batch_size):
+        for k, v in batch_sums(rows(x, i, i + batch_size)).items():
+            sums[k] = sums.get(k, 0.0) + v
     return {k: v / len(x) for k, v in sums.items()}

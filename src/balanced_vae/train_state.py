@@ -1,35 +1,28 @@
-"""Where Algorithm 1 stands (paper Section 3.4) and how a run enters it: new, resumed, branched, stage 2.
+"""Where Algorithm 1 stands (paper Section 3.4) and the rules that move it on.
 
-:class:`TrainState` is everything the loop of :mod:`balanced_vae.train` carries from epoch to
-epoch and writes into each checkpoint; :func:`restore` puts a checkpoint back (weights,
-optimiser, random states), :func:`branch_at` starts a run at another run's stage switch and
-:func:`enter_stage2` is the switch itself: the stage-1 model saved, the per-pixel variance
-head added over the floor sigma*^2, a fresh optimiser.
+:class:`TrainState` is the part of the :class:`~balanced_vae.trainer.Trainer` that goes into each
+checkpoint (:func:`resumable`, :func:`state_of`, :func:`set_rng_states`). The rules are functions
+of it and of the config: when a stage has converged (:func:`converged`, :func:`stop_reason`), the
+learning-rate drops (:func:`drop_lr`) and the warm-ups of the KL weight and the rate (:func:`warmup`),
+each a function of the step alone, so a resumed run takes the same values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .atomic import write_text_atomic
-from .checkpoint import CHECKPOINT, CONFIG, METRICS, STAGE1, CheckpointError, load_weights, save_checkpoint
 from .config import TrainConfig
-from .data.splits import check_fingerprint
-from .distributed import gather_rng_states
-from .resume import may_reopen
-
-# importable from here as before the rules and the splits moved (resume.py, data/splits.py)
-from .run_folder import truncate_metrics
+from .objectives import KLWarmup
 
 log = logging.getLogger(__name__)
+
+COLLAPSE_KL = 0.1  # nats per image: below this at a stage's end the decoder ignores z
 
 
 def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -118,82 +111,107 @@ def set_rng_states(ckpt: dict, shuffle, out: Path, rank: int, world: int, device
         torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
 
 
-def restore(ckpt: dict, model, shuffle, config, out: Path, rank: int, world: int, device) -> tuple[TrainState, object]:
-    """Load a checkpoint into the model, the shuffle and the RNGs; returns the state and the optimiser.
+def converged(history: list[float], config: TrainConfig, dims: int, since: int = 0) -> bool:
+    """The validation objective improved by less than ``tol`` nats per dimension over ``window`` epochs.
 
-    A slimmed checkpoint (weights only) of a finished run loads as finished; continuing it is refused.
-    A finished run whose last stage was ended by a cap that has since been raised (more
-    ``--epochs``, ``--max-minutes``) is reopened.
+    ``stopping="best"``: the best of the last ``window`` epochs against the best before them, so
+    one lucky or unlucky epoch neither ends nor prolongs a stage; ``"endpoints"``: the last epoch
+    against the one ``window`` epochs before (the rule of runs made before 0.2). Absolute, not relative: the ELBO carries the constant -D/2 log(2 pi sigma^2), so a
+    relative rule stops runs near -480 nats early and never stops runs near 0. ``since``:
+    the epochs of ``history`` before it (before a learning-rate drop, or in the KL warm-up) are not compared.
     """
-    st = state_of(ckpt)
-    reopen = st.done and may_reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
-    if st.stage == 2:
-        model.with_pixel_variance(
-            config.pixel_floor if config.pixel_floor is not None else st.sigma2_star, init_sigma2=st.sigma2_star
-        )
-        model.to(device)
-    optimiser = make_optimiser(model, config)
-    load_weights(model, ckpt["model"], out / CHECKPOINT, out / CONFIG)
-    if "optimiser" not in ckpt:  # slimmed (`balanced-vae slim`): finished, and can only stay so
-        if not st.done or reopen:
-            raise CheckpointError(
-                f"{out / CHECKPOINT}: holds weights only (slimmed for sharing), without the optimiser and "
-                "random states that training further needs; train into a new folder instead"
-            )
-        return st, optimiser
-    optimiser.load_state_dict(ckpt["optimiser"])
-    set_rng_states(ckpt, shuffle, out, rank, world, device)
-    if rank == 0:
-        truncate_metrics(out / METRICS, st.stage, st.epoch)
-    if reopen:
-        log.info(
-            "%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)",
-            out,
-            config.epochs,
-            config.max_minutes,
-        )
-        st.stops.pop(str(st.stage), None)
-        st.done = False
-    return st, optimiser
+    w = config.window
+    if len(history) < max(config.min_epochs, since + w + 1):
+        return False
+    h = history[since:]
+    if config.stopping == "endpoints":  # two noisy points: fires while the trend still rises
+        return abs(h[-1] - h[-1 - w]) / dims < config.tol
+    return (max(h[-w:]) - max(h[:-w])) / dims < config.tol
 
 
-def branch_at(
-    path: Path, ckpt: dict, model, shuffle, config, out: Path, data, fingerprint: dict, rank: int, world: int, device
-) -> tuple[TrainState, object]:
-    """Start ``out`` at the stage switch saved in ``ckpt`` (another run's ``stage1.pt`` at ``path``, from
-    :func:`branch_source`): its stage-1 weights, state, random states and log lines, then the
-    switch itself under this run's config (its own floor). Returns the state and the optimiser."""
-    check_fingerprint(ckpt.get("data"), data, config, path)
-    load_weights(model, ckpt["model"], path, path.parent / CONFIG)
-    set_rng_states(ckpt, shuffle, out, rank, world, device)
-    st = state_of(ckpt)
-    # where stage 1 (and its seconds) came from, relative to this run, so records stay portable
-    st.stops["1"] = {**st.stops["1"], "branched_from": os.path.relpath(path.parent.resolve(), out.resolve())}
-    if rank == 0:
-        rows = (
-            [
-                ln
-                for ln in (path.parent / METRICS).read_text().splitlines()
-                if ln.strip() and json.loads(ln)["stage"] == 1
-            ]
-            if (path.parent / METRICS).is_file()
-            else []
-        )
-        write_text_atomic(out / METRICS, "".join(r + "\n" for r in rows))
-        log.info("%s: stage 1 taken from %s (%d epochs); training stage 2", out, path, st.epoch)
-    return st, enter_stage2(model, st, config, out, data.shape, rank, device, shuffle, fingerprint)
+def stop_reason(st: TrainState, config: TrainConfig, dims: int, validated: bool) -> str | None:
+    """Why the current stage ends after this epoch: converged, max_epochs, max_minutes, or None."""
+    since = max(st.lr_dropped_at, config.kl_warmup if st.stage == 1 else 0)
+    if validated and converged(st.history, config, dims, since=since):
+        return "converged"
+    if st.epoch >= config.epochs:
+        return "max_epochs"
+    if config.max_minutes is not None and st.stage_seconds >= 60 * config.max_minutes:
+        return "max_minutes"
+    return None
 
 
-def enter_stage2(model, st: TrainState, config, out: Path, shape, rank: int, device, shuffle, data_fp):
-    """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, new Adam.
+def drop_lr(optimiser: torch.optim.Optimizer, st: TrainState) -> float:
+    """Divide the learning rate by 10 and restart the convergence window; returns the new rate."""
+    for group in optimiser.param_groups:
+        group["lr"] = group["lr"] / 10
+    st.lr_drops += 1
+    st.lr_dropped_at = len(st.history)
+    log.info(
+        "stage %d epoch %d: converged; learning rate dropped to %.3g (drop %d)",
+        st.stage,
+        st.epoch,
+        optimiser.param_groups[0]["lr"],
+        st.lr_drops,
+    )
+    return optimiser.param_groups[0]["lr"]
 
-    ``stage1.pt`` also holds the state and the random states from before the head is drawn, so
-    another run may start here (:func:`branch_source`)."""
-    rng_states = gather_rng_states()  # a collective: every rank takes part
-    if rank == 0:
-        save_checkpoint(out / STAGE1, resumable(model, st, shape, data_fp, shuffle, rng_states, device))
-    floor = config.pixel_floor if config.pixel_floor is not None else st.sigma2_star
-    model.with_pixel_variance(floor, init_sigma2=st.sigma2_star)
-    model.to(device)
-    st.stage, st.epoch, st.history, st.stage_seconds, st.lr_drops, st.lr_dropped_at = 2, 0, [], 0.0, 0, 0
-    return make_optimiser(model, config)
+
+@dataclass
+class WarmupStep:
+    """``on_step(b)``, called before step ``b`` of an epoch of stage 1 that starts at step ``first`` of the
+    stage: sets the warm-ups' KL weight and learning rate (:func:`warmup`); ``kl_weights`` holds the KL
+    weights it set."""
+
+    warm: KLWarmup | None
+    optimiser: torch.optim.Optimizer
+    st: TrainState
+    config: TrainConfig
+    first: int
+    kl_steps: int
+    kl_weights: list[float] = field(default_factory=list)
+
+    def __call__(self, b: int) -> None:
+        s, lr_steps = self.first + b + 1, self.config.lr_warmup
+        if self.warm is not None:
+            self.warm.weight = min(1.0, s / self.kl_steps) if self.kl_steps else 1.0
+            self.kl_weights.append(self.warm.weight)
+        if s <= lr_steps:  # of the rate after any drop (a drop divides by 10)
+            for group in self.optimiser.param_groups:
+                group["lr"] = self.config.lr / 10**self.st.lr_drops * s / lr_steps
+
+
+def warmup(
+    warm: KLWarmup | None, optimiser: torch.optim.Optimizer, st: TrainState, config: TrainConfig, n_batches: int
+) -> WarmupStep | None:
+    """``on_step(b)`` for an epoch of stage 1 that has a warm-up step, else None (and the warm-ups done).
+
+    Step ``b`` of epoch ``e`` is step ``s = e n_batches + b`` of the stage. The KL weight is
+    ``min(1, (s + 1) / (kl_warmup n_batches))``; the learning rate ``lr min(1, (s + 1) / lr_warmup)``.
+    Both are functions of the step alone, so a resumed run takes the same values.
+    """
+    kl_steps, lr_steps = config.kl_warmup * n_batches, config.lr_warmup
+    first = st.epoch * n_batches
+    if st.stage != 1 or first >= max(kl_steps, lr_steps):
+        if warm is not None:
+            warm.weight = 1.0
+        return None
+    return WarmupStep(warm, optimiser, st, config, first, kl_steps)
+
+
+def check_collapse(out: Path, st: TrainState, val: dict) -> None:
+    """Record and warn when a stage ends with KL(q(z|x) || p(z)) < COLLAPSE_KL on the validation images
+    (posterior collapse: every x is coded as the prior, so every sample is the same image)."""
+    kl = val.get("kl")
+    if kl is None or kl >= COLLAPSE_KL:
+        return
+    st.stops[str(st.stage)]["posterior_collapse"] = {"val_kl": kl}
+    log.warning(
+        "%s: stage %d ended with the posterior collapsed: KL(q(z|x) || p(z)) = %.3g nats on the "
+        "validation images, so the decoder ignores z and every sample is the same image. Early epochs pass "
+        "through this phase, and wide or deep networks at --lr 1e-3 can stay in it; fix: more --min-epochs "
+        "if the stage ended early, else train again with a lower --lr (3e-4) or another --seed",
+        out,
+        st.stage,
+        kl,
+    )

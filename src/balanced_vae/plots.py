@@ -56,7 +56,7 @@ def save_fig(fig, path: str | Path) -> Path:
 def save_rows(
     rows: Sequence[tuple[str, torch.Tensor]],
     path: str | Path,
-    cmaps: Sequence[str] | None = None,
+    cmaps: Sequence[str | None] | None = None,
     title: str | None = None,
 ) -> Path:
     """One labelled row per (name, images (N, C, H, W)); each row is shown with its own colour map.

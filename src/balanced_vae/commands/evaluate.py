@@ -86,7 +86,7 @@ def _add_reconstruct(sub) -> None:
 
 
 def _run_reconstruct(args) -> int:
-    from ..evaluate import reconstruct_run  # imported when the command runs: `--help` stays fast
+    from ..reconstruct import reconstruct_run  # imported when the command runs: `--help` stays fast
 
     out = Folder(Path(args.out), names=("reconstructions.png",))
     writes.check(

@@ -27,10 +27,10 @@ import torch
 from ..atomic import write_json_atomic, write_text_atomic
 from ..checkpoint import CHECKPOINT, STAGE1
 from ..data import Dataset
-from ..evaluate import reconstruct_run
 from ..fid_sets import real_data_fid
 from ..latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
 from ..plots import save_fig
+from ..reconstruct import reconstruct_run
 from ..runs import load_run
 from .context import Context
 from .experiments import EXPERIMENTS, PAPER, TABLE2_METHODS, fixed_run_name, get_budget, resolved_budget

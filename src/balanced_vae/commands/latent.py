@@ -56,7 +56,7 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    from ..latent import write_samples  # imported when the command runs: `--help` stays fast
+    from ..latent_samples import write_samples  # imported when the command runs: `--help` stays fast
 
     kinds = (
         "means.png",
@@ -208,7 +208,7 @@ def _add_latent_plot(sub) -> None:
 
 
 def _run_latent_plot(args) -> int:
-    from ..latent import latent_plot_for_run  # imported when the command runs: `--help` stays fast
+    from ..latent_density import latent_plot_for_run  # imported when the command runs: `--help` stays fast
 
     writes.check(
         "latent-plot", files=[args.out or Path(args.run) / "latent_density.png"], inputs=[Input(Path(args.run), "run")]

@@ -28,7 +28,9 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..checkpoint import CHECKPOINT, STAGE1
 from ..data import Dataset
 from ..fid_sets import real_data_fid
-from ..latent import gmm_ablation_for_run, kl_gap, latent_plot_for_run, write_samples
+from ..latent import gmm_ablation_for_run, kl_gap
+from ..latent_density import latent_plot_for_run
+from ..latent_samples import write_samples
 from ..plots import save_fig
 from ..reconstruct import reconstruct_run
 from ..runs import load_run

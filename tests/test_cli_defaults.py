@@ -42,9 +42,6 @@ LIBRARY = {
 # options whose CLI default differs from the library's on purpose, with the reason
 DERIVED = {
     ("train", "method"): "None: from --variance, else learned (config.method_of)",
-    # the command line uses the machine's GPU when there is one; a script calling train() or reproduce()
-    # stays on the CPU unless it asks (a behaviour both keep, as before)
-    ("reproduce", "device"): "auto on the command line, cpu in Python",
 }
 
 

@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, test_images
 from .methods import build_model
-from .model import encode_dataset
+from .model import VAE, encode_dataset
 from .resume import run_config
 from .samplers import (
     CELEBA_COMPONENTS,
@@ -53,7 +53,7 @@ class Run:
 
     path: Path
     config: TrainConfig
-    model: torch.nn.Module
+    model: VAE
     stage: int
     checkpoint: dict[str, Any]
     which: str = CHECKPOINT

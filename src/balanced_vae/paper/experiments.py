@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import CHECKPOINT, FINAL, STAGE1, load_checkpoint
 from ..config import TrainConfig
@@ -214,9 +215,9 @@ def ensure_run(
     *,
     data: Dataset | None = None,
     progress: bool = True,
-    device: str | None = "cpu",
+    device: str | None = "auto",
 ) -> Path:
-    """Reuse, resume or train the run ``name``; returns its folder."""
+    """Reuse, resume or train the run ``name`` on ``device`` (``auto``: CUDA when available); returns its folder."""
     config = run_specs(dataset, budget)[name]
     path = run_dir(out, dataset, budget, name)
     if (path / FINAL).exists():
@@ -253,7 +254,7 @@ def resolved_budget(budget: Budget) -> dict:
 
 # ------------------------------------------------------------------------------ paper values
 
-PAPER = {
+PAPER: dict[str, Any] = {
     "table1": {"sigma2_learned": 0.035, "kl_gmm": {"1": 0.094, "0.5": 0.132, "learned": 0.422, "0.01": 1.552}},
     "table2": {
         "mnist": {"learned": 8.9, "vae": 74.9, "beta-vae": 438.1, "dip-vae-i": 114.9, "wae-mmd": 142.8, "real": 1.9},

@@ -15,7 +15,7 @@ from ..atomic import write_text_atomic
 from ..protocol import PAPER as PAPER_PROTOCOL
 from ..provenance import short_commit
 from .experiments import EXPERIMENTS, PAPER
-from .reproduce import format_number
+from .records import format_number
 from .specs import SPECS
 
 

@@ -20,7 +20,8 @@ from ..provenance import file_digest, git_commit, git_dirty, provenance, short_c
 from ..runs import load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
 from ..version import __version__
-from .experiments import PAPER, Budget, ensure_run, resolved_budget, run_dir
+from .budgets import PAPER, Budget, resolved_budget
+from .experiments import ensure_run, run_dir
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from ..latent_samples import write_samples
 from ..plots import save_fig
 from ..reconstruct import reconstruct_run
 from ..runs import load_run
+from .budgets import fixed_run_name
 from .context import Context
-from .experiments import fixed_run_name
 from .records import figure_record, write_table
 from .specs import Fig1Row
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ..data import Dataset
+from .budgets import EXPERIMENTS, get_budget, resolved_budget
 from .context import Context
-from .experiments import EXPERIMENTS, get_budget, resolved_budget
 from .figures import fig1, fig2, fig3, fig4
 from .specs import SPECS
 from .tables import table1, table2, table3, table4

@@ -14,8 +14,8 @@ from ..checkpoint import CHECKPOINT, STAGE1
 from ..latent import gmm_ablation_for_run, kl_gap
 from ..latent_density import latent_plot_for_run
 from ..runs import load_run
+from .budgets import PAPER, TABLE2_METHODS
 from .context import Context
-from .experiments import PAPER, TABLE2_METHODS
 from .records import write_table
 from .specs import Table1Row, Table2Row, Table3Row, Table4Row
 

@@ -192,7 +192,7 @@ def fid_metric(ev: EvalRun, p: EvalProtocol) -> dict[str, Any]:
         progress=ev.progress,
         backend=p.fid_backend,
     )
-    extra = {"sampler": ev.label(p.sampler, p.fit_sampling)}
+    extra: dict[str, Any] = {"sampler": ev.label(p.sampler, p.fit_sampling)}
     if p.sampler == "gmm":
         extra["gmm"] = ev.gmm_protocol(p.fit_sampling)
     return _with(entry, extra)
@@ -271,7 +271,7 @@ def _clipped(name: str, default: int, available: int, dataset: str) -> int:
 def fit_counts(protocol: EvalProtocol, names: Iterable[str], available: int, dataset: str) -> EvalProtocol:
     """``protocol`` with its :attr:`~EvalProtocol.clip` counts clipped to the ``available`` test images; a
     ValueError when a count the metrics ``names`` read exceeds them."""
-    clipped = {c: _clipped(c, getattr(protocol, c), available, dataset) for c in protocol.clip}
+    clipped: dict[str, Any] = {c: _clipped(c, getattr(protocol, c), available, dataset) for c in protocol.clip}
     protocol = dataclasses.replace(protocol, **clipped)
     for name in names:
         count = COUNTS.get(name)

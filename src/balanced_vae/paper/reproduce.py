@@ -79,8 +79,8 @@ def prefetch(names: list[str], ctx: Context, jobs: int) -> None:
     images' FID statistics are computed first, once, so the workers only read them.
     """
     todo: dict[str, list] = {}
-    for n in names:
-        for run, metric, options in needs(n, ctx):
+    for name in names:
+        for run, metric, options in needs(name, ctx):
             todo.setdefault(run, []).append((run, metric, options))
     if not todo:
         return

@@ -270,14 +270,14 @@ def _planned_run(args) -> tuple[TrainConfig, str | Path, dict] | None:
     if args.resume:
         run = Path(args.resume)
         config = resumed_config(run, {k: getattr(args, k) for k in _given_options(args) - _HOW - {"resume"}})
-        return _unless_dry(args, config, config.to_json(), run, {"resume": True})
+        return _unless_dry(args, config, run, {"resume": True})
     if not args.out and not args.dry_run:
         raise ValueError("train needs --out RUN_FOLDER (or --resume RUN)")
     if args.branch_from:  # stage 2 of RUN's config (a new floor) from RUN's switch
         run = Path(args.branch_from)
         changes = {k: getattr(args, k) for k in _given_options(args) - _HOW - {"branch_from", "out"}}
         config = branched_config(run, changes)
-        return _unless_dry(args, config, config.to_json(), args.out, {"branch_from": run})
+        return _unless_dry(args, config, args.out, {"branch_from": run})
     config = _new_config(args)
     resolve_hparams(config)  # reject unknown --hparam keys before any data or run folder
     if not args.dry_run:
@@ -289,12 +289,14 @@ def _planned_run(args) -> tuple[TrainConfig, str | Path, dict] | None:
         "n_train": len(data.x_train),
         "n_test": len(data.x_test),
     }
-    return _unless_dry(args, config, json.dumps(resolved, indent=2, sort_keys=True), args.out, {})
+    say(json.dumps(resolved, indent=2, sort_keys=True))
+    return None
 
 
-def _unless_dry(args, config: TrainConfig, shown: str, out, how: dict) -> tuple[TrainConfig, str | Path, dict] | None:
+def _unless_dry(args, config: TrainConfig, out, how: dict) -> tuple[TrainConfig, str | Path, dict] | None:
+    """The run planned, or None after printing its config for a --dry-run."""
     if args.dry_run:
-        say(shown)
+        say(config.to_json())
         return None
     return config, out, how
 
@@ -337,10 +339,10 @@ def add_demo(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from ..demo import DEMO_CONFIG, run_demo  # imported when the command runs: `--help` stays fast
+    from .. import demo  # imported when the command runs: `--help` stays fast
 
     writes.check("demo", folders=[Folder(Path(args.out), "demo")])
-    summary = run_demo(args.out, config=dataclasses.replace(DEMO_CONFIG, seed=args.seed))
+    summary = demo.run_demo(args.out, config=dataclasses.replace(demo.DEMO_CONFIG, seed=args.seed))
     writes.record("demo", folders=[Folder(Path(args.out), "demo")])
     say(f"demo report in {args.out}/")
     for k, v in summary.items():

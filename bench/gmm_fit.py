@@ -58,7 +58,8 @@ import numpy as np
 import sklearn
 import torch
 
-from balanced_vae.samplers import GaussianMixtureSampler, _code_scale, _em_full, _init_assignments
+from balanced_vae.samplers import GaussianMixtureSampler
+from balanced_vae.samplers.em import code_scale, em_full, init_assignments
 
 TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
 
@@ -171,7 +172,7 @@ def trajectory(x: np.ndarray, held: torch.Tensor, k: int, seed: int, init: str, 
 
     x64 = x.astype(np.float64)
     t0 = time.perf_counter()
-    pairs = _init_assignments(x64, k, init, check_random_state(seed))
+    pairs = init_assignments(x64, k, init, check_random_state(seed))
     init_s = time.perf_counter() - t0
     rows, scoring = [], [0.0]
     start = time.perf_counter()
@@ -189,7 +190,7 @@ def trajectory(x: np.ndarray, held: torch.Tensor, k: int, seed: int, init: str, 
         )
         scoring[0] += time.perf_counter() - now
 
-    _em_full(torch.from_numpy(x64), pairs, k, 1e-6 * scale, scale, 1e-3, 200, on_iter)
+    em_full(torch.from_numpy(x64), pairs, k, 1e-6 * scale, scale, 1e-3, 200, on_iter)
     return {"init": init, "seed": seed, "init_seconds": round(init_s, 2), "iterations": rows}
 
 
@@ -262,7 +263,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     codes = synthetic_codes(args.n + args.n_heldout, seed=0)
     x, held = codes[: args.n], codes[args.n :]
-    scale = _code_scale(x.astype(np.float64))
+    scale = code_scale(x.astype(np.float64))
     held_t = torch.from_numpy(held)
 
     candidates = {}

@@ -1,7 +1,7 @@
 """Two one-thread OpenVINO Inception workers at once, as `reproduce --jobs 2` runs them on 2 cores.
 
 For each setting of OpenVINO's ``ENABLE_CPU_PINNING`` (OpenVINO's own default, ``YES``, and
-``NO`` as ``balanced_vae.fid.OPENVINO_CONFIG`` sets it) two spawned processes each compile the network
+``NO`` as ``balanced_vae.fid_openvino.OPENVINO_CONFIG`` sets it) two spawned processes each compile the network
 with one thread and featurise N random 28x28 images at the same time. Prints JSON: images per
 second of each worker, their sum, each worker's CPU affinity after the work, one process with
 all threads alone (the plain, single-process case), and the ratio of the summed throughput of
@@ -23,11 +23,13 @@ def _worker(args: tuple[dict | None, int, str | None, int]) -> dict:
     config, n, cache, threads = args
     import torch
 
-    from balanced_vae import fid
+    from balanced_vae import fid_openvino
     from balanced_vae.fid import OpenVINOInception, openvino_ir, preprocess
 
     if config is None:  # OpenVINO's default: leave the key out
-        fid.OPENVINO_CONFIG = {k: v for k, v in fid.OPENVINO_CONFIG.items() if k != "ENABLE_CPU_PINNING"}
+        fid_openvino.OPENVINO_CONFIG = {
+            k: v for k, v in fid_openvino.OPENVINO_CONFIG.items() if k != "ENABLE_CPU_PINNING"
+        }
     torch.set_num_threads(threads)
     net = OpenVINOInception(openvino_ir(cache_dir=cache), threads=threads, config=config)
     x = preprocess(torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)))

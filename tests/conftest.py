@@ -68,7 +68,7 @@ def stand_in_inception(monkeypatch):
     Returns the list of calls, each ``record(x, kwargs)`` (default: the batch size ``len(x)``).
     ``path`` also stands in for the network file, for records that name it.
     """
-    from balanced_vae import evaluate, fid
+    from balanced_vae import fid
 
     def patch(pool: int = 2, record=None, path=None) -> list:
         calls = []
@@ -78,11 +78,11 @@ def stand_in_inception(monkeypatch):
             return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), pool).flatten(1)
 
         protocol = {"implementation": f"pool{pool} stand-in"}
-        for module in (fid, evaluate):
-            monkeypatch.setattr(module, "inception_features", features)
-            monkeypatch.setattr(module, "inception_protocol", lambda *a: protocol)
-            if path is not None:
-                monkeypatch.setattr(module, "inception_path", lambda: path)
+        # every caller looks these up in balanced_vae.fid when it runs (fid_stats, fid_sets, run_metrics, evaluate)
+        monkeypatch.setattr(fid, "inception_features", features)
+        monkeypatch.setattr(fid, "inception_protocol", lambda *a: protocol)
+        if path is not None:
+            monkeypatch.setattr(fid, "inception_path", lambda: path)
         return calls
 
     return patch

@@ -13,7 +13,6 @@ import pytest
 
 from balanced_vae.cli import build_parser
 from balanced_vae.config import TrainConfig
-from balanced_vae.evaluate import reconstruct_run
 from balanced_vae.export import export_run
 from balanced_vae.fid_sets import fid_between, real_data_fid
 from balanced_vae.latent import kl_gap, latent_plot_for_run, write_samples
@@ -21,6 +20,7 @@ from balanced_vae.latent_walk import latent_walk_for_run
 from balanced_vae.ood import ood_for_run
 from balanced_vae.paper.reproduce import reproduce
 from balanced_vae.protocol import PAPER
+from balanced_vae.reconstruct import reconstruct_run
 from balanced_vae.report import build_report
 
 # the library's defaults each subcommand passes its options to
@@ -42,9 +42,6 @@ LIBRARY = {
 # options whose CLI default differs from the library's on purpose, with the reason
 DERIVED = {
     ("train", "method"): "None: from --variance, else learned (config.method_of)",
-    # the command line uses the machine's GPU when there is one; a script calling train() or reproduce()
-    # stays on the CPU unless it asks (a behaviour both keep, as before)
-    ("reproduce", "device"): "auto on the command line, cpu in Python",
 }
 
 

@@ -108,13 +108,14 @@ def test_sample_is_seeded_and_in_original_units(fitted):
 
 def test_fixed_variance_method_has_one_stage():
     x = _table(60, 3)
-    model = BalancedVAE(method="fixed", sigma2=0.5, epochs=2, width=16, random_state=0).fit(x)
-    assert model.stage_ == 1 and model.sigma2_ == pytest.approx(0.5)
+    model = BalancedVAE(sigma2=0.5, epochs=2, width=16, random_state=0).fit(x)
+    assert model.stage_ == 1 and model.sigma2_ == pytest.approx(0.5) and model.config_.method == "fixed"
     np.testing.assert_allclose(
         model.predict_uncertainty(x[:3]), np.sqrt(0.5) * np.tile(model.scale_, (3, 1)), rtol=1e-6
     )
-    with pytest.raises(ValueError, match="method='nope'"):
-        BalancedVAE(method="nope").fit(x)
+    for bad, why in (("nope", "sigma2='nope'"), (0.0, "finite number > 0"), (float("nan"), "finite number > 0")):
+        with pytest.raises(ValueError, match=why):
+            BalancedVAE(sigma2=bad).fit(x)
 
 
 def test_fit_leaves_the_global_torch_rng_alone():

@@ -358,13 +358,14 @@ def test_openvino_features_equal_torch_features_on_real_mnist(backend_features):
 @needs_openvino
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_openvino_network_is_converted_once_and_cached_atomically(backend_features, caplog):
-    from balanced_vae.fid import _file_digest, _openvino_version, load_openvino_inception, openvino_ir
+    from balanced_vae.fid_inception import inception_digest
+    from balanced_vae.fid_openvino import load_openvino_inception, openvino_ir, openvino_version
 
     x, _, ov, cache = backend_features
     files = sorted(p.name for p in cache.iterdir())
     stem = files[0].rsplit(".", 1)[0]
     assert files == [f"{stem}.bin", f"{stem}.xml"]  # no temporary left over
-    assert _file_digest(str(inception_path()))[:16] in stem and "ov" + _openvino_version()[:6] in stem
+    assert inception_digest(str(inception_path()))[:16] in stem and "ov" + openvino_version()[:6] in stem
     mtime = (cache / f"{stem}.xml").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="balanced_vae.fid"):
         assert openvino_ir(cache_dir=cache) == cache / f"{stem}.xml"

@@ -223,12 +223,10 @@ def test_a_damaged_metrics_file_is_named(tmp_path):
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
-    import balanced_vae.cli as cli_module
-
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "train", interrupted)
+    monkeypatch.setattr("balanced_vae.train.train", interrupted)  # looked up when `train` runs
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"--resume {tmp_path / 'r'}" in err and len(err.strip().splitlines()) == 1

@@ -605,14 +605,14 @@ def test_gmm_fit_refuses_degenerate_codes_with_the_fix():
 
 
 def test_cholesky_repair_gives_up_with_a_clear_error():
-    from balanced_vae.samplers import _cholesky_or_jitter
+    from balanced_vae.samplers.em import cholesky_or_jitter
 
     cov = torch.stack([torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
     with pytest.raises(ValueError, match="component 1 of K=2 is not positive definite.*fix"):
-        _cholesky_or_jitter(cov, 1e-6, 1.0, 2)
+        cholesky_or_jitter(cov, 1e-6, 1.0, 2)
     jitter = {}
     cov[1] = torch.zeros(3, 3, dtype=torch.float64)
-    fixed, chol = _cholesky_or_jitter(cov, 0.0, 1.0, 2, jitter)
+    fixed, chol = cholesky_or_jitter(cov, 0.0, 1.0, 2, jitter)
     assert jitter["count"] == 1 and 0 < jitter["max"] <= 1e-8
     torch.testing.assert_close(chol @ chol.transpose(1, 2), fixed)
 

@@ -18,8 +18,8 @@ from .atomic import write_json_atomic
 from .checkpoint import CHECKPOINT, METRICS, STAGE1
 from .config import TrainConfig
 from .data import load_dataset
-from .latent import decode_samples, save_side_by_side
-from .plots import plot_curves, read_metrics, save_grid, save_rows
+from .latent_samples import decode_samples
+from .plots import plot_curves, read_metrics, save_grid, save_rows, save_side_by_side
 from .report import build_report
 from .runs import load_run, make_sampler
 from .train import evaluate_elbo, train

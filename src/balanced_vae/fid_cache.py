@@ -2,19 +2,25 @@
 
 A folder that cannot be written (a shared, read-only data set) sends new files to
 ``~/.cache/balanced-vae/fid-stats`` (``$XDG_CACHE_HOME`` if set); both are read. The real-set
-statistics (:mod:`balanced_vae.fid_stats`) and the OpenVINO IR (:mod:`balanced_vae.fid`) live there.
+statistics (:mod:`balanced_vae.fid_stats`) and the OpenVINO IR (:mod:`balanced_vae.fid_openvino`) live there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from .data import resolve_data_dir
 
 log = logging.getLogger("balanced_vae.fid")  # one logger for FID, as before the module was split
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file-name part: runs of other characters than letters, digits, ``_.-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
 
 
 def writable(folder: Path) -> bool:

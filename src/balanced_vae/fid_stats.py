@@ -20,8 +20,8 @@ import torch
 from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
 from .atomic import atomic_write
 from .data import load_dataset
-from .fid import backend_protocol, check_fid_images, safe_name
-from .fid_cache import cache_dirs, requested_cache_dir
+from .fid import backend_protocol, check_fid_images
+from .fid_cache import cache_dirs, requested_cache_dir, safe_name
 from .metrics import gaussian_statistics
 
 log = logging.getLogger("balanced_vae.fid")  # one logger for FID, as before the module was split

@@ -1,4 +1,4 @@
-"""Figures: image grids, uncertainty maps, learning curves (paper Figures 2-4).
+"""Figures: image grids, uncertainty maps, panels side by side, learning curves (paper Figures 2-4).
 
 All functions write a PNG atomically and return its path. Matplotlib runs on the
 non-interactive Agg backend.
@@ -56,7 +56,7 @@ def save_fig(fig, path: str | Path) -> Path:
 def save_rows(
     rows: Sequence[tuple[str, torch.Tensor]],
     path: str | Path,
-    cmaps: Sequence[str] | None = None,
+    cmaps: Sequence[str | None] | None = None,
     title: str | None = None,
 ) -> Path:
     """One labelled row per (name, images (N, C, H, W)); each row is shown with its own colour map.
@@ -123,4 +123,52 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     a2.set_ylabel("sigma^2")
     a1.set_title("learning curves")
     a2.set_title("decoder variance")
+    return save_fig(fig, path)
+
+
+def _tile(values: np.ndarray, nrow: int | None, pad: int = 1) -> np.ndarray:
+    """Tile maps (N, H, W) into one (rows*(H+pad)+pad, cols*(W+pad)+pad) array, NaN between tiles."""
+    n, h, w = values.shape
+    ncol = nrow or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncol)
+    out = np.full((nrows * (h + pad) + pad, ncol * (w + pad) + pad), np.nan)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = values[i]
+    return out
+
+
+def save_value_grid(
+    values: torch.Tensor,
+    path: str | Path,
+    *,
+    nrow: int | None = None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    label: str = "sigma",
+) -> Path:
+    """A grid of value maps (N, C, H, W) (channels averaged) on one colour scale with a colour bar (Figure 4)."""
+    arr = _tile(values.detach().float().mean(1).cpu().numpy(), nrow)  # NaN = white gaps
+    fig, ax = plt.subplots(figsize=(6, 6 * arr.shape[0] / arr.shape[1] + 0.4))
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(arr), cmap=cm, vmin=float(np.nanmin(arr)), vmax=float(np.nanmax(arr)))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return save_fig(fig, path)
+
+
+def save_side_by_side(
+    panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, *, nrow: int | None = None, title: str | None = None
+) -> Path:
+    """Image grids (N, C, H, W) in [0, 1] side by side, one titled panel each (Figure 2)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
+    for ax, (name, x) in zip(axes[0], panels):
+        arr = grid(x, nrow=nrow)
+        ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
     return save_fig(fig, path)

@@ -31,9 +31,10 @@ import torch
 
 from .atomic import write_text_atomic
 from .checkpoint import CHECKPOINT, FINAL, METRICS, RESUMES, STAGE1
-from .latent import decode_samples, latent_plot_for_run, save_side_by_side, save_value_grid
+from .latent_density import latent_plot_for_run
+from .latent_samples import decode_samples
 from .likelihoods import PixelVariance
-from .plots import plot_curves, read_metrics, save_rows
+from .plots import plot_curves, read_metrics, save_rows, save_side_by_side, save_value_grid
 from .provenance import provenance
 from .runs import load_run, make_sampler
 from .samplers import PriorSampler

@@ -24,7 +24,8 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, test_images
 from .methods import build_model
-from .model import encode_dataset
+from .model import VAE, encode_dataset
+from .model_card import WEIGHTS, card_gmm, is_model_folder, read_model_folder
 from .resume import run_config
 from .samplers import (
     CELEBA_COMPONENTS,
@@ -53,7 +54,7 @@ class Run:
 
     path: Path
     config: TrainConfig
-    model: torch.nn.Module
+    model: VAE
     stage: int
     checkpoint: dict[str, Any]
     which: str = CHECKPOINT
@@ -67,10 +68,8 @@ class Run:
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run folder")
-        from .export import is_model_folder, load_model_folder
-
         if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():  # safetensors + card: no torch.load
-            return load_model_folder(run_dir, which=which)
+            return cls.from_model_folder(run_dir, which=which)
         config = run_config(run_dir)
         ckpt = load_checkpoint(run_dir / which)
         model = build_model(config, tuple(ckpt["shape"]))
@@ -79,6 +78,14 @@ class Run:
         load_weights(model, ckpt["model"], run_dir / which, run_dir / CONFIG)
         model.eval()
         return cls(run_dir, config, model, int(ckpt["stage"]), ckpt, which)
+
+    @classmethod
+    def from_model_folder(cls, folder: str | Path, *, which: str | None = None) -> Run:
+        """The run of a model folder (``balanced-vae export``), read by
+        :func:`~balanced_vae.model_card.read_model_folder`."""
+        folder = Path(folder).expanduser()
+        m = read_model_folder(folder, which=which)
+        return cls(folder, m.config, m.model, m.stage, m.checkpoint, WEIGHTS, card=m.card)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -170,8 +177,6 @@ def fit_gmm_for_run(
     k = n_components if n_components is not None else run.default_components
     settings = {"fit_on": fit_on, "random_state": random_state, "covariance_type": covariance_type}
     if run.card is not None:  # a model folder: the GMM saved in it, when it is the one asked for
-        from .export import card_gmm
-
         saved = card_gmm(run, k, fit_on, random_state, covariance_type)
         if saved is not None:
             return saved

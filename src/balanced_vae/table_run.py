@@ -2,7 +2,7 @@
 
 A run trained on a real-valued table (``csv:PATH``, a 2-D ``npz:PATH``; :mod:`balanced_vae.data.table`)
 holds rows as (D, 1, 1) examples of standardised features with an identity decoder mean.
-Image grids mean nothing for it, so :func:`balanced_vae.latent.write_samples` and
+Image grids mean nothing for it, so :func:`balanced_vae.latent_samples.write_samples` and
 :func:`balanced_vae.report.build_report` call this module instead: samples go to CSV files with
 the table's column names, in the original units (``x = s x' + m``, sigma times s), and the
 report plots rows and their per-feature sigma (Eq. 11) as curves over the features.

@@ -363,7 +363,7 @@ def check(
     *,
     files: Iterable[str | Path | None] = (),
     folders: Iterable[Folder] = (),
-    inputs: Iterable[Input] = (),
+    inputs: Iterable[Input | None] = (),
     writable: bool = True,
 ) -> None:
     """Refuse (:class:`WriteRefused`) unless ``command`` may write each of ``files`` and ``folders``.

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from .. import writes
 from ..checkpoint import CHECKPOINT, STAGE1
-from ..paper.experiments import PAPER
+from ..paper.budgets import PAPER
 from ..protocol import METRICS
 from ..writes import Folder, Input, input_of
-from .options import _POS_INT, _add_fid_backend, _add_protocol, protocol_of
+from .options import POS_INT, add_fid_backend, add_protocol, protocol_of, say
 
 
-def _add_evaluate(sub) -> None:
+def add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="test metrics of a run (ELBO, IWAE, FID, KL, calibration, precision/recall) into RUN/results.json",
@@ -31,7 +31,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
-    _add_protocol(p)
+    add_protocol(p)
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument(
         "--fid-cache", default=None, help="folder for cached real-image FID statistics (default: DATA_DIR/fid-stats)"
@@ -44,7 +44,7 @@ def _add_evaluate(sub) -> None:
     )
 
 
-def _run_evaluate(args) -> int:
+def run_evaluate(args) -> int:
     from ..evaluate import evaluate_run  # imported when the command runs: `--help` stays fast
 
     run, stem = Path(args.run), Path(args.checkpoint).stem
@@ -62,13 +62,13 @@ def _run_evaluate(args) -> int:
         out=args.out,
     )
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    print(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
+    say(json.dumps({m: doc["metrics"][m]["values"] for m in names}, indent=2, sort_keys=True))
     writes.record("evaluate", files=[doc["path"]])
-    print(f"results written to {doc['path']}")
+    say(f"results written to {doc['path']}")
     return 0
 
 
-def _add_reconstruct(sub) -> None:
+def add_reconstruct(sub) -> None:
     p = sub.add_parser(
         "reconstruct",
         help="picture of test images, reconstructions and per-pixel sigma (Figure 3)",
@@ -77,7 +77,7 @@ def _add_reconstruct(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--n", type=_POS_INT, default=16, help="number of images")
+    p.add_argument("--n", type=POS_INT, default=16, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
@@ -85,8 +85,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--data-dir", default=None)
 
 
-def _run_reconstruct(args) -> int:
-    from ..evaluate import reconstruct_run  # imported when the command runs: `--help` stays fast
+def run_reconstruct(args) -> int:
+    from ..reconstruct import reconstruct_run  # imported when the command runs: `--help` stays fast
 
     out = Folder(Path(args.out), names=("reconstructions.png",))
     writes.check(
@@ -96,7 +96,7 @@ def _run_reconstruct(args) -> int:
         args.run, args.out, n=args.n, which=args.checkpoint, split=args.split, data_dir=args.data_dir, error=args.error
     )
     writes.record("reconstruct", folders=[out])
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
@@ -104,12 +104,12 @@ def _add_fid_inputs(p) -> None:
     """The options every real-image FID command shares: data, statistics cache, batch, device, backend."""
     p.add_argument("--data-dir", default=None)
     p.add_argument("--fid-cache", default=None, help="folder for cached statistics (default: DATA_DIR/fid-stats)")
-    p.add_argument("--batch-size", type=_POS_INT, default=50)
+    p.add_argument("--batch-size", type=POS_INT, default=50)
     p.add_argument("--device", default=None)
-    _add_fid_backend(p)
+    add_fid_backend(p)
 
 
-def _add_fid_real(sub) -> None:
+def add_fid_real(sub) -> None:
     p = sub.add_parser(
         "fid-real",
         help="sanity FID between a data set's real training and test images",
@@ -119,14 +119,14 @@ def _add_fid_real(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", help="mnist, fashion-mnist, ...")
-    p.add_argument("--n", type=_POS_INT, default=10_000, help="images per split")
+    p.add_argument("--n", type=POS_INT, default=10_000, help="images per split")
     _add_fid_inputs(p)
     p.add_argument(
         "--out", default=None, help="also write the result as JSON here (e.g. results/fid-real/mnist-n10000.json)"
     )
 
 
-def _run_fid_real(args) -> int:
+def run_fid_real(args) -> int:
     from ..fid_sets import real_data_fid  # imported when the command runs: `--help` stays fast
 
     writes.check("fid-real", files=[args.out], inputs=[Input(Path(args.data_dir))] if args.data_dir else [])
@@ -142,11 +142,11 @@ def _run_fid_real(args) -> int:
         out=args.out,
     )
     writes.record("fid-real", files=[args.out] if args.out else [])
-    print(json.dumps(doc, indent=2, sort_keys=True))
+    say(json.dumps(doc, indent=2, sort_keys=True))
     return 0
 
 
-def _add_fid(sub) -> None:
+def add_fid(sub) -> None:
     p = sub.add_parser(
         "fid",
         help="FID between two image sets (folders, .npy/.npz arrays or NAME:SPLIT)",
@@ -163,7 +163,7 @@ def _add_fid(sub) -> None:
     p.add_argument("b", help="second image set, e.g. mnist:test")
     p.add_argument(
         "--n",
-        type=_POS_INT,
+        type=POS_INT,
         default=None,
         help="images per set (default: all of a folder or array, 10,000 of a data set split)",
     )
@@ -171,7 +171,7 @@ def _add_fid(sub) -> None:
     p.add_argument("--out", default=None, help="also write the result as JSON here")
 
 
-def _run_fid(args) -> int:
+def run_fid(args) -> int:
     from ..fid_sets import fid_between  # imported when the command runs: `--help` stays fast
 
     writes.check("fid", files=[args.out], inputs=[input_of(args.a), input_of(args.b)])
@@ -187,5 +187,5 @@ def _run_fid(args) -> int:
         out=args.out,
     )
     writes.record("fid", files=[args.out] if args.out else [])
-    print(json.dumps(doc, indent=2, sort_keys=True))
+    say(json.dumps(doc, indent=2, sort_keys=True))
     return 0

@@ -14,10 +14,10 @@ from ..atomic import write_json_atomic
 from ..checkpoint import CHECKPOINT, STAGE1
 from ..protocol import DEFAULT_COMPONENTS, SAMPLER_KINDS
 from ..writes import Folder, Input, input_of
-from .options import _NONNEG_INT, _POS_FLOAT, _POS_INT
+from .options import NONNEG_INT, POS_FLOAT, POS_INT, say
 
 
-def _add_sample(sub) -> None:
+def add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="generate images from the prior, the GMM or the aggregate posterior (Fig. 2, 4)",
@@ -36,7 +36,7 @@ def _add_sample(sub) -> None:
         help="p(z) to sample: N(0, I), the GMM of Eq. 13 or the exact aggregate posterior of Eq. 12",
     )
     p.add_argument(
-        "--components", type=_POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
+        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
     )
     p.add_argument(
         "--fit-on",
@@ -44,8 +44,8 @@ def _add_sample(sub) -> None:
         default="mean",
         help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
     )
-    p.add_argument("--n", type=_POS_INT, default=64, help="number of samples")
-    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed of the generator that draws the codes")
+    p.add_argument("--n", type=POS_INT, default=64, help="number of samples")
+    p.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the generator that draws the codes")
     p.add_argument(
         "--compare",
         action="store_true",
@@ -55,8 +55,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
-def _run_sample(args) -> int:
-    from ..latent import write_samples  # imported when the command runs: `--help` stays fast
+def run_sample(args) -> int:
+    from ..latent_samples import write_samples  # imported when the command runs: `--help` stays fast
 
     kinds = (
         "means.png",
@@ -89,11 +89,11 @@ def _run_sample(args) -> int:
         if s["per_pixel_sigma"]
         else f"global sigma {s['sigma2_global'] ** 0.5:.4g} (no per-pixel head: no sigma grid)"
     )
-    print(f"{s['n']} samples from {s['name']} ({note}) in {args.out}/: {', '.join(s['files'])}")
+    say(f"{s['n']} samples from {s['name']} ({note}) in {args.out}/: {', '.join(s['files'])}")
     return 0
 
 
-def _add_kl(sub) -> None:
+def add_kl(sub) -> None:
     p = sub.add_parser(
         "kl",
         help="KL gap of Table 1: KL(q_GMM || p) and KL(q_agg || p) by Monte Carlo",
@@ -107,7 +107,7 @@ def _add_kl(sub) -> None:
     )
     p.add_argument("run", help="run folder made by `balanced-vae train`")
     p.add_argument(
-        "--components", type=_POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
+        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
     )
     p.add_argument(
         "--fit-on",
@@ -115,13 +115,13 @@ def _add_kl(sub) -> None:
         default="mean",
         help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
     )
-    p.add_argument("--n", type=_POS_INT, default=10_000, help="Monte-Carlo samples per run")
-    p.add_argument("--runs", type=_POS_INT, default=10, help="independent estimates (mean and std reported)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="run r uses a generator seeded SEED + r")
+    p.add_argument("--n", type=POS_INT, default=10_000, help="Monte-Carlo samples per run")
+    p.add_argument("--runs", type=POS_INT, default=10, help="independent estimates (mean and std reported)")
+    p.add_argument("--seed", type=NONNEG_INT, default=0, help="run r uses a generator seeded SEED + r")
     p.add_argument("--no-aggregate", action="store_true", help="skip KL(q_agg || p) (the slower estimate)")
     p.add_argument(
         "--ablation",
-        type=_POS_INT,
+        type=POS_INT,
         nargs="+",
         default=None,
         metavar="K",
@@ -131,16 +131,16 @@ def _add_kl(sub) -> None:
     p.add_argument("--out", default=None, help="JSON file (default: RUN/kl.json, or RUN/gmm_ablation.json)")
 
 
-def _run_kl(args) -> int:
+def run_kl(args) -> int:
     from ..latent import gmm_ablation_for_run, kl_gap  # imported when the command runs: `--help` stays fast
 
     out = args.out or str(Path(args.run) / ("gmm_ablation.json" if args.ablation else "kl.json"))
     writes.check("kl", files=[out], inputs=[Input(Path(args.run), "run")])
     if args.ablation:
         doc = gmm_ablation_for_run(args.run, args.ablation, fit_on=args.fit_on, data_dir=args.data_dir, out=out)
-        print(f"{'K':>6} {'held-out ll':>12} {'train ll':>10} {'fit s':>8} {'iters':>6}")
+        say(f"{'K':>6} {'held-out ll':>12} {'train ll':>10} {'fit s':>8} {'iters':>6}")
         for r in doc["rows"]:
-            print(
+            say(
                 f"{r['K']:>6} {r['heldout_ll']:>12.4f} {r['train_ll']:>10.4f} {r['fit_seconds']:>8.2f} "
                 f"{r['n_iter']:>6}{'' if r['converged'] else '  (not converged)'}"
             )
@@ -163,20 +163,20 @@ def _run_kl(args) -> int:
 
         writes.save(out, doc, write)
         pr = doc["protocol"]
-        print(
+        say(
             f"protocol: n={pr['n']} samples x runs={pr['runs']}, seed={pr['seed']}, K={pr['K']} "
             f"(fit on {pr['fit_on']}), {pr['n_train_codes']} training codes, p = N(0, I)"
         )
         for key, name in (("kl_gmm", "KL(q_GMM || p)"), ("kl_aggregate", "KL(q_agg || p)")):
             if key in doc:
                 std = doc[key]["std"]
-                print(f"{name}: {doc[key]['mean']:.4f}" + (f" +- {std:.4f} (std over runs)" if std is not None else ""))
+                say(f"{name}: {doc[key]['mean']:.4f}" + (f" +- {std:.4f} (std over runs)" if std is not None else ""))
     writes.record("kl", files=[out])
-    print(f"written to {out}")
+    say(f"written to {out}")
     return 0
 
 
-def _add_latent_plot(sub) -> None:
+def add_latent_plot(sub) -> None:
     p = sub.add_parser(
         "latent-plot",
         help="2-D latent log-densities: prior, aggregate posterior, GMM (one PNG)",
@@ -187,7 +187,7 @@ def _add_latent_plot(sub) -> None:
     )
     p.add_argument("run", help="run folder made by `balanced-vae train --latent-dim 2`")
     p.add_argument(
-        "--components", type=_POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
+        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
     )
     p.add_argument(
         "--fit-on",
@@ -195,20 +195,20 @@ def _add_latent_plot(sub) -> None:
         default="mean",
         help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
     )
-    p.add_argument("--resolution", type=_POS_INT, default=200, help="grid points per axis")
+    p.add_argument("--resolution", type=POS_INT, default=200, help="grid points per axis")
     p.add_argument(
         "--lim",
-        type=_POS_FLOAT,
+        type=POS_FLOAT,
         default=None,
         help="grid spans [-LIM, LIM]^2 (default: max(4, 1.1 x 99.9th percentile of |mu|))",
     )
-    p.add_argument("--span", type=_POS_FLOAT, default=15.0, help="colour scale covers the top SPAN nats")
+    p.add_argument("--span", type=POS_FLOAT, default=15.0, help="colour scale covers the top SPAN nats")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_density.png)")
 
 
-def _run_latent_plot(args) -> int:
-    from ..latent import latent_plot_for_run  # imported when the command runs: `--help` stays fast
+def run_latent_plot(args) -> int:
+    from ..latent_density import latent_plot_for_run  # imported when the command runs: `--help` stays fast
 
     writes.check(
         "latent-plot", files=[args.out or Path(args.run) / "latent_density.png"], inputs=[Input(Path(args.run), "run")]
@@ -224,11 +224,11 @@ def _run_latent_plot(args) -> int:
         fit_on=args.fit_on,
     )
     writes.record("latent-plot", files=[path])
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
-def _add_ood(sub) -> None:
+def add_ood(sub) -> None:
     p = sub.add_parser(
         "ood",
         help="out-of-distribution detection by ELBO, IWAE (prior, GMM), dequantised and typicality scores",
@@ -248,16 +248,16 @@ def _add_ood(sub) -> None:
         default=None,
         help="comma-separated checkpoint files of RUN (default: stage1.pt if present, checkpoint.pt)",
     )
-    p.add_argument("--n", type=_POS_INT, default=2000, help="first N test images of each data set")
-    p.add_argument("--n-ref", type=_POS_INT, default=2000, help="validation images for the typicality reference")
-    p.add_argument("--k", type=_POS_INT, default=20, help="importance samples of the IWAE bounds")
-    p.add_argument("--components", type=_POS_INT, default=DEFAULT_COMPONENTS, help="K of the GMM used as p(z)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=0)
+    p.add_argument("--n", type=POS_INT, default=2000, help="first N test images of each data set")
+    p.add_argument("--n-ref", type=POS_INT, default=2000, help="validation images for the typicality reference")
+    p.add_argument("--k", type=POS_INT, default=20, help="importance samples of the IWAE bounds")
+    p.add_argument("--components", type=POS_INT, default=DEFAULT_COMPONENTS, help="K of the GMM used as p(z)")
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--results", default=None, help="folder for the JSON and Markdown (default: RUN/ood)")
 
 
-def _run_ood(args) -> int:
+def run_ood(args) -> int:
     from ..ood import ood_for_run, ood_markdown, write_ood  # imported when the command runs: `--help` stays fast
 
     results = Path(args.results) if args.results else Path(args.run) / "ood"
@@ -276,18 +276,18 @@ def _run_ood(args) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
     )
-    print(ood_markdown(doc))
+    say(ood_markdown(doc))
     stem = f"{doc['trained_on']}-run_{doc['in']}-vs-{doc['out']}"
     out = Folder(results, names=(f"{stem}.json", f"{stem}.md"))
     writes.check("ood", folders=[out], inputs=inputs)  # the names are known now; the result is printed above
     paths = write_ood(doc, results)
     writes.record("ood", folders=[out])
     for path in paths:
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     return 0
 
 
-def _add_report(sub) -> None:
+def add_report(sub) -> None:
     p = sub.add_parser(
         "report",
         help="one self-contained HTML report of a run (curves, reconstructions, samples, metrics)",
@@ -298,11 +298,11 @@ def _add_report(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--n", type=_POS_INT, default=12, help="test images to reconstruct")
+    p.add_argument("--n", type=POS_INT, default=12, help="test images to reconstruct")
     p.add_argument(
-        "--components", type=_POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
+        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
     )
-    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed of the prior and GMM samples")
+    p.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the prior and GMM samples")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument(
         "--records",
@@ -314,7 +314,7 @@ def _add_report(sub) -> None:
     p.add_argument("--out", default=None, help="HTML file (default: RUN/report.html)")
 
 
-def _run_report(args) -> int:
+def run_report(args) -> int:
     from ..report import build_report  # imported when the command runs: `--help` stays fast
 
     writes.check(
@@ -332,11 +332,11 @@ def _run_report(args) -> int:
         records=args.records,
     )
     writes.record("report", files=[path])
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
-def _add_latent_walk(sub) -> None:
+def add_latent_walk(sub) -> None:
     p = sub.add_parser(
         "latent-walk",
         help="interpolation and latent traversals with the decoder sigma along the path (one PNG)",
@@ -346,23 +346,23 @@ def _add_latent_walk(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument("--pair", type=_NONNEG_INT, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
+    p.add_argument("--pair", type=NONNEG_INT, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
     p.add_argument(
         "--dims",
-        type=_NONNEG_INT,
+        type=NONNEG_INT,
         nargs="+",
         default=None,
         help="latent axes to traverse (default: the --n-dims most used ones)",
     )
-    p.add_argument("--n-dims", type=_POS_INT, default=6, help="how many axes when --dims is not given")
-    p.add_argument("--steps", type=_POS_INT, default=11, help="points per walk")
-    p.add_argument("--span", type=_POS_FLOAT, default=3.0, help="traversal range +-SPAN around the code")
+    p.add_argument("--n-dims", type=POS_INT, default=6, help="how many axes when --dims is not given")
+    p.add_argument("--steps", type=POS_INT, default=11, help="points per walk")
+    p.add_argument("--span", type=POS_FLOAT, default=3.0, help="traversal range +-SPAN around the code")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_walk.png)")
 
 
-def _run_latent_walk(args) -> int:
+def run_latent_walk(args) -> int:
     from ..latent_walk import latent_walk_for_run  # imported when the command runs: `--help` stays fast
 
     png = Path(args.out) if args.out else Path(args.run) / "latent_walk.png"
@@ -383,5 +383,5 @@ def _run_latent_walk(args) -> int:
         data_dir=args.data_dir,
     )
     writes.record("latent-walk", files=[path, path.with_suffix(".json")])
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0

@@ -1,13 +1,21 @@
-"""Option types and shared options of the subcommands: positive numbers, the FID backend, the
-evaluation protocol (each default the library's, stated once in :mod:`balanced_vae.protocol`)."""
+"""What the subcommands share: option types (positive numbers), the FID backend and evaluation protocol
+options (each default the library's, stated once in :mod:`balanced_vae.protocol`), and :func:`say`, the
+one way a command speaks to its user."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from ..protocol import FID_BACKENDS, PRESETS, QUICK, SAMPLER_KINDS, EvalProtocol, get_protocol
 from ..protocol import PAPER as PAPER_PROTOCOL
+
+
+def say(text: str = "", *, err: bool = False) -> None:
+    """One line of a command's output: results, paths written (standard output), or an error (``err``:
+    standard error). Every command speaks through here; the library itself logs."""
+    print(text, file=sys.stderr if err else sys.stdout)
 
 
 def _number(kind: type, low: float, inclusive: bool):
@@ -28,13 +36,13 @@ def _number(kind: type, low: float, inclusive: bool):
     return parse
 
 
-_POS_INT = _number(int, 1, True)
-_NONNEG_INT = _number(int, 0, True)
-_POS_FLOAT = _number(float, 0.0, False)
-_NONNEG_FLOAT = _number(float, 0.0, True)
+POS_INT = _number(int, 1, True)
+NONNEG_INT = _number(int, 0, True)
+POS_FLOAT = _number(float, 0.0, False)
+NONNEG_FLOAT = _number(float, 0.0, True)
 
 
-def _add_fid_backend(p) -> None:
+def add_fid_backend(p) -> None:
     p.add_argument(
         "--fid-backend",
         choices=list(FID_BACKENDS),
@@ -52,17 +60,17 @@ _PROTOCOL_OPTIONS = {
         "p(z) for FID samples, the second p(z) of the IWAE bound, and the sampler set "
         "beside the prior for precision/recall (pr)",
     ),
-    "--components": ("components", _POS_INT, "K of the Gaussian mixture (Eq. 13)"),
+    "--components": ("components", POS_INT, "K of the Gaussian mixture (Eq. 13)"),
     "--gmm-fit-on": (
         "gmm_fit_on",
         None,
         "codes the GMM is fitted on (none: posterior means for FID sampling, "
         "one z ~ q(z|x) per image where the GMM is a density: IWAE p(z), KL)",
     ),
-    "--n-iwae": ("n_iwae", _POS_INT, "test images for the IWAE bound (a preset's count: all when fewer)"),
-    "--k": ("k", _POS_INT, "importance samples of the IWAE bound"),
-    "--n-fid": ("n_fid", _POS_INT, "generated and real test images for FID (a preset's count: all when fewer)"),
-    "--fid-batch-size": ("fid_batch_size", _POS_INT, "images per Inception pass"),
+    "--n-iwae": ("n_iwae", POS_INT, "test images for the IWAE bound (a preset's count: all when fewer)"),
+    "--k": ("k", POS_INT, "importance samples of the IWAE bound"),
+    "--n-fid": ("n_fid", POS_INT, "generated and real test images for FID (a preset's count: all when fewer)"),
+    "--fid-batch-size": ("fid_batch_size", POS_INT, "images per Inception pass"),
     "--fid-backend": (
         "fid_backend",
         None,
@@ -70,11 +78,11 @@ _PROTOCOL_OPTIONS = {
         "FP32, 2-3x faster); auto = openvino on the CPU when installed, "
         "else torch",
     ),
-    "--n-pr": ("n_pr", _POS_INT, "generated images per sampler and real test images for precision/recall (pr)"),
-    "--k-pr": ("k_pr", _POS_INT, "nearest neighbours of the precision/recall manifolds"),
-    "--n-kl": ("n_kl", _POS_INT, "Monte-Carlo samples per KL estimate"),
-    "--kl-runs": ("kl_runs", _POS_INT, "independent KL estimates (mean and std reported)"),
-    "--seed": ("seed", _NONNEG_INT, "seed of every sample drawn"),
+    "--n-pr": ("n_pr", POS_INT, "generated images per sampler and real test images for precision/recall (pr)"),
+    "--k-pr": ("k_pr", POS_INT, "nearest neighbours of the precision/recall manifolds"),
+    "--n-kl": ("n_kl", POS_INT, "Monte-Carlo samples per KL estimate"),
+    "--kl-runs": ("kl_runs", POS_INT, "independent KL estimates (mean and std reported)"),
+    "--seed": ("seed", NONNEG_INT, "seed of every sample drawn"),
 }
 _PROTOCOL_CHOICES = {
     "sampler": list(SAMPLER_KINDS),
@@ -91,7 +99,7 @@ class _Given(argparse.Action):
         namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
-def _add_protocol(p) -> None:
+def add_protocol(p) -> None:
     """``--protocol NAME`` and an option per number of :class:`~balanced_vae.protocol.EvalProtocol`; each
     default is the paper's preset, stated once there (the help adds the quick preset's where it differs)."""
     p.add_argument(

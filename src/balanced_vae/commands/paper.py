@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 from .. import writes
-from ..paper.experiments import BUDGETS, EXPERIMENTS, get_budget, resolved_budget, run_specs
+from ..paper.budgets import BUDGETS, EXPERIMENTS, get_budget, resolved_budget, run_specs
 from ..writes import Folder, Input
-from .options import _POS_INT, _add_fid_backend
+from .options import POS_INT, add_fid_backend, say
 
 
-def _add_reproduce(sub) -> None:
+def add_reproduce(sub) -> None:
     p = sub.add_parser(
         "reproduce",
         help="reproduce a table or figure of the paper (trains what is missing)",
@@ -43,21 +43,21 @@ def _add_reproduce(sub) -> None:
     )
     p.add_argument(
         "--jobs",
-        type=_POS_INT,
+        type=POS_INT,
         default=1,
         help="train and evaluate this many runs at once in separate processes (e.g. on one GPU)",
     )
-    _add_fid_backend(p)
+    add_fid_backend(p)
 
 
-def _run_reproduce(args) -> int:
+def run_reproduce(args) -> int:
     from ..paper.reproduce import reproduce  # imported when the command runs: `--help` stays fast
 
     budget = get_budget(args.budget, None if args.extra_runs else ())
-    print(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
+    say(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
         for name, cfg in run_specs(args.dataset, budget).items():
-            print(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
+            say(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
         return 0
     writes.check("reproduce", folders=[Folder(Path(args.out), "results")])
     for path in reproduce(
@@ -70,22 +70,22 @@ def _run_reproduce(args) -> int:
         fid_backend=args.fid_backend,
         extra_runs=args.extra_runs,
     ):
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     writes.record("reproduce", folders=[Folder(Path(args.out), "results")])
     return 0
 
 
-def _add_results_page(sub) -> None:
+def add_results_page(sub) -> None:
     p = sub.add_parser("results-page", help="generate docs/RESULTS.md from the reproduce result files")
     p.add_argument("results", nargs="?", default="results", help="results folder written by reproduce")
     p.add_argument("--out", default="docs/RESULTS.md")
 
 
-def _run_results_page(args) -> int:
+def run_results_page(args) -> int:
     from ..paper.results_page import build_page  # imported when the command runs: `--help` stays fast
 
     writes.check("results-page", files=[args.out], inputs=[Input(Path(args.results), "folder")])
     path = build_page(args.results, args.out)
     writes.record("results-page", files=[path])
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0

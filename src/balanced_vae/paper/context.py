@@ -15,17 +15,22 @@ from ..checkpoint import CHECKPOINT, FINAL
 from ..data import Dataset, load_dataset
 from ..distributed import resolve_device
 from ..evaluate import evaluate_run
+from ..fid_sets import real_data_fid
 from ..provenance import file_digest, git_commit, git_dirty, provenance, short_commit
 from ..runs import load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
 from ..version import __version__
-from .experiments import Budget, ensure_run, resolved_budget, run_dir
+from .budgets import PAPER, Budget, resolved_budget
+from .experiments import ensure_run, run_dir
 
 log = logging.getLogger(__name__)
 
 
 class Context:
-    """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations."""
+    """What every experiment of one (dataset, budget, out) needs: data, runs, cached evaluations.
+
+    ``device`` trains the runs and runs the Inception network (``auto``: CUDA when available, else the CPU).
+    """
 
     def __init__(
         self,
@@ -35,7 +40,7 @@ class Context:
         *,
         data: Dataset | None = None,
         progress: bool = True,
-        device: str | None = "cpu",
+        device: str | None = "auto",
         fid_backend: str = "auto",
     ) -> None:
         self.dataset, self.budget, self.out, self.progress = dataset, budget, Path(out), progress
@@ -121,6 +126,29 @@ class Context:
         self.note_commit(doc["metrics"][metric]["provenance"])
         self._eval_seconds += doc["metrics"][metric].get("seconds") or 0.0
         return doc["metrics"][metric]
+
+    def fid(self, name: str, sampler: str, components: int | None = None, n: int | None = None) -> float:
+        """FID of run ``name``'s decoder means under ``sampler`` on ``n`` images (the budget's n_fid when None)."""
+        return self.evaluate(name, "fid", sampler=sampler, components=components, n_fid=n)["values"]["fid"]
+
+    def real_fid(self, n: int | None = None) -> float:
+        """FID of ``n`` real training vs ``n`` test images (the budget's n_fid when None), cached."""
+        n = n or self.budget.n_fid
+        cache = self.folder / f"real_fid_n{n}.json"
+        if not cache.exists():
+            real_data_fid(
+                self.dataset,
+                n=n,
+                cache_dir=self.out / "fid-cache",
+                out=cache,
+                backend=self.fid_backend,
+                paper_value=PAPER["table2"].get(self.dataset, {}).get("real"),
+                device=self._inception_device(),
+                progress=self.progress,
+            )
+        doc = json.loads(cache.read_text())
+        self.note_commit(doc.get("provenance"))
+        return doc["fid_train_vs_test"]
 
     def eval_key(
         self,

@@ -14,8 +14,8 @@ from pathlib import Path
 from ..atomic import write_text_atomic
 from ..protocol import PAPER as PAPER_PROTOCOL
 from ..provenance import short_commit
-from .experiments import EXPERIMENTS, PAPER
-from .reproduce import format_number
+from .budgets import EXPERIMENTS, PAPER
+from .records import format_number
 from .specs import SPECS
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checkpoint import STAGE1
-from .experiments import TABLE2_METHODS, Budget, fixed_run_name
+from .budgets import TABLE2_METHODS, Budget, fixed_run_name
 
 
 @dataclass(frozen=True)

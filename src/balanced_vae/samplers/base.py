@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 class Sampler(Protocol):
     """What every sampler offers: ``sample(n, generator) -> (n, L)``, ``log_prob(z) -> (n,)``."""
 
-    latent_dim: int
+    @property
+    def latent_dim(self) -> int: ...
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
 

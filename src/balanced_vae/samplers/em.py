@@ -118,6 +118,30 @@ def cholesky_or_jitter(
     return cov, chol
 
 
+def _add_sums(stats: torch.Tensor, rows: torch.Tensor, comps: torch.Tensor, r: torch.Tensor, f: torch.Tensor) -> None:
+    """stats (K, P + L + 1) += sum over the pairs (row, comp) of r * f[row] (a sparse product)."""
+    s = torch.sparse_coo_tensor(
+        torch.stack([comps, rows]), r, (len(stats), len(f)), dtype=torch.float64, check_invariants=False
+    )
+    stats += torch.sparse.mm(s, f)
+
+
+def _score_weights(weights, means, chol, iu, offdiag) -> torch.Tensor:
+    """(P + L + 1, K): the columns w_k with [x x^T (upper), x, 1] . w_k = log w_k + log N(x; m_k, S_k), from
+    the weights (K,), means (K, L) and lower Cholesky factors (K, L, L) of the covariances."""
+    d = means.shape[1]
+    prec = torch.cholesky_inverse(chol)  # (K, L, L)
+    prec_m = torch.einsum("kij,kj->ki", prec, means)  # (K, L)
+    const = (
+        torch.log(weights)
+        - 0.5 * d * LOG_2PI
+        - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
+        - 0.5 * (means * prec_m).sum(1)
+    )  # (K,)
+    quad = -0.5 * prec[:, iu[0], iu[1]] * (1 + offdiag)  # (K, P)
+    return torch.cat([quad, prec_m, const[:, None]], 1).T.contiguous()  # (P + L + 1, K)
+
+
 def em_full(
     x: torch.Tensor,
     pairs: tuple[np.ndarray, np.ndarray],
@@ -147,44 +171,20 @@ def em_full(
     iu = torch.triu_indices(d, d)  # (2, P)
     p = iu.shape[1]
     offdiag = (iu[0] != iu[1]).to(torch.float64)  # (P,)
-
     feats = torch.empty(min(n, EM_ROWS), p + d + 1, dtype=torch.float64)  # reused every block
-
-    def add_sums(
-        stats: torch.Tensor, rows: torch.Tensor, comps: torch.Tensor, r: torch.Tensor, f: torch.Tensor
-    ) -> None:
-        """stats (K, P + L + 1) += sum over the pairs (row, comp) of r * f[row] (a sparse product)."""
-        s = torch.sparse_coo_tensor(
-            torch.stack([comps, rows]), r, (k, len(f)), dtype=torch.float64, check_invariants=False
-        )
-        stats += torch.sparse.mm(s, f)
 
     idx, comps = (torch.as_tensor(a, dtype=torch.long) for a in pairs)
     stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
     for i in range(0, n, EM_ROWS):  # initial M-step from 0/1 resp.
         sel = (idx >= i) & (idx < i + EM_ROWS)
         if sel.any():
-            add_sums(
-                stats,
-                idx[sel] - i,
-                comps[sel],
-                torch.ones(int(sel.sum()), dtype=torch.float64),
-                _triu_features(xc[i : i + EM_ROWS], feats),
-            )
+            ones = torch.ones(int(sel.sum()), dtype=torch.float64)
+            _add_sums(stats, idx[sel] - i, comps[sel], ones, _triu_features(xc[i : i + EM_ROWS], feats))
     weights, means, cov = _m_step(stats, iu, d, reg, n)
     lower_bound, converged, n_iter, jitter = -math.inf, False, 0, {}
     for n_iter in range(1, max_iter + 1):
         cov, chol = cholesky_or_jitter(cov, reg, scale, k, jitter)  # (K, L, L)
-        prec = torch.cholesky_inverse(chol)  # (K, L, L)
-        prec_m = torch.einsum("kij,kj->ki", prec, means)  # (K, L)
-        const = (
-            torch.log(weights)
-            - 0.5 * d * LOG_2PI
-            - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
-            - 0.5 * (means * prec_m).sum(1)
-        )  # (K,)
-        quad = -0.5 * prec[:, iu[0], iu[1]] * (1 + offdiag)  # (K, P)
-        w = torch.cat([quad, prec_m, const[:, None]], 1).T.contiguous()  # (P + L + 1, K)
+        w = _score_weights(weights, means, chol, iu, offdiag)  # (P + L + 1, K)
         stats = torch.zeros(k, p + d + 1, dtype=torch.float64)
         total = 0.0
         for i in range(0, n, EM_ROWS):
@@ -194,7 +194,7 @@ def em_full(
             total += float(norm.sum())
             r = torch.exp(logp.sub_(norm[:, None]))  # (b, K) responsibilities
             rows, cs = torch.nonzero(r >= RESP_FLOOR, as_tuple=True)
-            add_sums(stats, rows, cs, r[rows, cs], f)
+            _add_sums(stats, rows, cs, r[rows, cs], f)
         prev, lower_bound = lower_bound, total / n
         weights, means, cov = _m_step(stats, iu, d, reg, None)
         if on_iter is not None:

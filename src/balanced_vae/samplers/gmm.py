@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import math
 import time
@@ -18,16 +15,15 @@ from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
-from ..atomic import atomic_write, write_json_atomic
 from ..objectives import LOG_2PI
 from .base import check_codes, check_n, check_z
 from .em import GMM_BACKENDS, GMM_INITS, LARGE_K, code_scale, em_full, full_covariances, init_assignments
+from .gmm_io import GMM_ARRAYS, GMM_FORMAT_VERSION, GMM_META, check_shapes, gmm_meta, read_gmm, write_gmm
 
 log = logging.getLogger(__name__)
 
-GMM_ARRAYS = "gmm.npz"
-GMM_META = "gmm.json"
-GMM_FORMAT_VERSION = 1
+__all__ = ["FIT_ON", "GMM_ARRAYS", "GMM_FORMAT_VERSION", "GMM_META", "GaussianMixtureSampler"]
+
 FIT_ON = ("mean", "sample")
 
 
@@ -396,27 +392,7 @@ class GaussianMixtureSampler:
 
     # ------------------------------------------------------------------ persistence
     def _meta(self) -> dict:
-        return {
-            "format_version": GMM_FORMAT_VERSION,
-            "kind": "GaussianMixtureSampler",
-            "n_components": self.n_components,
-            "latent_dim": self.n_features_in_,
-            "covariance_type": self.covariance_type,
-            "fit_on": self.fit_on,
-            "random_state": self.random_state,
-            "max_iter": self.max_iter,
-            "tol": getattr(self, "tol_", self.tol),  # the settings a fit used
-            "reg_covar": self.reg_covar,
-            "n_init": self.n_init,
-            "init_params": getattr(self, "init_params_", self.init_params),
-            "backend": getattr(self, "backend_", self.backend),
-            "reg_covar_abs": getattr(self, "reg_covar_", None),
-            "converged": self.converged_,
-            "n_iter": self.n_iter_,
-            "lower_bound": self.lower_bound_ if math.isfinite(self.lower_bound_) else None,
-            "n_fit": self.n_fit_,
-            "fit_seconds": getattr(self, "fit_seconds_", None),
-        }
+        return gmm_meta(self)
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write ``gmm.npz`` (weights, means, covariances; no pickle) and ``gmm.json`` atomically.
@@ -425,44 +401,12 @@ class GaussianMixtureSampler:
         the codes came from. Returns the directory.
         """
         self._check_fitted()
-        directory = Path(directory).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, weights=self.weights_.numpy(), means=self.means_.numpy(), covariances=self.covariances_.numpy())
-        data = buf.getvalue()
-        atomic_write(directory / GMM_ARRAYS, lambda tmp: Path(tmp).write_bytes(data))
-        meta = {**self._meta(), "arrays_sha256": hashlib.sha256(data).hexdigest(), "source": extra or {}}
-        write_json_atomic(directory / GMM_META, meta)
-        return directory
+        return write_gmm(self, directory, extra)
 
     @classmethod
     def load(cls, directory: str | Path) -> GaussianMixtureSampler:
         """Read a sampler written by :meth:`save`; ``source`` holds the saved ``extra``."""
-        directory = Path(directory).expanduser()
-        meta_path, arr_path = directory / GMM_META, directory / GMM_ARRAYS
-        for p in (meta_path, arr_path):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p}: missing; {directory} is not a saved GaussianMixtureSampler "
-                    "(fit one with GaussianMixtureSampler(...).fit(mu).save(dir))"
-                )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e}); delete {directory} and refit") from None
-        if meta.get("format_version") != GMM_FORMAT_VERSION or meta.get("kind") != "GaussianMixtureSampler":
-            raise ValueError(
-                f"{meta_path}: not a GaussianMixtureSampler of format {GMM_FORMAT_VERSION}; "
-                f"delete {directory} and refit"
-            )
-        data = arr_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != meta.get("arrays_sha256"):
-            raise ValueError(
-                f"{arr_path}: contents do not match the checksum in {meta_path} (a partial or "
-                f"mixed save); delete {directory} and refit"
-            )
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            weights, means, covariances = z["weights"], z["means"], z["covariances"]
+        meta, (weights, means, covariances), where = read_gmm(directory)
         s = cls(
             n_components=int(meta["n_components"]),
             covariance_type=meta["covariance_type"],
@@ -477,12 +421,8 @@ class GaussianMixtureSampler:
         try:
             s._set_params(weights, means, covariances)
         except ValueError as e:
-            raise ValueError(f"{arr_path}: {e}; delete {directory} and refit") from None
-        if s.n_components != meta["n_components"] or s.n_features_in_ != meta["latent_dim"]:
-            raise ValueError(
-                f"{arr_path}: arrays hold K={s.n_components}, L={s.n_features_in_} but {meta_path} "
-                f"says K={meta['n_components']}, L={meta['latent_dim']}; delete {directory} and refit"
-            )
+            raise ValueError(f"{where}: {e}; delete {Path(directory).expanduser()} and refit") from None
+        check_shapes(s, meta, where)
         s.converged_, s.n_iter_ = bool(meta["converged"]), int(meta["n_iter"])
         s.lower_bound_ = float(meta["lower_bound"]) if meta["lower_bound"] is not None else float("nan")
         s.n_fit_ = int(meta["n_fit"])

@@ -14,7 +14,8 @@ from balanced_vae.methods import build_model, build_objective
 from balanced_vae.model import VAE
 from balanced_vae.nets import NETS, NetSpec, count_macs, default_latent_dim, default_width, make_decoder, make_encoder
 from balanced_vae.objectives import ELBO, WAEMMD, BetaVAE, KLWarmup, elbo_terms
-from balanced_vae.train import _converged, _State, _warmup, train
+from balanced_vae.train import train
+from balanced_vae.train_state import TrainState, converged, warmup
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +125,12 @@ def test_the_warmups_rise_linearly_and_end_at_the_elbo_and_lr():
     learning rate is lr (s + 1) / lr_warmup; after them the weight is 1 and the rate lr, so the trainer's
     objective is the ELBO itself and Algorithm 1 converges to the same objective."""
     cfg = TrainConfig(kl_warmup=2, lr_warmup=6, epochs=5, lr=1e-3)
-    warm, st, n = KLWarmup(ELBO()), _State(), 4
+    warm, st, n = KLWarmup(ELBO()), TrainState(), 4
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     weights, lrs = [], []
     for epoch in range(4):
         st.epoch = epoch
-        on_step = _warmup(warm, opt, st, cfg, n)
+        on_step = warmup(warm, opt, st, cfg, n)
         for b in range(n):
             if on_step:
                 on_step(b)
@@ -138,7 +139,7 @@ def test_the_warmups_rise_linearly_and_end_at_the_elbo_and_lr():
     assert weights == [(i + 1) / 8 for i in range(8)] + [1.0] * 8
     assert lrs == pytest.approx([1e-3 * (i + 1) / 6 for i in range(6)] + [1e-3] * 10)
     st.stage, st.epoch = 2, 0  # stage 2 never warms up
-    assert _warmup(warm, opt, st, cfg, n) is None and warm.weight == 1.0
+    assert warmup(warm, opt, st, cfg, n) is None and warm.weight == 1.0
 
 
 def test_a_warmed_up_run_logs_its_weights_and_converges_on_the_elbo(tmp_path, digits):
@@ -168,14 +169,14 @@ MNIST_STAGE1 = [772.0, 773.3, 772.6, 778.7, 777.2, 777.8, 781.9, 786.0, 783.9, 7
 def test_the_best_rule_does_not_stop_on_a_noisy_rise_that_the_endpoint_rule_stops_on():
     best = TrainConfig(min_epochs=1, window=3, tol=1e-3)
     endpoints = TrainConfig(min_epochs=1, window=3, tol=1e-3, stopping="endpoints")
-    assert _converged(MNIST_STAGE1, endpoints, 784)  # |782.5 - 781.9| = 0.6 < 0.784 nats
-    assert not _converged(MNIST_STAGE1, best, 784)  # the best rose 786.0 - 781.9 = 4.1
+    assert converged(MNIST_STAGE1, endpoints, 784)  # |782.5 - 781.9| = 0.6 < 0.784 nats
+    assert not converged(MNIST_STAGE1, best, 784)  # the best rose 786.0 - 781.9 = 4.1
     # a plateau stops both; a fall stops the best rule (nothing to gain from going on)
     plateau = MNIST_STAGE1 + [786.3, 785.9, 786.2]
-    assert _converged(plateau, best, 784)
-    assert _converged(MNIST_STAGE1 + [780.0, 779.0, 778.0], best, 784)
+    assert converged(plateau, best, 784)
+    assert converged(MNIST_STAGE1 + [780.0, 779.0, 778.0], best, 784)
     # epochs before `since` (a KL warm-up, a learning-rate drop) are not compared
-    assert not _converged([0.0, 0.0, 0.0, 500.0, 600.0, 700.0, 700.1], best, 784, since=3)
+    assert not converged([0.0, 0.0, 0.0, 500.0, 600.0, 700.0, 700.1], best, 784, since=3)
 
 
 def test_configs_saved_before_the_new_fields_re_create_their_runs():

@@ -304,15 +304,15 @@ def test_training_never_reads_the_test_split(digits, tmp_path):
 
 
 def test_convergence_rule_is_absolute_in_nats_per_dimension():
-    from balanced_vae.train import _converged
+    from balanced_vae.train_state import converged
 
     config = TrainConfig(min_epochs=1, window=3, tol=1e-3)
     dims = 784
     # near -480 nats: 0.5 nats over three epochs is 6e-4 nats/dim -> converged; 2 nats is not
-    assert _converged([-480.5, -480.4, -480.2, -480.0], config, dims)
-    assert not _converged([-482.0, -481.0, -480.5, -480.0], config, dims)
+    assert converged([-480.5, -480.4, -480.2, -480.0], config, dims)
+    assert not converged([-482.0, -481.0, -480.5, -480.0], config, dims)
     # near 0 the same absolute rule applies (a relative rule would never stop here)
-    assert _converged([-0.3, -0.2, 0.1, 0.2], config, dims)
+    assert converged([-0.3, -0.2, 0.1, 0.2], config, dims)
 
 
 def test_stop_reason_is_recorded(digits, tmp_path):

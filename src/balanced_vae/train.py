@@ -42,9 +42,6 @@ from .run_folder import RunExistsError, prepare_run_dir, run_lock  # noqa: F401
 from .sources import as_data
 from .train_epoch import n_batches_of
 from .train_state import COLLAPSE_KL, TrainState, make_optimiser  # noqa: F401
-from .train_state import TrainState as _State  # noqa: F401
-from .train_state import converged as _converged  # noqa: F401
-from .train_state import warmup as _warmup  # noqa: F401
 from .trainer import DivergenceError, Trainer  # noqa: F401
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ def train_epoch(
 ) -> tuple[dict, int | None]:
     """One pass of Adam steps over ``x_fit[perm]``; returns terms summed over every rank and the
     first step whose loss was non-finite (None if none). ``warmup(b)``, when given, is called before
-    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`_warmup`);
+    step ``b`` of the epoch to set the warm-ups' KL weight and learning rate (:func:`balanced_vae.train_state.warmup`);
     ``after_step()`` after each optimiser step (the weights' moving average, :mod:`balanced_vae.ema`).
 
     Each global batch ``perm[b B:(b+1) B]`` is split over ranks (``[rank::world]``); terms are

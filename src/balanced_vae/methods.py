@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import load_weights
 from .config import TrainConfig
 from .factories import build_networks
 from .likelihoods import FixedVariance, GlobalVariance, Likelihood
@@ -164,6 +166,19 @@ def build_model(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
         output=output,
     )
     return model.check(torch.zeros(2, *shape))
+
+
+def build_trained(config: TrainConfig, checkpoint: dict[str, Any], path: Path, config_path: Path) -> VAE:
+    """The model a checkpoint saved, in eval mode: :func:`build_model` for ``checkpoint["shape"]``, the
+    per-pixel variance head of stage 2 (floored at ``checkpoint["sigma2_star"]``) when the checkpoint is
+    of stage 2, then its weights ``checkpoint["model"]``. ``path`` (the weights' file) and ``config_path``
+    (the config's) name the files in the error when the two do not fit. The one home of this rebuild:
+    run folders and model folders are read through it."""
+    model = build_model(config, tuple(checkpoint["shape"]))
+    if checkpoint["stage"] == 2:
+        model.with_pixel_variance(float(checkpoint["sigma2_star"]))
+    load_weights(model, checkpoint["model"], path, config_path)
+    return model.eval()
 
 
 def build_objective(config: TrainConfig) -> Callable:

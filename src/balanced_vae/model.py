@@ -59,6 +59,13 @@ class _ScaledHead(nn.Module):
         return raw if self.shape is None else raw.reshape(len(z), *self.shape)  # (B, C, H, W)
 
 
+def head_offset(floor: float, init_sigma2: float | None) -> float:
+    """The log of ``sigma^2 - floor`` a new variance head starts at, so that every pixel's sigma^2 of
+    Eq. 11 starts at ``init_sigma2`` (default 1.01 x the floor; 1 without a floor)."""
+    init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
+    return math.log(init - floor if init > floor else 0.01 * max(floor, 1e-8))
+
+
 def pixel_variance(
     head: nn.Module, floor: float, init_sigma2: float | None, data_shape: tuple[int, ...] | None
 ) -> PixelVariance:
@@ -68,9 +75,7 @@ def pixel_variance(
     :class:`_ScaledHead`, so stage 2 begins where stage 1 ended. The log-variance comes in
     the library layout (B, C, H, W), or as the head returns it when ``data_shape`` is None.
     """
-    init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
-    extra = init - floor if init > floor else 0.01 * max(floor, 1e-8)
-    return PixelVariance(_ScaledHead(head, math.log(extra), data_shape), floor=floor)
+    return PixelVariance(_ScaledHead(head, head_offset(floor, init_sigma2), data_shape), floor=floor)
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:
@@ -216,33 +221,41 @@ class VAE(nn.Module):
     def with_pixel_variance(self, floor: float, init_sigma2: float | None = None) -> VAE:
         """Algorithm 1, stage 2: the same networks with a new per-pixel variance head.
 
-        The head's last layer starts at zero weight and a bias chosen so that every
-        pixel's sigma^2 starts near ``init_sigma2`` (default: 1.01 x the floor), so stage 2
-        begins where stage 1 ended instead of at sigma^2 ~ 1.
+        The head's output starts at a constant (:func:`head_offset`) so that every pixel's sigma^2
+        starts near ``init_sigma2`` (default: 1.01 x the floor), and stage 2 begins where stage 1
+        ended instead of at sigma^2 ~ 1: the built-in head's last layer starts at zero weight and
+        that bias; a head of your networks is wrapped in a :class:`_ScaledHead` of gain 0.
         """
-        if self.spec is None:  # your networks: a fresh head, its output started at a constant
-            vh = self._variance_head
-            net = vh if isinstance(vh, nn.Module) else vh() if vh is not None else _fresh_copy(self.decoder)
-            if not isinstance(net, nn.Module):
-                raise NetworkError(
-                    f"variance_head returned {type(net).__name__}, not an nn.Module; fix: "
-                    "pass a module or a function returning a fresh decoder-shaped module"
-                )
-            device = next(self.decoder.parameters(), torch.empty(0)).device
-            if self.data_shape is None:  # the decoder's own output shape
-                with torch.no_grad():
-                    self.data_shape = tuple(self.decoder(torch.zeros(1, self.latent_dim, device=device)).shape[1:])
-            self.likelihood = pixel_variance(net.to(device), floor, init_sigma2, self.data_shape)
-            return self
-        init = init_sigma2 if init_sigma2 is not None else (1.01 * floor if floor > 0 else 1.0)
-        extra = init - floor if init > floor else 0.01 * max(floor, 1e-8)
+        offset = head_offset(floor, init_sigma2)
+        head = self._built_in_head(offset) if self.spec is not None else self._your_head(offset)
+        self.likelihood = PixelVariance(head, floor=floor)
+        return self
+
+    def _built_in_head(self, offset: float) -> nn.Module:
+        """A decoder of the built-in family whose last layer starts at zero weight and bias ``offset``."""
+        assert self.spec is not None
         head = make_decoder(self.spec)
         last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
         with torch.no_grad():
             last.weight.zero_()
-            last.bias.fill_(math.log(extra))
-        self.likelihood = PixelVariance(head, floor=floor)
-        return self
+            last.bias.fill_(offset)
+        return head
+
+    def _your_head(self, offset: float) -> nn.Module:
+        """The ``variance_head`` given (a module or a factory; else a re-initialised copy of the decoder),
+        on the decoder's device, its output started at ``offset`` and shaped as one example."""
+        vh = self._variance_head
+        net = vh if isinstance(vh, nn.Module) else vh() if vh is not None else _fresh_copy(self.decoder)
+        if not isinstance(net, nn.Module):
+            raise NetworkError(
+                f"variance_head returned {type(net).__name__}, not an nn.Module; fix: "
+                "pass a module or a function returning a fresh decoder-shaped module"
+            )
+        device = next(self.decoder.parameters(), torch.empty(0)).device
+        if self.data_shape is None:  # the decoder's own output shape
+            with torch.no_grad():
+                self.data_shape = tuple(self.decoder(torch.zeros(1, self.latent_dim, device=device)).shape[1:])
+        return _ScaledHead(net.to(device), offset, self.data_shape)
 
     @torch.no_grad()
     def check(self, x: torch.Tensor) -> VAE:

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .checkpoint import CHECKPOINT, FINAL, CheckpointError, load_weights
+from .checkpoint import CHECKPOINT, FINAL, CheckpointError
 from .config import TrainConfig
-from .methods import build_model
+from .methods import build_trained
 from .model import VAE
 from .samplers import GaussianMixtureSampler
 from .version import __version__
@@ -42,6 +42,8 @@ __all__ = [
     "is_model_folder",
     "read_card",
     "read_model_folder",
+    "read_saved_model",
+    "SavedModel",
     "read_tensors",
     "safetensors_torch",
 ]
@@ -211,9 +213,17 @@ def read_tensors(path: Path, sha256: str, card_path: Path) -> dict[str, torch.Te
         raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from None
 
 
-def read_model_folder(folder: str | Path, *, which: str | None = None) -> ModelFolder:
-    """What a model folder holds, read and checked: the model built from the card's config (stage 2: with
-    the per-pixel head floored at sigma*^2) with the weights of ``model.safetensors``, and the card.
+class SavedModel(NamedTuple):
+    """What a model folder saved, read and checked but not yet built into a model."""
+
+    config: TrainConfig
+    checkpoint: dict[str, Any]  # what commands read of a checkpoint, from the card (no optimiser)
+    card: dict[str, Any]
+
+
+def read_saved_model(folder: str | Path, *, which: str | None = None) -> SavedModel:
+    """The card, config and weights of a model folder, checked (plain JSON of this format, the weights'
+    SHA-256, no networks to import), as a checkpoint dict of what commands read of one.
 
     ``which`` may be ``None``, ``"checkpoint.pt"`` (what a command asks for by default) or
     ``"model.safetensors"``: a model folder holds the final stage only.
@@ -231,14 +241,7 @@ def read_model_folder(folder: str | Path, *, which: str | None = None) -> ModelF
             f"{card_path}: names networks to import ({card['config']['networks']}); a model "
             "folder is loaded without running code from it: load the run folder instead"
         )
-    config = TrainConfig.from_dict(card["config"], source=str(card_path))
     state = read_tensors(folder / WEIGHTS, card["weights"]["sha256"], card_path)
-    model = build_model(config, tuple(card["shape"]))
-    if card["stage"] == 2:
-        model.with_pixel_variance(float(card["sigma2_star"]))
-    load_weights(model, state, folder / WEIGHTS, card_path)
-    model.eval()
-    # what commands read of a checkpoint, from the card (no optimiser: a model folder cannot be resumed)
     checkpoint = {
         "model": state,
         "stage": card["stage"],
@@ -250,7 +253,17 @@ def read_model_folder(folder: str | Path, *, which: str | None = None) -> ModelF
         "commits": card.get("trained_by_commits") or [],
         "stops": (card.get("metrics") or {}).get(FINAL, {}).get("stops", {}),
     }
-    return ModelFolder(config, model, int(card["stage"]), checkpoint, card)
+    return SavedModel(TrainConfig.from_dict(card["config"], source=str(card_path)), checkpoint, card)
+
+
+def read_model_folder(folder: str | Path, *, which: str | None = None) -> ModelFolder:
+    """What a model folder holds, read and checked (:func:`read_saved_model`): the model built from the
+    card's config (stage 2: with the per-pixel head floored at sigma*^2) with the weights of
+    ``model.safetensors``, and the card."""
+    folder = Path(folder).expanduser()
+    saved = read_saved_model(folder, which=which)
+    model = build_trained(saved.config, saved.checkpoint, folder / WEIGHTS, folder / CARD)
+    return ModelFolder(saved.config, model, int(saved.checkpoint["stage"]), saved.checkpoint, saved.card)
 
 
 def card_gmm(run, components: int, fit_on: str, random_state: int, covariance_type: str):

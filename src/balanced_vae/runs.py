@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, load_weights
+from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, test_images
-from .methods import build_model
+from .methods import build_trained
 from .model import VAE, encode_dataset
-from .model_card import WEIGHTS, card_gmm, is_model_folder, read_model_folder
+from .model_card import CARD, WEIGHTS, card_gmm, is_model_folder, read_model_folder, read_saved_model
 from .resume import run_config
 from .samplers import (
     CELEBA_COMPONENTS,
@@ -63,26 +63,26 @@ class Run:
 
     @classmethod
     def load(cls, run_dir: str | Path, *, which: str = CHECKPOINT) -> Run:
-        """Rebuild the model of ``run_dir`` from ``config.json`` and the checkpoint file ``which``; a model
-        folder (``balanced-vae export``) is rebuilt from its card and safetensors weights instead."""
+        """Rebuild the model of ``run_dir`` from ``config.json`` (with its resumes' changes) and the
+        checkpoint file ``which``; a model folder (``balanced-vae export``: a card beside safetensors
+        weights, no ``torch.load``) from its card and weights instead. Both are built by
+        :func:`~balanced_vae.methods.build_trained`."""
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run folder")
-        if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():  # safetensors + card: no torch.load
-            return cls.from_model_folder(run_dir, which=which)
-        config = run_config(run_dir)
-        ckpt = load_checkpoint(run_dir / which)
-        model = build_model(config, tuple(ckpt["shape"]))
-        if ckpt["stage"] == 2:
-            model.with_pixel_variance(float(ckpt["sigma2_star"]))
-        load_weights(model, ckpt["model"], run_dir / which, run_dir / CONFIG)
-        model.eval()
-        return cls(run_dir, config, model, int(ckpt["stage"]), ckpt, which)
+        if is_model_folder(run_dir) and not (run_dir / CONFIG).is_file():
+            config, ckpt, card = read_saved_model(run_dir, which=which)
+            which, config_path = WEIGHTS, run_dir / CARD
+        else:
+            config, ckpt, card = run_config(run_dir), load_checkpoint(run_dir / which), None
+            config_path = run_dir / CONFIG
+        model = build_trained(config, ckpt, run_dir / which, config_path)
+        return cls(run_dir, config, model, int(ckpt["stage"]), ckpt, which, card=card)
 
     @classmethod
     def from_model_folder(cls, folder: str | Path, *, which: str | None = None) -> Run:
         """The run of a model folder (``balanced-vae export``), read by
-        :func:`~balanced_vae.model_card.read_model_folder`."""
+        :func:`~balanced_vae.model_card.read_model_folder`, even when a ``config.json`` lies beside it."""
         folder = Path(folder).expanduser()
         m = read_model_folder(folder, which=which)
         return cls(folder, m.config, m.model, m.stage, m.checkpoint, WEIGHTS, card=m.card)

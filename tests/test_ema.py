@@ -28,7 +28,7 @@ def test_the_average_is_the_closed_form_of_its_recurrence():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     d = 0.9
-    ema = make_ema(net, d)
+    ema = make_ema(net, d, warmup=False)
     history = [{k: v.clone() for k, v in net.state_dict().items()}]
     update(ema, net)  # the first update copies W0
     for _ in range(3):
@@ -42,6 +42,41 @@ def test_the_average_is_the_closed_form_of_its_recurrence():
         w = [h[key] for h in history]
         expected = d**3 * w[0] + (1 - d) * (d**2 * w[1] + d * w[2] + w[3])
         torch.testing.assert_close(ema.module.state_dict()[key], expected)
+
+
+def test_the_warm_up_lowers_the_first_decays_to_tensorflows_schedule():
+    """With the warm-up the n-th average (n weights averaged before it) uses min(d, (1 + n) / (10 + n)):
+    2/11, 3/12, 4/13 for d = 0.9, so after three steps W0 keeps (9/11)(9/12)(9/13) of its weight, not 0.9^3."""
+    torch.manual_seed(1)
+    net = nn.Linear(2, 2)
+    ema = make_ema(net, 0.9)
+    weights = [net.weight.detach().clone()]
+    update(ema, net)
+    for _ in range(3):
+        with torch.no_grad():
+            net.weight.add_(torch.randn(2, 2))
+        weights.append(net.weight.detach().clone())
+        update(ema, net)
+    expected = weights[0]
+    for n, w in zip((1, 2, 3), weights[1:]):
+        d_n = (1 + n) / (10 + n)
+        expected = d_n * expected + (1 - d_n) * w
+    torch.testing.assert_close(ema.module.weight, expected)
+    assert (9 / 11) * (9 / 12) * (9 / 13) < 0.9**3 / 1.5  # the initial weights fade far faster
+    before = ema.module.weight.detach().clone()
+    ema.n_averaged.fill_(1000)  # long after the warm-up the decay is d itself
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    update(ema, net)
+    torch.testing.assert_close(ema.module.weight, 0.9 * before + 0.1 * net.weight)
+
+
+def test_a_saved_config_without_the_field_keeps_the_old_average():
+    """Runs made before the warm-up re-create (and resume) with the plain decay (config.LEGACY)."""
+    assert TrainConfig.from_dict({"ema": 0.999}).ema_warmup is False
+    assert TrainConfig(ema=0.999).ema_warmup is True
+    with pytest.raises(ValueError, match="ema_warmup"):
+        TrainConfig(ema_warmup="yes")
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5, True])

@@ -20,6 +20,7 @@ from .provenance import file_digest  # noqa: F401
 CHECKPOINT = "checkpoint.pt"
 STAGE1 = "stage1.pt"
 EMA = "ema.pt"  # the moving average of the weights (``TrainConfig.ema``), a weights-only checkpoint
+BEST = "best.pt"  # the weights of the stage's best validation epoch (``TrainConfig.keep_best``), weights only
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"  # the test-split numbers of a finished run

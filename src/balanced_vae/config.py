@@ -16,7 +16,14 @@ STOPPING = ("best", "endpoints")
 
 #: what a field missing from a saved config.json meant when that run was made: runs written
 #: before the field existed re-create (and resume) as they were trained
-LEGACY: dict[str, Any] = {"stopping": "endpoints", "kl_warmup": 0, "lr_warmup": 0, "net": "small", "optimiser": "adam"}
+LEGACY: dict[str, Any] = {
+    "stopping": "endpoints",
+    "kl_warmup": 0,
+    "lr_warmup": 0,
+    "net": "small",
+    "optimiser": "adam",
+    "ema_warmup": False,
+}
 
 #: optimisers of every stage (``TrainConfig.optimiser``)
 OPTIMISERS = ("radam", "adam")
@@ -59,6 +66,11 @@ class TrainConfig:
     ``ema`` in (0, 1) keeps an exponential moving average of the weights with that decay per step
     (e.g. 0.999), written each epoch to ``ema.pt`` and evaluated as weights of its own
     (:mod:`balanced_vae.ema`); training, stopping and sigma*^2 never read it. ``None``: none kept.
+    ``ema_warmup`` (the default) lowers the decay of the n-th step to ``(1 + n) / (10 + n)`` while that
+    is smaller, so the average forgets the random initial weights (runs made before it: off).
+    ``keep_best`` writes the weights of the stage's best validation epoch so far (after the KL
+    warm-up) to ``best.pt``, evaluated as weights of their own (``--checkpoint best.pt``) and in
+    ``final.json``; a two-stage run's ``best.pt`` is of stage 2 from its first epoch on.
 
     ``net`` names the built-in network family (:data:`balanced_vae.nets.NETS`): ``small`` (the
     default), ``paper`` (the WAE/RAE conv net) or ``res`` (an efficient residual net).
@@ -101,6 +113,8 @@ class TrainConfig:
     optimiser: str = "radam"
     stopping: str = "best"
     ema: float | None = None
+    ema_warmup: bool = True
+    keep_best: bool = False
     n_val: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -150,6 +164,9 @@ class TrainConfig:
             isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1
         ):
             bad("ema", "a decay strictly between 0 and 1 (e.g. 0.999), or None for no average")
+        for name in ("ema_warmup", "keep_best"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false")
         if self.kl_warmup >= self.epochs:
             bad(
                 "kl_warmup",

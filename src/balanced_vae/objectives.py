@@ -32,6 +32,12 @@ from .model import VAE
 LOG_2PI = math.log(2 * math.pi)
 
 
+def elbo_from_mse(mse: float, kl: float, sigma2: float, dims: int) -> float:
+    """The mean ELBO of Eq. 9 under one global ``sigma2`` from the mean squared error per dimension
+    ``mse`` and the mean KL: ``-D/2 log(2 pi sigma2) - D mse / (2 sigma2) - KL``, D = ``dims``."""
+    return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag exp(logvar)) summed over data dimensions (Eq. 8).
 

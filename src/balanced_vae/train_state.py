@@ -141,6 +141,12 @@ def stop_reason(st: TrainState, config: TrainConfig, dims: int, validated: bool)
     return None
 
 
+def is_best(st: TrainState, config: TrainConfig) -> bool:
+    """Whether the epoch just validated is the stage's best so far (epochs of the KL warm-up excepted)."""
+    h = st.history[config.kl_warmup if st.stage == 1 else 0 :]
+    return bool(h) and h[-1] >= max(h)
+
+
 def drop_lr(optimiser: torch.optim.Optimizer, st: TrainState) -> float:
     """Divide the learning rate by 10 and restart the convergence window; returns the new rate."""
     for group in optimiser.param_groups:

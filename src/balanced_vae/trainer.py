@@ -11,6 +11,7 @@ The entry point that validates a config and holds the run folder's lock is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from . import ema as ema_
 from .atomic import write_json_atomic, write_text_atomic
 from .checkpoint import (
+    BEST,
     CHECKPOINT,
     CONFIG,
     EMA,
@@ -47,7 +49,7 @@ from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_worl
 from .likelihoods import GlobalVariance, closed_form_sigma2
 from .methods import build_model, n_stages
 from .metrics import evaluate_elbo, validation_terms
-from .objectives import LOG_2PI, KLWarmup
+from .objectives import KLWarmup, elbo_from_mse
 from .provenance import provenance
 from .resume import may_reopen
 from .run_folder import log_row, note_resume, tensorboard, truncate_metrics
@@ -57,6 +59,7 @@ from .train_state import (
     check_collapse,
     cpu_state,
     drop_lr,
+    is_best,
     make_optimiser,
     resumable,
     set_rng_states,
@@ -134,7 +137,9 @@ class Trainer:
                 return False
         elif branch is not None:
             self.branch_at(*branch)
-        self.ema = ema_.ema_of(self.model, self.config.ema, ckpt.get("ema") if ckpt is not None else None)
+        self.ema = ema_.ema_of(
+            self.model, self.config.ema, ckpt.get("ema") if ckpt is not None else None, warmup=self.config.ema_warmup
+        )
         if not self.st.commits or self.st.commits[-1] != commit:
             self.st.commits.append(commit)
         likelihood = self.model.likelihood
@@ -231,6 +236,8 @@ class Trainer:
         row = self.log_line(sums, n_seen, val, kl_weights, seconds=time.perf_counter() - t0)
         if st.stage == 1:
             st.sigma2_star = model.likelihood.sigma2
+        if val and config.keep_best and is_best(st, config):  # before a stage switch adds the new head
+            self.save_weights(BEST, model, best={"epoch": st.epoch, "val_objective": st.history[-1]})
         reason = broadcast(stop_reason(st, config, self.dims, bool(val)))  # every rank stops with rank 0
         if reason == "converged" and st.lr_drops < config.lr_drops:  # converged: go on at a lower rate
             row["lr_drop"] = drop_lr(self.optimiser, st)
@@ -290,7 +297,9 @@ class Trainer:
         if st.stage < n_stages(self.config):
             self.enter_stage2()
             self.step = stepper(self.model, self.objective, self.device)
-            self.ema = ema_.ema_of(self.model, self.config.ema)  # stage 2 averages from the switch on, head included
+            self.ema = ema_.ema_of(
+                self.model, self.config.ema, warmup=self.config.ema_warmup
+            )  # stage 2 averages from the switch on, head included
             return
         st.done = True
         if self.ema is not None and self.closed_form and st.stage == 1:  # the average's own Eq. 10, once
@@ -332,7 +341,9 @@ class Trainer:
         train_terms = {f"train_{k}": v / n_seen for k, v in sums.items()}
         if self.closed_form and st.stage == 1:
             train_terms["train_elbo_batch_sigma2"] = train_terms["train_elbo"]
-            train_terms["train_elbo"] = _train_elbo(sums, n_seen, model.likelihood.sigma2, self.dims)
+            # every step used its own batch's sigma^2: the epoch's ELBO under sigma*^2 compares with validation's
+            mse, kl = sums["mse"] / n_seen, sums["kl"] / n_seen
+            train_terms["train_elbo"] = elbo_from_mse(mse, kl, model.likelihood.sigma2, self.dims)
         row: dict[str, Any] = {
             "stage": st.stage,
             "epoch": st.epoch,
@@ -366,8 +377,18 @@ class Trainer:
             ckpt["ema"] = ema_.ema_state(self.ema)
         save_checkpoint(self.out / CHECKPOINT, ckpt)
         if self.ema is not None:  # the average as weights of their own: `--checkpoint ema.pt`
-            run = {**dataclasses.asdict(self.st), "shape": list(self.data.shape), "data": self.fingerprint}
-            save_checkpoint(self.out / EMA, ema_.ema_checkpoint(self.ema, self.config.ema, run))
+            about = {"decay": self.config.ema, "warmup": self.config.ema_warmup, "n_averaged": int(self.ema.n_averaged)}
+            self.save_weights(EMA, self.ema.module, ema=about)
+
+    def save_weights(self, name: str, model: torch.nn.Module, **about: Any) -> None:
+        """``RUN/name``: ``model``'s weights (CPU) with the run's state, image shape and data fingerprint, as
+        ``checkpoint.pt`` holds them but no optimiser or random states: a checkpoint every command reads
+        (``--checkpoint name``), written by rank 0. ``about``: what these weights are (``ema=``, ``best=``)."""
+        if self.rank != 0:
+            return
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        run = {**dataclasses.asdict(self.st), "shape": list(self.data.shape), "data": self.fingerprint}
+        save_checkpoint(self.out / name, {"model": weights, **run, **about})
 
     def write_final(self) -> None:
         """``final.json``: the test-split numbers of the finished run, computed once, after training.
@@ -392,7 +413,22 @@ class Trainer:
             doc["test"] = evaluate_elbo(self.model, x_test, seed=seed)
             if self.ema is not None:  # the moving average, scored as weights of their own (ema.pt)
                 doc["ema_test"] = evaluate_elbo(self.ema.module, x_test, seed=seed)
+            best = self.best_model()
+            if best is not None:  # the best validation epoch's weights (best.pt), scored after training
+                doc["best_test"] = {**evaluate_elbo(best[0], x_test, seed=seed), "epoch": best[1]}
         write_json_atomic(self.out / FINAL, doc)
+
+    def best_model(self) -> tuple[torch.nn.Module, int] | None:
+        """The final stage's model with the weights of ``best.pt`` (``keep_best``) and their epoch, or None."""
+        path = self.out / BEST
+        if not self.config.keep_best or not path.is_file():
+            return None
+        ckpt = load_checkpoint(path)
+        if ckpt["stage"] != self.st.stage:  # a stage without validation wrote none of its own
+            return None
+        model = copy.deepcopy(self.model)
+        load_weights(model, ckpt["model"], path, self.out / CONFIG)
+        return model, int(ckpt["best"]["epoch"])
 
     def check_finite(self, bad_step: int | None) -> None:
         """Stop with :class:`DivergenceError` when a loss or a weight became non-finite this epoch."""
@@ -406,14 +442,3 @@ class Trainer:
             f"from the last good checkpoint with a fresh run, or start again. {out / CHECKPOINT} "
             f"still holds epoch {st.epoch} of stage {st.stage}."
         )
-
-
-def _train_elbo(sums: dict, n: int, sigma2: float, dims: int) -> float:
-    """Mean training ELBO of the epoch under one sigma^2 (Eq. 9), from its summed MSE and KL.
-
-    For the closed-form global variance every step used its own batch's sigma^2; this puts
-    the epoch's training ELBO under the same sigma*^2 as the validation ELBO, so the two
-    curves compare.
-    """
-    mse, kl = sums["mse"] / n, sums["kl"] / n
-    return -0.5 * dims * (LOG_2PI + math.log(sigma2)) - 0.5 * dims * mse / sigma2 - kl

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, CONFIG, EMA, FINAL, METRICS, RESUMES, STAGE1
+from .checkpoint import BEST, CHECKPOINT, CONFIG, EMA, FINAL, METRICS, RESUMES, STAGE1
 from .data.table import TARGET_SEP
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ RUN_RECORD = (
     CHECKPOINT,
     STAGE1,
     EMA,
+    BEST,
     METRICS,
     FINAL,
     RESUMES,

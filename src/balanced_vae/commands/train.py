@@ -162,6 +162,20 @@ def _add_optimiser_options(p, D: TrainConfig) -> None:
         help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999), "
         "written each epoch to RUN/ema.pt and evaluated with --checkpoint ema.pt (default: none)",
     )
+    p.add_argument(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=D.ema_warmup,
+        help="with --ema: the n-th step's decay is min(DECAY, (1+n)/(10+n)), so the average forgets the "
+        "random initial weights; --no-ema-warmup: DECAY from the first step",
+    )
+    p.add_argument(
+        "--keep-best",
+        action=argparse.BooleanOptionalAction,
+        default=D.keep_best,
+        help="write the weights of the stage's best validation epoch to RUN/best.pt, evaluated with "
+        "--checkpoint best.pt and in final.json (best_test)",
+    )
     p.add_argument("--batch-size", type=POS_INT, default=D.batch_size)
     p.add_argument("--lr", type=POS_FLOAT, default=D.lr)
     p.add_argument("--epochs", type=POS_INT, default=D.epochs, help="maximum epochs per stage")

@@ -13,28 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
-from .atomic import write_json_atomic
 from .data import load_dataset
 from .fid import backend_protocol, resolve_backend, small_n_warning
 from .fid_stats import real_statistics
 from .image_sets import load_image_set
 from .metrics import frechet_distance, gaussian_statistics
 from .provenance import provenance
-from .writes import save
+from .writes import save_json as write_record  # the name this module gave it first
 
 log = logging.getLogger(__name__)
-
-
-def write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
-    """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
-    if out is not None:
-        out = Path(out).expanduser()
-
-        def write():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, doc)
-
-        save(out, doc, write)
 
 
 def real_data_fid(

@@ -13,28 +13,41 @@ from pathlib import Path
 from typing import Any
 
 from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
-from .atomic import write_json_atomic
 from .data import load_dataset
 from .fid import backend_protocol, resolve_backend, small_n_warning
 from .fid_stats import real_statistics
 from .image_sets import load_image_set
 from .metrics import frechet_distance, gaussian_statistics
 from .provenance import provenance
-from .writes import save
+from .writes import save_json as write_record  # the name this module gave it first
 
 log = logging.getLogger(__name__)
 
 
-def write_record(out: str | Path | None, doc: dict[str, Any]) -> None:
-    """Write a command's JSON record to ``out`` (its folder made), when one is asked for."""
-    if out is not None:
-        out = Path(out).expanduser()
-
-        def write():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, doc)
-
-        save(out, doc, write)
+def _fid_doc(
+    values: dict[str, Any],
+    warning: str | None,
+    *,
+    t0: float,
+    backend: str,
+    device: str | None,
+    batch_size: int,
+    out: str | Path | None,
+) -> dict[str, Any]:
+    """The record of an FID between two image sets: ``values`` (the FID, the sets and their counts), a
+    small-count ``warning`` when there is one, and what every such record holds: seconds since ``t0``,
+    the feature backend, the batch, the Inception protocol and provenance. Written to ``out`` when given."""
+    doc = {
+        **({"warning": warning} if warning else {}),
+        **values,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "backend": backend_protocol(backend, device),
+        "batch_size": batch_size,
+        "inception": fid_module.inception_protocol(),
+        "provenance": provenance(),
+    }
+    write_record(out, doc)
+    return doc
 
 
 def real_data_fid(
@@ -77,24 +90,17 @@ def real_data_fid(
         )
     fid = frechet_distance(stats["train"][0], stats["train"][1], stats["test"][0], stats["test"][1])
     warning = small_n_warning(min(n, len(data.x_train), len(data.x_test)), f"FID of {dataset} train vs test")
-    doc = {
-        **({"warning": warning} if warning else {}),
+    values = {
         "fid_train_vs_test": fid,
         "paper_fid": paper_value,
         "dataset": dataset,
         "n_train": n,
         "n_test": n,
         "images": f"first {n} of each split",
-        "seconds": round(time.perf_counter() - t0, 1),
         "cache_hits": {s: stats[s][2]["cache_hit"] for s in stats},
         "statistics_backend": {s: stats[s][2]["backend"] for s in stats},
-        "backend": backend_protocol(backend, device),
-        "batch_size": batch_size,
-        "inception": fid_module.inception_protocol(),
-        "provenance": provenance(),
     }
-    write_record(out, doc)
-    return doc
+    return _fid_doc(values, warning, t0=t0, backend=backend, device=device, batch_size=batch_size, out=out)
 
 
 def fid_between(
@@ -159,16 +165,5 @@ def fid_between(
         sides[label] = (mu, cov, info)
     fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
     warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    doc = {
-        **({"warning": warning} if warning else {}),
-        "fid": fid,
-        "a": sides["a"][2],
-        "b": sides["b"][2],
-        "seconds": round(time.perf_counter() - t0, 1),
-        "backend": backend_protocol(backend, device),
-        "batch_size": batch_size,
-        "inception": fid_module.inception_protocol(),
-        "provenance": provenance(),
-    }
-    write_record(out, doc)
-    return doc
+    values = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2]}
+    return _fid_doc(values, warning, t0=t0, backend=backend, device=device, batch_size=batch_size, out=out)

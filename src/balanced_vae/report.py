@@ -185,16 +185,22 @@ def _figures(run, stage1, data, tmp: Path, *, n: int, seed: int, components: int
                 save_value_grid(s_gmm, tmp / "samples_sigma.png", nrow=8, label="decoder sigma"),
             )
         )
-    if run.model.latent_dim == 2:
-        figs.append(
-            (
-                "Latent space (2-D)",
-                "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
-                "its GMM (Eq. 13) on one grid and colour scale.",
-                latent_plot_for_run(run, tmp / "latent.png", components=components, data=data),
-            )
+    return figs + _latent_figures(run, data, tmp, components=components)
+
+
+def _latent_figures(run, data, tmp: Path, *, components: int | None) -> list[tuple[str, str, str]]:
+    """For 2-D latents, the figure of the latent space: log-densities of p(z) = N(0, I), q_agg (Eq. 12)
+    and q_GMM (Eq. 13) on one grid; none for other latent sizes."""
+    if run.model.latent_dim != 2:
+        return []
+    return [
+        (
+            "Latent space (2-D)",
+            "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
+            "its GMM (Eq. 13) on one grid and colour scale.",
+            latent_plot_for_run(run, tmp / "latent.png", components=components, data=data),
         )
-    return figs
+    ]
 
 
 def _table_figures(run, data, tmp: Path, *, n: int, seed: int, components: int | None) -> list[tuple[str, str, str]]:
@@ -228,16 +234,7 @@ def _table_figures(run, data, tmp: Path, *, n: int, seed: int, components: int |
             plot_sample_moments(data.x_test, draws, tmp / "samples.png", columns),
         )
     )
-    if run.model.latent_dim == 2:
-        figs.append(
-            (
-                "Latent space (2-D)",
-                "Log-densities of the prior, the exact aggregate posterior (Eq. 12) and "
-                "its GMM (Eq. 13) on one grid and colour scale.",
-                latent_plot_for_run(run, tmp / "latent.png", components=components, data=data),
-            )
-        )
-    return figs
+    return figs + _latent_figures(run, data, tmp, components=components)
 
 
 def _unfinished(run, final: dict) -> list[str]:

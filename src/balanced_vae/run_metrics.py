@@ -106,6 +106,14 @@ def iwae_record(
     return {"values": values, "protocol": proto}
 
 
+def generated_means(run, sampler, n: int, seed: int, batch_size: int = 1000) -> torch.Tensor:
+    """Decoder means g(z) (n, C, H, W) of ``n`` codes z (n, L) drawn from ``sampler`` with a generator seeded
+    ``seed``, decoded ``batch_size`` at a time: the generated images of FID and precision/recall."""
+    z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))  # (n, L)
+    with torch.no_grad():
+        return torch.cat([run.model.decode_mean(z[i : i + batch_size]) for i in range(0, n, batch_size)])
+
+
 def fid_record(
     run,
     sampler,
@@ -135,11 +143,8 @@ def fid_record(
         progress=progress,
         backend=backend,
     )
-    z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))  # (n, L)
-    with torch.no_grad():
-        x_gen = torch.cat([run.model.decode_mean(z[i : i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
     feats = fid_module.inception_features(
-        x_gen,
+        generated_means(run, sampler, n, seed),
         batch_size=batch_size,
         device=device,
         backend=backend,
@@ -182,11 +187,12 @@ def pr_record(
     values = {}
     for name, sampler in samplers.items():
         t1 = time.perf_counter()
-        z = sampler.sample(n, generator=torch.Generator().manual_seed(seed))  # (n, L)
-        with torch.no_grad():
-            x_gen = torch.cat([run.model.decode_mean(z[i : i + 1000]) for i in range(0, n, 1000)])  # (n, C, H, W)
         gen = fid_module.inception_features(
-            x_gen, batch_size=batch_size, device=device, progress=progress, desc=f"{name} features"
+            generated_means(run, sampler, n, seed),
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            desc=f"{name} features",
         )  # (n, 2048)
         values[name] = {**improved_precision_recall(real, gen, k=k), "seconds": round(time.perf_counter() - t1, 1)}
         log.info("%s: precision %.3f, recall %.3f", name, values[name]["precision"], values[name]["recall"])

@@ -34,7 +34,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .atomic import write_json_atomic
 from .checkpoint import BEST, CHECKPOINT, CONFIG, EMA, FINAL, METRICS, RESUMES, STAGE1
 from .data.table import TARGET_SEP
 
@@ -51,6 +53,7 @@ __all__ = [
     "made_by_balanced_vae",
     "record",
     "save",
+    "save_json",
     "state_dir",
 ]
 
@@ -119,6 +122,19 @@ def save(path: str | Path, result, write) -> None:
         write()
     except OSError as e:
         raise NotSaved(path, result, e) from None
+
+
+def save_json(out: str | Path | None, doc: dict[str, Any]) -> None:
+    """Write a command's JSON record ``doc`` to ``out`` (its folder made), when one is asked for; raise
+    :class:`NotSaved` holding ``doc`` when that fails."""
+    if out is not None:
+        path = Path(out).expanduser()
+
+        def write():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, doc)
+
+        save(path, doc, write)
 
 
 @dataclass(frozen=True)

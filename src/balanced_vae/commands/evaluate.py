@@ -15,7 +15,7 @@ from ..checkpoint import CHECKPOINT, STAGE1
 from ..paper.budgets import PAPER
 from ..protocol import METRICS
 from ..writes import Folder, Input, input_of
-from .options import POS_INT, add_fid_backend, add_protocol, protocol_of, say
+from .options import POS_INT, add_data_dir, add_fid_backend, add_protocol, add_run, protocol_of, say
 
 
 def add_evaluate(sub) -> None:
@@ -28,11 +28,11 @@ def add_evaluate(sub) -> None:
         "runs at a few images per second, so lower --n-fid for a quick look.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
     add_protocol(p)
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument(
         "--fid-cache", default=None, help="folder for cached real-image FID statistics (default: DATA_DIR/fid-stats)"
     )
@@ -76,7 +76,7 @@ def add_reconstruct(sub) -> None:
         "and the predicted per-pixel sigma of the first N test images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("--n", type=POS_INT, default=16, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=["test", "train"], default="test")
@@ -109,6 +109,19 @@ def _add_fid_inputs(p) -> None:
     add_fid_backend(p)
 
 
+def _fid_inputs_of(args) -> dict:
+    """The keyword arguments of :func:`_add_fid_inputs`'s options and ``--out``, as the FID functions of
+    :mod:`balanced_vae.fid_sets` take them."""
+    return {
+        "data_dir": args.data_dir,
+        "cache_dir": args.fid_cache,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "backend": args.fid_backend,
+        "out": args.out,
+    }
+
+
 def add_fid_real(sub) -> None:
     p = sub.add_parser(
         "fid-real",
@@ -133,13 +146,8 @@ def run_fid_real(args) -> int:
     doc = real_data_fid(
         args.dataset,
         n=args.n,
-        data_dir=args.data_dir,
-        cache_dir=args.fid_cache,
-        batch_size=args.batch_size,
-        device=args.device,
-        backend=args.fid_backend,
         paper_value=PAPER["table2"].get(args.dataset, {}).get("real"),
-        out=args.out,
+        **_fid_inputs_of(args),
     )
     writes.record("fid-real", files=[args.out] if args.out else [])
     say(json.dumps(doc, indent=2, sort_keys=True))
@@ -179,12 +187,7 @@ def run_fid(args) -> int:
         args.a,
         args.b,
         n=args.n,
-        data_dir=args.data_dir,
-        cache_dir=args.fid_cache,
-        batch_size=args.batch_size,
-        device=args.device,
-        backend=args.fid_backend,
-        out=args.out,
+        **_fid_inputs_of(args),
     )
     writes.record("fid", files=[args.out] if args.out else [])
     say(json.dumps(doc, indent=2, sort_keys=True))

@@ -7,14 +7,38 @@ calls is imported when it runs, so ``balanced-vae --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import writes
-from ..atomic import write_json_atomic
 from ..checkpoint import CHECKPOINT, STAGE1
 from ..protocol import DEFAULT_COMPONENTS, SAMPLER_KINDS
 from ..writes import Folder, Input, input_of
-from .options import NONNEG_INT, POS_FLOAT, POS_INT, say
+from .options import NONNEG_INT, POS_FLOAT, POS_INT, add_data_dir, add_gmm, add_run, say
+
+
+def _write_file(
+    command: str,
+    args,
+    default: str,
+    make: Callable[[], Path],
+    *,
+    inputs: Sequence[Input] = (),
+    sidecars: tuple[str, ...] = (),
+) -> int:
+    """Run ``command``, which writes one file: ``--out``, else RUN/``default``, beside it the same path with
+    each suffix of ``sidecars``. Checks that it may write them (it reads RUN and ``inputs``), writes them
+    (``make()`` returns the file's path), records them and names the file."""
+    target = Path(args.out) if args.out else Path(args.run) / default
+    writes.check(
+        command,
+        files=[target, *(target.with_suffix(s) for s in sidecars)],
+        inputs=[Input(Path(args.run), "run"), *inputs],
+    )
+    path = make()
+    writes.record(command, files=[path, *(path.with_suffix(s) for s in sidecars)])
+    say(f"wrote {path}")
+    return 0
 
 
 def add_sample(sub) -> None:
@@ -28,22 +52,14 @@ def add_sample(sub) -> None:
         "(Eq. 13) is fitted on the run's training codes once and kept in RUN/gmm_K<K>/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument(
         "--sampler",
         choices=list(SAMPLER_KINDS),
         default="gmm",
         help="p(z) to sample: N(0, I), the GMM of Eq. 13 or the exact aggregate posterior of Eq. 12",
     )
-    p.add_argument(
-        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
-    )
-    p.add_argument(
-        "--fit-on",
-        choices=["mean", "sample"],
-        default="mean",
-        help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
-    )
+    add_gmm(p)
     p.add_argument("--n", type=POS_INT, default=64, help="number of samples")
     p.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the generator that draws the codes")
     p.add_argument(
@@ -51,7 +67,7 @@ def add_sample(sub) -> None:
         action="store_true",
         help="also write OUT/compare_prior_gmm.png: prior and GMM samples side by side (Figure 2)",
     )
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -105,16 +121,8 @@ def add_kl(sub) -> None:
         "(test-code) log-likelihood and fitting time (Table 4).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
-    p.add_argument(
-        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
-    )
-    p.add_argument(
-        "--fit-on",
-        choices=["mean", "sample"],
-        default="mean",
-        help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
-    )
+    add_run(p)
+    add_gmm(p)
     p.add_argument("--n", type=POS_INT, default=10_000, help="Monte-Carlo samples per run")
     p.add_argument("--runs", type=POS_INT, default=10, help="independent estimates (mean and std reported)")
     p.add_argument("--seed", type=NONNEG_INT, default=0, help="run r uses a generator seeded SEED + r")
@@ -127,7 +135,7 @@ def add_kl(sub) -> None:
         metavar="K",
         help="Table 4: fit the GMM for each K and report held-out log-likelihood and time",
     )
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument("--out", default=None, help="JSON file (default: RUN/kl.json, or RUN/gmm_ablation.json)")
 
 
@@ -156,12 +164,7 @@ def run_kl(args) -> int:
             fit_on=args.fit_on,
             progress=True,
         )
-
-        def write():
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, doc)
-
-        writes.save(out, doc, write)
+        writes.save_json(out, doc)
         pr = doc["protocol"]
         say(
             f"protocol: n={pr['n']} samples x runs={pr['runs']}, seed={pr['seed']}, K={pr['K']} "
@@ -185,16 +188,8 @@ def add_latent_plot(sub) -> None:
         "side by side on the same grid and colour scale.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train --latent-dim 2`")
-    p.add_argument(
-        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
-    )
-    p.add_argument(
-        "--fit-on",
-        choices=["mean", "sample"],
-        default="mean",
-        help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
-    )
+    add_run(p, help="run folder made by `balanced-vae train --latent-dim 2`")
+    add_gmm(p)
     p.add_argument("--resolution", type=POS_INT, default=200, help="grid points per axis")
     p.add_argument(
         "--lim",
@@ -203,29 +198,28 @@ def add_latent_plot(sub) -> None:
         help="grid spans [-LIM, LIM]^2 (default: max(4, 1.1 x 99.9th percentile of |mu|))",
     )
     p.add_argument("--span", type=POS_FLOAT, default=15.0, help="colour scale covers the top SPAN nats")
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_density.png)")
 
 
 def run_latent_plot(args) -> int:
     from ..latent_density import latent_plot_for_run  # imported when the command runs: `--help` stays fast
 
-    writes.check(
-        "latent-plot", files=[args.out or Path(args.run) / "latent_density.png"], inputs=[Input(Path(args.run), "run")]
+    return _write_file(
+        "latent-plot",
+        args,
+        "latent_density.png",
+        lambda: latent_plot_for_run(
+            args.run,
+            args.out,
+            components=args.components,
+            resolution=args.resolution,
+            lim=args.lim,
+            span=args.span,
+            data_dir=args.data_dir,
+            fit_on=args.fit_on,
+        ),
     )
-    path = latent_plot_for_run(
-        args.run,
-        args.out,
-        components=args.components,
-        resolution=args.resolution,
-        lim=args.lim,
-        span=args.span,
-        data_dir=args.data_dir,
-        fit_on=args.fit_on,
-    )
-    writes.record("latent-plot", files=[path])
-    say(f"wrote {path}")
-    return 0
 
 
 def add_ood(sub) -> None:
@@ -240,7 +234,7 @@ def add_ood(sub) -> None:
         "(Nalisnick et al. 2019).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("--in", dest="in_dataset", default=None, help="in-distribution data set (default: the run's)")
     p.add_argument("--out", dest="out_dataset", required=True, help="out-of-distribution data set, e.g. fashion-mnist")
     p.add_argument(
@@ -253,7 +247,7 @@ def add_ood(sub) -> None:
     p.add_argument("--k", type=POS_INT, default=20, help="importance samples of the IWAE bounds")
     p.add_argument("--components", type=POS_INT, default=DEFAULT_COMPONENTS, help="K of the GMM used as p(z)")
     p.add_argument("--seed", type=NONNEG_INT, default=0)
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument("--results", default=None, help="folder for the JSON and Markdown (default: RUN/ood)")
 
 
@@ -297,13 +291,11 @@ def add_report(sub) -> None:
         "no network to view.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("--n", type=POS_INT, default=12, help="test images to reconstruct")
-    p.add_argument(
-        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
-    )
+    add_gmm(p, fit_on=False)
     p.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the prior and GMM samples")
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument(
         "--records",
         nargs="+",
@@ -317,23 +309,21 @@ def add_report(sub) -> None:
 def run_report(args) -> int:
     from ..report import build_report  # imported when the command runs: `--help` stays fast
 
-    writes.check(
+    return _write_file(
         "report",
-        files=[args.out or Path(args.run) / "report.html"],
-        inputs=[Input(Path(args.run), "run"), *(Input(Path(r)) for r in args.records)],
+        args,
+        "report.html",
+        lambda: build_report(
+            args.run,
+            args.out,
+            n=args.n,
+            seed=args.seed,
+            components=args.components,
+            data_dir=args.data_dir,
+            records=args.records,
+        ),
+        inputs=[Input(Path(r)) for r in args.records],
     )
-    path = build_report(
-        args.run,
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        components=args.components,
-        data_dir=args.data_dir,
-        records=args.records,
-    )
-    writes.record("report", files=[path])
-    say(f"wrote {path}")
-    return 0
 
 
 def add_latent_walk(sub) -> None:
@@ -345,7 +335,7 @@ def add_latent_walk(sub) -> None:
         "sigma (per-pixel for a stage-2 run).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("--pair", type=NONNEG_INT, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
     p.add_argument(
         "--dims",
@@ -358,30 +348,28 @@ def add_latent_walk(sub) -> None:
     p.add_argument("--steps", type=POS_INT, default=11, help="points per walk")
     p.add_argument("--span", type=POS_FLOAT, default=3.0, help="traversal range +-SPAN around the code")
     p.add_argument("--checkpoint", default=CHECKPOINT, help=f"checkpoint file in RUN (e.g. {STAGE1})")
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
     p.add_argument("--out", default=None, help="PNG file (default: RUN/latent_walk.png)")
 
 
 def run_latent_walk(args) -> int:
     from ..latent_walk import latent_walk_for_run  # imported when the command runs: `--help` stays fast
 
-    png = Path(args.out) if args.out else Path(args.run) / "latent_walk.png"
-    writes.check(
+    return _write_file(
         "latent-walk",
-        files=[png, png.with_suffix(".json")],
-        inputs=[Input(Path(args.run), "run"), Input(Path(args.run) / args.checkpoint)],
+        args,
+        "latent_walk.png",
+        lambda: latent_walk_for_run(
+            args.run,
+            args.out,
+            which=args.checkpoint,
+            pair=tuple(args.pair),
+            dims=args.dims,
+            n_dims=args.n_dims,
+            steps=args.steps,
+            span=args.span,
+            data_dir=args.data_dir,
+        ),
+        inputs=[Input(Path(args.run) / args.checkpoint)],
+        sidecars=(".json",),
     )
-    path = latent_walk_for_run(
-        args.run,
-        args.out,
-        which=args.checkpoint,
-        pair=tuple(args.pair),
-        dims=args.dims,
-        n_dims=args.n_dims,
-        steps=args.steps,
-        span=args.span,
-        data_dir=args.data_dir,
-    )
-    writes.record("latent-walk", files=[path, path.with_suffix(".json")])
-    say(f"wrote {path}")
-    return 0

@@ -1,6 +1,7 @@
-"""What the subcommands share: option types (positive numbers), the FID backend and evaluation protocol
-options (each default the library's, stated once in :mod:`balanced_vae.protocol`), and :func:`say`, the
-one way a command speaks to its user."""
+"""What the subcommands share: option types (positive numbers), the options of a run's commands (RUN,
+the GMM's K and fitted codes, the data folder), the FID backend and evaluation protocol options (each
+default the library's, stated once in :mod:`balanced_vae.protocol`), and :func:`say`, the one way a
+command speaks to its user."""
 
 from __future__ import annotations
 
@@ -40,6 +41,34 @@ POS_INT = _number(int, 1, True)
 NONNEG_INT = _number(int, 0, True)
 POS_FLOAT = _number(float, 0.0, False)
 NONNEG_FLOAT = _number(float, 0.0, True)
+
+
+RUN_HELP = "run folder made by `balanced-vae train`"
+
+
+def add_run(p, help: str = RUN_HELP) -> None:
+    """The positional ``run``: the run folder a command reads."""
+    p.add_argument("run", help=help)
+
+
+def add_gmm(p, *, fit_on: bool = True) -> None:
+    """``--components`` (K of the GMM of Eq. 13; None: the library's default for the image size) and, with
+    ``fit_on``, ``--fit-on`` (the codes it is fitted on)."""
+    p.add_argument(
+        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
+    )
+    if fit_on:
+        p.add_argument(
+            "--fit-on",
+            choices=["mean", "sample"],
+            default="mean",
+            help="codes the GMM is fitted on: posterior means or one z ~ q(z|x) per image",
+        )
+
+
+def add_data_dir(p) -> None:
+    """``--data-dir``: where the run's data set is read (None: the run's folder, then $BALANCED_VAE_DATA)."""
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
 
 
 def add_fid_backend(p) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import writes
 from ..checkpoint import CHECKPOINT, STAGE1, slim_checkpoint
 from ..writes import Folder, Input
-from .options import POS_INT, say
+from .options import add_data_dir, add_gmm, add_run, say
 
 
 def add_slim(sub) -> None:
@@ -47,13 +47,11 @@ def add_export(sub) -> None:
         "a RUN, and runs.load_run, accept OUT; loading it never unpickles.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("run", help="run folder made by `balanced-vae train`")
+    add_run(p)
     p.add_argument("out", help="new folder (or a model folder export made) to write")
-    p.add_argument(
-        "--components", type=POS_INT, default=None, help="K of the GMM (default: 32 for 28x28 images, 500 for 64x64)"
-    )
+    add_gmm(p, fit_on=False)
     p.add_argument("--no-gmm", dest="gmm", action="store_false", help="leave the GMM out (no data needed)")
-    p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $BALANCED_VAE_DATA)")
+    add_data_dir(p)
 
 
 def run_export(args) -> int:

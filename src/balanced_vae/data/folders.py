@@ -33,6 +33,8 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 _CELEBA_CROP = 140
 _DECODE_BLOCK = 1024
+#: what PIL raises on a broken or hostile image file
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def load_celeba(root: Path, size: int, seed: int) -> Dataset:
@@ -180,16 +182,8 @@ def _own_size(folder: Path, paths: list[Path]) -> int:
         try:
             with Image.open(p) as img:
                 w, h = img.size  # a square stays square under any EXIF rotation
-        except (
-            OSError,
-            ValueError,
-            SyntaxError,
-            EOFError,
-            struct.error,
-            zlib.error,
-            Image.DecompressionBombError,
-        ) as e:
-            raise DataError(f"cannot read image {p} ({type(e).__name__}: {e}); fix: remove or replace the file") from e
+        except _UNREADABLE as e:
+            raise _unreadable(p, e) from e
         sizes.setdefault((w, h), p)
     if len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1]:
         side = next(iter(sizes))[0]
@@ -241,13 +235,10 @@ def _load_square(path: Path, *, size: int, crop: int | None) -> tuple[np.ndarray
             # PIL widens the bilinear kernel when shrinking: antialiased.
             img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8), is_grey
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        struct.error,
-        zlib.error,
-        Image.DecompressionBombError,
-    ) as e:  # PIL reports broken files with any of these
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); fix: remove or replace the file") from e
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: BaseException) -> DataError:
+    """The error of an image file PIL cannot read (one of :data:`_UNREADABLE`), with the fix."""
+    return DataError(f"cannot read image {path} ({type(e).__name__}: {e}); fix: remove or replace the file")

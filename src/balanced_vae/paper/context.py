@@ -16,8 +16,9 @@ from ..data import Dataset, load_dataset
 from ..distributed import resolve_device
 from ..evaluate import evaluate_run
 from ..fid_sets import real_data_fid
+from ..latent import kl_gap
 from ..provenance import file_digest, git_commit, git_dirty, provenance, short_commit
-from ..runs import load_run, model_sha256
+from ..runs import Run, load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
 from ..version import __version__
 from .budgets import PAPER, Budget, resolved_budget
@@ -130,6 +131,21 @@ class Context:
     def fid(self, name: str, sampler: str, components: int | None = None, n: int | None = None) -> float:
         """FID of run ``name``'s decoder means under ``sampler`` on ``n`` images (the budget's n_fid when None)."""
         return self.evaluate(name, "fid", sampler=sampler, components=components, n_fid=n)["values"]["fid"]
+
+    def kl_gap(self, run: Run, *, aggregate: bool, fit_on: str) -> dict:
+        """:func:`~balanced_vae.latent.kl_gap` of ``run`` under the budget: KL(q_GMM || p) (and, with
+        ``aggregate``, KL(q_agg || p), Eq. 12) for the GMM of Eq. 13 with the default K fitted on
+        ``fit_on`` codes, p = N(0, I); n_kl samples per estimate, kl_runs estimates, the budget's seed."""
+        return kl_gap(
+            run,
+            components=self.k_default,
+            n=self.budget.n_kl,
+            runs=self.budget.kl_runs,
+            seed=self.budget.seed,
+            data=self.data,
+            aggregate=aggregate,
+            fit_on=fit_on,
+        )
 
     def real_fid(self, n: int | None = None) -> float:
         """FID of ``n`` real training vs ``n`` test images (the budget's n_fid when None), cached."""

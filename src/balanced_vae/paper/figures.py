@@ -12,7 +12,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from ..checkpoint import CHECKPOINT, STAGE1
-from ..latent import kl_gap
 from ..latent_samples import write_samples
 from ..plots import save_fig
 from ..reconstruct import reconstruct_run
@@ -23,6 +22,11 @@ from .records import figure_record, write_table
 from .specs import Fig1Row
 
 __all__ = ["fig1", "fig2", "fig3", "fig4"]
+
+
+def _pngs(ctx: Context, folder: Path) -> list[str]:
+    """The PNGs a figure drew into ``folder``, by name, as paths relative to the context folder."""
+    return sorted(str(p.relative_to(ctx.folder)) for p in folder.glob("*.png"))
 
 
 def fig1(ctx: Context) -> Path:
@@ -36,16 +40,7 @@ def fig1(ctx: Context) -> Path:
         elbo = ctx.evaluate(name, "elbo", which=STAGE1 if name == "learned" else CHECKPOINT)
         # q_GMM as a density of q(z): fitted on one z ~ q(z|x) per image; a fit on the means (the
         # sampler's) squeezes the dimensions a large sigma^2 leaves unused and inflates the KL
-        kl = kl_gap(
-            run,
-            components=ctx.k_default,
-            n=ctx.budget.n_kl,
-            runs=ctx.budget.kl_runs,
-            seed=ctx.budget.seed,
-            data=ctx.data,
-            aggregate=False,
-            fit_on="sample",
-        )
+        kl = ctx.kl_gap(run, aggregate=False, fit_on="sample")
         ctx.note_commit()  # the KL gap: computed by this code
         rows.append(
             Fig1Row(
@@ -110,12 +105,11 @@ def fig2(ctx: Context) -> Path:
         compare=True,
         data=ctx.data,
     )
-    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
     return figure_record(
         ctx,
         "fig2",
         f"Figure 2 ({ctx.dataset}): samples from the prior and from the GMM",
-        files,
+        _pngs(ctx, target),
         ctx.protocol(K=ctx.k_default, n=64),
         time.perf_counter() - t0,
     )
@@ -127,12 +121,11 @@ def fig3(ctx: Context) -> Path:
     target = ctx.folder / "fig3"
     reconstruct_run(ctx.run("learned"), target, n=16, data=ctx.data)
     calib = ctx.evaluate("learned", "calibration")
-    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
     return figure_record(
         ctx,
         "fig3",
         f"Figure 3 ({ctx.dataset}): reconstruction uncertainty",
-        files,
+        _pngs(ctx, target),
         ctx.protocol(calibration=calib["protocol"]),
         time.perf_counter() - t0,
         rows=[{k: v for k, v in calib["values"].items() if not isinstance(v, (dict, list))}],
@@ -147,12 +140,11 @@ def fig4(ctx: Context) -> Path:
     write_samples(
         ctx.run("learned"), target, sampler="gmm", components=ctx.k_default, n=32, seed=ctx.budget.seed, data=ctx.data
     )
-    files = sorted(str(p.relative_to(ctx.folder)) for p in target.glob("*.png"))
     return figure_record(
         ctx,
         "fig4",
         f"Figure 4 ({ctx.dataset}): generation uncertainty",
-        files,
+        _pngs(ctx, target),
         ctx.protocol(K=ctx.k_default, n=32),
         time.perf_counter() - t0,
     )

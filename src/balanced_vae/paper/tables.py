@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..checkpoint import CHECKPOINT, STAGE1
-from ..latent import gmm_ablation_for_run, kl_gap
+from ..latent import gmm_ablation_for_run
 from ..latent_density import latent_plot_for_run
 from ..runs import load_run
 from .budgets import PAPER, TABLE2_METHODS
@@ -36,26 +36,8 @@ def table1(ctx: Context) -> Path:
         run = load_run(path)
         # the GMM stands for q(z) as a density here, so it is fitted on z ~ q(z|x) (Eq. 12);
         # the fit on posterior means (what sampling uses) is shown beside it
-        kl = kl_gap(
-            run,
-            components=ctx.k_default,
-            n=ctx.budget.n_kl,
-            runs=ctx.budget.kl_runs,
-            seed=ctx.budget.seed,
-            data=ctx.data,
-            aggregate=True,
-            fit_on="sample",
-        )
-        kl_means = kl_gap(
-            run,
-            components=ctx.k_default,
-            n=ctx.budget.n_kl,
-            runs=ctx.budget.kl_runs,
-            seed=ctx.budget.seed,
-            data=ctx.data,
-            aggregate=False,
-            fit_on="mean",
-        )
+        kl = ctx.kl_gap(run, aggregate=True, fit_on="sample")
+        kl_means = ctx.kl_gap(run, aggregate=False, fit_on="mean")
         ctx.note_commit()  # the KL gaps above: computed by this code
         fig = ctx.folder / f"table1_density_{name}.png"
         latent_plot_for_run(run, fig, components=ctx.k_default, data=ctx.data)

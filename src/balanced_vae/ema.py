@@ -15,8 +15,9 @@ a checkpoint of weights only that every command reading a run takes with ``--che
 The average starts again from the trained weights at Algorithm 1's stage switch (the per-pixel
 head is new there). With the closed-form variance, a run that ends in stage 1 gives the average its
 own sigma^2 at the end, Eq. 10 on the averaged networks; until then ``ema.pt`` and the
-``ema_val_*`` log columns use the average of the trained log sigma^2 (an ELBO all the same, at a
-sigma^2 near the maximiser, and without a second Eq. 10 pass over the training set every epoch).
+``ema_val_*`` log columns use the trained networks' sigma*^2 of the epoch (an ELBO all the same, at a
+sigma^2 near the maximiser, and without a second Eq. 10 pass over the training set every epoch;
+an average of the trained log sigma^2 would lag behind it, since Eq. 10 moves it once an epoch).
 """
 
 from __future__ import annotations

@@ -228,6 +228,8 @@ class Trainer:
         t0 = time.perf_counter()
         sums, n_seen, kl_weights = self.train_epoch()  # the optimiser's steps over the training images
         model.likelihood.closed_form_update(model, self.x_fit, seed=config.seed + 2)  # Eq. 10 on the final networks
+        if self.ema is not None and self.closed_form and st.stage == 1:  # the average validates at sigma*^2 too
+            ema_.set_closed_form_sigma2(self.ema, model.likelihood.sigma2)
         st.epoch += 1
         val = self.validate(model)  # the stage's objective on the validation images
         if val:

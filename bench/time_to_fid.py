@@ -105,7 +105,7 @@ def train_to_budgets(config: TrainConfig, work: Path, budgets: list[float], data
 
 
 def score(snapshot: dict, which: str, a, data) -> dict:
-    """The 10k FID of one copy's weights ``which`` (``checkpoint.pt`` or ``ema.pt``), kept in the copy."""
+    """The 10k FID of one copy's weights ``which`` (``checkpoint.pt``, ``ema.pt`` or ``best.pt``), kept in the copy."""
     t0 = time.perf_counter()
     saved = Path(snapshot["path"]) / ("fid.json" if which == "checkpoint.pt" else f"fid_{Path(which).stem}.json")
     res = _read(saved, None)  # a copy scored by an earlier call (budgets added later)
@@ -152,13 +152,21 @@ def main(argv=None) -> None:
     )
     p.add_argument("--ema", type=float, default=None, help="keep the weights' moving average with this decay")
     p.add_argument(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.ema_warmup,
+        help="the average's decay warm-up (train --ema-warmup)",
+    )
+    p.add_argument("--keep-best", action="store_true", help="keep the best validation epoch's weights (best.pt)")
+    p.add_argument(
         "--score",
         default="raw,ema",
-        help="which weights of each copy to score: raw (checkpoint.pt), ema (ema.pt, with --ema); default both",
+        help="which weights of each copy to score, in this order: raw (checkpoint.pt), ema (ema.pt, with --ema), "
+        "best (best.pt, with --keep-best); default raw,ema",
     )
     a = p.parse_args(argv)
     budgets = sorted(float(b) for b in a.budgets.split(","))
-    kinds = [k for k in a.score.split(",") if k == "raw" or (k == "ema" and a.ema)]
+    kinds = [k for k in a.score.split(",") if k == "raw" or (k == "ema" and a.ema) or (k == "best" and a.keep_best)]
     a.work.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     config = TrainConfig(
@@ -170,6 +178,8 @@ def main(argv=None) -> None:
         lr_drops=a.lr_drops,
         precision=a.precision,
         ema=a.ema,
+        ema_warmup=a.ema_warmup,
+        keep_best=a.keep_best,
     )
     data = load_dataset(a.dataset, data_dir=a.data_dir)
     score_threads = torch.get_num_threads()
@@ -180,8 +190,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(score_threads)
         row = {k: v for k, v in s.items() if k != "path"}
         for kind in kinds:
-            got = score(s, "checkpoint.pt" if kind == "raw" else "ema.pt", a, data)
-            row.update(got if kind == "raw" else {f"{k}_ema" if k != "fid_protocol" else k: v for k, v in got.items()})
+            got = score(s, "checkpoint.pt" if kind == "raw" else f"{kind}.pt", a, data)
+            row.update(
+                got if kind == "raw" else {f"{k}_{kind}" if k != "fid_protocol" else k: v for k, v in got.items()}
+            )
             print(f"budget {budget:g} CPU-min ({kind}): FID {got['fid']:.2f}", file=sys.stderr, flush=True)
         rows.append(row)
         record = {
@@ -195,7 +207,7 @@ def main(argv=None) -> None:
             "provenance": prov,
             "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
             "FID: GMM K=32 on posterior means, n generated vs n test images; fid: the trained weights "
-            "(checkpoint.pt), fid_ema: their moving average (ema.pt)",
+            "(checkpoint.pt), fid_ema: their moving average (ema.pt), fid_best: the best validation epoch's (best.pt)",
         }
         if a.out is not None:
             write_json_atomic(a.out, record)

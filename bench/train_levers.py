@@ -32,6 +32,7 @@ import torch
 from balanced_vae.config import TrainConfig
 from balanced_vae.data import load_dataset
 from balanced_vae.methods import build_model, build_objective
+from balanced_vae.provenance import provenance
 
 LEVERS = ("fp32", "bf16", "fused_adam", "foreach_adam", "channels_last", "compile", "batch256")
 
@@ -112,9 +113,14 @@ def main(argv=None) -> None:
                 "steps": a.steps,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
+                "provenance": provenance(),
                 "machine": platform.machine(),
                 "cpu_flags": sorted(
-                    {f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512_bf16", "amx"))}
+                    {
+                        f
+                        for f in open("/proc/cpuinfo").read().split()
+                        if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2"))
+                    }
                 )
                 if os.path.exists("/proc/cpuinfo")
                 else [],

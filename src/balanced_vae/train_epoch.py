@@ -21,24 +21,27 @@ log = logging.getLogger(__name__)
 
 
 class _Step(nn.Module):
-    """The objective as a module, so DistributedDataParallel sees a forward pass: x -> terms."""
+    """The objective as a module, so DistributedDataParallel sees a forward pass: x -> terms.
+    ``memory_format``: the layout each batch (B, C, H, W) is put in first (the model's)."""
 
-    def __init__(self, model: nn.Module, objective) -> None:
+    def __init__(self, model: nn.Module, objective, memory_format: torch.memory_format) -> None:
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.memory_format = model, objective, memory_format
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.memory_format != torch.contiguous_format and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
         return self.objective(self.model, x)
 
 
-def stepper(model, objective, device: torch.device):
+def stepper(model, objective, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
     """``step(x) -> terms``: the objective, wrapped in DistributedDataParallel under a process group.
 
     Buffers are not broadcast: each rank keeps its own closed-form sums, which the trainer
     adds over ranks itself. Built anew after the stage switch, so every rank starts stage 2
     from rank 0's variance head.
     """
-    step = _Step(model, objective)
+    step = _Step(model, objective, memory_format)
     if rank_world()[1] == 1:
         return step
     ids = [device.index] if device.type == "cuda" else None

@@ -100,7 +100,9 @@ class Trainer:
                 "every rank needs images of every batch; use fewer processes or a larger --batch-size"
             )
         torch.manual_seed(config.seed)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = build_model(config, data.shape).to(device)  # identical on every rank
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub lacks it
         if self.rank > 0:
             torch.manual_seed(config.seed + self.rank)  # but each rank draws its own z
         self.shuffle = torch.Generator().manual_seed(config.seed)
@@ -146,7 +148,7 @@ class Trainer:
         if isinstance(likelihood, GlobalVariance) and self.closed_form and self.world > 1:
             likelihood.reduce_step = all_reduce_sum  # each step's sigma^2 of the global batch
         first = self.warm if self.warm is not None and self.st.stage == 1 else self.objective
-        self.step = stepper(self.model, first, self.device)
+        self.step = stepper(self.model, first, self.device, self.memory_format)
         self.writer = tensorboard(self.out) if self.rank == 0 else None
         return True
 
@@ -298,7 +300,7 @@ class Trainer:
         check_collapse(self.out, st, val)
         if st.stage < n_stages(self.config):
             self.enter_stage2()
-            self.step = stepper(self.model, self.objective, self.device)
+            self.step = stepper(self.model, self.objective, self.device, self.memory_format)
             self.ema = ema_.ema_of(
                 self.model, self.config.ema, warmup=self.config.ema_warmup
             )  # stage 2 averages from the switch on, head included
@@ -329,6 +331,7 @@ class Trainer:
         floor = self.config.pixel_floor if self.config.pixel_floor is not None else sigma2_star
         self.model.with_pixel_variance(floor, init_sigma2=sigma2_star)
         self.model.to(self.device)
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
 
     # ------------------------------------------------------------------ what it writes
 

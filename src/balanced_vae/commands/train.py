@@ -170,6 +170,13 @@ def _add_optimiser_options(p, D: TrainConfig) -> None:
         "random initial weights; --no-ema-warmup: DECAY from the first step",
     )
     p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=D.channels_last,
+        help="train the conv layers on NHWC tensors: faster for the res and paper families on some CPUs "
+        "(measure: python bench/train_levers.py --net res --levers fp32,channels_last)",
+    )
+    p.add_argument(
         "--keep-best",
         action=argparse.BooleanOptionalAction,
         default=D.keep_best,

@@ -12,8 +12,9 @@
 # ("mnist fashion-mnist"), EPOCHS (cap per stage, 100 as the RAE recipe), MAX_MINUTES (wall cap per stage,
 # 3), GUARD (seconds for training + FID before the records are packed anyway, 520), N_FID (10000),
 # DEVICE (cuda), TRAIN_ARGS (more `train` options). A CPU try of the script:
-#   DEVICE=cpu N_FID=200 EPOCHS=1 MAX_MINUTES=1 DATASETS=mnist \
+#   DEVICE=cpu GUARD=1500 N_FID=200 EPOCHS=1 MAX_MINUTES=1 DATASETS=mnist \
 #     TRAIN_ARGS="--n-train 512 --n-test 200 --min-epochs 1" bash bench/gpu_paper_net.sh /tmp/pn
+# A second call with the same OUT resumes unfinished runs and scores what is not scored yet.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/gpu_inception.sh"
@@ -36,13 +37,19 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
 PY
 one() {  # one data set: train both stages, then FID of each set of weights it wrote
   local ds=$1 run="$OUT/paper-net/$1" log="$OUT/paper-net/logs/$1"
-  # shellcheck disable=SC2086
-  python3 -m balanced_vae.cli train --dataset "$ds" --net paper --epochs "$EPOCHS" --max-minutes "$MAX_MINUTES" \
-    --ema 0.999 --keep-best --device "$DEVICE" --out "$run" $TRAIN_ARGS > "$log-train.log" 2>&1
-  [ "$FID_OK" = 1 ] || return
+  if [ -f "$run/checkpoint.pt" ]; then  # a second call after the guard: go on where the first stopped
+    [ -f "$run/final.json" ] || python3 -m balanced_vae.cli train --resume "$run" --device "$DEVICE" >> "$log-train.log" 2>&1
+  else
+    # shellcheck disable=SC2086
+    python3 -m balanced_vae.cli train --dataset "$ds" --net paper --epochs "$EPOCHS" --max-minutes "$MAX_MINUTES" \
+      --ema 0.999 --keep-best --device "$DEVICE" --out "$run" $TRAIN_ARGS > "$log-train.log" 2>&1
+  fi
+  [ "$FID_OK" = 1 ] && [ -f "$run/final.json" ] || return
+  local ck res
   for ck in checkpoint.pt ema.pt best.pt; do
-    [ -f "$run/$ck" ] && python3 -m balanced_vae.cli evaluate "$run" --checkpoint "$ck" --metrics fid \
-      --sampler gmm --n-fid "$N_FID" --device "$DEVICE" --fid-cache "$OUT/fid-cache" >> "$log-fid.log" 2>&1
+    res="$run/results_${ck%.pt}.json"; [ "$ck" = checkpoint.pt ] && res="$run/results.json"
+    [ -f "$run/$ck" ] && [ ! -f "$res" ] && python3 -m balanced_vae.cli evaluate "$run" --checkpoint "$ck" \
+      --metrics fid --sampler gmm --n-fid "$N_FID" --device "$DEVICE" --fid-cache "$OUT/fid-cache" >> "$log-fid.log" 2>&1
   done
 }
 export -f one; export OUT EPOCHS MAX_MINUTES N_FID DEVICE TRAIN_ARGS FID_OK

@@ -403,3 +403,19 @@ def test_no_command_changes_a_file_it_does_not_own(base_run, stand_in_inception,
                 assert after.get(name) == digest, (command, kind, name, err)
     finally:
         shutil.rmtree(p["root"], ignore_errors=True)
+
+
+def test_a_run_whose_stage_ended_by_its_wall_clock_cap_resumes_under_it(tmp_path):
+    """The cap is checked after each epoch, so stage 1 ran past it; resuming stage 2 under the same
+    config (what a second call of a GPU script does) must not be refused for that overshoot."""
+    from balanced_vae.data import load_dataset
+    from balanced_vae.train import train
+
+    digits = load_dataset("digits")
+    config = TrainConfig(epochs=3, min_epochs=3, stages=2, n_train=1000, batch_size=10, max_minutes=1e-4)
+    run = train(config, tmp_path / "run", data=digits, progress=False, stop_after=1)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["stage"] == 2 and ckpt["stops"]["1"]["reason"] == "max_minutes"
+    assert ckpt["stops"]["1"]["seconds"] > 60 * config.max_minutes  # the overshoot of one epoch
+    train(config, run, data=digits, progress=False, resume=True)
+    assert (run / "final.json").is_file()

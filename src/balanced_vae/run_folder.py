@@ -31,7 +31,11 @@ class RunExistsError(FileExistsError):
 
 def check_caps(out: Path, config: TrainConfig) -> dict:
     """Refuse caps below what the run already ran (its config could no longer re-create it); returns the
-    state of its checkpoint (stage, epoch)."""
+    state of its checkpoint (stage, epoch).
+
+    Epochs count over every stage. Minutes count only for the stage in progress: the wall-clock cap is
+    checked after each epoch, so a stage it ended always ran past it by up to one epoch, and that is
+    no reason to refuse the cap it was trained under."""
     ckpt = load_checkpoint(out / CHECKPOINT)
     at = {"stage": int(ckpt["stage"]), "epoch": int(ckpt["epoch"])}
     ran = {
@@ -48,12 +52,12 @@ def check_caps(out: Path, config: TrainConfig) -> dict:
             "a lower cap would leave a folder its config cannot re-create. Fix: give --epochs >= "
             f"{most['epochs']} (or leave it out), or train a new run with the lower cap"
         )
-    stage, most = max(ran.items(), key=lambda kv: kv[1]["seconds"] or 0.0)
-    if config.max_minutes is not None and 60 * config.max_minutes < (most["seconds"] or 0.0):
+    seconds = float(ckpt.get("stage_seconds", 0.0)) if not ckpt.get("done", False) else 0.0
+    if config.max_minutes is not None and 60 * config.max_minutes < seconds:
         raise ValueError(
-            f"--max-minutes {config.max_minutes:g}: stage {stage} of {out} already ran "
-            f"{most['seconds'] / 60:.2f} minutes; fix: give --max-minutes >= "
-            f"{math.ceil(most['seconds'] / 60 * 100) / 100:g} (or leave it out), or train a new run"
+            f"--max-minutes {config.max_minutes:g}: stage {at['stage']} of {out} already ran "
+            f"{seconds / 60:.2f} minutes; fix: give --max-minutes >= "
+            f"{math.ceil(seconds / 60 * 100) / 100:g} (or leave it out), or train a new run"
         )
     return at
 

@@ -11,7 +11,6 @@ The entry point that validates a config and holds the run folder's lock is
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -47,7 +46,7 @@ from .config import TrainConfig
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world
 from .likelihoods import GlobalVariance, closed_form_sigma2
-from .methods import build_model, n_stages
+from .methods import build_model, build_trained, n_stages
 from .metrics import evaluate_elbo, validation_terms
 from .objectives import KLWarmup, elbo_from_mse
 from .provenance import provenance
@@ -101,8 +100,8 @@ class Trainer:
             )
         torch.manual_seed(config.seed)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = build_model(config, data.shape).to(device)  # identical on every rank
-        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub lacks it
+        self.model = build_model(config, data.shape)  # identical on every rank
+        self.place()
         if self.rank > 0:
             torch.manual_seed(config.seed + self.rank)  # but each rank draws its own z
         self.shuffle = torch.Generator().manual_seed(config.seed)
@@ -139,9 +138,7 @@ class Trainer:
                 return False
         elif branch is not None:
             self.branch_at(*branch)
-        self.ema = ema_.ema_of(
-            self.model, self.config.ema, ckpt.get("ema") if ckpt is not None else None, warmup=self.config.ema_warmup
-        )
+        self.ema = self.average(ckpt.get("ema") if ckpt is not None else None)
         if not self.st.commits or self.st.commits[-1] != commit:
             self.st.commits.append(commit)
         likelihood = self.model.likelihood
@@ -301,9 +298,7 @@ class Trainer:
         if st.stage < n_stages(self.config):
             self.enter_stage2()
             self.step = stepper(self.model, self.objective, self.device, self.memory_format)
-            self.ema = ema_.ema_of(
-                self.model, self.config.ema, warmup=self.config.ema_warmup
-            )  # stage 2 averages from the switch on, head included
+            self.ema = self.average()  # stage 2 averages from the switch on, head included
             return
         st.done = True
         if self.ema is not None and self.closed_form and st.stage == 1:  # the average's own Eq. 10, once
@@ -330,8 +325,15 @@ class Trainer:
         assert sigma2_star is not None, "stage 2 follows a stage 1 that set sigma*^2"
         floor = self.config.pixel_floor if self.config.pixel_floor is not None else sigma2_star
         self.model.with_pixel_variance(floor, init_sigma2=sigma2_star)
+        self.place()
+
+    def place(self) -> None:  # the run's device and memory layout (``channels_last``: NHWC conv weights)
         self.model.to(self.device)
-        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub lacks it
+
+    def average(self, state: dict | None = None) -> AveragedModel | None:
+        """The weights' moving average of the config (``state``: a checkpoint's, when resuming), or None."""
+        return ema_.ema_of(self.model, self.config.ema, state, warmup=self.config.ema_warmup)
 
     # ------------------------------------------------------------------ what it writes
 
@@ -431,9 +433,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt["stage"] != self.st.stage:  # a stage without validation wrote none of its own
             return None
-        model = copy.deepcopy(self.model)
-        load_weights(model, ckpt["model"], path, self.out / CONFIG)
-        return model, int(ckpt["best"]["epoch"])
+        return build_trained(self.config, ckpt, path, self.out / CONFIG).to(self.device), int(ckpt["best"]["epoch"])
 
     def check_finite(self, bad_step: int | None) -> None:
         """Stop with :class:`DivergenceError` when a loss or a weight became non-finite this epoch."""

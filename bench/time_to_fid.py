@@ -186,7 +186,8 @@ def main(argv=None) -> None:
     rows = []
     for budget in budgets:  # train to each budget, then score its copy, so every finished row is kept
         torch.set_num_threads(a.train_threads)
-        s = train_to_budgets(config, a.work, [b for b in budgets if b <= budget], data)[-1]
+        snaps = train_to_budgets(config, a.work, [b for b in budgets if b <= budget], data)
+        s = next(x for x in snaps if x["budget_cpu_minutes"] == budget)  # the clock also holds later copies
         torch.set_num_threads(score_threads)
         row = {k: v for k, v in s.items() if k != "path"}
         for kind in kinds:

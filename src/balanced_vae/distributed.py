@@ -13,6 +13,7 @@ of a single process (rank 0 of 1).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -110,6 +111,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group once every rank is done with it.
+
+    Rank 0 writes the run's last files (the test metrics, ``final.json``) while the other
+    ranks are already finished; a rank that tore down its gloo group and exited then could
+    abort ("terminate called without an active exception"), and torchrun killed rank 0
+    before ``final.json`` was written. So: free what may still hold the group (a
+    DistributedDataParallel in a reference cycle), wait at a barrier for every rank, then destroy.
+    ``wait=False`` (after an error, when another rank may be inside a collective) destroys at once.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

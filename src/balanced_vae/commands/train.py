@@ -260,9 +260,12 @@ def _parse_hparams(items: list[str]) -> dict:
 def run_train(args) -> int:
     if init_from_env(args.device):  # launched by torchrun: one process per GPU or CPU rank
         try:
-            return _run_train_local(args, quiet=rank_world()[0] != 0)
-        finally:
-            shutdown()
+            code = _run_train_local(args, quiet=rank_world()[0] != 0)
+        except BaseException:
+            shutdown(wait=False)  # another rank may be inside a collective: waiting for it would hang
+            raise
+        shutdown()  # every rank waits for rank 0's last files before the group goes
+        return code
     return _run_train_local(args)
 
 

@@ -27,7 +27,8 @@ FINAL = "final.json"  # the test-split numbers of a finished run
 RESUMES = "resumes.jsonl"  # what each resume changed (raised caps, the data's new place), with its time
 FORMAT_VERSION = 1
 # what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
-RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng", "ema")
+SWITCH_MOMENTS = "switch_moments"  # stage1.pt: the optimiser state by parameter name, carried into stage 2
+RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng", "ema", SWITCH_MOMENTS)
 
 
 class CheckpointError(RuntimeError):

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from .checkpoint import CONFIG, RESUMES, STAGE1, CheckpointError, load_checkpoint
+from .checkpoint import CONFIG, RESUMES, STAGE1, SWITCH_MOMENTS, CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .methods import n_stages
 
@@ -115,6 +115,8 @@ def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
             f"{path}: holds no random states of the stage switch (written before branching "
             "existed, or slimmed); train the new run from scratch instead"
         )
+    if SWITCH_MOMENTS not in ckpt:
+        log.warning("%s: holds no optimiser moments (an older version wrote it); stage 2 starts from zero", path)
     return path, ckpt
 
 

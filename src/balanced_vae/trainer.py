@@ -37,6 +37,7 @@ from .checkpoint import (
     FINAL,
     METRICS,
     STAGE1,
+    SWITCH_MOMENTS,
     CheckpointError,
     load_checkpoint,
     load_weights,
@@ -55,11 +56,13 @@ from .run_folder import log_row, note_resume, tensorboard, truncate_metrics
 from .train_epoch import n_batches_of, stepper, train_epoch
 from .train_state import (
     TrainState,
+    carry_moments,
     check_collapse,
     cpu_state,
     drop_lr,
     is_best,
     make_optimiser,
+    moments,
     resumable,
     set_rng_states,
     state_of,
@@ -203,7 +206,7 @@ class Trainer:
             rows = [ln for ln in lines if ln.strip() and json.loads(ln)["stage"] == 1]
             write_text_atomic(out / METRICS, "".join(r + "\n" for r in rows))
             log.info("%s: stage 1 taken from %s (%d epochs); training stage 2", out, path, self.st.epoch)
-        self.enter_stage2()
+        self.enter_stage2(ckpt.get(SWITCH_MOMENTS, {}))  # none in a stage1.pt of an older version (warned)
 
     # ------------------------------------------------------------------ Algorithm 1
 
@@ -305,18 +308,21 @@ class Trainer:
             sigma2 = closed_form_sigma2(self.ema.module, self.x_fit, seed=self.config.seed + 2)
             ema_.set_closed_form_sigma2(self.ema, sigma2)
 
-    def enter_stage2(self) -> None:
-        """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, a new optimiser.
+    def enter_stage2(self, switch: dict | None = None) -> None:
+        """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, a new optimiser
+        that goes on with stage 1's moments (:func:`carry_moments`; ``switch``: a branch source's, else ours).
 
-        ``stage1.pt`` also holds the state and the random states from before the head is drawn, so
-        another run may start here (:func:`~balanced_vae.resume.branch_source`)."""
+        ``stage1.pt`` also holds the state, the moments and the random states from before the head is
+        drawn, so another run may start here (:func:`~balanced_vae.resume.branch_source`)."""
         st, config = self.st, self.config
         rng_states = gather_rng_states()  # a collective: every rank takes part
+        carried = moments(self.model, self.optimiser) if switch is None else switch
         if self.rank == 0:
-            save_checkpoint(self.out / STAGE1, self.resumable(rng_states))
+            save_checkpoint(self.out / STAGE1, {**self.resumable(rng_states), SWITCH_MOMENTS: carried})
         self.add_pixel_head()
         st.stage, st.epoch, st.history, st.stage_seconds, st.lr_drops, st.lr_dropped_at = 2, 0, [], 0.0, 0, 0
         self.optimiser = make_optimiser(self.model, config)
+        carry_moments(self.model, self.optimiser, carried)
 
     def add_pixel_head(self) -> None:
         """Stage 2's model: the per-pixel variance head (Eq. 11) over the floor (the config's, else the
@@ -359,13 +365,8 @@ class Trainer:
             **{f"val_{k}": v for k, v in val.items()},
             "sigma2": model.likelihood.sigma2,
         }
-        log.info(
-            "stage %d epoch %d: validation loss %.2f, sigma2 %.4g",
-            st.stage,
-            st.epoch,
-            val.get("loss", math.nan),
-            row["sigma2"],
-        )
+        loss = val.get("loss", math.nan)
+        log.info("stage %d epoch %d: validation loss %.2f, sigma2 %.4g", st.stage, st.epoch, loss, row["sigma2"])
         row["lr"] = self.optimiser.param_groups[0]["lr"]
         if self.ema is not None and len(self.x_val):  # recorded only: training never reads the average
             row.update({f"ema_val_{k}": v for k, v in self.validate(self.ema.module).items()})

@@ -1,5 +1,6 @@
 """Issue 27: network families by name, the KL warm-up, and the 'best' convergence rule."""
 
+import dataclasses
 import json
 
 import pytest
@@ -279,3 +280,40 @@ def test_the_stage_switch_keeps_stage_1s_optimiser_moments(data_dir, tmp_path):
         n,
         9 * n,
     ]  # the head's own count; stage 1's carried on
+
+
+SWITCHED = TrainConfig(method="learned", stages=2, epochs=2, min_epochs=2, n_train=300, n_test=100, batch_size=32)
+
+
+def _steps(run) -> list[float]:
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["optimiser"]["state"]
+    return sorted({float(s["step"]) for s in state.values()})
+
+
+def test_a_fresh_switch_is_the_old_one_and_old_configs_read_as_it(digits, tmp_path):
+    """``switch="fresh"`` (runs made before the carry: config.LEGACY) starts stage 2 at step 0 for every
+    parameter and keeps no moments in stage1.pt; a bad value is refused, naming the field."""
+    assert TrainConfig.from_dict({}).switch == "fresh" and TrainConfig().switch == "carry"
+    with pytest.raises(ValueError, match="TrainConfig.switch"):
+        TrainConfig(switch="keep")
+    fresh = train(dataclasses.replace(SWITCHED, switch="fresh"), tmp_path / "f", data=digits, progress=False)
+    carry = train(SWITCHED, tmp_path / "c", data=digits, progress=False)
+    n = _steps(fresh)[0]
+    assert _steps(fresh) == [n] and _steps(carry) == [n, 2 * n]  # 2 epochs of stage 2; 2 of stage 1 carried on
+    assert "switch_moments" not in torch.load(fresh / "stage1.pt", weights_only=True)
+    assert "switch_moments" in torch.load(carry / "stage1.pt", weights_only=True)
+
+
+def test_a_branch_from_a_switch_without_moments_warns_and_passes_none_on(digits, tmp_path, caplog):
+    """A stage1.pt written before the carry holds no moments: its branch warns, starts stage 2 from zero
+    moments, and keeps none in its own stage1.pt, so that a branch of the branch warns too."""
+    source = train(dataclasses.replace(SWITCHED, stages=2), tmp_path / "src", data=digits, progress=False)
+    old = torch.load(source / "stage1.pt", weights_only=True)
+    del old["switch_moments"]
+    torch.save(old, source / "stage1.pt")
+    floor0 = dataclasses.replace(SWITCHED, pixel_floor=0.0)
+    with caplog.at_level("WARNING"):
+        branch = train(floor0, tmp_path / "b", data=digits, progress=False, branch_from=source)
+    assert "holds no optimiser moments" in caplog.text
+    assert "switch_moments" not in torch.load(branch / "stage1.pt", weights_only=True)
+    assert _steps(branch) == [_steps(branch)[0]]

@@ -23,10 +23,14 @@ LEGACY: dict[str, Any] = {
     "net": "small",
     "optimiser": "adam",
     "ema_warmup": False,
+    "switch": "fresh",
 }
 
 #: optimisers of every stage (``TrainConfig.optimiser``)
 OPTIMISERS = ("radam", "adam")
+
+#: what stage 2's optimiser starts from (``TrainConfig.switch``)
+SWITCHES = ("carry", "fresh")
 
 
 #: the decoder mean g(z) of :attr:`TrainConfig.output`
@@ -61,7 +65,10 @@ class TrainConfig:
     ends a stage when the best validation objective of the last ``window`` epochs beats the best
     before them by less than ``tol`` nats per dimension; ``"endpoints"`` (the rule before 0.2)
     compares only the last epoch with the one ``window`` epochs earlier, which validation noise
-    can fire while the objective still rises.
+    can fire while the objective still rises. ``switch``: stage 2's optimiser goes on with stage 1's
+    moments and step counts (``"carry"``, the default; only the new variance head starts from zero)
+    or starts fresh (``"fresh"``, runs made before it): a fresh RAdam's first, un-rectified steps on
+    gradients scaled by 1/sigma*^2 undid stage 1 of the small network.
 
     ``ema`` in (0, 1) keeps an exponential moving average of the weights with that decay per step
     (e.g. 0.999), written each epoch to ``ema.pt`` and evaluated as weights of its own
@@ -115,6 +122,7 @@ class TrainConfig:
     lr_warmup: int = 0
     optimiser: str = "radam"
     stopping: str = "best"
+    switch: str = "carry"
     ema: float | None = None
     ema_warmup: bool = True
     keep_best: bool = False
@@ -164,6 +172,8 @@ class TrainConfig:
             bad("optimiser", f"one of {', '.join(OPTIMISERS)}")
         if self.stopping not in STOPPING:
             bad("stopping", f"one of {', '.join(STOPPING)}")
+        if self.switch not in SWITCHES:
+            bad("switch", f"one of {', '.join(SWITCHES)}")
         if self.ema is not None and (
             isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1
         ):

@@ -115,8 +115,8 @@ def branch_source(run: Path, config: TrainConfig) -> tuple[Path, dict]:
             f"{path}: holds no random states of the stage switch (written before branching "
             "existed, or slimmed); train the new run from scratch instead"
         )
-    if SWITCH_MOMENTS not in ckpt:
-        log.warning("%s: holds no optimiser moments (an older version wrote it); stage 2 starts from zero", path)
+    if config.switch == "carry" and not ckpt.get(SWITCH_MOMENTS):
+        log.warning("%s: holds no optimiser moments (an older run); stage 2 starts from zero moments", path)
     return path, ckpt
 
 

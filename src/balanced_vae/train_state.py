@@ -39,6 +39,16 @@ def moments(model: nn.Module, optimiser: torch.optim.Optimizer) -> dict[str, dic
     return {name: cpu_state_dict(optimiser.state[p]) for name, p in model.named_parameters() if p in optimiser.state}
 
 
+def moments_to_carry(
+    model: nn.Module, optimiser: torch.optim.Optimizer, config: TrainConfig, source: dict | None
+) -> dict[str, dict]:
+    """Stage 1's moments for stage 2 (``config.switch == "carry"``): ``source``'s (a branch source's
+    ``stage1.pt``), else ``optimiser``'s (:func:`moments`); none for a fresh switch."""
+    if config.switch != "carry":
+        return {}
+    return moments(model, optimiser) if source is None else source
+
+
 def carry_moments(model: nn.Module, optimiser: torch.optim.Optimizer, saved: dict[str, dict]) -> int:
     """Give ``optimiser`` (stage 2's, fresh) stage 1's state of each parameter that persists, by name
     (``saved``: :func:`moments`); the variance head's new parameters keep zero moments. Returns how
@@ -52,7 +62,8 @@ def carry_moments(model: nn.Module, optimiser: torch.optim.Optimizer, saved: dic
     n = 0
     for name, p in model.named_parameters():
         if name in saved:
-            optimiser.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in saved[name].items()}
+            # the step count stays on the CPU, where torch keeps it (unless capturable or fused)
+            optimiser.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in saved[name].items()}
             n += 1
     return n
 

@@ -62,7 +62,7 @@ from .train_state import (
     drop_lr,
     is_best,
     make_optimiser,
-    moments,
+    moments_to_carry,
     resumable,
     set_rng_states,
     state_of,
@@ -206,7 +206,7 @@ class Trainer:
             rows = [ln for ln in lines if ln.strip() and json.loads(ln)["stage"] == 1]
             write_text_atomic(out / METRICS, "".join(r + "\n" for r in rows))
             log.info("%s: stage 1 taken from %s (%d epochs); training stage 2", out, path, self.st.epoch)
-        self.enter_stage2(ckpt.get(SWITCH_MOMENTS, {}))  # none in a stage1.pt of an older version (warned)
+        self.enter_stage2(ckpt.get(SWITCH_MOMENTS, {}))  # none in an older (or a fresh-switch) stage1.pt: warned
 
     # ------------------------------------------------------------------ Algorithm 1
 
@@ -311,14 +311,14 @@ class Trainer:
     def enter_stage2(self, switch: dict | None = None) -> None:
         """Algorithm 1's switch: save the stage-1 model, add the per-pixel head over the floor, a new optimiser
         that goes on with stage 1's moments (:func:`carry_moments`; ``switch``: a branch source's, else ours).
-
         ``stage1.pt`` also holds the state, the moments and the random states from before the head is
         drawn, so another run may start here (:func:`~balanced_vae.resume.branch_source`)."""
         st, config = self.st, self.config
         rng_states = gather_rng_states()  # a collective: every rank takes part
-        carried = moments(self.model, self.optimiser) if switch is None else switch
-        if self.rank == 0:
-            save_checkpoint(self.out / STAGE1, {**self.resumable(rng_states), SWITCH_MOMENTS: carried})
+        carried = moments_to_carry(self.model, self.optimiser, config, switch)
+        if self.rank == 0:  # none kept when none are carried, so that a branch of this run warns too
+            keep = {SWITCH_MOMENTS: carried} if carried else {}
+            save_checkpoint(self.out / STAGE1, {**self.resumable(rng_states), **keep})
         self.add_pixel_head()
         st.stage, st.epoch, st.history, st.stage_seconds, st.lr_drops, st.lr_dropped_at = 2, 0, [], 0.0, 0, 0
         self.optimiser = make_optimiser(self.model, config)

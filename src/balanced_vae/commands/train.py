@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .. import writes
-from ..config import OPTIMISERS, OUTPUTS, STOPPING, TrainConfig, method_of
+from ..config import OPTIMISERS, OUTPUTS, STOPPING, SWITCHES, TrainConfig, method_of
 from ..data import load_dataset
 from ..data.table import TARGET_SEP
 from ..distributed import init_from_env, rank_world, shutdown
@@ -146,6 +146,13 @@ def _add_optimiser_options(p, D: TrainConfig) -> None:
         default=D.optimiser,
         help="radam: rectified Adam, whose damped first steps keep wide or deep networks from "
         "saturating on the all-black image; adam: plain Adam (runs made before 0.2)",
+    )
+    p.add_argument(
+        "--switch",
+        choices=SWITCHES,
+        default=D.switch,
+        help="stage 2's optimiser: carry = goes on with stage 1's moments (the new variance head starts "
+        "from zero); fresh = a new optimiser (runs made before 0.2; a fresh RAdam's first steps can undo stage 1)",
     )
     p.add_argument(
         "--stopping",

@@ -162,6 +162,7 @@ def _base(dataset: str, budget: Budget, *, staged: bool = False, **kw) -> TrainC
         max_minutes=minutes,
         optimiser="adam",
         stopping="endpoints",
+        switch="fresh",
         **kw,
     )
 

@@ -36,7 +36,7 @@ def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 def moments(model: nn.Module, optimiser: torch.optim.Optimizer) -> dict[str, dict]:
     """The optimiser's per-parameter state (moments, step count) by parameter name, on the CPU: what
     the stage switch carries into stage 2 (:func:`carry_moments`), and ``stage1.pt`` keeps for a branch."""
-    return {name: cpu_state_dict(optimiser.state[p]) for name, p in model.named_parameters() if p in optimiser.state}
+    return {name: to_cpu(optimiser.state[p]) for name, p in model.named_parameters() if p in optimiser.state}
 
 
 def moments_to_carry(
@@ -49,28 +49,19 @@ def moments_to_carry(
     return moments(model, optimiser) if source is None else source
 
 
-def carry_moments(model: nn.Module, optimiser: torch.optim.Optimizer, saved: dict[str, dict]) -> int:
+def carry_moments(model: nn.Module, optimiser: torch.optim.Optimizer, saved: dict[str, dict]) -> None:
     """Give ``optimiser`` (stage 2's, fresh) stage 1's state of each parameter that persists, by name
-    (``saved``: :func:`moments`); the variance head's new parameters keep zero moments. Returns how
-    many parameters were carried.
+    (``saved``: :func:`moments`); the variance head's new parameters keep zero moments.
 
     Why: a fresh RAdam takes its first steps un-rectified (momentum SGD, not divided by the second
     moment), and by the switch the gradients carry 1 / sigma*^2 (often ~200): those steps undid
     stage 1 on the small network (training MSE 0.02 -> 0.11). With the moments carried the persisting
     weights go on at the step size they had.
     """
-    n = 0
     for name, p in model.named_parameters():
         if name in saved:
             # the step count stays on the CPU, where torch keeps it (unless capturable or fused)
             optimiser.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in saved[name].items()}
-            n += 1
-    return n
-
-
-def cpu_state_dict(state: dict) -> dict:
-    """A copy of one parameter's optimiser state with its tensors on the CPU."""
-    return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 @dataclass
@@ -107,17 +98,18 @@ def state_of(ckpt: dict) -> TrainState:
 
 def cpu_state(module_or_optimiser) -> dict:
     """A state dict with every tensor on the CPU, so checkpoints load on any device."""
+    return to_cpu(module_or_optimiser.state_dict())
 
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.detach().cpu()
-        if isinstance(v, dict):
-            return {k: move(u) for k, u in v.items()}
-        if isinstance(v, list):
-            return [move(u) for u in v]
-        return v
 
-    return move(module_or_optimiser.state_dict())
+def to_cpu(v):
+    """``v`` (a tensor, or dicts and lists of them) with every tensor detached and on the CPU."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    if isinstance(v, dict):
+        return {k: to_cpu(u) for k, u in v.items()}
+    if isinstance(v, list):
+        return [to_cpu(u) for u in v]
+    return v
 
 
 def resumable(model, st: TrainState, shape, data_fp: dict, shuffle, rng_states: list, device) -> dict:

@@ -2,7 +2,7 @@
 
 Trains the default MNIST model (``balanced-vae train --dataset mnist``: learned variance,
 Algorithm 1, width 32, latent 16, batch 128, Adam 1e-3; ``--net``, ``--width``, ``--lr-drops``,
-``--precision`` and ``--dataset`` change it) one epoch at a time and takes a
+``--tol``, ``--precision`` and ``--dataset`` change it) one epoch at a time and takes a
 copy of the run each time its training has used up the next budget of **CPU time**
 (``time.process_time`` of this process, all threads: training steps, the Eq. 10 pass, the
 validation pass and checkpoint writes). CPU time, unlike wall time, barely moves when other
@@ -142,6 +142,9 @@ def main(argv=None) -> None:
     p.add_argument("--net", default="small", help="network family (default small)")
     p.add_argument("--width", type=int, default=None, help="network width (default: the family's)")
     p.add_argument("--lr-drops", type=int, default=0)
+    p.add_argument(
+        "--tol", type=float, default=TrainConfig.tol, help=f"the stopping rule's tolerance (default {TrainConfig.tol})"
+    )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument(
         "--train-threads",
@@ -176,6 +179,7 @@ def main(argv=None) -> None:
         net=a.net,
         width=a.width,
         lr_drops=a.lr_drops,
+        tol=a.tol,
         precision=a.precision,
         ema=a.ema,
         ema_warmup=a.ema_warmup,

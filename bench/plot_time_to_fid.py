@@ -1,0 +1,103 @@
+"""Time-to-FID curves of ``bench/time_to_fid.py`` records on one figure (issue 27).
+
+Each record (``bench/results/time_to_fid*.json``) becomes one line: FID (10,000 GMM samples vs the
+10,000 test images) of the trained weights against the CPU-minutes of training that bought them;
+its best-validation (``fid_best``) and moving-average (``fid_ema``) scores are drawn as separate
+markers at the same CPU-minutes (one above the y-axis, set by the trained weights' worst FID, is
+drawn at its top with its value written beside it). A record that repeats another one's run (same work folder and
+commit: e.g. ``time_to_fid_small_best60.json``, the same copy scored again with ``--score best``)
+adds only the scores the other lacks. Horizontal lines: the paper's 8.9 and issue 27's target.
+
+The label of each line is read from the record's config as saved (configs saved before a field
+existed read as ``balanced_vae.config.LEGACY``, the recipe those runs trained with).
+
+    python bench/plot_time_to_fid.py --out docs/time-to-fid.png   # every record in bench/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from balanced_vae.config import LEGACY
+from balanced_vae.plots import plt, save_fig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAPER_FID, TARGET_FID = 8.9, 8.5  # the paper's ours + GMM on MNIST; issue 27's target
+
+
+def label(record: dict) -> str:
+    """``small w32, radam, best rule (tol 0.001), 61a179d`` from the record's config and provenance."""
+    c = {**LEGACY, **record["config"]}
+    width = c.get("width") or 32  # None: the family's default, 32 for small and res at 28x28
+    parts = [f"{c['net']} w{width}", c["optimiser"], f"{c['stopping']} rule (tol {c['tol']:g})"]
+    if c.get("lr_drops"):
+        parts.append(f"{c['lr_drops']} lr drops")
+    commit = (record.get("provenance") or {}).get("git_commit") or "?"
+    return ", ".join(parts) + f"; {commit[:7]}"
+
+
+def curves(records: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """``{label: {"fid": [(cpu_min, fid), ...], "fid_best": [...], "fid_ema": [...]}}``, points unique
+    per CPU-minute and sorted; records of one label are merged."""
+    out: dict[str, dict[str, dict[float, float]]] = {}
+    for rec in records:
+        series = out.setdefault(label(rec), {"fid": {}, "fid_best": {}, "fid_ema": {}})
+        for row in rec["rows"]:
+            for key, points in series.items():
+                if row.get(key) is not None:
+                    points[float(row["cpu_minutes"])] = float(row[key])
+    return {lab: {k: sorted(v.items()) for k, v in s.items()} for lab, s in out.items()}
+
+
+def plot(records: list[dict], path: Path) -> Path:
+    """One line per run (trained weights), markers for its best.pt and EMA scores; returns the PNG."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    drawn = curves(records)
+    top = max([y for s in drawn.values() for _, y in s["fid"]] + [PAPER_FID]) + 3  # the y-axis' limit
+    for lab, s in drawn.items():
+        if not s["fid"]:
+            continue
+        xs, ys = zip(*s["fid"], strict=True)
+        (line,) = ax.plot(xs, ys, "o-", label=lab)
+        for key, marker, what in (("fid_best", "*", "best.pt"), ("fid_ema", "x", "EMA")):
+            if s[key]:
+                bx, by = zip(*s[key], strict=True)
+                shown = [min(y, top - 0.5) for y in by]  # off the scale: drawn at the top, its value written
+                ax.plot(bx, shown, marker, color=line.get_color(), markersize=9, label=f"  {what} of the run above")
+                for x, y in zip(bx, by, strict=True):
+                    if y > top - 0.5:
+                        ax.annotate(f"{y:.0f}", (x, top - 0.5), textcoords="offset points", xytext=(6, -3), fontsize=7)
+    ax.axhline(PAPER_FID, color="k", ls="--", lw=1, label=f"paper, ours + GMM ({PAPER_FID})")
+    ax.axhline(TARGET_FID, color="grey", ls=":", lw=1, label=f"issue 27 target ({TARGET_FID})")
+    ax.set_ylim(0, top)
+    ax.set_xlabel("CPU-minutes of training (process time, all threads)")
+    ax.set_ylabel("FID, 10k GMM samples vs 10k test (MNIST)")
+    ax.set_title("Time to FID on a 2-core CPU")
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.grid(alpha=0.3)
+    return save_fig(fig, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "records", nargs="*", type=Path, help="time_to_fid records (default: bench/results/time_to_fid*.json)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    a = p.parse_args(argv)
+    paths = a.records or sorted(RESULTS.glob("time_to_fid*.json"))
+    if not paths:
+        p.error(f"no time_to_fid records in {RESULTS}; give their paths")
+    records = []
+    for path in paths:
+        rec = json.loads(path.read_text())
+        if rec.get("bench") != "time_to_fid":
+            p.error(f"{path}: not a bench/time_to_fid.py record (its 'bench' is {rec.get('bench')!r})")
+        records.append(rec)
+    print(plot(records, a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""bench/plot_time_to_fid.py: labels read old configs as the recipe they trained with; repeated runs merge."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "plot_time_to_fid.py"
+
+
+@pytest.fixture(scope="module")
+def ptf():
+    spec = importlib.util.spec_from_file_location("plot_time_to_fid", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(config, rows, commit="0123456789abcdef"):
+    return {"bench": "time_to_fid", "config": config, "rows": rows, "provenance": {"git_commit": commit}}
+
+
+def test_an_old_config_is_labelled_with_the_legacy_recipe(ptf):
+    old = _record({"width": None, "tol": 0.001}, [])
+    assert ptf.label(old) == "small w32, adam, endpoints rule (tol 0.001); 0123456"
+    new = _record(
+        {"net": "small", "width": 64, "optimiser": "radam", "stopping": "best", "tol": 2e-4, "lr_drops": 2}, []
+    )
+    assert ptf.label(new) == "small w64, radam, best rule (tol 0.0002), 2 lr drops; 0123456"
+
+
+def test_a_run_scored_again_adds_only_its_new_scores(ptf):
+    cfg = {"net": "small", "width": None, "optimiser": "radam", "stopping": "best", "tol": 1e-3}
+    first = _record(cfg, [{"cpu_minutes": 30.6, "fid": 12.8}, {"cpu_minutes": 61.0, "fid": 12.7, "fid_ema": 13.4}])
+    again = _record(cfg, [{"cpu_minutes": 61.0, "fid": 12.7, "fid_best": 12.6}])
+    other = _record({**cfg, "width": 64}, [{"cpu_minutes": 30.0, "fid": 13.7}])
+    got = ptf.curves([first, again, other])
+    assert len(got) == 2
+    mine = got[ptf.label(first)]
+    assert mine == {"fid": [(30.6, 12.8), (61.0, 12.7)], "fid_best": [(61.0, 12.6)], "fid_ema": [(61.0, 13.4)]}
+
+
+def test_the_figure_is_written_and_a_foreign_record_is_refused(ptf, tmp_path, capsys):
+    cfg = {"net": "small", "width": None, "tol": 1e-3}
+    path = tmp_path / "ttf.json"
+    path.write_text(json.dumps(_record(cfg, [{"cpu_minutes": 5.0, "fid": 16.6}, {"cpu_minutes": 15.0, "fid": 14.3}])))
+    ptf.main([str(path), "--out", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"bench": "train_levers"}))
+    with pytest.raises(SystemExit):
+        ptf.main([str(bad), "--out", str(tmp_path / "g.png")])
+    assert "bad.json: not a bench/time_to_fid.py record" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()

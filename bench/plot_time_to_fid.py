@@ -53,7 +53,7 @@ def curves(records: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]
 
 def plot(records: list[dict], path: Path) -> Path:
     """One line per run (trained weights), markers for its best.pt and EMA scores; returns the PNG."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     drawn = curves(records)
     top = max([y for s in drawn.values() for _, y in s["fid"]] + [PAPER_FID]) + 3  # the y-axis' limit
     for lab, s in drawn.items():

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from balanced_vae.config import LEGACY
+from balanced_vae.nets import default_width
 from balanced_vae.plots import plt, save_fig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,7 +31,7 @@ PAPER_FID, TARGET_FID = 8.9, 8.5  # the paper's ours + GMM on MNIST; issue 27's 
 def label(record: dict) -> str:
     """``small w32, radam, best rule (tol 0.001), 61a179d`` from the record's config and provenance."""
     c = {**LEGACY, **record["config"]}
-    width = c.get("width") or 32  # None: the family's default, 32 for small and res at 28x28
+    width = c.get("width") or default_width((1, 28, 28), c["net"])  # None: the family's default (MNIST-sized)
     parts = [f"{c['net']} w{width}", c["optimiser"], f"{c['stopping']} rule (tol {c['tol']:g})"]
     if c.get("lr_drops"):
         parts.append(f"{c['lr_drops']} lr drops")

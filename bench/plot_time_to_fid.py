@@ -1,4 +1,4 @@
-"""Time-to-FID curves of ``bench/time_to_fid.py`` records on one figure (issue 27).
+"""Time-to-FID curves of ``bench/time_to_fid.py`` records on one figure (issue 27), a panel per data set.
 
 Each record (``bench/results/time_to_fid*.json``) becomes one line: FID (10,000 GMM samples vs the
 10,000 test images) of the trained weights against the CPU-minutes of training that bought them;
@@ -6,7 +6,8 @@ its best-validation (``fid_best``) and moving-average (``fid_ema``) scores are d
 markers at the same CPU-minutes (one above the y-axis, set by the trained weights' worst FID, is
 drawn at its top with its value written beside it). A record that repeats another one's run (same work folder and
 commit: e.g. ``time_to_fid_small_best60.json``, the same copy scored again with ``--score best``)
-adds only the scores the other lacks. Horizontal lines: the paper's 8.9 and issue 27's target.
+adds only the scores the other lacks. Horizontal lines: the paper's ours + GMM (MNIST 8.9,
+Fashion-MNIST 10.6) and issue 27's target for that data set (8.5, 15).
 
 The label of each line is read from the record's config as saved (configs saved before a field
 existed read as ``balanced_vae.config.LEGACY``, the recipe those runs trained with).
@@ -22,10 +23,11 @@ from pathlib import Path
 
 from balanced_vae.config import LEGACY
 from balanced_vae.nets import default_width
+from balanced_vae.paper.budgets import PAPER
 from balanced_vae.plots import plt, save_fig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAPER_FID, TARGET_FID = 8.9, 8.5  # the paper's ours + GMM on MNIST; issue 27's target
+TARGET_FID = {"mnist": 8.5, "fashion-mnist": 15.0}  # issue 27's targets for ours + GMM
 
 
 def label(record: dict) -> str:
@@ -39,9 +41,14 @@ def label(record: dict) -> str:
     return ", ".join(parts) + f"; {commit[:7]}"
 
 
+def dataset(record: dict) -> str:
+    """The data set the record's run trained on (``mnist`` for configs saved before the field)."""
+    return {**LEGACY, **record["config"]}.get("dataset") or "mnist"
+
+
 def curves(records: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """``{label: {"fid": [(cpu_min, fid), ...], "fid_best": [...], "fid_ema": [...]}}``, points unique
-    per CPU-minute and sorted; records of one label are merged."""
+    per CPU-minute and sorted; records of one label are merged (give it one data set's records)."""
     out: dict[str, dict[str, dict[float, float]]] = {}
     for rec in records:
         series = out.setdefault(label(rec), {"fid": {}, "fid_best": {}, "fid_ema": {}})
@@ -52,11 +59,11 @@ def curves(records: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]
     return {lab: {k: sorted(v.items()) for k, v in s.items()} for lab, s in out.items()}
 
 
-def plot(records: list[dict], path: Path) -> Path:
-    """One line per run (trained weights), markers for its best.pt and EMA scores; returns the PNG."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+def _panel(ax, records: list[dict], name: str) -> None:
+    """One data set's lines, markers and reference lines on ``ax``."""
     drawn = curves(records)
-    top = max([y for s in drawn.values() for _, y in s["fid"]] + [PAPER_FID]) + 3  # the y-axis' limit
+    paper = PAPER["table2"][name]["learned"]
+    top = max([y for s in drawn.values() for _, y in s["fid"]] + [paper, TARGET_FID[name]]) + 3  # the y-axis' limit
     for lab, s in drawn.items():
         if not s["fid"]:
             continue
@@ -70,14 +77,23 @@ def plot(records: list[dict], path: Path) -> Path:
                 for x, y in zip(bx, by, strict=True):
                     if y > top - 0.5:
                         ax.annotate(f"{y:.0f}", (x, top - 0.5), textcoords="offset points", xytext=(6, -3), fontsize=7)
-    ax.axhline(PAPER_FID, color="k", ls="--", lw=1, label=f"paper, ours + GMM ({PAPER_FID})")
-    ax.axhline(TARGET_FID, color="grey", ls=":", lw=1, label=f"issue 27 target ({TARGET_FID})")
+    ax.axhline(paper, color="k", ls="--", lw=1, label=f"paper, ours + GMM ({paper})")
+    ax.axhline(TARGET_FID[name], color="grey", ls=":", lw=1, label=f"issue 27 target ({TARGET_FID[name]})")
     ax.set_ylim(0, top)
     ax.set_xlabel("CPU-minutes of training (process time, all threads)")
-    ax.set_ylabel("FID, 10k GMM samples vs 10k test (MNIST)")
-    ax.set_title("Time to FID on a 2-core CPU")
+    ax.set_ylabel(f"FID, 10k GMM samples vs 10k test ({name})")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     ax.grid(alpha=0.3)
+
+
+def plot(records: list[dict], path: Path) -> Path:
+    """A panel per data set: one line per run (trained weights), markers for its best.pt and EMA
+    scores; returns the PNG."""
+    names = sorted({dataset(r) for r in records})
+    fig, axes = plt.subplots(len(names), 1, figsize=(8.5, 4.8 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        _panel(ax, [r for r in records if dataset(r) == name], name)
+    axes[0, 0].set_title("Time to FID on a 2-core CPU")
     return save_fig(fig, path)
 
 
@@ -96,6 +112,8 @@ def main(argv=None) -> None:
         rec = json.loads(path.read_text())
         if rec.get("bench") != "time_to_fid":
             p.error(f"{path}: not a bench/time_to_fid.py record (its 'bench' is {rec.get('bench')!r})")
+        if dataset(rec) not in TARGET_FID:
+            p.error(f"{path}: trained on {dataset(rec)!r}; this figure draws {' and '.join(TARGET_FID)} only")
         records.append(rec)
     print(plot(records, a.out))
 

@@ -53,3 +53,29 @@ def test_the_figure_is_written_and_a_foreign_record_is_refused(ptf, tmp_path, ca
         ptf.main([str(bad), "--out", str(tmp_path / "g.png")])
     assert "bad.json: not a bench/time_to_fid.py record" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+def _png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # IHDR: width at 16, height at 20
+
+
+def test_each_data_set_gets_its_own_panel_and_lines(ptf, tmp_path, capsys):
+    cfg = {"net": "small", "width": None, "tol": 1e-3, "dataset": "mnist"}
+    mnist = _record(cfg, [{"cpu_minutes": 30.0, "fid": 12.8}])
+    fashion = _record({**cfg, "dataset": "fashion-mnist"}, [{"cpu_minutes": 30.0, "fid": 35.0}])
+    assert ptf.label(mnist) == ptf.label(fashion)  # same recipe: only the panel tells them apart
+    paths = []
+    for name, recs in (("one", [mnist]), ("two", [mnist, fashion])):
+        paths.append([])
+        for i, rec in enumerate(recs):
+            paths[-1].append(tmp_path / f"{name}{i}.json")
+            paths[-1][-1].write_text(json.dumps(rec))
+        ptf.main([*map(str, paths[-1]), "--out", str(tmp_path / f"{name}.png")])
+    one, two = _png_height(tmp_path / "one.png"), _png_height(tmp_path / "two.png")
+    assert 1.8 * one < two < 2.2 * one
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps(_record({**cfg, "dataset": "digits"}, [{"cpu_minutes": 1.0, "fid": 50.0}])))
+    with pytest.raises(SystemExit):
+        ptf.main([str(odd), "--out", str(tmp_path / "odd.png")])
+    assert "odd.json: trained on 'digits'" in capsys.readouterr().err
+    assert not (tmp_path / "odd.png").exists()

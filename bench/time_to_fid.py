@@ -2,7 +2,7 @@
 
 Trains the default MNIST model (``balanced-vae train --dataset mnist``: learned variance,
 Algorithm 1, width 32, latent 16, batch 128, Adam 1e-3; ``--net``, ``--width``, ``--lr-drops``,
-``--tol``, ``--precision`` and ``--dataset`` change it) one epoch at a time and takes a
+``--tol``, ``--precision``, ``--channels-last`` and ``--dataset`` change it) one epoch at a time and takes a
 copy of the run each time its training has used up the next budget of **CPU time**
 (``time.process_time`` of this process, all threads: training steps, the Eq. 10 pass, the
 validation pass and checkpoint writes). CPU time, unlike wall time, barely moves when other
@@ -147,6 +147,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.channels_last,
+        help="NHWC conv layers (train --channels-last; measure it first: bench/train_levers.py)",
+    )
+    p.add_argument(
         "--train-threads",
         type=int,
         default=1,
@@ -181,6 +187,7 @@ def main(argv=None) -> None:
         lr_drops=a.lr_drops,
         tol=a.tol,
         precision=a.precision,
+        channels_last=a.channels_last,
         ema=a.ema,
         ema_warmup=a.ema_warmup,
         keep_best=a.keep_best,

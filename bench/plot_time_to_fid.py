@@ -37,6 +37,8 @@ def label(record: dict) -> str:
     parts = [f"{c['net']} w{width}", c["optimiser"], f"{c['stopping']} rule (tol {c['tol']:g})"]
     if c.get("lr_drops"):
         parts.append(f"{c['lr_drops']} lr drops")
+    if c.get("lr_warmup"):
+        parts.append(f"lr warm-up {c['lr_warmup']}")
     if c.get("channels_last"):
         parts.append("channels_last")
     commit = (record.get("provenance") or {}).get("git_commit") or "?"

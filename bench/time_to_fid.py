@@ -2,8 +2,8 @@
 
 Trains the default MNIST model (``balanced-vae train --dataset mnist``: learned variance,
 Algorithm 1, width 32, latent 16, batch 128, Adam 1e-3; ``--net``, ``--width``, ``--lr-drops``,
-``--tol``, ``--precision``, ``--channels-last`` and ``--dataset`` change it) one epoch at a time and takes a
-copy of the run each time its training has used up the next budget of **CPU time**
+``--tol``, ``--lr-warmup``, ``--precision``, ``--channels-last`` and ``--dataset`` change it) one
+epoch at a time and takes a copy of the run each time its training has used up the next budget of **CPU time**
 (``time.process_time`` of this process, all threads: training steps, the Eq. 10 pass, the
 validation pass and checkpoint writes). CPU time, unlike wall time, barely moves when other
 jobs share the machine. Each copy is then scored by FID: a K = 32 GMM on the training codes,
@@ -147,6 +147,13 @@ def main(argv=None) -> None:
     )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=TrainConfig.lr_warmup,
+        help="steps of linear learning-rate warm-up at the start of stage 1 (train --lr-warmup; the paper "
+        "family needs it: without it width 16 decodes the all-black image from its first epoch)",
+    )
+    p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=TrainConfig.channels_last,
@@ -188,6 +195,7 @@ def main(argv=None) -> None:
         tol=a.tol,
         precision=a.precision,
         channels_last=a.channels_last,
+        lr_warmup=a.lr_warmup,
         ema=a.ema,
         ema_warmup=a.ema_warmup,
         keep_best=a.keep_best,

@@ -28,8 +28,10 @@ def test_an_old_config_is_labelled_with_the_legacy_recipe(ptf):
         {"net": "small", "width": 64, "optimiser": "radam", "stopping": "best", "tol": 2e-4, "lr_drops": 2}, []
     )
     assert ptf.label(new) == "small w64, radam, best rule (tol 0.0002), 2 lr drops; 0123456"
-    nhwc = _record({**new["config"], "net": "paper", "width": 16, "channels_last": True}, [])
-    assert ptf.label(nhwc) == "paper w16, radam, best rule (tol 0.0002), 2 lr drops, channels_last; 0123456"
+    nhwc = _record({**new["config"], "net": "paper", "width": 16, "channels_last": True, "lr_warmup": 1000}, [])
+    assert ptf.label(nhwc) == (
+        "paper w16, radam, best rule (tol 0.0002), 2 lr drops, lr warm-up 1000, channels_last; 0123456"
+    )
 
 
 def test_a_run_scored_again_adds_only_its_new_scores(ptf):

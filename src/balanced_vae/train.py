@@ -24,7 +24,7 @@ import torch
 
 from . import writes
 from .checkpoint import CHECKPOINT, CheckpointError
-from .config import TrainConfig
+from .config import TrainConfig, n_batches_of
 from .data import Dataset, load_dataset
 
 # importable from here as before they moved: the splits (data.splits), the devices (distributed),
@@ -40,7 +40,6 @@ from .provenance import source_commit
 from .resume import BRANCH_MAY_DIFFER, SAFE_ON_RESUME, BranchError, branch_source, run_config  # noqa: F401
 from .run_folder import RunExistsError, prepare_run_dir, run_lock  # noqa: F401
 from .sources import as_data
-from .train_epoch import n_batches_of
 from .train_state import COLLAPSE_KL, TrainState, make_optimiser  # noqa: F401
 from .trainer import DivergenceError, Trainer  # noqa: F401
 
@@ -99,7 +98,9 @@ def train(
     )
     if not resume and config.image_size is None and config.dataset.startswith("folder:"):
         config = dataclasses.replace(config, image_size=data.shape[-1])  # config.json says the size used
-    config = config.resolved(data.shape, len(data.x_train), real_valued=getattr(data, "real_valued", False))
+    config = config.resolved(
+        data.shape, len(data.x_train), real_valued=getattr(data, "real_valued", False), world=rank_world()[1]
+    )
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     objective = build_objective(config)  # validates hyperparameters before any file is written
@@ -107,7 +108,7 @@ def train(
         KLWarmup(objective)  # refuses objectives without a KL term before any file is written
     x_fit, _ = split_train(data, config)  # validates n_val before any file is written
     steps = n_batches_of(len(x_fit), config.batch_size, rank_world()[1])
-    if config.lr_warmup > config.epochs * steps:
+    if (config.lr_warmup or 0) > config.epochs * steps:
         raise ValueError(
             f"TrainConfig.lr_warmup={config.lr_warmup}: longer than the epoch cap (--epochs "
             f"{config.epochs} x {steps} steps); fix: a shorter --lr-warmup or more --epochs"

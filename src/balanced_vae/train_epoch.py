@@ -8,7 +8,6 @@ over every rank (see :mod:`balanced_vae.distributed`).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import torch
@@ -48,12 +47,6 @@ def stepper(model, objective, device: torch.device, memory_format: torch.memory_
     with warnings.catch_warnings():  # torch >= 2.12 renames the flag; the rank-local sums need its meaning
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return nn.parallel.DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
-
-
-def n_batches_of(n: int, batch_size: int, world: int) -> int:
-    """Steps per epoch: global batches of ``batch_size``; a last batch smaller than the world is dropped."""
-    steps = math.ceil(n / batch_size)
-    return steps - 1 if world > 1 and 0 < n % batch_size < world else steps
 
 
 def train_epoch(

@@ -210,7 +210,7 @@ class WarmupStep:
     kl_weights: list[float] = field(default_factory=list)
 
     def __call__(self, b: int) -> None:
-        s, lr_steps = self.first + b + 1, self.config.lr_warmup
+        s, lr_steps = self.first + b + 1, self.config.lr_warmup or 0
         if self.warm is not None:
             self.warm.weight = min(1.0, s / self.kl_steps) if self.kl_steps else 1.0
             self.kl_weights.append(self.warm.weight)
@@ -228,7 +228,7 @@ def warmup(
     ``min(1, (s + 1) / (kl_warmup n_batches))``; the learning rate ``lr min(1, (s + 1) / lr_warmup)``.
     Both are functions of the step alone, so a resumed run takes the same values.
     """
-    kl_steps, lr_steps = config.kl_warmup * n_batches, config.lr_warmup
+    kl_steps, lr_steps = config.kl_warmup * n_batches, config.lr_warmup or 0  # None: resolved by train()
     first = st.epoch * n_batches
     if st.stage != 1 or first >= max(kl_steps, lr_steps):
         if warm is not None:

@@ -43,7 +43,7 @@ from .checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, n_batches_of
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
 from .distributed import all_reduce_sum, broadcast, gather_rng_states, rank_world
 from .likelihoods import GlobalVariance, closed_form_sigma2
@@ -53,7 +53,7 @@ from .objectives import KLWarmup, elbo_from_mse
 from .provenance import provenance
 from .resume import may_reopen
 from .run_folder import log_row, note_resume, tensorboard, truncate_metrics
-from .train_epoch import n_batches_of, stepper, train_epoch
+from .train_epoch import stepper, train_epoch
 from .train_state import (
     TrainState,
     carry_moments,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .. import writes
-from ..config import OPTIMISERS, OUTPUTS, STOPPING, SWITCHES, TrainConfig, method_of
+from ..config import OPTIMISERS, OUTPUTS, PAPER_LR_WARMUP, STOPPING, SWITCHES, TrainConfig, method_of
 from ..data import load_dataset
 from ..data.table import TARGET_SEP
 from ..distributed import init_from_env, rank_world, shutdown
@@ -138,7 +138,8 @@ def _add_optimiser_options(p, D: TrainConfig) -> None:
         type=NONNEG_INT,
         default=D.lr_warmup,
         help="Adam steps over which the learning rate rises linearly to --lr at the start of stage 1 "
-        "(against the saturated, all-black decoder that wide or deep networks fall into; 0: off)",
+        "(against the saturated, all-black decoder that wide or deep networks fall into; 0: off; "
+        f"default: {PAPER_LR_WARMUP} for --net paper, at most the --epochs cap's steps, 0 for the others)",
     )
     p.add_argument(
         "--optimiser",

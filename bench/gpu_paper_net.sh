@@ -3,6 +3,8 @@
 # Fashion-MNIST side by side on one lent GPU, at the paper's protocol: each run scored by FID on 10,000
 # samples of a K = 32 GMM on the training codes against the 10,000 test images, for its trained weights,
 # their warmed-up moving average (--ema 0.999, ema.pt) and its best validation epoch (--keep-best, best.pt).
+# The family's default 1000-step learning-rate warm-up applies (without it width 16 decoded the all-black
+# image from its first epoch on the CPU; width 128 is not measured there).
 #
 #   bench/gpu_paper_net.sh --stash        (twice, once per carried half of the Inception file: bench/gpu_inception.sh)
 #   bench/gpu_paper_net.sh OUT            (the records come back as OUT/paper-net.tgz, no weights)

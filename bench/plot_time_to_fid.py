@@ -86,7 +86,7 @@ def _panel(ax, records: list[dict], name: str) -> None:
     ax.set_ylim(0, top)
     ax.set_xlabel("CPU-minutes of training (process time, all threads)")
     ax.set_ylabel(f"FID, 10k GMM samples vs 10k test ({name})")
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below the axes
     ax.grid(alpha=0.3)
 
 

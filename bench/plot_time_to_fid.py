@@ -90,15 +90,20 @@ def _panel(ax, records: list[dict], name: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot(records: list[dict], path: Path) -> Path:
-    """A panel per data set: one line per run (trained weights), markers for its best.pt and EMA
-    scores; returns the PNG."""
+def figure(records: list[dict]):
+    """A panel per data set (sorted by name): one line per run (trained weights), markers for its
+    best.pt and EMA scores."""
     names = sorted({dataset(r) for r in records})
     fig, axes = plt.subplots(len(names), 1, figsize=(8.5, 4.8 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         _panel(ax, [r for r in records if dataset(r) == name], name)
     axes[0, 0].set_title("Time to FID on a 2-core CPU")
-    return save_fig(fig, path)
+    return fig
+
+
+def plot(records: list[dict], path: Path) -> Path:
+    """:func:`figure` written to ``path``; returns the PNG."""
+    return save_fig(figure(records), path)
 
 
 def main(argv=None) -> None:

@@ -59,24 +59,24 @@ def test_the_figure_is_written_and_a_foreign_record_is_refused(ptf, tmp_path, ca
     assert not (tmp_path / "g.png").exists()
 
 
-def _png_height(path: Path) -> int:
-    return int.from_bytes(path.read_bytes()[20:24], "big")  # IHDR: width at 16, height at 20
-
-
 def test_each_data_set_gets_its_own_panel_and_lines(ptf, tmp_path, capsys):
     cfg = {"net": "small", "width": None, "tol": 1e-3, "dataset": "mnist"}
     mnist = _record(cfg, [{"cpu_minutes": 30.0, "fid": 12.8}])
     fashion = _record({**cfg, "dataset": "fashion-mnist"}, [{"cpu_minutes": 30.0, "fid": 35.0}])
     assert ptf.label(mnist) == ptf.label(fashion)  # same recipe: only the panel tells them apart
-    paths = []
-    for name, recs in (("one", [mnist]), ("two", [mnist, fashion])):
-        paths.append([])
-        for i, rec in enumerate(recs):
-            paths[-1].append(tmp_path / f"{name}{i}.json")
-            paths[-1][-1].write_text(json.dumps(rec))
-        ptf.main([*map(str, paths[-1]), "--out", str(tmp_path / f"{name}.png")])
-    one, two = _png_height(tmp_path / "one.png"), _png_height(tmp_path / "two.png")
-    assert 1.8 * one < two < 2.2 * one
+    assert len(ptf.figure([mnist]).axes) == 1
+    fig = ptf.figure([mnist, fashion])
+    assert len(fig.axes) == 2
+    for ax, fid, paper, target in zip(fig.axes, (35.0, 12.8), (10.6, 8.9), (15.0, 8.5), strict=True):
+        lines = ax.get_lines()  # fashion-mnist sorts first
+        assert [list(ln.get_ydata()) for ln in lines if ln.get_marker() == "o"] == [[fid]]
+        flat = sorted({ln.get_ydata()[0] for ln in lines if ln.get_linestyle() in ("--", ":")})
+        assert flat == sorted([paper, target])
+    paths = [tmp_path / "m.json", tmp_path / "f.json"]
+    for path, rec in zip(paths, (mnist, fashion), strict=True):
+        path.write_text(json.dumps(rec))
+    ptf.main([*map(str, paths), "--out", str(tmp_path / "two.png")])
+    assert (tmp_path / "two.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     odd = tmp_path / "odd.json"
     odd.write_text(json.dumps(_record({**cfg, "dataset": "digits"}, [{"cpu_minutes": 1.0, "fid": 50.0}])))
     with pytest.raises(SystemExit):

@@ -44,32 +44,40 @@ from balanced_vae.provenance import provenance
 STATE = "plain.pt"
 
 
-def plain_epoch(model, opt, x: torch.Tensor, s2: torch.Tensor | None, *, batch_size: int, decay: float, gen):
-    """One epoch of the plain loop over x (N, C, H, W); returns sigma^2 (a 0-d tensor) and the mean loss.
+def plain_loss(model, xb: torch.Tensor, s2: torch.Tensor | None, decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's loss on the batch xb (B, C, H, W) and the running sigma^2 (a 0-d tensor) it used.
 
-    Per step: z ~ q(z|x) (Eq. 6), sigma^2 <- decay sigma^2 + (1 - decay) mean((x - g(z))^2) (detached),
-    loss = mean_b [ ||x_b - g(z_b)||^2 / (2 sigma^2) + KL(q(z|x_b) || N(0, I)) ] (Eq. 9 without its
-    constant log-variance term, which has no gradient when sigma^2 is held fixed for the step)."""
+    z ~ q(z|x) (Eq. 6), sigma^2 <- decay sigma^2 + (1 - decay) mean((x - g(z))^2) (detached; the first
+    batch's own when ``s2`` is None), loss = mean_b [ ||x_b - g(z_b)||^2 / (2 sigma^2) + KL(q(z|x_b) || N(0, I)) ]:
+    the negative ELBO of Eq. 9 less its term D/2 log(2 pi sigma^2), which has no gradient while sigma^2 is
+    held for the step."""
+    mu, logvar = model.encode(xb)
+    mean = model.decode_mean(model.reparameterise(mu, logvar))
+    r2 = (xb - mean).pow(2).flatten(1)  # (B, D)
+    batch = r2.detach().mean()
+    s2 = batch if s2 is None else decay * s2 + (1 - decay) * batch
+    return (r2.sum(1) / (2 * s2) + kl_standard_normal(mu, logvar)).mean(), s2
+
+
+def plain_epoch(model, opt, x: torch.Tensor, s2: torch.Tensor | None, *, batch_size: int, decay: float, gen):
+    """One epoch of :func:`plain_loss` steps over a shuffle of x (N, C, H, W); returns sigma^2 and the mean loss."""
     model.train()
     total, n = 0.0, 0
     for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-        xb = x[idx]
-        mu, logvar = model.encode(xb)
-        mean = model.decode_mean(model.reparameterise(mu, logvar))
-        r2 = (xb - mean).pow(2).flatten(1)  # (B, D)
-        batch = r2.detach().mean()
-        s2 = batch if s2 is None else decay * s2 + (1 - decay) * batch
-        loss = (r2.sum(1) / (2 * s2) + kl_standard_normal(mu, logvar)).mean()
+        loss, s2 = plain_loss(model, x[idx], s2, decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total, n = total + float(loss.detach()) * len(xb), n + len(xb)
+        total, n = total + float(loss.detach()) * len(idx), n + len(idx)
     return s2, total / n
 
 
-def train_plain(config: TrainConfig, data, work: Path, budget_min: float, decay: float) -> dict:
-    """Whole epochs of :func:`plain_epoch` until ``budget_min`` CPU-minutes are spent; resumes from
-    ``work/plain.pt``; writes the run folder ``work/run`` and returns the clock."""
+def train_plain(
+    config: TrainConfig, data, work: Path, budget_min: float, decay: float, max_epochs: int | None = None
+) -> dict:
+    """Whole epochs of :func:`plain_epoch` until ``budget_min`` CPU-minutes are spent (or ``max_epochs``
+    have run); resumes from ``work/plain.pt``; writes the run folder ``work/run`` and returns the clock."""
+    work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     x = data.x_train  # (N, C, H, W) in [0, 1]
     model = build_model(config, tuple(data.shape))
@@ -85,7 +93,7 @@ def train_plain(config: TrainConfig, data, work: Path, budget_min: float, decay:
         torch.set_rng_state(ck["torch_rng"])
         s2, clock = ck["sigma2"], ck["clock"]
         print(f"resumed {work / STATE}: epoch {clock['epochs']}, {clock['cpu_seconds'] / 60:.1f} CPU-min", flush=True)
-    while clock["cpu_seconds"] < 60 * budget_min:
+    while clock["cpu_seconds"] < 60 * budget_min and (max_epochs is None or clock["epochs"] < max_epochs):
         c0, w0 = time.process_time(), time.perf_counter()
         s2, loss = plain_epoch(model, opt, x, s2, batch_size=config.batch_size, decay=decay, gen=gen)
         clock["cpu_seconds"] += time.process_time() - c0
@@ -122,6 +130,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default=os.environ.get("BALANCED_VAE_DATA"))
     p.add_argument("--net", default="small", help="network family (default small)")
     p.add_argument("--width", type=int, default=None, help="network width (default: the family's)")
+    p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (default: the budget)")
     p.add_argument("--sigma2-decay", type=float, default=0.99, help="the running mean's decay per step (0.99)")
     p.add_argument("--n-fid", type=int, default=10_000, help="generated and test images for FID (default 10000)")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads while training (default 1)")
@@ -132,11 +141,10 @@ def main(argv=None) -> None:
     config = TrainConfig(
         dataset=a.dataset, data_dir=a.data_dir, net=a.net, width=a.width, stages=1, optimiser="adam", n_val=0
     ).resolved(tuple(data.shape), len(data.x_train), world=1)
-    a.work.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     score_threads = torch.get_num_threads()
     torch.set_num_threads(a.train_threads)
-    clock = train_plain(config, data, a.work, a.budget, a.sigma2_decay)
+    clock = train_plain(config, data, a.work, a.budget, a.sigma2_decay, a.max_epochs)
     torch.set_num_threads(score_threads)
     t0 = time.perf_counter()
     res = evaluate_run(
@@ -147,7 +155,7 @@ def main(argv=None) -> None:
     record = {
         "bench": "plain_loop",
         "config": json.loads(config.to_json()),
-        "loop": {"sigma2_decay": a.sigma2_decay, "budget_cpu_minutes": a.budget},
+        "loop": {"sigma2_decay": a.sigma2_decay, "budget_cpu_minutes": a.budget, "max_epochs": a.max_epochs},
         "clock": {k: v for k, v in clock.items() if k != "run"},
         "fid": fid["values"]["fid"],
         "fid_wall_seconds": round(time.perf_counter() - t0, 1),

@@ -137,6 +137,14 @@ def main(argv=None) -> None:
     p.add_argument("--n-fid", type=int, default=10_000, help="generated and test images for FID (default 10000)")
     p.add_argument("--fid-backend", default="auto", choices=("auto", "torch", "openvino"))
     p.add_argument("--epochs", type=int, default=200, help="Algorithm 1's cap per stage (default 200)")
+    p.add_argument(
+        "--min-epochs",
+        type=int,
+        default=TrainConfig.min_epochs,
+        help=f"epochs before the stopping rule may end a stage (default {TrainConfig.min_epochs}; "
+        "= --epochs: no early stop)",
+    )
+    p.add_argument("--stages", type=int, default=TrainConfig.stages, choices=(1, 2), help="1: stage 1 only")
     p.add_argument("--data-dir", default=os.environ.get("BALANCED_VAE_DATA"))
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     p.add_argument("--net", default="small", help="network family (default small)")
@@ -189,6 +197,8 @@ def main(argv=None) -> None:
         dataset=a.dataset,
         data_dir=a.data_dir,
         epochs=a.epochs,
+        min_epochs=a.min_epochs,
+        stages=a.stages,
         net=a.net,
         width=a.width,
         lr_drops=a.lr_drops,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -57,6 +58,23 @@ def real_dataset(data_dir):
         return data_dir / name
 
     return need
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script(name)``: the module of ``bench/<name>.py`` (scripts, not a package), loaded once."""
+    loaded: dict = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(
+                name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+            )
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """bench/plain_loop.py: its loss is the negative ELBO (torch.distributions), its sigma^2 a running mean,
 and a resumed loop equals an uninterrupted one."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +12,10 @@ from balanced_vae.config import TrainConfig
 from balanced_vae.data import load_dataset
 from balanced_vae.methods import build_model
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "plain_loop.py"
-
 
 @pytest.fixture(scope="module")
-def pl():
-    spec = importlib.util.spec_from_file_location("plain_loop", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def pl(bench_script):
+    return bench_script("plain_loop")
 
 
 @pytest.fixture(scope="module")

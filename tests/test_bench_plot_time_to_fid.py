@@ -1,20 +1,13 @@
 """bench/plot_time_to_fid.py: labels read old configs as the recipe they trained with; repeated runs merge."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "plot_time_to_fid.py"
-
 
 @pytest.fixture(scope="module")
-def ptf():
-    spec = importlib.util.spec_from_file_location("plot_time_to_fid", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ptf(bench_script):
+    return bench_script("plot_time_to_fid")
 
 
 def _record(config, rows, commit="0123456789abcdef"):

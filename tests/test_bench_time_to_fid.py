@@ -1,20 +1,13 @@
 """bench/time_to_fid.py: a call that resumes with copies already taken scores each budget's own copy."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_fid.py"
-
 
 @pytest.fixture
-def ttf():
-    spec = importlib.util.spec_from_file_location("time_to_fid", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ttf(bench_script):
+    return bench_script("time_to_fid")
 
 
 def test_each_budget_row_is_its_own_copy(ttf, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,10 @@ def label(record: dict) -> str:
         parts.append(f"lr warm-up {c['lr_warmup']}")
     if c.get("channels_last"):
         parts.append("channels_last")
+    if c.get("stages") == 1:
+        parts.append("stage 1 only")
+    if c.get("min_epochs", 0) >= c.get("epochs", 1):
+        parts.append("no early stop")
     commit = (record.get("provenance") or {}).get("git_commit") or "?"
     return ", ".join(parts) + f"; {commit[:7]}"
 

@@ -25,6 +25,8 @@ def test_an_old_config_is_labelled_with_the_legacy_recipe(ptf):
     assert ptf.label(nhwc) == (
         "paper w16, radam, best rule (tol 0.0002), 2 lr drops, lr warm-up 1000, channels_last; 0123456"
     )
+    s1 = _record({**new["config"], "stages": 1, "epochs": 200, "min_epochs": 200}, [])
+    assert ptf.label(s1) == "small w64, radam, best rule (tol 0.0002), 2 lr drops, stage 1 only, no early stop; 0123456"
 
 
 def test_a_run_scored_again_adds_only_its_new_scores(ptf):

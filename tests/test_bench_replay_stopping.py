@@ -30,3 +30,16 @@ def test_a_stage_with_a_learning_rate_drop_is_refused(rs, capsys, tmp_path):
     with pytest.raises(SystemExit):
         rs.main([str(log)])
     assert "dropped its learning rate" in capsys.readouterr().err
+
+
+def test_the_default_window_goes_on_through_the_pause_that_window_3_stopped_on(rs):
+    """Epochs 18-21 of the stage-1-only run paused (805.4, 805.5, 805.0, 805.2) and the ELBO then rose
+    to 819.5 by epoch 37: window 3 ends the stage at 21, the default goes on to the epoch cap (30)."""
+    from balanced_vae.config import TrainConfig
+
+    rows = [json.loads(line) for line in (RESULTS / "time_to_fid_small_s1_metrics.jsonl").read_text().splitlines()]
+    history = [r["val_elbo"] for r in rows if r["stage"] == 1][: TrainConfig.epochs]
+    assert len(history) == TrainConfig.epochs == 30
+    assert rs.replay(history, 784, TrainConfig(window=3)) == 21
+    assert rs.replay(history, 784, TrainConfig()) is None
+    assert history[-1] - history[20] > 5 * 784 * TrainConfig.tol  # what going on bought: 8.6 nats

@@ -201,7 +201,12 @@ def _add_optimiser_options(p, D: TrainConfig) -> None:
         default=D.tol,
         help="convergence: change of the validation objective over --window epochs, in nats per data dimension",
     )
-    p.add_argument("--window", type=POS_INT, default=D.window, help="convergence window in epochs")
+    p.add_argument(
+        "--window",
+        type=POS_INT,
+        default=D.window,
+        help=f"convergence window in epochs (default {D.window}; 3 stopped MNIST on a pause of the validation ELBO)",
+    )
     p.add_argument(
         "--lr-drops",
         type=NONNEG_INT,

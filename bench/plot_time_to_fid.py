@@ -41,6 +41,8 @@ def label(record: dict) -> str:
         parts.append(f"lr warm-up {c['lr_warmup']}")
     if c.get("channels_last"):
         parts.append("channels_last")
+    if c.get("precision", "fp32") != "fp32":
+        parts.append(c["precision"])
     if c.get("stages") == 1:
         parts.append("stage 1 only")
     if c.get("min_epochs", 0) >= c.get("epochs", 1):

@@ -43,6 +43,10 @@ from torch import nn
 from .distributed import all_reduce_sum, rank_world
 from .sources import rows
 
+#: images per batch of the no-grad passes of every epoch (Eq. 10, validation): at width 64 on a CPU a
+#: batch of 1,000, whose activations outgrow the caches, ran slower per image (bench/epoch_parts.py)
+PASS_BATCH = 256
+
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -66,7 +70,7 @@ class Likelihood(nn.Module):
     def end_epoch(self, reduce: ReduceFn = identity) -> None:
         """sigma^2 from the running sums of the epoch's training steps (closed form only; see the module)."""
 
-    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> None:
+    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = PASS_BATCH) -> None:
         """Algorithm 1's end of a training epoch: sigma*^2 by Eq. 10 on ``model``'s networks as they are.
 
         Only the closed-form global variance has one; every other noise model keeps its sigma^2
@@ -140,7 +144,7 @@ class GlobalVariance(Likelihood):
         self.sse.zero_()
         self.count.zero_()
 
-    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> None:
+    def closed_form_update(self, model: nn.Module, x: torch.Tensor, *, seed: int, batch_size: int = PASS_BATCH) -> None:
         """sigma*^2 = :func:`closed_form_sigma2` of ``model`` (this likelihood's VAE) on the training images
         ``x`` (N, C, H, W): Eq. 10 on the final networks of the epoch. The running sums of the epoch's
         steps are dropped, so the next epoch's start from zero."""
@@ -187,7 +191,7 @@ class PixelVariance(Likelihood):
         return {"kind": "PixelVariance", "floor": self.sigma2}
 
 
-def closed_form_sigma2(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> float:
+def closed_form_sigma2(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: int = PASS_BATCH) -> float:
     """Eq. 10 on the current networks: sigma*^2 = 1/(N D) sum_n ||x_n - g(z_n)||^2, z_n ~ q(z|x_n).
 
     A no-grad pass in eval mode over ``x`` (N, C, H, W) with one z per image from a generator

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from .likelihoods import PASS_BATCH
 from .model import eval_mode
 from .objectives import LOG_2PI, NOT_TERMS, elbo_terms, elbo_terms_from_codes, gaussian_log_prob
 from .sources import rows
@@ -362,7 +363,7 @@ def evaluate_elbo(model, x, *, seed: int = 0, batch_size: int = 1000) -> dict[st
         return _mean_over(x, sums, batch_size)
 
 
-def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = 1000) -> dict[str, float]:
+def validation_terms(model, objective, x: torch.Tensor, *, seed: int, batch_size: int = PASS_BATCH) -> dict[str, float]:
     """The run's own objective on ``x`` (N, C, H, W) in eval mode: the mean of each of its terms.
 
     What the trainer validates with, and the test numbers of methods without an ELBO. Random

@@ -155,9 +155,8 @@ class Trainer:
     def restore(self, ckpt: dict) -> None:
         """Load a checkpoint into the model, the optimiser, the shuffle and the RNGs.
 
-        A slimmed checkpoint (weights only) of a finished run loads as finished; continuing it is refused.
-        A finished run whose last stage was ended by a cap that has since been raised (more
-        ``--epochs``, ``--max-minutes``) is reopened.
+        A slimmed checkpoint (weights only) of a finished run loads as finished; continuing it is refused. A finished
+        run whose last stage was ended by a cap since raised (``--epochs``, ``--max-minutes``) is reopened.
         """
         config, out, st = self.config, self.out, state_of(ckpt)
         reopen = st.done and may_reopen(st.stops.get(str(st.stage), {}), st.epoch, st.stage_seconds, config)
@@ -229,7 +228,8 @@ class Trainer:
         st, config, model = self.st, self.config, self.model
         t0 = time.perf_counter()
         sums, n_seen, kl_weights = self.train_epoch()  # the optimiser's steps over the training images
-        model.likelihood.closed_form_update(model, self.x_fit, seed=config.seed + 2)  # Eq. 10 on the final networks
+        with self.autocast():  # Eq. 10 on the final networks, at the precision they trained at
+            model.likelihood.closed_form_update(model, self.x_fit, seed=config.seed + 2)
         if self.ema is not None and self.closed_form and st.stage == 1:  # the average validates at sigma*^2 too
             ema_.set_closed_form_sigma2(self.ema, model.likelihood.sigma2)
         st.epoch += 1

@@ -7,7 +7,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch.distributions import Normal, kl_divergence
 
-from balanced_vae.likelihoods import FixedVariance, GlobalVariance, PixelVariance
+from balanced_vae.likelihoods import PASS_BATCH, FixedVariance, GlobalVariance, PixelVariance, closed_form_sigma2
 from balanced_vae.model import VAE
 from balanced_vae.nets import NetSpec, make_decoder
 from balanced_vae.objectives import elbo_terms, gaussian_log_prob, kl_standard_normal
@@ -79,6 +79,21 @@ def test_closed_form_sigma2_is_the_numerical_argmax_of_the_elbo():
     # the ELBO is worse on either side of sigma*^2
     assert neg_elbo(math.log(closed)) < neg_elbo(math.log(closed * 1.1))
     assert neg_elbo(math.log(closed)) < neg_elbo(math.log(closed / 1.1))
+
+
+def test_the_eq10_pass_is_the_mean_squared_residual_whatever_its_batch():
+    """The pass draws one z per image from one seeded stream, so its batch size (PASS_BATCH each epoch,
+    1000 before) changes only the order of the sums: every batching gives the one-shot residual mean.
+    (PyTorch's CPU normal sampler keeps one stream across calls while each draws a multiple of 16
+    numbers: batch x latent_dim; the latent sizes 16 and 64 of the image runs always do.)"""
+    model = _model(FixedVariance(1.0)).eval()
+    x = torch.rand(700, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    r2, _ = _fixed_residuals(model, x, seed=5)  # all 700 images in one batch
+    expected = float(r2.double().mean())
+    got = {b: closed_form_sigma2(model, x, seed=5, batch_size=b) for b in (PASS_BATCH, 1000, 64)}
+    assert PASS_BATCH < len(x) < 1000  # the default pass takes several batches here, the old one took one
+    for b, sigma2 in got.items():
+        assert sigma2 == pytest.approx(expected, rel=1e-6), b
 
 
 def test_global_variance_closed_form_epoch_update_is_the_mean_squared_residual():

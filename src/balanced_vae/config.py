@@ -66,16 +66,17 @@ class TrainConfig:
     saturates on the all-black image, and no gradient reaches z again). ``None`` (the default) is
     resolved from the family: :data:`PAPER_LR_WARMUP` steps for ``net="paper"`` (at most the epoch
     cap's steps), which falls onto that image in its first epoch without it even under RAdam, and 0
-    for the others. ``optimiser``: ``"radam"``
-    (the default; rectified Adam, Liu et al. 2020, whose first steps are damped until Adam's
-    second-moment estimate is reliable, and which is Adam thereafter) or ``"adam"`` (runs made
-    before 0.2). RAdam is what keeps wide and deep networks out of that saturation at lr 1e-3. ``stopping`` picks the convergence rule: ``"best"`` (the default)
+    for the others. ``optimiser``: ``"radam"`` (the default; rectified Adam, Liu et al. 2020, whose
+    first steps are damped until Adam's second-moment estimate is reliable, and which is Adam
+    thereafter) or ``"adam"`` (runs made before 0.2). RAdam is what keeps wide and deep networks out
+    of that saturation at lr 1e-3. ``stopping`` picks the convergence rule: ``"best"`` (the default)
     ends a stage when the best validation objective of the last ``window`` epochs beats the best
     before them by less than ``tol`` nats per dimension; ``"endpoints"`` (the rule before 0.2)
     compares only the last epoch with the one ``window`` epochs earlier, which validation noise
-    can fire while the objective still rises. ``window`` is 5 (runs made with 3 keep it in their config.json): on MNIST a window of 3
-    ended stage 1 on a four-epoch pause of a validation ELBO that rose 14 nats more over the next 16
-    epochs, and the samples' FID with it (``bench/replay_stopping.py``). ``switch``: stage 2's optimiser goes on with stage 1's
+    can fire while the objective still rises. ``window`` is 5 (runs made with 3 keep it in their
+    config.json): on MNIST a window of 3 ended stage 1 on a four-epoch pause of a validation ELBO
+    that rose 14 nats more over the next 16 epochs while the samples' FID kept falling
+    (``bench/replay_stopping.py``). ``switch``: stage 2's optimiser goes on with stage 1's
     moments and step counts (``"carry"``, the default; only the new variance head starts from zero)
     or starts fresh (``"fresh"``, runs made before it): a fresh RAdam's first, un-rectified steps on
     gradients scaled by 1/sigma*^2 undid stage 1 of the small network.

@@ -29,7 +29,6 @@ from balanced_vae.data import load_dataset
 from balanced_vae.likelihoods import PASS_BATCH, closed_form_sigma2
 from balanced_vae.methods import build_model
 from balanced_vae.provenance import provenance
-from balanced_vae.runs import load_run
 
 
 def time_pass(model, x: torch.Tensor, batch: int, bf16: bool) -> tuple[float, float]:
@@ -51,6 +50,10 @@ def time_steps(model, kind: str, foreach: bool, steps: int) -> float:
     return 1e3 * (time.perf_counter() - t0) / steps
 
 
+def _pass_name(batch: int, bf16: bool) -> str:
+    return f"batch{batch}_{'bf16' if bf16 else 'fp32'}"
+
+
 def _median(v: list[float]) -> float:
     return sorted(v)[len(v) // 2]
 
@@ -62,17 +65,12 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=4000, help="training images per pass (default 4000)")
     p.add_argument("--steps", type=int, default=20, help="optimiser steps per timing (default 20)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--run", default=None, help="time a trained run's model (its --net/--width) instead of a fresh one")
     a = p.parse_args(argv)
     data = load_dataset("mnist", data_dir=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
     x = data.x_train[: a.images]
-    if a.run:
-        run = load_run(a.run)
-        model, cfg = run.model.float(), run.config
-    else:
-        cfg = TrainConfig(dataset="mnist", latent_dim=16, width=a.width, net=a.net).resolved((1, 28, 28))
-        torch.manual_seed(0)
-        model = build_model(cfg, (1, 28, 28))
+    cfg = TrainConfig(dataset="mnist", latent_dim=16, width=a.width, net=a.net).resolved((1, 28, 28))
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 28, 28))
     passes = [(b, bf16) for bf16 in (False, True) for b in (1000, PASS_BATCH)]
     steps = [(k, f) for k in ("radam", "adam") for f in (False, True)]
     pass_ms: dict = {c: [] for c in passes}
@@ -86,7 +84,7 @@ def main(argv=None) -> None:
             pass_ms[c].append(ms)
         for c in steps:
             step_ms[c].append(time_steps(model, *c, a.steps))
-    p_med = {f"batch{b}_{'bf16' if bf else 'fp32'}": _median(v) for (b, bf), v in pass_ms.items()}
+    p_med = {_pass_name(*c): _median(v) for c, v in pass_ms.items()}
     s_med = {f"{k}_{'foreach' if f else 'single'}": _median(v) for (k, f), v in step_ms.items()}
     base_pass, base_step = p_med["batch1000_fp32"], s_med["radam_single"]
     print(
@@ -95,11 +93,10 @@ def main(argv=None) -> None:
                 "bench": "epoch_parts",
                 "eq10_pass_ms_per_image": p_med,
                 "eq10_pass_speedup_vs_batch1000_fp32": {k: round(base_pass / v, 3) for k, v in p_med.items()},
-                "eq10_sigma2": {f"batch{b}_{'bf16' if bf else 'fp32'}": s for (b, bf), s in sigma2.items()},
+                "eq10_sigma2": {_pass_name(*c): s for c, s in sigma2.items()},
                 "optimiser_step_ms": s_med,
                 "optimiser_speedup_vs_radam_single": {k: round(base_step / v, 3) for k, v in s_med.items()},
                 "parameters": sum(q.numel() for q in model.parameters()),
-                "run": a.run,
                 "net": cfg.net,
                 "width": cfg.width,
                 "images": len(x),

@@ -438,3 +438,25 @@ def test_a_collapsed_posterior_is_recorded_and_warned_about(digits, tmp_path, ca
     ours = dataclasses.replace(early, epochs=10, min_epochs=10)
     final = json.loads((train(ours, tmp_path / "o", data=digits, progress=False) / "final.json").read_text())
     assert all("posterior_collapse" not in s for s in final["stops"].values())
+
+
+def test_cpu_has_bf16_agrees_with_the_kernel_flags():
+    """Ground truth on Linux: the CPU flags the kernel reports (avx512_bf16, amx_bf16)."""
+    from balanced_vae.distributed import cpu_has_bf16
+
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_bf16_on_a_cpu_without_bf16_hardware_warns_with_the_fix(hardware, digits, tmp_path, caplog, monkeypatch):
+    import balanced_vae.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: hardware)
+    config = TrainConfig(precision="bf16", epochs=1, min_epochs=1, n_train=64, n_test=32, width=8, seed=0)
+    with caplog.at_level("WARNING", logger="balanced_vae.train"):
+        assert (train(config, tmp_path / "r", data=digits, progress=False) / "final.json").exists()
+    assert ("emulated" in caplog.text and "--precision fp32" in caplog.text) == (not hardware)

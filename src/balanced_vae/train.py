@@ -31,7 +31,7 @@ from .data import Dataset, load_dataset
 # Eq. 10 (likelihoods), the test ELBO (metrics), the resume and branch rules (resume), the run folder's
 # files (run_folder), the loop's state and rules (train_state) and the loop itself (trainer)
 from .data.splits import split_train
-from .distributed import rank_world, resolve_device  # noqa: F401
+from .distributed import cpu_has_bf16, rank_world, resolve_device  # noqa: F401
 from .likelihoods import closed_form_sigma2  # noqa: F401
 from .methods import build_objective
 from .metrics import evaluate_elbo, validation_terms  # noqa: F401
@@ -103,6 +103,11 @@ def train(
     )
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
+    if config.precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        log.warning(
+            "--precision bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated here and trains about "
+            "10-20x slower than fp32 (bench/train_levers.py); fix: --precision fp32"
+        )
     objective = build_objective(config)  # validates hyperparameters before any file is written
     if config.kl_warmup:
         KLWarmup(objective)  # refuses objectives without a KL term before any file is written

@@ -234,6 +234,7 @@ def main(argv=None) -> None:
             "torch": torch.__version__,
             "machine": platform.processor(),
             "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...: CPU-minutes depend on it
             "provenance": prov,
             "note": "budget = CPU time (process_time, all threads) of training, checked after each epoch; "
             "FID: GMM K=32 on posterior means, n generated vs n test images; fid: the trained weights "

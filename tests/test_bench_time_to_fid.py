@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -24,5 +25,7 @@ def test_each_budget_row_is_its_own_copy(ttf, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ttf, "load_dataset", lambda *a, **k: None)
     monkeypatch.setattr(ttf, "train", lambda *a, **k: pytest.fail("nothing is left to train"))
     ttf.main(["--budgets", "30,60", "--work", str(tmp_path), "--score", "raw"])
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    record = json.loads(capsys.readouterr().out)
+    rows = record["rows"]
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # CPU-minutes depend on it
     assert [(r["budget_cpu_minutes"], r["epoch"], r["fid"]) for r in rows] == [(30.0, 5, 19.8), (60.0, 10, 18.9)]

@@ -47,6 +47,8 @@ def label(record: dict) -> str:
         parts.append("stage 1 only")
     if c.get("min_epochs", 0) >= c.get("epochs", 1):
         parts.append("no early stop")
+    if record.get("cpu_capability"):  # CPU-minutes differ ~3x between an AVX2 and an AVX-512 machine
+        parts.append(record["cpu_capability"])
     commit = (record.get("provenance") or {}).get("git_commit") or "?"
     return ", ".join(parts) + f"; {commit[:7]}"
 

@@ -29,6 +29,8 @@ def test_an_old_config_is_labelled_with_the_legacy_recipe(ptf):
     assert ptf.label(s1) == "small w64, radam, best rule (tol 0.0002), 2 lr drops, stage 1 only, no early stop; 0123456"
     bf16 = _record({**s1["config"], "lr_drops": 0, "precision": "bf16"}, [])
     assert ptf.label(bf16) == "small w64, radam, best rule (tol 0.0002), bf16, stage 1 only, no early stop; 0123456"
+    avx2 = {**_record({**bf16["config"], "precision": "fp32"}, []), "cpu_capability": "AVX2"}
+    assert ptf.label(avx2) == "small w64, radam, best rule (tol 0.0002), stage 1 only, no early stop, AVX2; 0123456"
 
 
 def test_a_run_scored_again_adds_only_its_new_scores(ptf):

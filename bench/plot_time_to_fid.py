@@ -102,7 +102,9 @@ def figure(records: list[dict]):
     """A panel per data set (sorted by name): one line per run (trained weights), markers for its
     best.pt and EMA scores."""
     names = sorted({dataset(r) for r in records})
-    fig, axes = plt.subplots(len(names), 1, figsize=(8.5, 4.8 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(  # constrained: each legend below its axes gets room, not the next panel's
+        len(names), 1, figsize=(8.5, 4.8 * len(names)), squeeze=False, layout="constrained"
+    )
     for ax, name in zip(axes[:, 0], names, strict=True):
         _panel(ax, [r for r in records if dataset(r) == name], name)
     axes[0, 0].set_title("Time to FID on a 2-core CPU")

@@ -18,6 +18,19 @@ def _missing(name: str, path: Path, hint: str) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _cores_shared_between_workers():
+    """Under pytest-xdist (``-n N``), each worker's torch gets its share of the cores, not all of them.
+
+    N workers of all the cores each would oversubscribe the machine (2 cores: two workers at one
+    thread each ran the suite faster than one process at two threads).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _made_paths_record(tmp_path_factory):
     """Keep the record of paths balanced-vae made (:mod:`balanced_vae.writes`) out of the user's home."""
     old = os.environ.get("BALANCED_VAE_STATE")

@@ -82,3 +82,21 @@ def test_each_data_set_gets_its_own_panel_and_lines(ptf, tmp_path, capsys):
         ptf.main([str(odd), "--out", str(tmp_path / "odd.png")])
     assert "odd.json: trained on 'digits'" in capsys.readouterr().err
     assert not (tmp_path / "odd.png").exists()
+
+
+def test_no_panels_legend_hides_behind_the_panel_below(ptf):
+    """Each panel's legend, below its axes, is laid out clear of the next panel (it was drawn under the
+    MNIST axes, so the Fashion-MNIST panel named only its first line), and names every line it draws."""
+    cfg = {"net": "small", "width": None, "tol": 1e-3, "dataset": "mnist"}
+    recs = [
+        _record({**cfg, "dataset": d, "width": w}, [{"cpu_minutes": 30.0, "fid": 20.0 + w}])
+        for d in ("mnist", "fashion-mnist")
+        for w in (16, 32, 64)
+    ]
+    fig = ptf.figure(recs)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    top, bottom = fig.axes  # fashion-mnist sorts first
+    legend = top.get_legend()
+    assert len(legend.get_texts()) == 5  # three runs, the paper line, the target line
+    assert legend.get_window_extent(renderer).y0 > bottom.get_tightbbox(renderer).y1

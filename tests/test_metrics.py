@@ -21,6 +21,7 @@ from balanced_vae.metrics import (
     elbo,
     frechet_distance,
     frechet_distance_features,
+    frechet_distance_to_features,
     gaussian_statistics,
     iwae_log_likelihood,
     log_importance_weights,
@@ -279,6 +280,23 @@ def test_frechet_distance_from_features_low_rank_path_agrees(n1, n2):
     ref = frechet_distance(*gaussian_statistics(f1), *gaussian_statistics(f2))
     assert frechet_distance_features(f1, f2) == pytest.approx(ref, rel=1e-7)
     assert frechet_distance_features(torch.from_numpy(f1), f1 + 0.0) == pytest.approx(0.0, abs=1e-6 * ref)
+
+
+@pytest.mark.parametrize("n", [5, 17, 30, 45])
+def test_frechet_distance_to_features_agrees_with_scipy_sqrtm(n):
+    """Statistics vs features: the (N, N) route (N <= F = 30) and the fallback (N > F) equal sqrtm's formula."""
+    g = np.random.default_rng(n)
+    mu, cov = g.normal(size=30), _random_cov(30, 7)
+    f = 0.3 + g.normal(size=(n, 30)) @ g.normal(size=(30, 30))
+    mu_f, cov_f = gaussian_statistics(f)
+    s = scipy.linalg.sqrtm(cov @ cov_f)
+    ref = np.sum((mu - mu_f) ** 2) + np.trace(cov + cov_f - 2 * np.real(s))
+    assert frechet_distance_to_features(mu, cov, f) == pytest.approx(ref, rel=1e-7)
+    assert frechet_distance_to_features(mu, cov, torch.from_numpy(f).float()) == pytest.approx(ref, rel=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        frechet_distance_to_features(mu[:4], cov, f)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        frechet_distance_to_features(mu, cov, f * np.nan)
 
 
 def test_gaussian_statistics_and_input_errors():

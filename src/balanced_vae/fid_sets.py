@@ -17,7 +17,7 @@ from .data import load_dataset
 from .fid import backend_protocol, resolve_backend, small_n_warning
 from .fid_stats import real_statistics
 from .image_sets import load_image_set
-from .metrics import frechet_distance, gaussian_statistics
+from .metrics import frechet_distance, frechet_distance_features, frechet_distance_to_features, gaussian_statistics
 from .provenance import provenance
 from .writes import save_json as write_record  # the name this module gave it first
 
@@ -162,8 +162,14 @@ def fid_between(
                 desc=f"{label}: {s.source}",
             )
             mu, cov = gaussian_statistics(feats)
-        sides[label] = (mu, cov, info)
-    fid = frechet_distance(sides["a"][0], sides["a"][1], sides["b"][0], sides["b"][1])
+        sides[label] = (mu, cov, info, feats if s.kind != "dataset" else None)
+    (mu_a, cov_a, _, f_a), (mu_b, cov_b, _, f_b) = sides["a"], sides["b"]
+    if f_a is not None and f_b is not None:  # the cheaper routes of few images give the same value
+        fid = frechet_distance_features(f_a, f_b)
+    elif f_a is not None or f_b is not None:
+        fid = frechet_distance_to_features(*((mu_b, cov_b, f_a) if f_a is not None else (mu_a, cov_a, f_b)))
+    else:
+        fid = frechet_distance(mu_a, cov_a, mu_b, cov_b)
     warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
     values = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2]}
     return _fid_doc(values, warning, t0=t0, backend=backend, device=device, batch_size=batch_size, out=out)

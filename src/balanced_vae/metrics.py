@@ -7,7 +7,8 @@
   on log p(x), with the prior or any sampler's ``log_prob`` as p(z) (Table 3).
 * :func:`dequantised_log_likelihood` and :func:`bits_per_dim` -- the same bound on
   uniformly dequantised 8-bit data, the figure that is comparable across models.
-* :func:`frechet_distance` and :func:`gaussian_statistics` -- the Frechet distance
+* :func:`frechet_distance` (and its cheaper routes from features, :func:`frechet_distance_features`,
+  :func:`frechet_distance_to_features`) and :func:`gaussian_statistics` -- the Frechet distance
   between two Gaussians, the formula behind FID (Figure 1, Table 2). Inception
   features are computed elsewhere (:mod:`balanced_vae.fid`).
 * :func:`calibration` -- how well a predicted per-pixel variance (Eq. 11, Figure 3)
@@ -42,6 +43,7 @@ __all__ = [
     "elbo",
     "evaluate_elbo",
     "frechet_distance",
+    "frechet_distance_to_features",
     "frechet_distance_features",
     "gaussian_statistics",
     "iwae_log_likelihood",
@@ -285,6 +287,32 @@ def frechet_distance_features(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | 
     tr_sqrt = float(torch.linalg.svdvals(x1 @ x2.T).sum()) / math.sqrt((n1 - 1) * (n2 - 1))
     d2 = float((mu1 - mu2).pow(2).sum()) + float(x1.pow(2).sum()) / (n1 - 1) + float(x2.pow(2).sum()) / (n2 - 1)
     return float(max(d2 - 2.0 * tr_sqrt, 0.0))
+
+
+def frechet_distance_to_features(mu: np.ndarray, cov: np.ndarray, features: torch.Tensor | np.ndarray) -> float:
+    """:func:`frechet_distance` between N(mu, cov) (F,), (F, F) and the Gaussian statistics of features (N, F).
+
+    With fewer samples than features (N <= F) the features' covariance C = X^T X / (N - 1), X the
+    centred features, has rank < N, and the non-zero eigenvalues of cov C are those of the (N, N)
+    matrix X cov X^T / (N - 1): tr((cov C)^{1/2}) then costs one (N, N) eigen-decomposition instead
+    of two of (F, F) (8 s of a 2048-d FID on one thread at N = 16). Otherwise the statistics go
+    through :func:`frechet_distance`. Same value either way, to rounding.
+    """
+    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    mu, cov = np.atleast_1d(np.asarray(mu, dtype=np.float64)), np.atleast_2d(np.asarray(cov, dtype=np.float64))
+    if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] != mu.shape[0] or cov.shape != (mu.shape[0],) * 2:
+        raise ValueError(
+            f"features {f.shape}, mean {mu.shape} and covariance {cov.shape} do not match; "
+            "pass features (N, F) with N >= 2 and mu (F,), cov (F, F) from the same feature extractor"
+        )
+    n = f.shape[0]
+    if n > f.shape[1] or not (np.isfinite(f).all() and np.isfinite(mu).all() and np.isfinite(cov).all()):
+        return frechet_distance(mu, cov, *gaussian_statistics(f))  # also names non-finite statistics
+    x = torch.from_numpy(f - f.mean(axis=0))  # (N, F)
+    inner = x @ torch.from_numpy(cov) @ x.T / (n - 1)  # (N, N), symmetric PSD
+    tr_sqrt = float(torch.linalg.eigvalsh(0.5 * (inner + inner.T)).clamp_min(0.0).sqrt().sum())
+    d2 = np.sum((mu - f.mean(axis=0)) ** 2) + np.trace(cov) + float(x.pow(2).sum()) / (n - 1) - 2.0 * tr_sqrt
+    return float(max(d2, 0.0))
 
 
 # --------------------------------------------------------------------------- calibration

@@ -23,8 +23,7 @@ from .metrics import (
     calibration,
     dequantised_log_likelihood,
     elbo,
-    frechet_distance,
-    gaussian_statistics,
+    frechet_distance_to_features,
     iwae_log_likelihood,
 )
 from .precision_recall import improved_precision_recall
@@ -152,8 +151,7 @@ def fid_record(
         progress=progress,
         desc="generated features",
     )
-    mu_g, cov_g = gaussian_statistics(feats)
-    fid = frechet_distance(mu_g, cov_g, mu_r, cov_r)
+    fid = frechet_distance_to_features(mu_r, cov_r, feats)
     warning = fid_module.small_n_warning(n, f"FID of {dataset}")
     return {
         "values": {"fid": fid, "seconds": round(time.perf_counter() - t0, 1)},

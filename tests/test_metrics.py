@@ -280,6 +280,8 @@ def test_frechet_distance_from_features_low_rank_path_agrees(n1, n2):
     ref = frechet_distance(*gaussian_statistics(f1), *gaussian_statistics(f2))
     assert frechet_distance_features(f1, f2) == pytest.approx(ref, rel=1e-7)
     assert frechet_distance_features(torch.from_numpy(f1), f1 + 0.0) == pytest.approx(0.0, abs=1e-6 * ref)
+    with pytest.raises(ValueError, match="NaN or inf"):  # named, not a LinAlgError from the SVD
+        frechet_distance_features(f1 * np.nan, f2)
 
 
 @pytest.mark.parametrize("n", [5, 17, 30, 45])

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import fid as fid_module  # the network's calls, looked up when used (tests put a stand-in there)
 from .data import load_dataset
 from .fid import backend_protocol, resolve_backend, small_n_warning
 from .fid_stats import real_statistics
 from .image_sets import load_image_set
-from .metrics import frechet_distance, frechet_distance_features, frechet_distance_to_features, gaussian_statistics
+from .metrics import frechet_distance, frechet_distance_features, frechet_distance_to_features
 from .provenance import provenance
 from .writes import save_json as write_record  # the name this module gave it first
 
@@ -151,8 +153,9 @@ def fid_between(
                 backend=backend,
             )
             info.update(cache_hit=proto["cache_hit"], backend=proto["backend"])
+            side: tuple | torch.Tensor = (mu, cov)  # a data set: its cached statistics
         else:
-            feats = fid_module.inception_features(
+            side = fid_module.inception_features(  # a folder or an array: its features (N, 2048)
                 s.x[:m],
                 batch_size=batch_size,
                 device=device,
@@ -161,15 +164,14 @@ def fid_between(
                 progress=progress,
                 desc=f"{label}: {s.source}",
             )
-            mu, cov = gaussian_statistics(feats)
-        sides[label] = (mu, cov, info, feats if s.kind != "dataset" else None)
-    (mu_a, cov_a, _, f_a), (mu_b, cov_b, _, f_b) = sides["a"], sides["b"]
-    if f_a is not None and f_b is not None:  # the cheaper routes of few images give the same value
-        fid = frechet_distance_features(f_a, f_b)
-    elif f_a is not None or f_b is not None:
-        fid = frechet_distance_to_features(*((mu_b, cov_b, f_a) if f_a is not None else (mu_a, cov_a, f_b)))
+        sides[label] = (side, info)
+    (sa, ia), (sb, ib) = sides["a"], sides["b"]
+    if isinstance(sa, tuple) and isinstance(sb, tuple):
+        fid = frechet_distance(*sa, *sb)
+    elif isinstance(sa, tuple) or isinstance(sb, tuple):  # features against statistics: the (N, N) route
+        fid = frechet_distance_to_features(*sa, sb) if isinstance(sa, tuple) else frechet_distance_to_features(*sb, sa)
     else:
-        fid = frechet_distance(mu_a, cov_a, mu_b, cov_b)
-    warning = small_n_warning(min(sides["a"][2]["n"], sides["b"][2]["n"]), f"FID of {a} vs {b}")
-    values = {"fid": fid, "a": sides["a"][2], "b": sides["b"][2]}
+        fid = frechet_distance_features(sa, sb)
+    warning = small_n_warning(min(ia["n"], ib["n"]), f"FID of {a} vs {b}")
+    values = {"fid": fid, "a": ia, "b": ib}
     return _fid_doc(values, warning, t0=t0, backend=backend, device=device, batch_size=batch_size, out=out)

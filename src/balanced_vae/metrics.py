@@ -280,7 +280,7 @@ def frechet_distance_features(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | 
             f"features have shapes {tuple(a.shape)} and {tuple(b.shape)}; need (N1, F) and (N2, F) with N1, N2 >= 2"
         )
     n1, n2, f = len(a), len(b), a.shape[1]
-    if min(n1, n2) >= f:
+    if min(n1, n2) >= f or not (torch.isfinite(a).all() and torch.isfinite(b).all()):  # also names bad statistics
         return frechet_distance(*gaussian_statistics(a.numpy()), *gaussian_statistics(b.numpy()))
     mu1, mu2 = a.mean(0), b.mean(0)  # (F,)
     x1, x2 = a - mu1, b - mu2  # (N1, F), (N2, F)

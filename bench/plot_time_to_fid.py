@@ -103,7 +103,7 @@ def figure(records: list[dict]):
     best.pt and EMA scores."""
     names = sorted({dataset(r) for r in records})
     fig, axes = plt.subplots(  # constrained: each legend below its axes gets room, not the next panel's
-        len(names), 1, figsize=(8.5, 4.8 * len(names)), squeeze=False, layout="constrained"
+        len(names), 1, figsize=(12, 5.6 * len(names)), squeeze=False, layout="constrained"
     )
     for ax, name in zip(axes[:, 0], names, strict=True):
         _panel(ax, [r for r in records if dataset(r) == name], name)

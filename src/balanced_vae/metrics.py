@@ -308,10 +308,11 @@ def frechet_distance_to_features(mu: np.ndarray, cov: np.ndarray, features: torc
     n = f.shape[0]
     if n > f.shape[1] or not (np.isfinite(f).all() and np.isfinite(mu).all() and np.isfinite(cov).all()):
         return frechet_distance(mu, cov, *gaussian_statistics(f))  # also names non-finite statistics
-    x = torch.from_numpy(f - f.mean(axis=0))  # (N, F)
+    mu_f = f.mean(axis=0)  # (F,)
+    x = torch.from_numpy(f - mu_f)  # (N, F)
     inner = x @ torch.from_numpy(cov) @ x.T / (n - 1)  # (N, N), symmetric PSD
     tr_sqrt = float(torch.linalg.eigvalsh(0.5 * (inner + inner.T)).clamp_min(0.0).sqrt().sum())
-    d2 = np.sum((mu - f.mean(axis=0)) ** 2) + np.trace(cov) + float(x.pow(2).sum()) / (n - 1) - 2.0 * tr_sqrt
+    d2 = np.sum((mu - mu_f) ** 2) + np.trace(cov) + float(x.pow(2).sum()) / (n - 1) - 2.0 * tr_sqrt
     return float(max(d2, 0.0))
 
 

@@ -294,15 +294,22 @@ def test_cached_evaluations_survive_packing_the_weights(smoke):
     assert rows["dip-vae-i"]["iwae_prior"] == 12345.0
 
 
-def test_finished_run_without_weights_is_reported(smoke, tmp_path):
+def test_table2_is_rebuilt_from_committed_records_without_weights(smoke, tmp_path):
+    """Results commit records, not weights: Table 2 comes back from them with the same numbers, nothing
+    trained; a run whose final.json does not name its weights (an older record) is reported."""
     import shutil
 
     from balanced_vae.paper.experiments import ensure_run
 
     out, _, data = smoke
     budget = get_budget("smoke")
-    src = run_dir(out, "mnist", budget, "vae")
-    dst = run_dir(tmp_path, "mnist", budget, "vae")
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(out / "mnist-smoke", tmp_path / "mnist-smoke", ignore=shutil.ignore_patterns("*.pt", "gmm_K*"))
+    (tmp_path / "mnist-smoke" / "table2.json").unlink()
+    reproduce("table2", dataset="mnist", budget="smoke", out=tmp_path, data=data, progress=False)
+    rows = json.loads((tmp_path / "mnist-smoke" / "table2.json").read_text())["rows"]
+    assert rows == json.loads((out / "mnist-smoke" / "table2.json").read_text())["rows"]
+    assert not list((tmp_path / "mnist-smoke").rglob("*.pt"))
+    final = run_dir(tmp_path, "mnist", budget, "vae") / "final.json"
+    final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items() if k != "checkpoint_sha256"}))
     with pytest.raises(ValueError, match="not its weights"):
         ensure_run(tmp_path, "mnist", budget, "vae", data=data, progress=False)

@@ -50,7 +50,7 @@ from .likelihoods import GlobalVariance, closed_form_sigma2
 from .methods import build_model, build_trained, n_stages
 from .metrics import evaluate_elbo, validation_terms
 from .objectives import KLWarmup, elbo_from_mse
-from .provenance import provenance
+from .provenance import file_digest, provenance
 from .resume import may_reopen
 from .run_folder import log_row, note_resume, tensorboard, truncate_metrics
 from .train_epoch import stepper, train_epoch
@@ -401,11 +401,10 @@ class Trainer:
     def write_final(self) -> None:
         """``final.json``: the test-split numbers of the finished run, computed once, after training.
 
-        WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no
-        ELBO is reported for it; its own objective is (z = mu).
+        WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no ELBO is
+        reported for it; its own objective is (z = mu). ``checkpoint_sha256`` names the final weights.
         """
-        x_test = test_images(self.data, self.config).to(self.device)
-        seed, st = self.config.seed + 1, self.st
+        x_test, seed, st = test_images(self.data, self.config).to(self.device), self.config.seed + 1, self.st
         doc: dict[str, Any] = {
             "stage": st.stage,
             "sigma2_star": st.sigma2_star,
@@ -413,6 +412,7 @@ class Trainer:
             "device": str(self.device),
             "trained_by_commits": st.commits,
             "provenance": provenance(),
+            "checkpoint_sha256": file_digest(self.out / CHECKPOINT),  # the final weights (paper.final_weights)
         }
         if self.config.method == "wae-mmd":
             doc["test_objective"] = validation_terms(self.model, self.objective, x_test, seed=seed)

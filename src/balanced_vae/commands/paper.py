@@ -23,7 +23,10 @@ def add_reproduce(sub) -> None:
         "and write each table as CSV/Markdown/JSON and each figure as PNG under "
         "OUT/<dataset>-<budget>/. Budgets: "
         + "; ".join(
-            f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}" for b in BUDGETS.values()
+            f"{b.name}: epochs<={b.epochs}, n_fid={b.n_fid}, width={b.width or 'default'}"
+            + (f", {b.precision}" if b.precision != "fp32" else "")
+            + (f" ({', '.join(b.experiments)} only)" if b.experiments else "")
+            for b in BUDGETS.values()
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -56,8 +59,19 @@ def run_reproduce(args) -> int:
     budget = get_budget(args.budget, None if args.extra_runs else ())
     say(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
     if args.dry_run:
-        for name, cfg in run_specs(args.dataset, budget).items():
-            say(f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} epochs<={cfg.epochs}")
+        from ..methods import n_stages
+
+        specs = run_specs(args.dataset, budget)
+        if budget.experiments:  # only the runs its experiments read
+            from ..paper.specs import SPECS
+
+            read = {e.run for n in budget.experiments for e in SPECS[n].evaluations(budget, budget.extra_runs)}
+            specs = {name: cfg for name, cfg in specs.items() if name in read}
+        for name, cfg in specs.items():
+            say(
+                f"  run {name}: method={cfg.method} sigma2={cfg.sigma2} latent={cfg.latent_dim} stages={n_stages(cfg)} "
+                f"epochs<={cfg.epochs} width={cfg.width or 'default'} precision={cfg.precision}"
+            )
         return 0
     writes.check("reproduce", folders=[Folder(Path(args.out), "results")])
     for path in reproduce(

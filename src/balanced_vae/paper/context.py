@@ -22,7 +22,7 @@ from ..runs import Run, load_run, model_sha256
 from ..samplers import DEFAULT_COMPONENTS
 from ..version import __version__
 from .budgets import PAPER, Budget, resolved_budget
-from .experiments import ensure_run, run_dir
+from .experiments import ensure_run, final_weights, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,21 @@ class Context:
         path = self.run(name)
         key = self.eval_key(metric, sampler=sampler, components=components, which=which, n_fid=n_fid)
         cache = path / "eval" / f"{key}.json"
+        weights = path / which
         if cache.exists():  # valid only for the weights it was computed from
             entry = json.loads(cache.read_text())["metrics"][metric]
-            if same_weights(entry.get("provenance", {}), path / which):
+            prov = entry.get("provenance", {})
+            if same_weights(prov, weights) if weights.exists() else final_record(prov, path, which):
                 self.note_commit(entry["provenance"])
                 self._eval_seconds += entry.get("seconds") or 0.0
                 return entry
             log.info("%s: computed from other weights; recomputing", cache)
+        if not weights.exists():
+            raise ValueError(
+                f"{path} keeps the records of a finished run but not its weights ({which}), and none of them is "
+                f"{metric} under this protocol ({cache.name} of these weights); copy {which} back, or delete {path} "
+                "to train it again"
+            )
         protocol = b.protocol().replace(sampler=sampler, components=k, n_fid=n_fid, fid_backend=self.fid_backend)
         doc = evaluate_run(
             path,
@@ -203,6 +211,13 @@ class Context:
             "python": platform.python_version(),
             **extra,
         }
+
+
+def final_record(prov: dict, run: Path, which: str) -> bool:
+    """Whether a record (its provenance ``prov``) of a run whose weights are gone was computed from the
+    ``checkpoint.pt`` its ``final.json`` names (:func:`~.experiments.final_weights`)."""
+    digest = final_weights(run) if which == CHECKPOINT else None
+    return digest is not None and prov.get("checkpoint_sha256") == digest
 
 
 def same_weights(prov: dict, checkpoint: Path) -> bool:

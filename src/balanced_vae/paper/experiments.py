@@ -9,10 +9,13 @@ table is written as CSV, Markdown and JSON (the JSON carries the protocol), each
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
 from ..checkpoint import CHECKPOINT, FINAL, STAGE1, load_checkpoint
+from ..config import TrainConfig
 from ..data import Dataset, load_dataset
 from ..resume import BranchError, run_config
 from ..train import train
@@ -40,6 +43,7 @@ __all__ = [
     "fixed_run_name",
     "get_budget",
     "resolved_budget",
+    "final_weights",
     "run_dir",
     "run_specs",
 ]
@@ -47,6 +51,24 @@ __all__ = [
 
 def run_dir(out: str | Path, dataset: str, budget: Budget, name: str) -> Path:
     return Path(out) / f"{dataset}-{budget.name}" / "runs" / name
+
+
+def same_training(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two resolved configs train the same run: equal, but for ``ema_warmup`` where no moving
+    average is kept (runs made before the field existed load it as False; the default is now True)."""
+    if a.ema is None and b.ema is None:
+        a, b = dataclasses.replace(a, ema_warmup=False), dataclasses.replace(b, ema_warmup=False)
+    return a == b
+
+
+def final_weights(path: Path) -> str | None:
+    """SHA-256 of the ``checkpoint.pt`` a finished run ended with, as its ``final.json`` names it (None:
+    an older record that does not). A record cached from a file of that digest was computed from the
+    run's final weights, so it stays valid once the weights are gone (results keep records, not weights)."""
+    try:
+        return json.loads((path / FINAL).read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def ensure_run(
@@ -63,14 +85,18 @@ def ensure_run(
     config = run_specs(dataset, budget)[name]
     path = run_dir(out, dataset, budget, name)
     if (path / FINAL).exists():
-        if not (path / CHECKPOINT).exists():
+        data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)
+        if (path / CHECKPOINT).exists():
+            shape = tuple(load_checkpoint(path / CHECKPOINT)["shape"])
+        elif final_weights(path) is not None:  # records only: the evaluations cached for these weights are reused
+            shape = data.shape
+        else:
             raise ValueError(
                 f"{path} holds the records of a finished run but not its weights (checkpoints are not "
-                f"committed with results); delete {path} to re-train it, or copy its checkpoint.pt back"
+                f"committed with results), and its {FINAL} does not name them; delete {path} to re-train it, "
+                f"or copy its {CHECKPOINT} back"
             )
-        saved = run_config(path)
-        data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)
-        if saved == config.resolved(tuple(load_checkpoint(path / CHECKPOINT)["shape"]), len(data.x_train)):
+        if same_training(run_config(path), config.resolved(shape, len(data.x_train))):
             return path
         raise ValueError(f"{path} holds a run with another config; delete it or use another --out")
     data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)

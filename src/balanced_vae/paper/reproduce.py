@@ -138,17 +138,26 @@ def reproduce(
     (``auto``, ``torch``, ``openvino``); ``extra_runs=False`` leaves out the budget's runs beyond the paper's (e.g.
     ``learned-floor0``), and the records' budget says so (``extra_runs: []``).
     """
-    names = list(EXPERIMENTS) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
+    chosen = get_budget(budget, None if extra_runs else ())
+    allowed = chosen.experiments or EXPERIMENTS
+    names = list(allowed) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
     unknown = [n for n in names if n not in FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown experiment {unknown[0]!r}; choose one of {', '.join(EXPERIMENTS)} or all")
+    outside = [n for n in names if n not in allowed]
+    if outside:
+        raise ValueError(
+            f"budget {budget!r} runs {', '.join(allowed)} only, not {outside[0]!r} (its runs are made for "
+            f"{'it' if len(allowed) == 1 else 'them'}: see `reproduce --dry-run --budget {budget}`); "
+            f"pick another budget for {outside[0]}"
+        )
     if dataset != "mnist" and "table1" in names:
         if name == "table1":
             raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
         names.remove("table1")
     ctx = Context(
         dataset,
-        get_budget(budget, None if extra_runs else ()),
+        chosen,
         out,
         data=data,
         progress=progress,

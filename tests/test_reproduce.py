@@ -310,6 +310,6 @@ def test_table2_is_rebuilt_from_committed_records_without_weights(smoke, tmp_pat
     assert rows == json.loads((out / "mnist-smoke" / "table2.json").read_text())["rows"]
     assert not list((tmp_path / "mnist-smoke").rglob("*.pt"))
     final = run_dir(tmp_path, "mnist", budget, "vae") / "final.json"
-    final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items() if k != "checkpoint_sha256"}))
+    final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items() if k != "weights"}))
     with pytest.raises(ValueError, match="not its weights"):
         ensure_run(tmp_path, "mnist", budget, "vae", data=data, progress=False)

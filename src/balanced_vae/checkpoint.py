@@ -8,6 +8,7 @@ nothing is ever left half-written (temp file in the same folder, then ``os.repla
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,27 @@ FORMAT_VERSION = 1
 # what only resuming needs; a finished run can drop it to be committed or shared (``slim_checkpoint``)
 SWITCH_MOMENTS = "switch_moments"  # stage1.pt: the optimiser state by parameter name, carried into stage 2
 RESUME_KEYS = ("optimiser", "shuffle_rng", "torch_rng", "torch_rng_ranks", "cuda_rng", "ema", SWITCH_MOMENTS)
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors, keys sorted: the same weights however the file holding them is packed."""
+    h = hashlib.sha256()
+    for key, t in sorted(state.items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_digests(folder: str | Path) -> dict[str, dict[str, str]]:
+    """For each weights file of a run folder (``checkpoint.pt``, ``stage1.pt``, ``ema.pt``, ``best.pt``): its
+    file's SHA-256 and its weights' (:func:`state_sha256`), which a finished run's ``final.json`` keeps so that
+    evaluations cached from them are known to be theirs once the files are gone (results keep records only)."""
+    out = {}
+    for name in (CHECKPOINT, STAGE1, EMA, BEST):
+        path = Path(folder) / name
+        if path.is_file():
+            out[name] = {"sha256": file_digest(path), "model_sha256": state_sha256(load_checkpoint(path)["model"])}
+    return out
 
 
 class CheckpointError(RuntimeError):

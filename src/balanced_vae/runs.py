@@ -10,7 +10,6 @@ the fingerprint in the checkpoint). Every command that reads a run goes through 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, state_sha256
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .data.splits import check_fingerprint, test_images
@@ -146,11 +145,7 @@ def as_run(run: Run | str | Path) -> Run:
 
 def model_sha256(model: torch.nn.Module) -> str:
     """SHA-256 of a model's weights (state dict, keys sorted): which encoder a fit's codes came from."""
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_sha256(model.state_dict())
 
 
 def fit_gmm_for_run(

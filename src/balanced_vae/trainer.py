@@ -42,6 +42,7 @@ from .checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    weights_digests,
 )
 from .config import TrainConfig, n_batches_of
 from .data.splits import check_fingerprint, data_fingerprint, split_train, test_images
@@ -50,7 +51,7 @@ from .likelihoods import GlobalVariance, closed_form_sigma2
 from .methods import build_model, build_trained, n_stages
 from .metrics import evaluate_elbo, validation_terms
 from .objectives import KLWarmup, elbo_from_mse
-from .provenance import file_digest, provenance
+from .provenance import provenance
 from .resume import may_reopen
 from .run_folder import log_row, note_resume, tensorboard, truncate_metrics
 from .train_epoch import stepper, train_epoch
@@ -178,13 +179,12 @@ class Trainer:
             truncate_metrics(out / METRICS, st.stage, st.epoch)
         if reopen:
             log.info(
-                "%s: continuing the last stage with the new caps (epochs %d, max_minutes %s)",
-                out,
-                config.epochs,
-                config.max_minutes,
+                "%s: reopened under the raised caps (epochs %d, max_minutes %s)", out, config.epochs, config.max_minutes
             )
             st.stops.pop(str(st.stage), None)
             st.done = False
+            if self.rank == 0:  # no longer finished: its test numbers and final weights are to come
+                (out / FINAL).unlink(missing_ok=True)
 
     def branch_at(self, path: Path, ckpt: dict) -> None:
         """Start at the stage switch saved in ``ckpt`` (another run's ``stage1.pt`` at ``path``, from
@@ -402,7 +402,7 @@ class Trainer:
         """``final.json``: the test-split numbers of the finished run, computed once, after training.
 
         WAE-MMD trains a deterministic encoder whose log-variance is never trained, so no ELBO is
-        reported for it; its own objective is (z = mu). ``checkpoint_sha256`` names the final weights.
+        reported for it; its own objective is (z = mu). ``weights`` names the final weights' files.
         """
         x_test, seed, st = test_images(self.data, self.config).to(self.device), self.config.seed + 1, self.st
         doc: dict[str, Any] = {
@@ -412,7 +412,7 @@ class Trainer:
             "device": str(self.device),
             "trained_by_commits": st.commits,
             "provenance": provenance(),
-            "checkpoint_sha256": file_digest(self.out / CHECKPOINT),  # the final weights (paper.final_weights)
+            "weights": weights_digests(self.out),  # the final weights' digests (paper.final_weights)
         }
         if self.config.method == "wae-mmd":
             doc["test_objective"] = validation_terms(self.model, self.objective, x_test, seed=seed)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .. import writes
-from ..paper.budgets import BUDGETS, EXPERIMENTS, get_budget, resolved_budget, run_specs
+from ..paper.budgets import BUDGETS, EXPERIMENTS, chosen_experiments, get_budget, resolved_budget, run_specs
 from ..writes import Folder, Input
 from .options import POS_INT, add_fid_backend, say
 
@@ -58,14 +58,15 @@ def run_reproduce(args) -> int:
 
     budget = get_budget(args.budget, None if args.extra_runs else ())
     say(f"budget {budget.name}: {json.dumps(resolved_budget(budget))}")
+    names = chosen_experiments(args.experiment, budget, args.dataset)  # refused here, before anything is written
     if args.dry_run:
         from ..methods import n_stages
+        from ..paper.specs import SPECS
 
+        say(f"experiments: {', '.join(names)}")
         specs = run_specs(args.dataset, budget)
-        if budget.experiments:  # only the runs its experiments read
-            from ..paper.specs import SPECS
-
-            read = {e.run for n in budget.experiments for e in SPECS[n].evaluations(budget, budget.extra_runs)}
+        if all(n in SPECS and n != "table1" for n in names):  # the runs their evaluations read; else every run
+            read = {e.run for n in names for e in SPECS[n].evaluations(budget, budget.extra_runs)}
             specs = {name: cfg for name, cfg in specs.items() if name in read}
         for name, cfg in specs.items():
             say(

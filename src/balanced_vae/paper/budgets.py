@@ -20,6 +20,7 @@ from ..protocol import EvalProtocol
 __all__ = [
     "BUDGETS",
     "EXPERIMENTS",
+    "chosen_experiments",
     "PAPER",
     "TABLE2_METHODS",
     "Budget",
@@ -170,6 +171,31 @@ def get_budget(name: str, extra_runs: tuple[str, ...] | None = None) -> Budget:
     except KeyError:
         raise ValueError(f"unknown budget {name!r}; choose one of {sorted(BUDGETS)}") from None
     return budget if extra_runs is None else dataclasses.replace(budget, extra_runs=tuple(extra_runs))
+
+
+def chosen_experiments(name: str, budget: Budget, dataset: str) -> list[str]:
+    """The experiments ``name`` asks for (``all``, or a comma-separated list) under ``budget`` on ``dataset``;
+    a ValueError names an unknown one or one the budget was not made for, before anything is written.
+    ``all`` on a data set other than MNIST leaves out Table 1 (the paper's MNIST experiment)."""
+    allowed = budget.experiments or EXPERIMENTS
+    names = list(allowed) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown experiment {(unknown or [name])[0]!r}; choose one of {', '.join(EXPERIMENTS)} or all"
+        )
+    outside = [n for n in names if n not in allowed]
+    if outside:
+        raise ValueError(
+            f"budget {budget.name!r} runs {', '.join(allowed)} only, not {outside[0]!r} (its runs are made for "
+            f"{'it' if len(allowed) == 1 else 'them'}: see `reproduce all --dry-run --budget {budget.name}`); "
+            f"pick another budget for {outside[0]}"
+        )
+    if dataset != "mnist" and "table1" in names:
+        if names == ["table1"]:
+            raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
+        names.remove("table1")
+    return names
 
 
 def _base(dataset: str, budget: Budget, *, staged: bool = False, **kw) -> TrainConfig:

@@ -83,11 +83,20 @@ class Context:
         out, self._row_commits = ", ".join(dict.fromkeys(self._row_commits)) or None, []
         return out
 
-    def run(self, name: str) -> Path:
+    def run(self, name: str, *, weights: bool = True) -> Path:
+        """The folder of run ``name``, reused, resumed or trained (:func:`~.experiments.ensure_run`); ``weights``:
+        the caller loads its weights, so a finished run kept as records only is an error that says so."""
         self._runs_read.add(name)
-        return ensure_run(
+        path = ensure_run(
             self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress, device=self.device
         )
+        if weights and not (path / CHECKPOINT).exists():
+            raise ValueError(
+                f"{path} keeps the records of a finished run but not its weights ({CHECKPOINT}), and this "
+                f"experiment reads the weights themselves, not only cached evaluations; copy {CHECKPOINT} back, "
+                f"or delete {path} to train it again"
+            )
+        return path
 
     def evaluate(
         self,
@@ -102,7 +111,7 @@ class Context:
         """``evaluate_run`` of one metric, cached in ``RUN/eval/`` under its protocol's key."""
         b, k = self.budget, components or self.k_default
         n_fid = n_fid or b.n_fid
-        path = self.run(name)
+        path = self.run(name, weights=False)
         key = self.eval_key(metric, sampler=sampler, components=components, which=which, n_fid=n_fid)
         cache = path / "eval" / f"{key}.json"
         weights = path / which
@@ -113,12 +122,17 @@ class Context:
                 self.note_commit(entry["provenance"])
                 self._eval_seconds += entry.get("seconds") or 0.0
                 return entry
-            log.info("%s: computed from other weights; recomputing", cache)
+            if weights.exists():
+                log.info("%s: computed from other weights; recomputing", cache)
         if not weights.exists():
+            found = (
+                f"{cache} was computed from other weights than the {which} its final.json names"
+                if cache.exists()
+                else f"it has no record {cache.name} ({metric} under this protocol)"
+            )
             raise ValueError(
-                f"{path} keeps the records of a finished run but not its weights ({which}), and none of them is "
-                f"{metric} under this protocol ({cache.name} of these weights); copy {which} back, or delete {path} "
-                "to train it again"
+                f"{path} keeps the records of a finished run but not its weights ({which}), and {found}; copy "
+                f"{which} back, or delete {path} to train it again"
             )
         protocol = b.protocol().replace(sampler=sampler, components=k, n_fid=n_fid, fid_backend=self.fid_backend)
         doc = evaluate_run(
@@ -214,10 +228,14 @@ class Context:
 
 
 def final_record(prov: dict, run: Path, which: str) -> bool:
-    """Whether a record (its provenance ``prov``) of a run whose weights are gone was computed from the
-    ``checkpoint.pt`` its ``final.json`` names (:func:`~.experiments.final_weights`)."""
-    digest = final_weights(run) if which == CHECKPOINT else None
-    return digest is not None and prov.get("checkpoint_sha256") == digest
+    """Whether a record (its provenance ``prov``) of a run whose ``which`` file is gone was computed from the
+    weights that file held when the run finished, as its ``final.json`` names them (``final_weights``)."""
+    named = final_weights(run).get(which)
+    if not named:
+        return False
+    if prov.get("checkpoint_sha256") == named.get("sha256"):
+        return True
+    return bool(prov.get("model_sha256")) and prov["model_sha256"] == named.get("model_sha256")
 
 
 def same_weights(prov: dict, checkpoint: Path) -> bool:

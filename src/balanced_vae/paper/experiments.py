@@ -61,14 +61,16 @@ def same_training(a: TrainConfig, b: TrainConfig) -> bool:
     return a == b
 
 
-def final_weights(path: Path) -> str | None:
-    """SHA-256 of the ``checkpoint.pt`` a finished run ended with, as its ``final.json`` names it (None:
-    an older record that does not). A record cached from a file of that digest was computed from the
-    run's final weights, so it stays valid once the weights are gone (results keep records, not weights)."""
+def final_weights(path: Path) -> dict[str, dict[str, str]]:
+    """The digests of the weights files a finished run ended with, by file name, as its ``final.json``
+    names them (``{}``: an older record that does not). A record cached from one of those files (same
+    file digest, or the same weights however packed) was computed from the run's final weights, so it stays
+    valid once the file is gone (results keep records, not weights)."""
     try:
-        return json.loads((path / FINAL).read_text()).get("checkpoint_sha256")
+        weights = json.loads((path / FINAL).read_text()).get("weights")
     except (OSError, ValueError):
-        return None
+        return {}
+    return weights if isinstance(weights, dict) else {}
 
 
 def ensure_run(
@@ -88,7 +90,7 @@ def ensure_run(
         data = data if data is not None else load_dataset(dataset, data_dir=config.data_dir)
         if (path / CHECKPOINT).exists():
             shape = tuple(load_checkpoint(path / CHECKPOINT)["shape"])
-        elif final_weights(path) is not None:  # records only: the evaluations cached for these weights are reused
+        elif CHECKPOINT in final_weights(path):  # records only: the evaluations cached from them are reused
             shape = data.shape
         else:
             raise ValueError(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data import Dataset
-from .budgets import EXPERIMENTS, get_budget, resolved_budget
+from .budgets import chosen_experiments, get_budget, resolved_budget
 from .context import Context
 from .figures import fig1, fig2, fig3, fig4
 from .specs import SPECS
@@ -65,7 +65,7 @@ def _job(
     # force: one worker serves several runs, and each log line names its own
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {dataset}/{run} %(message)s", force=True)
     ctx = Context(dataset, get_budget(budget, extra_runs), out, progress=False, device=device, fid_backend=fid_backend)
-    ctx.run(run)
+    ctx.run(run, weights=False)
     for _, metric, options in evals:
         ctx.evaluate(run, metric, **options)
     return run
@@ -139,22 +139,7 @@ def reproduce(
     ``learned-floor0``), and the records' budget says so (``extra_runs: []``).
     """
     chosen = get_budget(budget, None if extra_runs else ())
-    allowed = chosen.experiments or EXPERIMENTS
-    names = list(allowed) if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FUNCTIONS]
-    if unknown:
-        raise ValueError(f"unknown experiment {unknown[0]!r}; choose one of {', '.join(EXPERIMENTS)} or all")
-    outside = [n for n in names if n not in allowed]
-    if outside:
-        raise ValueError(
-            f"budget {budget!r} runs {', '.join(allowed)} only, not {outside[0]!r} (its runs are made for "
-            f"{'it' if len(allowed) == 1 else 'them'}: see `reproduce --dry-run --budget {budget}`); "
-            f"pick another budget for {outside[0]}"
-        )
-    if dataset != "mnist" and "table1" in names:
-        if name == "table1":
-            raise ValueError("Table 1 is the paper's MNIST experiment; run it with --dataset mnist")
-        names.remove("table1")
+    names = chosen_experiments(name, chosen, dataset)
     ctx = Context(
         dataset,
         chosen,

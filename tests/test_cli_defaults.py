@@ -89,3 +89,17 @@ def test_cli_defaults_equal_the_library(command):
             )
     assert not wrong, "\n".join(wrong)
     assert checked, f"{command}: no option shares a name with the library"
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly(monkeypatch, capsys):
+    """`balanced-vae ... | head`: the reader goes away, and the command ends with status 1, no traceback
+    and no 'choose a path' advice (a closed pipe is not a folder to fix)."""
+    from balanced_vae.cli import main
+    from balanced_vae.commands import paper
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(paper, "say", closed)
+    assert main(["reproduce", "all", "--budget", "smoke", "--dry-run"]) == 1
+    assert "error" not in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import writes
@@ -96,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError, DiskFullError, FloatingPointError) as e:
         say(f"balanced-vae {args.command}: error: {e}", err=True)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (`| head`): nothing more to say to it
+        try:  # stdout to /dev/null, so the interpreter's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured): nothing to flush
+            pass
+        return 1
     except OSError as e:  # the environment: a read-only or missing folder, no permission, a full disk
         if e.strerror is None:  # raised by balanced-vae with a message that names the path and the fix
             say(f"balanced-vae {args.command}: error: {e}", err=True)

@@ -140,24 +140,18 @@ BUDGETS["paper-gpu"] = dataclasses.replace(BUDGETS["paper"], name="paper-gpu", m
 # (bench/results/time_to_fid_w64_bf16_s1_180.json: width 64, bf16, RAdam, ours stage 1 only, trained on without a
 # stopping rule, 124 epochs), given to every method; FID 10k vs 10k. Each run fits one session on a CPU with
 # AVX512-BF16 (about 90 minutes at two threads); its records without its weights are reused by the next session
-BUDGETS["w64"] = Budget(
-    "w64",
-    n_train=None,
-    n_test=None,
+BUDGETS["w64"] = dataclasses.replace(
+    BUDGETS["paper"],
+    name="w64",
     epochs=124,
     min_epochs=124,
     width=64,
-    batch_size=128,
-    n_fid=10_000,
-    n_kl=10_000,
-    kl_runs=10,
-    n_iwae=500,
-    k_iwae=20,
-    components=(8, 32, 128),
     precision="bf16",
     learned_stages=1,
     legacy_recipe=False,
     experiments=("table2",),
+    extra_runs=(),
+    n_fid_ablation=None,
 )
 
 TABLE2_METHODS = ("learned", "vae", "beta-vae", "dip-vae-i", "wae-mmd")

@@ -194,3 +194,19 @@ def test_same_training_ignores_ema_warmup_only_without_a_moving_average():
     assert same_training(a, TrainConfig(ema_warmup=True))
     assert not same_training(TrainConfig(ema=0.99, ema_warmup=False), TrainConfig(ema=0.99, ema_warmup=True))
     assert not same_training(a, TrainConfig(ema_warmup=False, width=64))
+
+
+def test_results_page_describes_the_w64_budget_by_its_own_recipe(tmp_path):
+    """A w64 Table 2 on the results page: its fixed-epoch recipe, not 'much shorter training than the
+    paper's', and no 'not run' list of the experiments it was never made for."""
+    from balanced_vae.paper.budgets import resolved_budget
+    from balanced_vae.paper.results_page import build_page
+
+    record = json.loads((ROOT / "results/mnist-paper/table2.json").read_text())
+    record["protocol"]["budget"] = resolved_budget(get_budget("w64"))
+    (tmp_path / "results/mnist-w64/runs").mkdir(parents=True)
+    (tmp_path / "results/mnist-w64/table2.json").write_text(json.dumps(record))
+    page = build_page(tmp_path / "results", tmp_path / "RESULTS.md").read_text()
+    assert "Every run trains 124 epochs per stage with no stopping rule, in bf16; ours is stage 1 only" in page
+    assert "This budget runs table2 only." in page
+    assert "much shorter training" not in page and "Not run for this data set" not in page

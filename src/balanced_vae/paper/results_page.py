@@ -246,6 +246,13 @@ def _scope(folder: Path) -> list[str]:
                 "Runs beyond the paper's were left out (`reproduce --no-extra-runs`): Tables 2 and 3 have "
                 "no row for the per-pixel model without the variance floor."
             )
+    elif b.get("experiments"):  # a budget made for some tables only (w64): its recipe, not the paper's
+        stop = "with no stopping rule" if b.get("min_epochs") == b["epochs"] else "or until its convergence rule"
+        ours = "; ours is stage 1 only (Eq. 10's global sigma^2)" if b.get("learned_stages") == 1 else ""
+        lines.append(
+            f"Every run trains {b['epochs']} epochs per stage {stop}, in {b.get('precision', 'fp32')}{ours}; every "
+            f"method trains the same network. This budget runs {', '.join(b['experiments'])} only."
+        )
     elif b["name"] != "full":
         lines.append(
             "This is much shorter training than the paper's, so absolute numbers are not the paper's; "
@@ -260,7 +267,7 @@ def _scope(folder: Path) -> list[str]:
         )
     missing = [
         n
-        for n in EXPERIMENTS
+        for n in b.get("experiments") or EXPERIMENTS
         if not (folder / f"{n}.json").exists() and not (n == "table1" and not folder.name.startswith("mnist-"))
     ]
     if missing:

@@ -233,7 +233,7 @@ def final_record(prov: dict, run: Path, which: str) -> bool:
     named = final_weights(run).get(which)
     if not named:
         return False
-    if prov.get("checkpoint_sha256") == named.get("sha256"):
+    if named.get("sha256") and prov.get("checkpoint_sha256") == named["sha256"]:
         return True
     return bool(prov.get("model_sha256")) and prov["model_sha256"] == named.get("model_sha256")
 

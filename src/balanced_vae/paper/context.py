@@ -91,10 +91,8 @@ class Context:
             self.out, self.dataset, self.budget, name, data=self.data, progress=self.progress, device=self.device
         )
         if weights and not (path / CHECKPOINT).exists():
-            raise ValueError(
-                f"{path} keeps the records of a finished run but not its weights ({CHECKPOINT}), and this "
-                f"experiment reads the weights themselves, not only cached evaluations; copy {CHECKPOINT} back, "
-                f"or delete {path} to train it again"
+            raise weights_gone(
+                path, CHECKPOINT, "this experiment reads the weights themselves, not only cached evaluations"
             )
         return path
 
@@ -130,10 +128,7 @@ class Context:
                 if cache.exists()
                 else f"it has no record {cache.name} ({metric} under this protocol)"
             )
-            raise ValueError(
-                f"{path} keeps the records of a finished run but not its weights ({which}), and {found}; copy "
-                f"{which} back, or delete {path} to train it again"
-            )
+            raise weights_gone(path, which, found)
         protocol = b.protocol().replace(sampler=sampler, components=k, n_fid=n_fid, fid_backend=self.fid_backend)
         doc = evaluate_run(
             path,
@@ -225,6 +220,14 @@ class Context:
             "python": platform.python_version(),
             **extra,
         }
+
+
+def weights_gone(path: Path, which: str, why: str) -> ValueError:
+    """The error for a run kept as records only (``which`` gone) when ``why`` needs more than its records."""
+    return ValueError(
+        f"{path} keeps the records of a finished run but not its weights ({which}), and {why}; copy {which} back, "
+        f"or delete {path} to train it again"
+    )
 
 
 def final_record(prov: dict, run: Path, which: str) -> bool:

@@ -17,6 +17,9 @@ steps, and the ratio to plain fp32:
     OMP_NUM_THREADS=2 python bench/train_levers.py > bench/results/train_levers.json
     OMP_NUM_THREADS=2 python bench/train_levers.py --width 64 --levers fp32,bf16   (cost of a wider net)
     OMP_NUM_THREADS=2 python bench/train_levers.py --net res --levers fp32,bf16,channels_last   (a family)
+    OMP_NUM_THREADS=2 python bench/train_levers.py --families small:64,paper:32,res:32 --levers fp32,bf16
+        (families side by side: every family x lever interleaved in one process; ``ratio_vs_first`` is each
+        case's images/s over the first case: the first family's first lever)
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ from balanced_vae.methods import build_model, build_objective
 from balanced_vae.provenance import provenance
 
 LEVERS = ("fp32", "bf16", "fused_adam", "foreach_adam", "channels_last", "compile", "batch256")
+
+
+def parse_families(text: str) -> list[tuple[str, int | None]]:
+    """``"small:64,paper:32,res"`` -> ``[("small", 64), ("paper", 32), ("res", None)]`` (None: the family's width)."""
+    out = []
+    for item in text.split(","):
+        net, _, width = item.strip().partition(":")
+        if not net or (width and not width.isdigit()):
+            raise SystemExit(f"--families: {item!r} is not NET or NET:WIDTH (for example small:64,paper:32)")
+        out.append((net, int(width) if width else None))
+    return out
 
 
 def make(lever: str, cfg: TrainConfig):
@@ -80,35 +94,53 @@ def main(argv=None) -> None:
     p.add_argument("--levers", default=",".join(LEVERS))
     p.add_argument("--width", type=int, default=None, help="network width (base channels; default: the family's)")
     p.add_argument("--net", default="small", help="network family timed: small, paper or res (default small)")
+    p.add_argument(
+        "--families",
+        default=None,
+        help="NET:WIDTH,... timed side by side in one process (overrides --net/--width), e.g. small:64,paper:32",
+    )
     a = p.parse_args(argv)
     levers = a.levers.split(",")
+    families = parse_families(a.families) if a.families else [(a.net, a.width)]
     data = load_dataset("mnist", data_dir=os.environ.get("BALANCED_VAE_DATA", "../shared/data"))
     x = data.x_train[: 256 * a.steps + 256]
-    cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=a.width, net=a.net).resolved(
-        (1, 28, 28)
-    )
-    objective = build_objective(cfg)
+    cfgs = {}
+    for net, width in families:
+        cfg = TrainConfig(dataset="mnist", method="fixed", sigma2=1.0, latent_dim=16, width=width, net=net)
+        cfg = cfg.resolved((1, 28, 28))
+        cfgs[f"{cfg.net}:{cfg.width}"] = cfg
+    single = len(cfgs) == 1
+    cases = {(lever if single else f"{fam}/{lever}"): (cfg, lever) for fam, cfg in cfgs.items() for lever in levers}
     built, warmup = {}, {}
-    for lever in levers:  # build once; the warm-up pays compilation and first-touch costs
+    for key, (cfg, lever) in cases.items():  # build once; the warm-up pays compilation and first-touch costs
         model, opt = make(lever, cfg)
+        objective = build_objective(cfg)
         t0 = time.perf_counter()
         steps_per_s(lever, model, opt, objective, x, 3)
-        warmup[lever] = round(time.perf_counter() - t0, 2)
-        built[lever] = (model, opt)
-    rates = {lever: [] for lever in levers}
-    for _ in range(a.rounds):  # interleaved, so drifts of a shared machine hit every lever alike
-        for lever in levers:
-            rates[lever].append(steps_per_s(lever, *built[lever], objective, x, a.steps))
+        warmup[key] = round(time.perf_counter() - t0, 2)
+        built[key] = (model, opt, objective)
+    rates: dict[str, list[float]] = {key: [] for key in cases}
+    for _ in range(a.rounds):  # interleaved, so drifts of a shared machine hit every case alike
+        for key, (_, lever) in cases.items():
+            model, opt, objective = built[key]
+            rates[key].append(steps_per_s(lever, model, opt, objective, x, a.steps))
     med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    fam_fp32 = {key: (key.rpartition("/")[0] + "/fp32").lstrip("/") for key in cases}
+    first = next(iter(cases))
+    cfg = next(iter(cfgs.values()))
     print(
         json.dumps(
             {
                 "bench": "train_levers",
                 "images_per_s": med,
-                "ratio_vs_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items()} if "fp32" in med else None,
+                "ratio_vs_fp32": {k: round(v / med[fam_fp32[k]], 3) for k, v in med.items()}
+                if "fp32" in levers
+                else None,
+                **({} if single else {"ratio_vs_first": {k: round(v / med[first], 3) for k, v in med.items()}}),
                 "warmup_seconds": warmup,
-                "net": cfg.net,
-                "width": cfg.width,
+                "net": cfg.net if single else None,
+                "width": cfg.width if single else None,
+                "families": list(cfgs),
                 "rounds": a.rounds,
                 "steps": a.steps,
                 "threads": torch.get_num_threads(),
